@@ -1,0 +1,555 @@
+"""Pure builders of everything a FineTuneJob owns.
+
+Each function takes the parsed FineTuneJob and the operator settings and
+returns plain dicts ready for the API server; nothing here talks to a
+cluster, so unit tests (and ``hone render``) call them directly.
+
+Children, all named deterministically from the FineTuneJob so that a
+restarted operator finds them instead of creating twins:
+
+* ``<name>-config``   ConfigMap with the trainer config (and inline data);
+* ``<name>-trainer``  ServiceAccount + Role + RoleBinding: the training pod may
+  get and patch the status of this one FineTuneJob, nothing else;
+* ``<name>-validate`` Job: the ValidatingFiles step;
+* ``<name>-train``    Job: torchrun + DeepSpeed (Indexed for several nodes);
+* ``<name>-train``    headless Service for torchrun's rendezvous (several nodes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hone_operator.api.v1alpha1 import (
+    DataSource,
+    FineTuneJob,
+    SecretRef,
+    parse_pvc_uri,
+    uri_scheme,
+)
+from hone_operator.builders import common
+from hone_operator.settings import OperatorSettings
+from hone_trainer import contract
+
+KIND = "FineTuneJob"
+TRAINER_CONTAINER = "trainer"
+VALIDATOR_CONTAINER = "validator"
+
+PVC_ROOT = "/var/run/hone/pvc"
+SECRETS_ROOT = "/var/run/secrets/hone"
+DATA_ROOT = "/var/run/hone/data"
+CACHE_DIR = "/var/cache/hone"
+
+#: Schemes that only make sense on the machine `hone run` runs on.
+LOCAL_ONLY_SCHEMES = ("file", "embedded")
+
+
+class SpecError(ValueError):
+    """The spec cannot be turned into objects; ``param`` names the field."""
+
+    def __init__(self, param: str, message: str, reason: str = "InvalidSpec"):
+        super().__init__(message)
+        self.param = param
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Names:
+    config: str
+    trainer_identity: str
+    validation_job: str
+    training_job: str
+    service: str
+
+    @classmethod
+    def of(cls, name: str) -> "Names":
+        return cls(
+            config=common.child_name(name, "config"),
+            trainer_identity=common.child_name(name, "trainer"),
+            validation_job=common.child_name(name, "validate"),
+            training_job=common.child_name(name, "train"),
+            service=common.child_name(name, "train"),
+        )
+
+
+def fine_tuned_model_name(ftj: FineTuneJob) -> str:
+    """``ft:<base>:<namespace>:<suffix>:<id>``, OpenAI's shape with the namespace as org."""
+    uri = ftj.spec.baseModel.uri
+    base = uri.split("://", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+    base = re.sub(r"\.gguf$", "", base, flags=re.I).lower()
+    base = re.sub(r"[^a-z0-9._-]", "-", base) or "model"
+    uid = (ftj.metadata.uid or ftj.metadata.name).replace("-", "")
+    return f"ft:{base}:{ftj.metadata.namespace}:{ftj.spec.suffix or ''}:{uid[:8]}"
+
+
+def owner(ftj: FineTuneJob) -> dict[str, Any]:
+    return common.owner_reference(KIND, ftj.metadata.name, ftj.metadata.uid or "")
+
+
+def labels(ftj: FineTuneJob, component: str) -> dict[str, str]:
+    return common.labels(common.FINETUNEJOB_LABEL, ftj.metadata.name, component)
+
+
+def selector(name: str, component: str | None = None) -> str:
+    """Label selector of a FineTuneJob's children (optionally of one component)."""
+    sel = f"{common.FINETUNEJOB_LABEL}={name[:63].rstrip('-.')}"
+    return f"{sel},{common.COMPONENT_LABEL}={component}" if component else sel
+
+
+def kueue_labels(ftj: FineTuneJob, settings: OperatorSettings) -> dict[str, str]:
+    if not settings.kueue_enabled:
+        return {}
+    src = ftj.metadata.labels or {}
+    return {k: src[k] for k in (common.KUEUE_QUEUE_LABEL, common.KUEUE_PRIORITY_LABEL) if k in src}
+
+
+# --------------------------------------------------------------------------
+# Storage: where data, model and output live inside the pods
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Storage:
+    """Volumes and mounts collected while resolving the spec's locations."""
+
+    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inline: dict[str, str] = field(default_factory=dict)
+
+    def pvc(self, claim: str, writable: bool) -> str:
+        vol = f"pvc-{_short(claim)}"
+        path = f"{PVC_ROOT}/{claim}"
+        self.volumes[vol] = {"name": vol, "persistentVolumeClaim": {"claimName": claim}}
+        prev = self.mounts.get(vol)
+        read_only = not writable and (prev is None or prev["readOnly"])
+        self.mounts[vol] = {"name": vol, "mountPath": path, "readOnly": read_only}
+        return path
+
+    def secret(self, ref: SecretRef | None) -> str | None:
+        if ref is None:
+            return None
+        vol = f"secret-{_short(ref.name)}"
+        path = f"{SECRETS_ROOT}/{ref.name}"
+        self.volumes[vol] = {"name": vol, "secret": {"secretName": ref.name, "defaultMode": 0o440}}
+        self.mounts[vol] = {"name": vol, "mountPath": path, "readOnly": True}
+        return path
+
+    def config_map_key(self, which: str, name: str, key: str) -> str:
+        vol = f"data-{which}"
+        self.volumes[vol] = {
+            "name": vol,
+            "configMap": {"name": name, "items": [{"key": key, "path": f"{which}.jsonl"}]},
+        }
+        self.mounts[vol] = {"name": vol, "mountPath": f"{DATA_ROOT}/{which}", "readOnly": True}
+        return f"{DATA_ROOT}/{which}/{which}.jsonl"
+
+
+def _short(name: str) -> str:
+    if len(name) <= 40:
+        return name
+    return f"{name[:31]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def _in_cluster(uri: str, param: str) -> None:
+    if uri_scheme(uri) in LOCAL_ONLY_SCHEMES:
+        raise SpecError(
+            param,
+            f"{param} {uri!r} only works with `hone run` on one machine; in a cluster use "
+            "pvc://<claim>/<path>, s3:// or (for models) a Hugging Face id",
+        )
+
+
+def _data_location(src: DataSource, which: str, storage: Storage, param: str) -> contract.DataFile:
+    if src.inline is not None:
+        key = f"{which}.jsonl"
+        storage.inline[key] = src.inline
+        return contract.DataFile(location=f"{contract.CONFIG_MOUNT_PATH}/{key}")
+    if src.configMap is not None:
+        return contract.DataFile(
+            location=storage.config_map_key(which, src.configMap.name, src.configMap.key)
+        )
+    assert src.uri is not None
+    _in_cluster(src.uri, f"{param}.uri")
+    if uri_scheme(src.uri) == "pvc":
+        claim, path = parse_pvc_uri(src.uri)
+        if not path:
+            raise SpecError(f"{param}.uri", f"{param}.uri {src.uri!r} names no file: write pvc://{claim}/<path>.jsonl")
+        return contract.DataFile(location=f"{storage.pvc(claim, writable=False)}/{path}")
+    return contract.DataFile(location=src.uri, credentials_dir=storage.secret(src.credentialsSecret))
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.TrainerConfig, Storage]:
+    """The trainer config as the pods see it, and the volumes that make it true.
+
+    Raises :class:`SpecError` naming the field for anything a cluster cannot run.
+    """
+    spec = ftj.spec
+    storage = Storage()
+    ns, name = ftj.metadata.namespace or "default", ftj.metadata.name
+
+    base_uri = spec.baseModel.uri
+    _in_cluster(base_uri, "spec.baseModel.uri")
+    if uri_scheme(base_uri) == "pvc":
+        claim, path = parse_pvc_uri(base_uri)
+        model_location = _join(storage.pvc(claim, writable=False), path)
+    else:
+        model_location = base_uri.split("://", 1)[1] if uri_scheme(base_uri) == "hf" and "://" in base_uri else base_uri
+    model = contract.ModelSource(
+        location=model_location,
+        revision=spec.baseModel.revision,
+        trust_remote_code=spec.baseModel.trustRemoteCode,
+        credentials_dir=storage.secret(spec.baseModel.credentialsSecret),
+    )
+
+    training = _data_location(spec.trainingData, "training", storage, "spec.trainingData")
+    validation = (
+        _data_location(spec.validationData, "validation", storage, "spec.validationData")
+        if spec.validationData
+        else None
+    )
+
+    out = spec.output.uri
+    _in_cluster(out, "spec.output.uri")
+    if uri_scheme(out) == "pvc":
+        claim, path = parse_pvc_uri(out)
+        job_root = _join(storage.pvc(claim, writable=True), path, ns, name)
+        out_credentials = None
+    else:
+        job_root = _join(out, ns, name)
+        out_credentials = storage.secret(spec.output.credentialsSecret)
+
+    hp = spec.hyperparameters
+    config = contract.TrainerConfig(
+        job=contract.JobIdentity(
+            namespace=ns, name=name, uid=ftj.metadata.uid or "", fine_tuned_model=fine_tuned_model_name(ftj)
+        ),
+        base_model=model,
+        method=spec.method,
+        lora=contract.LoraConfig(
+            r=spec.lora.r,
+            alpha=spec.lora.alpha,
+            dropout=spec.lora.dropout,
+            target_modules=spec.lora.targetModules or "auto",
+        ),
+        training_data=training,
+        validation_data=validation,
+        epochs=hp.epochs,
+        batch_size=hp.batchSize,
+        learning_rate_multiplier=hp.learningRateMultiplier,
+        max_seq_length=hp.maxSeqLength,
+        over_length=hp.overLength,
+        seed=hp.seed,
+        deepspeed=contract.DeepSpeedSettings(
+            zero_stage=spec.deepspeed.zeroStage,
+            offload_optimizer=spec.deepspeed.offloadOptimizer,
+            offload_params=spec.deepspeed.offloadParams,
+            config_override=spec.deepspeed.config,
+        ),
+        output_uri=_join(job_root, "model"),
+        output_credentials_dir=out_credentials,
+        checkpoint_dir=_join(job_root, "checkpoints"),
+        checkpoint_interval_steps=spec.checkpointing.intervalSteps,
+        keep_checkpoints=spec.checkpointing.keep,
+        merge_weights=spec.output.mergeWeights,
+        prices=settings.prices,
+        progress=contract.ProgressReporting(
+            kind="kubernetes",
+            namespace=ns,
+            name=name,
+            interval_seconds=settings.progress_interval_seconds,
+        ),
+        metrics_port=settings.trainer_metrics_port,
+        result_path=contract.RESULT_PATH_IN_POD,
+    )
+    return config, storage
+
+
+# --------------------------------------------------------------------------
+# Objects
+# --------------------------------------------------------------------------
+
+
+def config_map(ftj: FineTuneJob, config: contract.TrainerConfig, storage: Storage) -> dict[str, Any]:
+    data = {contract.CONFIG_FILE: json.dumps(config.to_json_dict(), indent=2, sort_keys=True)}
+    data.update(storage.inline)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": common.metadata(
+            Names.of(ftj.metadata.name).config, ftj.metadata.namespace or "default", labels(ftj, "config"), owner(ftj)
+        ),
+        "data": data,
+    }
+
+
+def trainer_rbac(ftj: FineTuneJob) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding: patch this one FineTuneJob's status, nothing more."""
+    names = Names.of(ftj.metadata.name)
+    ns = ftj.metadata.namespace or "default"
+    meta = lambda kind: common.metadata(names.trainer_identity, ns, labels(ftj, "trainer"), owner(ftj))  # noqa: E731
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta("ServiceAccount"),
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta("Role"),
+            "rules": [
+                {
+                    "apiGroups": ["hone.dev"],
+                    "resources": ["finetunejobs/status"],
+                    "resourceNames": [ftj.metadata.name],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta("RoleBinding"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.trainer_identity},
+            "subjects": [{"kind": "ServiceAccount", "name": names.trainer_identity, "namespace": ns}],
+        },
+    ]
+
+
+def _pod_failure_policy(container: str) -> dict[str, Any]:
+    return {
+        "rules": [
+            # Bad config, bad data, unusable model: retrying cannot help.
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": container,
+                    "operator": "In",
+                    "values": sorted(int(c) for c in contract.NON_RETRYABLE_EXIT_CODES),
+                },
+            },
+            # Preemption, eviction, node drain: not the job's fault, never counted.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def _base_volumes(ftj: FineTuneJob, storage: Storage, shm: str | None) -> list[dict[str, Any]]:
+    volumes = [
+        {"name": "config", "configMap": {"name": Names.of(ftj.metadata.name).config}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    if shm:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
+    return volumes + list(storage.volumes.values())
+
+
+def _base_mounts(storage: Storage, shm: bool) -> list[dict[str, Any]]:
+    mounts = [
+        {"name": "config", "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    if shm:
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return mounts + list(storage.mounts.values())
+
+
+def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    env = {
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "HF_HOME": f"{CACHE_DIR}/huggingface",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TORCH_EXTENSIONS_DIR": f"{CACHE_DIR}/torch_extensions",
+        "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra or {})
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def _scheduling(ftj: FineTuneJob) -> dict[str, Any]:
+    r = ftj.spec.resources
+    out: dict[str, Any] = {}
+    if r.nodeSelector:
+        out["nodeSelector"] = dict(r.nodeSelector)
+    if r.tolerations:
+        out["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
+    if r.priorityClassName:
+        out["priorityClassName"] = r.priorityClassName
+    return out
+
+
+def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storage) -> dict[str, Any]:
+    """The ValidatingFiles step: counts tokens with the base model's tokenizer.
+
+    The validator writes :class:`hone_trainer.contract.ValidationResult` as
+    its termination message (at most 4 KiB, problem lists shortened to fit),
+    which the operator reads back from the finished pod.
+    """
+    names = Names.of(ftj.metadata.name)
+    ns = ftj.metadata.namespace or "default"
+    lbls = labels(ftj, "validate")
+    container = {
+        "name": VALIDATOR_CONTAINER,
+        "image": ftj.spec.image or settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "hone_trainer", "validate"],
+        "args": [
+            "--config", f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}",
+            "--result", contract.RESULT_PATH_IN_POD,
+        ],
+        "env": _env(),
+        "resources": common.resources(settings.validation_resources.cpu, settings.validation_resources.memory),
+        "securityContext": common.container_security_context(),
+        "volumeMounts": _base_mounts(storage, shm=False),
+        "terminationMessagePath": contract.RESULT_PATH_IN_POD,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": common.metadata(names.validation_job, ns, lbls, owner(ftj)),
+        "spec": {
+            "backoffLimit": settings.validation_backoff_limit,
+            "activeDeadlineSeconds": 3600,
+            "podFailurePolicy": _pod_failure_policy(VALIDATOR_CONTAINER),
+            "template": {
+                "metadata": {"labels": lbls},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": common.pod_security_context(settings.run_as_user),
+                    "containers": [container],
+                    "volumes": _base_volumes(ftj, storage, shm=None),
+                    **_scheduling(ftj),
+                },
+            },
+        },
+    }
+
+
+def training_command(ftj: FineTuneJob, settings: OperatorSettings) -> list[str]:
+    r = ftj.spec.resources
+    nproc = r.gpusPerNode or 1
+    trainer = ["-m", "hone_trainer", "train", "--config", f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"]
+    if r.nodes == 1:
+        return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}", *trainer]
+    names = Names.of(ftj.metadata.name)
+    endpoint = f"{names.training_job}-0.{names.service}:{settings.rendezvous_port}"
+    return [
+        "torchrun",
+        f"--nnodes={r.nodes}",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={ftj.metadata.uid}",
+        "--max-restarts=0",
+        *trainer,
+    ]
+
+
+def training_job(
+    ftj: FineTuneJob, settings: OperatorSettings, storage: Storage, suspend: bool
+) -> dict[str, Any]:
+    """One pod per node running torchrun with one process per GPU, DeepSpeed under it."""
+    spec = ftj.spec
+    r = spec.resources
+    names = Names.of(ftj.metadata.name)
+    ns = ftj.metadata.namespace or "default"
+    lbls = labels(ftj, "train")
+    job_labels = {**lbls, **kueue_labels(ftj, settings)}
+    shm = str(r.sharedMemory or settings.shared_memory)
+    ports = [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}]
+    if r.nodes > 1:
+        ports.append({"name": "rendezvous", "containerPort": settings.rendezvous_port, "protocol": "TCP"})
+    container = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.image or settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": training_command(ftj, settings),
+        "env": _env({"HONE_NODES": str(r.nodes), "DS_ACCELERATOR": "cuda" if r.gpusPerNode else "cpu"}),
+        "ports": ports,
+        "resources": common.resources(
+            r.cpu or settings.training_resources.cpu,
+            r.memory or settings.training_resources.memory,
+            {r.gpuResourceName: r.gpusPerNode},
+        ),
+        "securityContext": common.container_security_context(),
+        "volumeMounts": _base_mounts(storage, shm=True),
+        "terminationMessagePath": contract.RESULT_PATH_IN_POD,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": names.trainer_identity,
+        # The trainer patches this job's status (progress) with this token.
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "securityContext": common.pod_security_context(settings.run_as_user),
+        "containers": [container],
+        "volumes": _base_volumes(ftj, storage, shm=shm),
+        **_scheduling(ftj),
+    }
+    job_spec: dict[str, Any] = {
+        "completions": r.nodes,
+        "parallelism": r.nodes,
+        "completionMode": "Indexed" if r.nodes > 1 else "NonIndexed",
+        "backoffLimit": settings.backoff_limit,
+        "podFailurePolicy": _pod_failure_policy(TRAINER_CONTAINER),
+        "suspend": suspend,
+        "template": {"metadata": {"labels": lbls}, "spec": pod_spec},
+    }
+    if r.nodes > 1:
+        pod_spec["subdomain"] = names.service
+    if spec.activeDeadlineSeconds:
+        job_spec["activeDeadlineSeconds"] = spec.activeDeadlineSeconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": common.metadata(names.training_job, ns, job_labels, owner(ftj)),
+        "spec": job_spec,
+    }
+
+
+def headless_service(ftj: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+    """Stable DNS names for the pods of a multi-node Indexed Job (rendezvous on pod 0)."""
+    names = Names.of(ftj.metadata.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": common.metadata(
+            names.service, ftj.metadata.namespace or "default", labels(ftj, "train"), owner(ftj)
+        ),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {common.FINETUNEJOB_LABEL: labels(ftj, "train")[common.FINETUNEJOB_LABEL],
+                         common.COMPONENT_LABEL: "train"},
+            "ports": [
+                {"name": "rendezvous", "port": settings.rendezvous_port, "targetPort": settings.rendezvous_port,
+                 "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def all_objects(ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Every object the operator creates for this FineTuneJob over its life (for `hone render`)."""
+    config, storage = resolve(ftj, settings)
+    objs = [config_map(ftj, config, storage), *trainer_rbac(ftj), validation_job(ftj, settings, storage)]
+    if ftj.spec.resources.nodes > 1:
+        objs.append(headless_service(ftj, settings))
+    objs.append(training_job(ftj, settings, storage, suspend=ftj.spec.suspend or bool(kueue_labels(ftj, settings))))
+    return objs

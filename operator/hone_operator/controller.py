@@ -1,0 +1,284 @@
+"""Level-based reconciliation: a cache fed by kopf's watches and a work queue.
+
+kopf streams FineTuneJob and Job events; the handlers in :mod:`.main` only
+put the object into the cache and queue its FineTuneJob's key. Workers take
+keys off the queue (each key is processed by one worker at a time, and a key
+queued while it is being processed runs once more afterwards), compute a
+:func:`~hone_operator.handlers.finetunejob.plan` from the cached state, and
+carry it out. Nothing is written when the plan is empty, so a converged
+cluster costs no API writes, and an operator restarted at any point computes
+the same plan from the same objects: names are deterministic and a create
+that meets an existing object adopts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Any
+
+from hone_operator.api.v1alpha1 import API_VERSION, FineTuneJobPhase
+from hone_operator.builders import finetunejob as build
+from hone_operator.builders.common import COMPONENT_LABEL
+from hone_operator.handlers import finetunejob as ftj_handler
+from hone_operator.handlers.conditions import now
+from hone_operator.kube import Conflict, Kube
+from hone_operator.metrics import JobSample, OperatorMetrics
+from hone_operator.settings import OperatorSettings
+
+log = logging.getLogger("hone.controller")
+
+Key = tuple[str, str]  # (namespace, FineTuneJob name)
+
+
+def _rv_newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
+    """Is ``new`` at least as recent as ``old``? resourceVersions are etcd revisions in practice."""
+    if old is None:
+        return True
+    a = (new.get("metadata") or {}).get("resourceVersion")
+    b = (old.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(a) >= int(b)
+    except (TypeError, ValueError):
+        return True
+
+
+def _owner_ftj(obj: dict[str, Any]) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == build.KIND and ref.get("apiVersion", "").startswith("hone.dev/"):
+            return ref.get("name")
+    return None
+
+
+class Controller:
+    def __init__(self, settings: OperatorSettings, kube: Kube, metrics: OperatorMetrics):
+        self.settings = settings
+        self.kube = kube
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._ftjs: dict[Key, dict[str, Any]] = {}
+        self._jobs: dict[Key, dict[str, dict[str, Any]]] = {}
+        self._queue: asyncio.Queue[Key] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._failures: dict[Key, int] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self.instance = os.environ.get("HOSTNAME", "hone-operator")
+
+    # ---- cache, fed from kopf's event handlers (event loop thread) --------
+
+    def on_finetunejob(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        if event_type == "DELETED":
+            with self._lock:
+                self._ftjs.pop(key, None)
+                self._jobs.pop(key, None)
+            self.metrics.jobs.forget(meta.get("uid", ""))
+            return
+        with self._lock:
+            if not _rv_newer(obj, self._ftjs.get(key)):
+                return
+            self._ftjs[key] = obj
+        self._observe_metrics(obj)
+        self.enqueue(key)
+
+    def on_job(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        owner = _owner_ftj(obj)
+        meta = obj.get("metadata") or {}
+        component = (meta.get("labels") or {}).get(COMPONENT_LABEL)
+        if owner is None or component is None:
+            return
+        key = (meta.get("namespace"), owner)
+        with self._lock:
+            jobs = self._jobs.setdefault(key, {})
+            if event_type == "DELETED":
+                if (jobs.get(component) or {}).get("metadata", {}).get("uid") == meta.get("uid"):
+                    jobs.pop(component, None)
+            elif _rv_newer(obj, jobs.get(component)):
+                jobs[component] = obj
+            else:
+                return
+        self.enqueue(key)
+
+    def _cache_job(self, key: Key, obj: dict[str, Any]) -> None:
+        component = ((obj.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL)
+        with self._lock:
+            jobs = self._jobs.setdefault(key, {})
+            if component and _rv_newer(obj, jobs.get(component)):
+                jobs[component] = obj
+
+    def _cache_ftj(self, key: Key, obj: dict[str, Any]) -> None:
+        with self._lock:
+            if key in self._ftjs and _rv_newer(obj, self._ftjs[key]):
+                self._ftjs[key] = obj
+        self._observe_metrics(obj)
+
+    def _observe_metrics(self, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        tokens = status.get("trainedTokens") or (status.get("progress") or {}).get("trainedTokens") or 0
+        base = ((obj.get("spec") or {}).get("baseModel") or {}).get("uri", "")
+        self.metrics.jobs.observe(
+            meta.get("uid", ""),
+            JobSample(meta.get("namespace", ""), meta.get("name", ""), base, status.get("phase"), int(tokens)),
+        )
+
+    # ---- the work queue ----------------------------------------------------
+
+    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+        if self._loop is None or self._queue is None:
+            return
+        if delay > 0:
+            self._loop.call_later(delay, self.enqueue, key)
+            return
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.settings.reconcile_workers)]
+        with self._lock:
+            keys = list(self._ftjs)
+        for key in keys:
+            self.enqueue(key)
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    async def _worker(self, index: int) -> None:
+        assert self._queue is not None
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            try:
+                ok = await asyncio.to_thread(self._reconcile_safely, key)
+            finally:
+                self._active.discard(key)
+            if not ok:
+                n = self._failures.get(key, 0) + 1
+                self._failures[key] = n
+                self.enqueue(key, delay=min(300.0, self.settings.retry_delay_seconds * 2 ** (n - 1)))
+            else:
+                self._failures.pop(key, None)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.enqueue(key)
+
+    def _reconcile_safely(self, key: Key) -> bool:
+        started = time.monotonic()
+        try:
+            self.reconcile(key)
+            return True
+        except Exception:
+            log.exception("reconcile of FineTuneJob %s/%s failed; will retry", *key)
+            self.metrics.reconcile_errors.labels("FineTuneJob").inc()
+            return False
+        finally:
+            self.metrics.reconcile_duration.labels("FineTuneJob").observe(time.monotonic() - started)
+
+    # ---- one reconcile (worker thread) -----------------------------------
+
+    def reconcile(self, key: Key) -> None:
+        namespace, name = key
+        with self._lock:
+            body = self._ftjs.get(key)
+            jobs = dict(self._jobs.get(key, {}))
+        if body is None:
+            return
+        phase = (body.get("status") or {}).get("phase")
+        if phase and FineTuneJobPhase(phase).terminal:
+            return
+        uid = body["metadata"].get("uid")
+        owned = lambda j: j is not None and _owner_uid(j) == uid  # noqa: E731
+        observed = ftj_handler.Observed(
+            validation_job=jobs.get("validate") if owned(jobs.get("validate")) else None,
+            training_job=jobs.get("train") if owned(jobs.get("train")) else None,
+        )
+        # A finished Job's pods hold its result: read them fresh, never from a cache.
+        if ftj_handler.job_finished(observed.validation_job):
+            observed.validation_pods = self.kube.list("v1", "Pod", namespace, build.selector(name, "validate"))
+        if ftj_handler.job_finished(observed.training_job):
+            observed.training_pods = self.kube.list("v1", "Pod", namespace, build.selector(name, "train"))
+
+        plan = ftj_handler.plan(body, observed, self.settings, now())
+        if plan.empty:
+            return
+        self._execute(key, body, plan)
+
+    def _execute(self, key: Key, body: dict[str, Any], plan: ftj_handler.Plan) -> None:
+        namespace, name = key
+        for obj in plan.ensure:
+            try:
+                created = self.kube.create(obj)
+                log.info("created %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
+            except Conflict:
+                created = self.kube.get(obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"])
+            if created and created.get("kind") == "Job":
+                self._cache_job(key, created)
+        for ref, patch in plan.patches:
+            updated = self.kube.patch(ref.api_version, ref.kind, namespace, ref.name, patch)
+            if ref.kind == "Job":
+                self._cache_job(key, updated)
+        for ref in plan.deletes:
+            self.kube.delete(ref.api_version, ref.kind, namespace, ref.name)
+            if ref.kind == "Job":
+                with self._lock:
+                    for comp, job in list(self._jobs.get(key, {}).items()):
+                        if job["metadata"]["name"] == ref.name:
+                            self._jobs[key].pop(comp, None)
+        if plan.status:
+            updated = self.kube.patch(API_VERSION, "FineTuneJob", namespace, name, {"status": plan.status},
+                                      subresource="status")
+            self._cache_ftj(key, updated)
+            if "phase" in plan.status:
+                log.info("FineTuneJob %s/%s is %s", namespace, name, plan.status["phase"])
+        for event in plan.events:
+            self._post_event(body, event)
+
+    def _post_event(self, body: dict[str, Any], event: ftj_handler.Event) -> None:
+        meta = body["metadata"]
+        ts = now()
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name'][:200]}.{secrets.token_hex(8)}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION, "kind": build.KIND, "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": "hone-operator"},
+            "reportingComponent": "hone.dev/operator",
+            "reportingInstance": self.instance[:128],
+            "firstTimestamp": ts,
+            "lastTimestamp": ts,
+            "count": 1,
+        }
+        try:
+            self.kube.create(obj)
+        except Exception:  # an Event is best effort; never fail a reconcile over it
+            log.warning("could not post Event %s for %s/%s", event.reason, meta["namespace"], meta["name"])
+
+
+def _owner_uid(obj: dict[str, Any]) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == build.KIND:
+            return ref.get("uid")
+    return None

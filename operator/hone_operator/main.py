@@ -1,0 +1,59 @@
+"""kopf registration only: ``kopf run -m hone_operator.main`` (or ``python -m hone_operator``).
+
+The handlers here feed the controller's cache and queue; all decisions live
+in :mod:`hone_operator.handlers`, all object shapes in :mod:`hone_operator.builders`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from hone_operator import kube, settings as settings_mod
+from hone_operator.api.v1alpha1 import GROUP, VERSION
+from hone_operator.builders.common import FINETUNEJOB_LABEL
+from hone_operator.controller import Controller
+from hone_operator.metrics import OperatorMetrics
+
+log = logging.getLogger("hone.operator")
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg = settings_mod.load()
+    settings.persistence.finalizer = cfg.finalizer
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=cfg.storage_prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=cfg.storage_prefix, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = cfg.watch_server_timeout
+    settings.watching.client_timeout = cfg.watch_client_timeout
+    settings.posting.level = logging.WARNING  # Events come from the controller, not kopf's log
+    metrics = OperatorMetrics(cfg.prices)
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, registry=metrics.registry)
+        log.info("metrics on :%d/metrics", cfg.metrics_port)
+    api = kube.load_api_client(pool_size=cfg.reconcile_workers * 2)
+    controller = Controller(cfg, kube.Kube(api), metrics)
+    await controller.start()
+    memo["controller"] = controller
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        await controller.stop()
+
+
+@kopf.on.event(GROUP, VERSION, "finetunejobs")
+async def finetunejob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_finetunejob(event.get("type"), event["object"])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT})
+async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_job(event.get("type"), event["object"])

@@ -1,0 +1,104 @@
+"""The operator's settings: one typed object, loaded once at start-up.
+
+Values come from, in order of precedence: environment variables
+(``HONE_<FIELD>``, nested with ``__``, e.g. ``HONE_PRICES__TRAINING=30``),
+then a YAML file named by ``HONE_CONFIG_FILE`` (the Helm chart mounts one),
+then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from hone_trainer.contract import PriceTable
+
+
+class PodResources(BaseModel):
+    cpu: str = Field("4", description="CPU request and limit.")
+    memory: str = Field("32Gi", description="Memory request and limit.")
+
+
+class OperatorSettings(BaseSettings):
+    """Every knob of the operator, each with a documented default."""
+
+    model_config = SettingsConfigDict(env_prefix="HONE_", env_nested_delimiter="__", extra="forbid")
+
+    runtime_image: str = Field(
+        "ghcr.io/hone-dev/hone-runtime:0.1.0",
+        description="Image of the trainer/validator/server (torch + DeepSpeed).",
+    )
+    image_pull_policy: str = Field("IfNotPresent", description="Pull policy of the runtime image.")
+    watch_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces to watch; empty watches the whole cluster.",
+    )
+    health_port: int = Field(8081, ge=0, le=65535, description="Port of /healthz (liveness); 0 turns it off.")
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")
+    prices: PriceTable = Field(default_factory=PriceTable, description="USD per 1M tokens.")
+    training_resources: PodResources = Field(
+        default_factory=lambda: PodResources(cpu="8", memory="64Gi"),
+        description="Default CPU/memory of a training pod when the FineTuneJob sets none.",
+    )
+    validation_resources: PodResources = Field(
+        default_factory=lambda: PodResources(cpu="2", memory="4Gi"),
+        description="CPU/memory of the ValidatingFiles pod.",
+    )
+    shared_memory: str = Field("8Gi", description="Default size of /dev/shm in training pods.")
+    backoff_limit: int = Field(
+        3, ge=0, description="Retries of a training Job after crashes (preemption never counts)."
+    )
+    validation_backoff_limit: int = Field(1, ge=0, description="Retries of a validation Job.")
+    rendezvous_port: int = Field(29400, description="torchrun c10d rendezvous port (multi-node).")
+    trainer_metrics_port: int = Field(9090, description="Port of the trainer's /metrics.")
+    progress_interval_seconds: float = Field(15.0, gt=0, description="How often the trainer reports progress.")
+    run_as_user: int = Field(1000, ge=1, description="Non-root UID of every pod Hone creates.")
+    finalizer: str = Field("hone.dev/finalizer", description="kopf finalizer name.")
+    storage_prefix: str = Field("hone.dev", description="Prefix of kopf's annotations.")
+    watch_server_timeout: int = Field(300, description="Server-side timeout of watch requests (s).")
+    watch_client_timeout: int = Field(330, description="Client-side timeout of watch requests (s).")
+    reconcile_workers: int = Field(8, ge=1, le=128, description="Parallel reconciles.")
+    retry_delay_seconds: float = Field(10.0, gt=0, description="Delay before retrying a failed reconcile.")
+    kueue_enabled: bool = Field(
+        True, description="Honour kueue.x-k8s.io/queue-name labels (create Jobs suspended for Kueue)."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by HONE_CONFIG_FILE (snake_case or camelCase keys)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("HONE_CONFIG_FILE")
+        if not path:
+            return {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        return {_snake(k): v for k, v in data.items()}
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def load() -> OperatorSettings:
+    return OperatorSettings()

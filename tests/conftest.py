@@ -1,0 +1,48 @@
+"""Shared fixtures: an emulated API server per test and the real operator against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+from hone_operator.kube import Kube
+from tests.support.apiserver import ApiServerThread
+from tests.support.cluster import OperatorProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "crds" / "samples"
+
+
+@pytest.fixture
+def apiserver() -> Iterator[ApiServerThread]:
+    with ApiServerThread() as srv:
+        yield srv
+
+
+@pytest.fixture
+def kubeconfig(apiserver: ApiServerThread, tmp_path: Path) -> Path:
+    return apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def kube(kubeconfig: Path) -> Kube:
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    return Kube(client.ApiClient(cfg))
+
+
+@pytest.fixture
+def operator(kubeconfig: Path, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(kubeconfig, tmp_path / "operator.log").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def load_sample(name: str) -> dict:
+    return yaml.safe_load((SAMPLES / name).read_text())

@@ -1,0 +1,186 @@
+"""Test helpers: run the real operator as a process, and play the Job controller."""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from hone_operator.kube import Kube
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``fn`` until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or fn}: last value {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    """``python -m hone_operator`` against a kubeconfig, as a separate process."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None):
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.extra_env = env or {}
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "OperatorProcess":
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "HONE_METRICS_PORT": str(self.metrics_port),
+            "HONE_HEALTH_PORT": "0",
+            "HONE_RETRY_DELAY_SECONDS": "0.5",
+            "HONE_RUNTIME_IMAGE": "registry.example/hone-runtime:test",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")]),
+            **self.extra_env,
+        }
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "hone_operator"], env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_for(self._ready, timeout=60, interval=0.1, what=f"operator metrics (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).read()
+            return True
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, like a node dying under the operator."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# --------------------------------------------------------------------------
+# Playing the Job controller
+# --------------------------------------------------------------------------
+
+
+def get_job(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
+    return kube.get("batch/v1", "Job", ns, name)
+
+
+def jobs(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    return kube.list("batch/v1", "Job", ns)
+
+
+def ftj(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    obj = kube.get("hone.dev/v1alpha1", "FineTuneJob", ns, name)
+    assert obj is not None, f"FineTuneJob {ns}/{name} is gone"
+    return obj
+
+
+def phase(kube: Kube, ns: str, name: str) -> str | None:
+    return (ftj(kube, ns, name).get("status") or {}).get("phase")
+
+
+def wait_phase(kube: Kube, ns: str, name: str, want: str, timeout: float = 30) -> dict[str, Any]:
+    wait_for(lambda: phase(kube, ns, name) == want, timeout, what=f"{ns}/{name} phase {want}")
+    return ftj(kube, ns, name)
+
+
+def make_pod(kube: Kube, job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+    """Create a pod the way the Job controller does: template, labels, owner reference."""
+    meta = job["metadata"]
+    template = copy.deepcopy(job["spec"]["template"])
+    labels = {**(template.get("metadata", {}).get("labels") or {}), "batch.kubernetes.io/job-name": meta["name"],
+              "job-name": meta["name"]}
+    annotations = {}
+    if index is not None:
+        annotations["batch.kubernetes.io/job-completion-index"] = str(index)
+        labels["batch.kubernetes.io/job-completion-index"] = str(index)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{meta['name']}-{secrets.token_hex(3)}",
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
+                                 "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": template["spec"],
+    }
+    return kube.create(pod)
+
+
+def terminate_pod(kube: Kube, pod: dict[str, Any], container: str, exit_code: int, message: str = "",
+                  disrupted: bool = False) -> None:
+    status: dict[str, Any] = {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "containerStatuses": [{
+            "name": container, "ready": False, "restartCount": 0, "image": "hone-runtime", "imageID": "",
+            "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                     "message": message}},
+        }],
+    }
+    if disrupted:
+        status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                                 "message": "preempted by a higher-priority pod"}]
+    meta = pod["metadata"]
+    kube.patch("v1", "Pod", meta["namespace"], meta["name"], {"status": status}, subresource="status")
+
+
+def set_job_status(kube: Kube, ns: str, name: str, **status: Any) -> dict[str, Any]:
+    return kube.patch("batch/v1", "Job", ns, name, {"status": status}, subresource="status")
+
+
+def finish_job(kube: Kube, ns: str, name: str, container: str, exit_code: int = 0, message: str = "",
+               job_condition: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    """Run one pod of the Job to its end, then mark the Job Complete or Failed."""
+    job = get_job(kube, ns, name)
+    assert job is not None, f"Job {ns}/{name} does not exist"
+    pod = make_pod(kube, job, index=0 if job["spec"].get("completionMode") == "Indexed" else None)
+    terminate_pod(kube, pod, container, exit_code, message)
+    condition = job_condition or ("Complete" if exit_code == 0 else "Failed")
+    cond = {"type": condition, "status": "True", "reason": reason or ("Completed" if condition == "Complete"
+                                                                       else "BackoffLimitExceeded"),
+            "message": ""}
+    counts = {"succeeded": 1} if condition == "Complete" else {"failed": 1}
+    return set_job_status(kube, ns, name, conditions=[cond], active=0, ready=0, **counts)
