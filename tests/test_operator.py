@@ -1,0 +1,420 @@
+"""The real operator process against the emulated API server.
+
+The tests play the Job controller (they create pods, terminate them with
+exit codes and termination messages, and mark Jobs Complete or Failed), and
+check what a user sees: phases, conditions, status, children, Events and
+metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import pytest
+
+from hone_operator.kube import USER_AGENT, Kube
+from hone_trainer import contract
+from tests.conftest import load_sample
+from tests.support.apiserver import ApiServerThread
+from tests.support.cluster import (
+    OperatorProcess,
+    finish_job,
+    ftj,
+    get_job,
+    jobs,
+    make_pod,
+    phase,
+    set_job_status,
+    terminate_pod,
+    wait_for,
+    wait_phase,
+)
+
+NS = "team-a"
+NAME = "support-assistant"
+API = "hone.dev/v1alpha1"
+
+
+def apply(kube: Kube, body: dict[str, Any] | None = None, name: str = NAME, namespace: str = NS,
+          **spec: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(body or load_sample("finetunejob-minimal.yaml"))
+    obj["metadata"].update(name=name, namespace=namespace)
+    obj["spec"].update(spec)
+    return kube.create(obj)
+
+
+def patch_spec(kube: Kube, name: str = NAME, **spec: Any) -> None:
+    kube.patch(API, "FineTuneJob", NS, name, {"spec": spec})
+
+
+def good_validation(examples: int = 120, tokens: int = 50_000) -> str:
+    hp = contract.resolve_hyperparameters(examples)
+    return contract.to_termination_message(contract.ValidationResult(
+        ok=True, examples=examples, tokens_per_epoch=tokens, trained_tokens_per_epoch=tokens // 2,
+        hyperparameters=hp, billable_training_tokens=tokens * hp.epochs,
+        estimated_cost_usd=contract.cost_usd(tokens * hp.epochs, 25.0)))
+
+
+def published(tokens: int = 150_000, name: str = NAME) -> str:
+    return contract.to_termination_message(contract.TrainingResult(
+        ok=True, artifact_uri=f"pvc://hone-models/adapters/{NS}/{name}/model",
+        manifest_sha256="ab" * 32, trained_tokens=tokens, steps=30, train_loss=0.42,
+        checkpoints=[contract.CheckpointInfo(step=30, uri=f"pvc://hone-models/{name}/ckpt-30", train_loss=0.42)]))
+
+
+def validate_ok(kube: Kube, name: str = NAME) -> None:
+    wait_for(lambda: get_job(kube, NS, f"{name}-validate"), what="validation Job")
+    finish_job(kube, NS, f"{name}-validate", "validator", 0, good_validation())
+    wait_for(lambda: get_job(kube, NS, f"{name}-train"), what="training Job")
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def operator_writes(apiserver: ApiServerThread) -> list[Any]:
+    return apiserver.call(lambda s: s.writes(USER_AGENT))
+
+
+def test_happy_path_from_apply_to_succeeded(kube: Kube, operator: OperatorProcess, apiserver: ApiServerThread) -> None:
+    apply(kube)
+    obj = wait_phase(kube, NS, NAME, "ValidatingFiles")
+    assert condition(obj, "FilesValidated")["status"] == "Unknown"
+    assert obj["status"]["observedGeneration"] == 1
+    vjob = get_job(kube, NS, f"{NAME}-validate")
+    assert vjob["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["hone_trainer", "validate"]
+    assert get_job(kube, NS, f"{NAME}-train") is None  # nothing trains before the data is checked
+
+    finish_job(kube, NS, f"{NAME}-validate", "validator", 0, good_validation())
+    obj = wait_phase(kube, NS, NAME, "Queued")
+    assert obj["status"]["dataset"]["examples"] == 120
+    assert obj["status"]["dataset"]["tokensPerEpoch"] == 50_000
+    assert obj["status"]["estimate"] == {
+        "billableTrainingTokens": 150_000, "costUsd": 3.75, "usdPerMillionTokens": 25.0,
+        "hyperparameters": {"epochs": 3, "batchSize": 1, "learningRateMultiplier": 2.0}}
+    assert condition(obj, "FilesValidated")["status"] == "True"
+    assert condition(obj, "Running")["reason"] == "WaitingForPods"
+
+    set_job_status(kube, NS, f"{NAME}-train", active=1, ready=1)
+    obj = wait_phase(kube, NS, NAME, "Running")
+    assert obj["status"]["startTime"]
+
+    # The trainer reports progress through the status subresource.
+    progress = contract.Progress(step=12, total_steps=30, epoch=1.2, train_loss=0.9, trained_tokens=60_000,
+                                 tokens_per_second=2500.0)
+    kube.patch(API, "FineTuneJob", NS, NAME, {"status": {"progress": progress.to_json_dict()}}, subresource="status")
+    wait_for(lambda: 'hone_training_tokens_total{base_model="HuggingFaceTB/SmolLM2-135M-Instruct",'
+                     f'finetunejob="{NAME}",namespace="{NS}"}} 60000.0' in operator.metrics(),
+             what="training tokens metric")
+    assert ftj(kube, NS, NAME)["status"]["progress"]["percent"] == 40
+
+    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, published())
+    obj = wait_phase(kube, NS, NAME, "Succeeded")
+    status = obj["status"]
+    assert status["fineTunedModel"]["name"].startswith("ft:smollm2-135m-instruct:team-a::")
+    assert status["fineTunedModel"]["artifactUri"] == f"pvc://hone-models/adapters/{NS}/{NAME}/model"
+    assert status["trainedTokens"] == 150_000
+    assert status["checkpoints"][0]["step"] == 30
+    assert status["completionTime"]
+    assert condition(obj, "Succeeded")["status"] == "True"
+    assert status["progress"]["step"] == 12  # the trainer's field is never overwritten
+
+    reasons = wait_for(lambda: {e["reason"] for e in kube.list("v1", "Event", NS)} >= {
+        "ValidatingFiles", "Queued", "Running", "Succeeded"} and [e["reason"] for e in kube.list("v1", "Event", NS)])
+    assert reasons.count("Succeeded") == 1
+    metrics = wait_for(lambda: (m := operator.metrics()) and f'hone_finetunejobs{{namespace="{NS}",phase="Succeeded"}} 1.0' in m and m)
+    assert f'hone_training_tokens_total{{base_model="HuggingFaceTB/SmolLM2-135M-Instruct",finetunejob="{NAME}",namespace="{NS}"}} 150000.0' in metrics
+    assert f'hone_cost_usd_total{{finetunejob="{NAME}",kind="training",namespace="{NS}"}} 3.75' in metrics
+
+    # Converged: the operator writes nothing more, whatever else happens around it.
+    before = len(operator_writes(apiserver))
+    kube.patch(API, "FineTuneJob", NS, NAME, {"metadata": {"labels": {"team": "support"}}})
+    time.sleep(1.5)
+    assert len(operator_writes(apiserver)) == before
+
+
+def test_children_are_exactly_what_the_builders_render(kube: Kube, operator: OperatorProcess) -> None:
+    created = apply(kube)
+    wait_phase(kube, NS, NAME, "ValidatingFiles")
+    validate_ok(kube)
+    kinds = {(o["kind"], o["metadata"]["name"]) for kind in
+             (("v1", "ConfigMap"), ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
+              ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("batch/v1", "Job"))
+             for o in kube.list(*kind, NS)}
+    assert kinds == {("ConfigMap", f"{NAME}-config"), ("ServiceAccount", f"{NAME}-trainer"),
+                     ("Role", f"{NAME}-trainer"), ("RoleBinding", f"{NAME}-trainer"),
+                     ("Job", f"{NAME}-validate"), ("Job", f"{NAME}-train")}
+    train = get_job(kube, NS, f"{NAME}-train")
+    assert train["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    # Deleting the FineTuneJob takes everything it owns with it (garbage collection).
+    kube.delete(API, "FineTuneJob", NS, NAME)
+    wait_for(lambda: not jobs(kube, NS) and not kube.list("v1", "ConfigMap", NS), what="garbage collection")
+
+
+def test_bad_data_fails_with_the_validators_message(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube)
+    wait_for(lambda: get_job(kube, NS, f"{NAME}-validate"))
+    result = contract.ValidationResult(
+        ok=False, examples=3, invalid_lines=2, problem_counts={"invalid_json": 1, "no_assistant_message": 1},
+        problems=[
+            contract.Problem(file="training", line=4, kind=contract.ProblemKind.INVALID_JSON,
+                             message="invalid JSON: Expecting ',' delimiter at column 31"),
+            contract.Problem(file="training", line=9, kind=contract.ProblemKind.NO_ASSISTANT_MESSAGE,
+                             message="no assistant message to learn from"),
+        ])
+    # The validator exits with DATA_ERROR; podFailurePolicy fails the Job at once.
+    finish_job(kube, NS, f"{NAME}-validate", "validator", int(contract.ExitCode.DATA_ERROR),
+               contract.to_termination_message(result), reason="PodFailurePolicy")
+    obj = wait_phase(kube, NS, NAME, "Failed")
+    err = obj["status"]["error"]
+    assert err["code"] == "invalid_training_file"
+    assert err["param"] == "spec.trainingData"
+    assert err["message"].startswith("training file line 4: invalid JSON")
+    assert "(and 1 more problem(s))" in err["message"]
+    assert obj["status"]["dataset"]["problemCounts"] == {"invalid_json": 1, "no_assistant_message": 1}
+    assert condition(obj, "FilesValidated")["status"] == "False"
+    time.sleep(0.5)
+    assert get_job(kube, NS, f"{NAME}-train") is None
+    assert any(e["type"] == "Warning" and e["reason"] == "Failed" for e in kube.list("v1", "Event", NS))
+
+
+def test_validator_crash_without_result_fails_with_its_log(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube)
+    wait_for(lambda: get_job(kube, NS, f"{NAME}-validate"))
+    finish_job(kube, NS, f"{NAME}-validate", "validator", 1, "Traceback ...\nOSError: tokenizer.json not found")
+    obj = wait_phase(kube, NS, NAME, "Failed")
+    assert obj["status"]["error"]["code"] == "validation_failed"
+    assert "tokenizer.json not found" in obj["status"]["error"]["message"]
+
+
+def test_preempted_pod_does_not_fail_the_job(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube)
+    validate_ok(kube)
+    set_job_status(kube, NS, f"{NAME}-train", active=1, ready=1)
+    wait_phase(kube, NS, NAME, "Running")
+    # A higher-priority pod preempts ours: the Job's podFailurePolicy ignores it
+    # (the Job stays active and starts a replacement pod).
+    job = get_job(kube, NS, f"{NAME}-train")
+    preempted = make_pod(kube, job)
+    terminate_pod(kube, preempted, "trainer", 137, "", disrupted=True)
+    set_job_status(kube, NS, f"{NAME}-train", active=1, ready=0)
+    wait_phase(kube, NS, NAME, "Queued")
+    set_job_status(kube, NS, f"{NAME}-train", active=1, ready=1)
+    wait_phase(kube, NS, NAME, "Running")
+    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, published())
+    obj = wait_phase(kube, NS, NAME, "Succeeded")
+    assert obj["status"]["trainedTokens"] == 150_000
+    assert len(jobs(kube, NS)) == 2  # the same training Job, never a second one
+
+
+def test_non_retryable_trainer_exit_fails_at_once(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube)
+    validate_ok(kube)
+    failure = contract.TrainingResult(ok=False, error_code="model_error",
+                                      message="spec.baseModel: model.safetensors missing; only safetensors weights load")
+    finish_job(kube, NS, f"{NAME}-train", "trainer", int(contract.ExitCode.MODEL_ERROR),
+               contract.to_termination_message(failure), reason="PodFailurePolicy")
+    obj = wait_phase(kube, NS, NAME, "Failed")
+    assert obj["status"]["error"] == {"code": "model_error",
+                                      "message": "spec.baseModel: model.safetensors missing; only safetensors weights load"}
+    time.sleep(0.5)
+    assert len(jobs(kube, NS)) == 2 and phase(kube, NS, NAME) == "Failed"  # no retry, no new Job
+
+
+def test_deadline_exceeded(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube, activeDeadlineSeconds=600)
+    validate_ok(kube)
+    assert get_job(kube, NS, f"{NAME}-train")["spec"]["activeDeadlineSeconds"] == 600
+    patch_spec(kube, activeDeadlineSeconds=900)
+    wait_for(lambda: get_job(kube, NS, f"{NAME}-train")["spec"].get("activeDeadlineSeconds") == 900)
+    set_job_status(kube, NS, f"{NAME}-train", active=0, ready=0, failed=1,
+                   conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                "message": "Job was active longer than specified deadline"}])
+    obj = wait_phase(kube, NS, NAME, "Failed")
+    assert obj["status"]["error"]["code"] == "deadline_exceeded"
+    assert obj["status"]["error"]["param"] == "spec.activeDeadlineSeconds"
+
+
+def test_training_completed_without_result_is_not_succeeded(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube)
+    validate_ok(kube)
+    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, "")
+    obj = wait_phase(kube, NS, NAME, "Failed")
+    assert "published no result" in obj["status"]["error"]["message"]
+    assert "fineTunedModel" not in obj["status"]
+
+
+def test_suspend_and_resume(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube)
+    validate_ok(kube)
+    set_job_status(kube, NS, f"{NAME}-train", active=1, ready=1)
+    wait_phase(kube, NS, NAME, "Running")
+    patch_spec(kube, suspend=True)
+    obj = wait_phase(kube, NS, NAME, "Suspended")
+    assert get_job(kube, NS, f"{NAME}-train")["spec"]["suspend"] is True
+    assert condition(obj, "Suspended")["status"] == "True"
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
+    set_job_status(kube, NS, f"{NAME}-train", active=0, ready=0)  # the Job controller removes the pods
+    patch_spec(kube, suspend=False)
+    wait_for(lambda: get_job(kube, NS, f"{NAME}-train")["spec"]["suspend"] is False, what="Job resumed")
+    wait_phase(kube, NS, NAME, "Queued")
+    set_job_status(kube, NS, f"{NAME}-train", active=1, ready=1)
+    obj = wait_phase(kube, NS, NAME, "Running")
+    assert condition(obj, "Suspended")["status"] == "False"
+
+
+def test_suspended_before_training_creates_a_suspended_job(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube, suspend=True)
+    validate_ok(kube)
+    wait_phase(kube, NS, NAME, "Suspended")
+    assert get_job(kube, NS, f"{NAME}-train")["spec"]["suspend"] is True
+
+
+def test_cancel_removes_pods_and_keeps_the_object(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube)
+    validate_ok(kube)
+    set_job_status(kube, NS, f"{NAME}-train", active=1, ready=1)
+    wait_phase(kube, NS, NAME, "Running")
+    pod = make_pod(kube, get_job(kube, NS, f"{NAME}-train"))
+    patch_spec(kube, cancel=True)
+    obj = wait_phase(kube, NS, NAME, "Cancelled")
+    wait_for(lambda: not jobs(kube, NS), what="Jobs deleted")
+    assert kube.get("v1", "Pod", NS, pod["metadata"]["name"]) is None  # pods go with their Job
+    assert kube.get("v1", "ConfigMap", NS, f"{NAME}-config") is not None
+    assert condition(obj, "Cancelled")["status"] == "True"
+    # Cancelled is final: un-cancelling does not restart anything.
+    patch_spec(kube, cancel=False)
+    time.sleep(0.5)
+    assert phase(kube, NS, NAME) == "Cancelled" and not jobs(kube, NS)
+
+
+def test_cross_namespace_reference_is_refused(kube: Kube, operator: OperatorProcess) -> None:
+    body = load_sample("finetunejob-minimal.yaml")
+    body["spec"]["trainingData"]["configMap"]["namespace"] = "finance"
+    apply(kube, body)
+    obj = wait_phase(kube, NS, NAME, "Failed")
+    err = obj["status"]["error"]
+    assert err["code"] == "cross_namespace_reference"
+    assert err["param"] == "spec.trainingData.configMap"
+    assert "'finance'" in err["message"] and f"'{NS}'" in err["message"]
+    assert condition(obj, "Failed")["reason"] == "CrossNamespaceReference"
+    time.sleep(0.3)
+    assert jobs(kube, NS) == [] and kube.list("v1", "ConfigMap", NS) == []
+
+
+def test_invalid_spec_is_rejected_at_apply_or_failed_with_the_field(kube: Kube, operator: OperatorProcess) -> None:
+    # The API server's schema refuses what it can express...
+    body = load_sample("finetunejob-minimal.yaml")
+    body["spec"]["hyperparameters"] = {"epochs": 0}
+    with pytest.raises(Exception) as info:
+        apply(kube, body, name="bad-epochs")
+    assert "spec.hyperparameters.epochs" in str(info.value)
+    # ...and the operator names the field for the rest.
+    body = load_sample("finetunejob-minimal.yaml")
+    body["spec"]["trainingData"] = {"configMap": {"name": "chats", "key": "a.jsonl"}, "inline": "{}"}
+    apply(kube, body)
+    obj = wait_phase(kube, NS, NAME, "Failed")
+    assert obj["status"]["error"]["code"] == "invalid_spec"
+    assert obj["status"]["error"]["param"] == "spec.trainingData"
+    assert "exactly one of uri, configMap, inline" in obj["status"]["error"]["message"]
+    assert condition(obj, "Failed")["reason"] == "InvalidSpec"
+
+
+def test_local_only_uri_is_refused_in_the_cluster(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube, baseModel={"uri": "file:///home/me/model"})
+    obj = wait_phase(kube, NS, NAME, "Failed")
+    assert obj["status"]["error"]["param"] == "spec.baseModel.uri"
+    assert "hone run" in obj["status"]["error"]["message"]
+
+
+def test_kueue_admits_the_suspended_job(kube: Kube, operator: OperatorProcess) -> None:
+    body = load_sample("finetunejob-minimal.yaml")
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu"}
+    apply(kube, body)
+    validate_ok(kube)
+    obj = wait_phase(kube, NS, NAME, "Queued")
+    job = get_job(kube, NS, f"{NAME}-train")
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert condition(obj, "Running")["reason"] == "WaitingForAdmission"
+    time.sleep(0.5)
+    assert get_job(kube, NS, f"{NAME}-train")["spec"]["suspend"] is True  # the operator leaves admission to Kueue
+    # Kueue admits: it unsuspends the Job and pods start.
+    kube.patch("batch/v1", "Job", NS, f"{NAME}-train", {"spec": {"suspend": False}})
+    set_job_status(kube, NS, f"{NAME}-train", active=1, ready=1)
+    wait_phase(kube, NS, NAME, "Running")
+
+
+def test_multi_node_creates_the_rendezvous_service(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube, resources={"gpusPerNode": 8, "nodes": 4})
+    validate_ok(kube)
+    svc = wait_for(lambda: kube.get("v1", "Service", NS, f"{NAME}-train"))
+    assert svc["spec"]["clusterIP"] == "None"
+    job = get_job(kube, NS, f"{NAME}-train")
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 4
+    set_job_status(kube, NS, f"{NAME}-train", active=4, ready=4)
+    obj = wait_phase(kube, NS, NAME, "Running")
+    assert condition(obj, "Running")["message"] == "4 of 4 training pod(s) ready"
+
+
+def test_operator_killed_mid_lifecycle_converges_without_duplicates(
+        kube: Kube, kubeconfig, tmp_path, apiserver: ApiServerThread) -> None:
+    names = [f"job-{i}" for i in range(6)]
+    op = OperatorProcess(kubeconfig, tmp_path / "op1.log").start()
+    try:
+        for name in names:
+            apply(kube, name=name)
+        wait_for(lambda: all(get_job(kube, NS, f"{n}-validate") for n in names[:2]), what="first validation Jobs")
+        op.kill()  # SIGKILL, possibly in the middle of creating children
+        # While it is down: some validations finish.
+        for name in names[:3]:
+            if get_job(kube, NS, f"{name}-validate"):
+                finish_job(kube, NS, f"{name}-validate", "validator", 0, good_validation())
+        op = OperatorProcess(kubeconfig, tmp_path / "op2.log").start()
+        wait_for(lambda: all(phase(kube, NS, n) in ("Queued", "ValidatingFiles") for n in names), what="restart")
+        wait_for(lambda: all(get_job(kube, NS, f"{n}-validate") for n in names), what="all validation Jobs")
+        for name in names:
+            job = get_job(kube, NS, f"{name}-validate")
+            if not job.get("status", {}).get("conditions"):
+                finish_job(kube, NS, f"{name}-validate", "validator", 0, good_validation())
+        wait_for(lambda: all(get_job(kube, NS, f"{n}-train") for n in names[:1]), what="a training Job")
+        op.kill()
+        op = OperatorProcess(kubeconfig, tmp_path / "op3.log").start()
+        wait_for(lambda: all(phase(kube, NS, n) == "Queued" for n in names), what="all Queued")
+        all_jobs = sorted(j["metadata"]["name"] for j in jobs(kube, NS))
+        assert all_jobs == sorted([f"{n}-validate" for n in names] + [f"{n}-train" for n in names])
+        for name in names:
+            assert len(kube.list("v1", "ConfigMap", NS, f"hone.dev/finetunejob={name}")) == 1
+        # Converged after the restarts: no further writes.
+        before = len(operator_writes(apiserver))
+        time.sleep(1.5)
+        assert len(operator_writes(apiserver)) == before
+    finally:
+        op.stop()
+
+
+def test_job_events_from_another_owner_are_ignored(kube: Kube, operator: OperatorProcess) -> None:
+    """A Job that only carries our label (no ownerReference) does not drive a FineTuneJob."""
+    apply(kube)
+    wait_phase(kube, NS, NAME, "ValidatingFiles")
+    impostor = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "impostor", "namespace": NS,
+                     "labels": {"hone.dev/finetunejob": NAME, "app.kubernetes.io/component": "validate"}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "x", "image": "x"}]}}},
+    }
+    kube.create(impostor)
+    set_job_status(kube, NS, "impostor", conditions=[{"type": "Complete", "status": "True"}])
+    time.sleep(0.5)
+    assert phase(kube, NS, NAME) == "ValidatingFiles"
+
+
+def test_operator_writes_are_attributed(kube: Kube, operator: OperatorProcess, apiserver: ApiServerThread) -> None:
+    """The write counts above are only meaningful if the operator's writes are recognised."""
+    apply(kube)
+    wait_phase(kube, NS, NAME, "ValidatingFiles")
+    writes = wait_for(lambda: operator_writes(apiserver))
+    kinds = {(w.verb, w.resource, w.subresource) for w in writes}
+    assert {("create", "jobs", None), ("create", "configmaps", None), ("patch", "finetunejobs", "status")} <= kinds
+    assert ("create", "finetunejobs", None) not in kinds  # that one was the test's own write
