@@ -26,6 +26,7 @@ from tests.support.cluster import (
     jobs,
     make_pod,
     phase,
+    seed_namespace,
     set_job_status,
     terminate_pod,
     wait_for,
@@ -39,6 +40,7 @@ API = "hone.dev/v1alpha1"
 
 def apply(kube: Kube, body: dict[str, Any] | None = None, name: str = NAME, namespace: str = NS,
           **spec: Any) -> dict[str, Any]:
+    seed_namespace(kube, namespace)
     obj = copy.deepcopy(body or load_sample("finetunejob-minimal.yaml"))
     obj["metadata"].update(name=name, namespace=namespace)
     obj["spec"].update(spec)
@@ -84,7 +86,9 @@ def test_happy_path_from_apply_to_succeeded(kube: Kube, operator: OperatorProces
     assert condition(obj, "FilesValidated")["status"] == "Unknown"
     assert obj["status"]["observedGeneration"] == 1
     vjob = get_job(kube, NS, f"{NAME}-validate")
-    assert vjob["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["hone_trainer", "validate"]
+    assert vjob["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "python", "-m", "hone_trainer", "validate", "--config", "/etc/hone/config.json",
+        "--result", "/dev/termination-log"]
     assert get_job(kube, NS, f"{NAME}-train") is None  # nothing trains before the data is checked
 
     finish_job(kube, NS, f"{NAME}-validate", "validator", 0, good_validation())
@@ -142,7 +146,7 @@ def test_children_are_exactly_what_the_builders_render(kube: Kube, operator: Ope
     kinds = {(o["kind"], o["metadata"]["name"]) for kind in
              (("v1", "ConfigMap"), ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
               ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("batch/v1", "Job"))
-             for o in kube.list(*kind, NS)}
+             for o in kube.list(*kind, NS, f"hone.dev/finetunejob={NAME}")}
     assert kinds == {("ConfigMap", f"{NAME}-config"), ("ServiceAccount", f"{NAME}-trainer"),
                      ("Role", f"{NAME}-trainer"), ("RoleBinding", f"{NAME}-trainer"),
                      ("Job", f"{NAME}-validate"), ("Job", f"{NAME}-train")}
@@ -150,7 +154,9 @@ def test_children_are_exactly_what_the_builders_render(kube: Kube, operator: Ope
     assert train["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
     # Deleting the FineTuneJob takes everything it owns with it (garbage collection).
     kube.delete(API, "FineTuneJob", NS, NAME)
-    wait_for(lambda: not jobs(kube, NS) and not kube.list("v1", "ConfigMap", NS), what="garbage collection")
+    wait_for(lambda: not jobs(kube, NS) and kube.get("v1", "ConfigMap", NS, f"{NAME}-config") is None,
+             what="garbage collection")
+    assert kube.get("v1", "ConfigMap", NS, "support-chats") is not None  # the user's data stays
 
 
 def test_bad_data_fails_with_the_validators_message(kube: Kube, operator: OperatorProcess) -> None:
@@ -301,7 +307,7 @@ def test_cross_namespace_reference_is_refused(kube: Kube, operator: OperatorProc
     assert "'finance'" in err["message"] and f"'{NS}'" in err["message"]
     assert condition(obj, "Failed")["reason"] == "CrossNamespaceReference"
     time.sleep(0.3)
-    assert jobs(kube, NS) == [] and kube.list("v1", "ConfigMap", NS) == []
+    assert jobs(kube, NS) == [] and kube.get("v1", "ConfigMap", NS, f"{NAME}-config") is None
 
 
 def test_invalid_spec_is_rejected_at_apply_or_failed_with_the_field(kube: Kube, operator: OperatorProcess) -> None:
@@ -418,3 +424,28 @@ def test_operator_writes_are_attributed(kube: Kube, operator: OperatorProcess, a
     kinds = {(w.verb, w.resource, w.subresource) for w in writes}
     assert {("create", "jobs", None), ("create", "configmaps", None), ("patch", "finetunejobs", "status")} <= kinds
     assert ("create", "finetunejobs", None) not in kinds  # that one was the test's own write
+
+
+def test_missing_references_wait_with_a_clear_condition(kube: Kube, operator: OperatorProcess) -> None:
+    body = load_sample("finetunejob-minimal.yaml")
+    body["spec"]["trainingData"]["configMap"] = {"name": "not-yet", "key": "train.jsonl"}
+    body["spec"]["output"]["uri"] = "pvc://no-such-claim/adapters"
+    apply(kube, body)
+    obj = wait_for(lambda: (o := ftj(kube, NS, NAME)).get("status", {}).get("conditions") and o)
+    cond = condition(obj, "FilesValidated")
+    assert cond["reason"] == "ReferenceNotFound"
+    assert "ConfigMap 'not-yet' (spec.trainingData.configMap) does not exist in namespace 'team-a'" in cond["message"]
+    assert "PersistentVolumeClaim 'no-such-claim' (spec.output.uri)" in cond["message"]
+    assert get_job(kube, NS, f"{NAME}-validate") is None
+    # The user creates them, with the wrong key first: the message says which keys exist.
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "not-yet", "namespace": NS},
+                 "data": {"chats.jsonl": "{}"}})
+    kube.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": "no-such-claim", "namespace": NS},
+                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    wait_for(lambda: "has no key 'train.jsonl'" in condition(ftj(kube, NS, NAME), "FilesValidated")["message"],
+             timeout=10, what="the missing key named")
+    assert "its keys: chats.jsonl" in condition(ftj(kube, NS, NAME), "FilesValidated")["message"]
+    kube.patch("v1", "ConfigMap", NS, "not-yet", {"data": {"train.jsonl": "{}"}})
+    wait_for(lambda: get_job(kube, NS, f"{NAME}-validate"), timeout=10, what="validation Job once data exists")
+    assert condition(ftj(kube, NS, NAME), "FilesValidated")["reason"] == "Validating"

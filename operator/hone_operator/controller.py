@@ -215,10 +215,32 @@ class Controller:
         if ftj_handler.job_finished(observed.training_job):
             observed.training_pods = self.kube.list("v1", "Pod", namespace, build.selector(name, "train"))
 
+        if observed.validation_job is None:
+            observed.missing = self._missing_references(body, namespace)
         plan = ftj_handler.plan(body, observed, self.settings, now())
         if plan.empty:
             return
         self._execute(key, body, plan)
+        if plan.requeue_after:
+            self._loop.call_soon_threadsafe(self.enqueue, key, plan.requeue_after)
+
+    def _missing_references(self, body: dict[str, Any], namespace: str) -> list[tuple[str, str]]:
+        """Read the ConfigMaps and PVCs the pods will mount; say which are missing."""
+        try:
+            ftj = ftj_handler.FineTuneJob.model_validate({**body, "status": {}})
+        except ValueError:
+            return []  # the plan reports the invalid spec
+        missing = []
+        for ref in build.references(ftj):
+            obj = self.kube.get(ref.api_version, ref.kind, namespace, ref.name)
+            if obj is None:
+                missing.append((ref.param, f"{ref.kind} {ref.name!r} ({ref.param}) does not exist in namespace "
+                                           f"{namespace!r}"))
+            elif ref.key is not None and ref.key not in (obj.get("data") or {}) | (obj.get("binaryData") or {}):
+                keys = ", ".join(sorted(obj.get("data") or {})) or "none"
+                missing.append((ref.param, f"ConfigMap {ref.name!r} has no key {ref.key!r} ({ref.param}.key); "
+                                           f"its keys: {keys}"))
+        return missing
 
     def _execute(self, key: Key, body: dict[str, Any], plan: ftj_handler.Plan) -> None:
         namespace, name = key
@@ -226,8 +248,10 @@ class Controller:
             try:
                 created = self.kube.create(obj)
                 log.info("created %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
-            except Conflict:
-                created = self.kube.get(obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"])
+            except Conflict:  # made by an earlier run of this reconcile: adopt it
+                created = None
+                if obj["kind"] == "Job":
+                    created = self.kube.get(obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"])
             if created and created.get("kind") == "Job":
                 self._cache_job(key, created)
         for ref, patch in plan.patches:

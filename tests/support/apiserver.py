@@ -13,6 +13,8 @@ and a real API server does:
   ``resourceVersion``; PUT; JSON, merge and strategic-merge PATCH;
 * the status subresource kept apart: writes to the main resource leave status
   alone, writes to ``/status`` change nothing else; the scale subresource;
+* Namespaces, created on first use of a namespace (as if an admin had made
+  them; kopf's namespaced mode watches Namespace objects);
 * finalizers and ``deletionTimestamp``; garbage collection of dependents by
   ``ownerReferences`` (cascading, unless ``propagationPolicy=Orphan``);
 * label and field selectors on list and watch; watches that resume from a
@@ -38,6 +40,7 @@ import json
 import re
 import secrets
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
@@ -111,6 +114,7 @@ class Audit:
     name: str | None
     status: int
     user_agent: str = ""
+    at: float = 0.0  # time.monotonic() when served
 
 
 class ApiError(Exception):
@@ -306,6 +310,9 @@ class HoneApiServer(kmock.KubernetesEmulator):
         factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=20000)))
     watchers: dict[GVR, set[asyncio.Queue]] = attrs.field(factory=lambda: collections.defaultdict(set))
     audit: list[Audit] = attrs.field(factory=list)
+    _encodings: dict[int, bytes] = attrs.field(factory=dict)
+    #: Seconds added to every resource request, to model a real API server's latency.
+    latency: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -352,6 +359,8 @@ class HoneApiServer(kmock.KubernetesEmulator):
             return await super().__call__(raw_request)
         kind = self.kinds[(route.group, route.version, route.plural)]
         query = dict(raw_request.query)
+        if self.latency and query.get("watch") not in ("true", "1"):
+            await asyncio.sleep(self.latency)
         method = raw_request.method.upper()
         verb = self._verb(method, route, query)
         body_bytes = await raw_request.read()
@@ -367,6 +376,8 @@ class HoneApiServer(kmock.KubernetesEmulator):
             return aiohttp.web.json_response(exc.body(), status=exc.code)
         except json.JSONDecodeError as exc:
             return aiohttp.web.json_response(ApiError(400, "BadRequest", f"invalid JSON: {exc}").body(), status=400)
+        if verb == "create":  # a create names its object in the body, not the path
+            route = dataclasses.replace(route, name=payload["metadata"]["name"])
         self._audit(verb, kind, route, status, raw_request)
         return aiohttp.web.json_response(payload, status=status)
 
@@ -387,7 +398,7 @@ class HoneApiServer(kmock.KubernetesEmulator):
 
     def _audit(self, verb: str, kind: Kind, route: Route, status: int, raw: aiohttp.web.BaseRequest) -> None:
         self.audit.append(Audit(verb, kind.group, kind.plural, route.subresource, route.namespace, route.name,
-                                status, raw.headers.get("User-Agent", "")))
+                                status, raw.headers.get("User-Agent", ""), time.monotonic()))
 
     def _dispatch(self, verb: str, kind: Kind, route: Route, query: dict[str, str], body: Any,
                   headers: Any) -> tuple[Any, int]:
@@ -432,7 +443,9 @@ class HoneApiServer(kmock.KubernetesEmulator):
         return obj
 
     def _emit(self, gvr: GVR, event: str, obj: dict[str, Any]) -> None:
-        item = (self.rv, {"type": event, "object": copy.deepcopy(obj)})
+        # Stored objects are never mutated once stored (every write stores a
+        # new dict), so events can share them instead of copying.
+        item = (self.rv, {"type": event, "object": obj})
         self.history[gvr].append(item)
         for queue in list(self.watchers[gvr]):
             queue.put_nowait(item)
@@ -454,7 +467,7 @@ class HoneApiServer(kmock.KubernetesEmulator):
         return out
 
     def list(self, kind: Kind, ns: str | None, labels: str | None = None, fields: str | None = None) -> dict[str, Any]:
-        items = [copy.deepcopy(o) for o in self._select(kind, ns, labels, fields)]
+        items = self._select(kind, ns, labels, fields)  # serialised at once, never mutated
         return {"apiVersion": kind.api_version, "kind": f"{kind.kind}List",
                 "metadata": {"resourceVersion": str(self.rv)}, "items": items}
 
@@ -504,9 +517,14 @@ class HoneApiServer(kmock.KubernetesEmulator):
         if kind.status:
             obj.pop("status", None)
         self._check_schema(kind, obj, strict)
+        namespaces = ("", "v1", "namespaces")
+        if kind.namespaced and (None, ns) not in self.store[namespaces]:
+            # Namespaces exist before anything is created in them (an admin made
+            # them); kopf's namespaced mode only watches namespaces that exist.
+            self.create(self.kinds[namespaces], None, {"metadata": {"name": ns}})
         meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
         meta.pop("resourceVersion", None)
-        return copy.deepcopy(self._put(kind.gvr, key[0], obj, "ADDED"))
+        return self._put(kind.gvr, key[0], obj, "ADDED")
 
     def write(self, kind: Kind, ns: str | None, name: str, sub: str | None, body: Any, ctype: str,
               replace: bool = False, strict: bool = False) -> dict[str, Any]:
@@ -563,7 +581,7 @@ class HoneApiServer(kmock.KubernetesEmulator):
         self._check_schema(kind, new, strict)
 
         if new == current:
-            return copy.deepcopy(current)  # a no-op write changes nothing, not even resourceVersion
+            return current  # a no-op write changes nothing, not even resourceVersion
         if _without(new, "metadata", "status") != _without(current, "metadata", "status"):
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         meta = new["metadata"]
@@ -571,7 +589,7 @@ class HoneApiServer(kmock.KubernetesEmulator):
             self._put(kind.gvr, key[0], new, "DELETED")
             self._collect_garbage(new)
             return copy.deepcopy(new)
-        return copy.deepcopy(self._put(kind.gvr, key[0], new, "MODIFIED"))
+        return self._put(kind.gvr, key[0], new, "MODIFIED")
 
     def _scale_of(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
         if not kind.scale:
@@ -666,7 +684,7 @@ class HoneApiServer(kmock.KubernetesEmulator):
             # the queue (registered first) carries everything after it.
             sent = self.rv
             if since in (None, "", "0"):
-                snapshot = [copy.deepcopy(o) for o in self._select(kind, ns, labels, fields)]
+                snapshot = self._select(kind, ns, labels, fields)
                 for obj in sorted(snapshot, key=lambda o: int(o["metadata"]["resourceVersion"])):
                     await response.write(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
             else:
@@ -678,7 +696,7 @@ class HoneApiServer(kmock.KubernetesEmulator):
                     return response
                 for rv, item in list(history):
                     if since_rv < rv <= sent and matches(item["object"]):
-                        await response.write(json.dumps(item).encode() + b"\n")
+                        await response.write(self._encoded(rv, item))
             deadline = asyncio.get_running_loop().time() + timeout
             while True:
                 remaining = deadline - asyncio.get_running_loop().time()
@@ -690,12 +708,22 @@ class HoneApiServer(kmock.KubernetesEmulator):
                     break
                 if rv <= sent or not matches(item["object"]):
                     continue
-                await response.write(json.dumps(item).encode() + b"\n")
+                await response.write(self._encoded(rv, item))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             self.watchers[kind.gvr].discard(queue)
         return response
+
+    def _encoded(self, rv: int, item: dict[str, Any]) -> bytes:
+        """One JSON encoding per event, shared by every watcher."""
+        cached = self._encodings.get(rv)
+        if cached is None:
+            cached = json.dumps(item).encode() + b"\n"
+            self._encodings[rv] = cached
+            while len(self._encodings) > 4096:
+                self._encodings.pop(next(iter(self._encodings)))
+        return cached
 
     # ---- helpers for tests (call from the server's own thread) ------------
 
@@ -711,8 +739,9 @@ class ApiServerThread:
     (through :attr:`kubeconfig`), exactly like they would to a cluster.
     """
 
-    def __init__(self, crds: Iterable[Path] | None = None, host: str = "127.0.0.1"):
+    def __init__(self, crds: Iterable[Path] | None = None, host: str = "127.0.0.1", latency: float = 0.0):
         self._crds = list(crds) if crds is not None else None
+        self._latency = latency
         self._host = host
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -745,7 +774,7 @@ class ApiServerThread:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with HoneApiServer() as server, kmock.Server(server, host=self._host) as srv:
+        async with HoneApiServer(latency=self._latency) as server, kmock.Server(server, host=self._host) as srv:
             if self._crds is None:
                 server.install_crds()
             else:

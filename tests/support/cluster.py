@@ -97,6 +97,27 @@ class OperatorProcess:
 
 
 # --------------------------------------------------------------------------
+# What a user creates before applying the samples
+# --------------------------------------------------------------------------
+
+SAMPLE_CHATS = "\n".join(
+    '{"messages": [{"role": "user", "content": "Do you ship to Lisbon?"}, '
+    '{"role": "assistant", "content": "Yes, in 3 to 5 working days."}]}' for _ in range(12)) + "\n"
+
+
+def seed_namespace(kube: Kube, ns: str) -> None:
+    """The ConfigMap and PersistentVolumeClaim that crds/samples/finetunejob-minimal.yaml uses."""
+    for obj in (
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "support-chats", "namespace": ns},
+         "data": {"train.jsonl": SAMPLE_CHATS}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "hone-models", "namespace": ns},
+         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "20Gi"}}}},
+    ):
+        if kube.get(obj["apiVersion"], obj["kind"], ns, obj["metadata"]["name"]) is None:
+            kube.create(obj)
+
+
+# --------------------------------------------------------------------------
 # Playing the Job controller
 # --------------------------------------------------------------------------
 

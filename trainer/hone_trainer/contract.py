@@ -39,6 +39,28 @@ CONFIG_FILE = "config.json"
 RESULT_PATH_IN_POD = "/dev/termination-log"
 
 
+def validate_command(config_path: str, result_path: str) -> list[str]:
+    """How the operator (and ``hone run``) invokes the ValidatingFiles step.
+
+    ``python -m hone_trainer validate`` reads :class:`TrainerConfig` from
+    ``--config``, writes :class:`ValidationResult` (see
+    :func:`to_termination_message`) to ``--result`` and exits with
+    :attr:`ExitCode.OK`, or :attr:`ExitCode.DATA_ERROR` when the data is not
+    trainable (the result is written either way).
+    """
+    return ["python", "-m", "hone_trainer", "validate", "--config", config_path, "--result", result_path]
+
+
+def train_module_args(config_path: str) -> list[str]:
+    """What follows ``torchrun <launcher options>``: one process per GPU runs this.
+
+    ``python -m hone_trainer train`` reads :class:`TrainerConfig`, reports
+    :class:`Progress` as the config says, and on rank 0 writes
+    :class:`TrainingResult` to ``config.result_path`` at exit.
+    """
+    return ["-m", "hone_trainer", "train", "--config", config_path]
+
+
 class ExitCode(enum.IntEnum):
     """Exit codes of ``python -m hone_trainer``.
 

@@ -42,6 +42,7 @@ PVC_ROOT = "/var/run/hone/pvc"
 SECRETS_ROOT = "/var/run/secrets/hone"
 DATA_ROOT = "/var/run/hone/data"
 CACHE_DIR = "/var/cache/hone"
+CONFIG_PATH = f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"
 
 #: Schemes that only make sense on the machine `hone run` runs on.
 LOCAL_ONLY_SCHEMES = ("file", "embedded")
@@ -271,6 +272,37 @@ def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.Trai
     return config, storage
 
 
+@dataclass(frozen=True)
+class Reference:
+    """An object in the FineTuneJob's namespace that must exist before anything runs."""
+
+    api_version: str
+    kind: str
+    name: str
+    param: str
+    key: str | None = None  # for a ConfigMap: the key that must be present
+
+
+def references(ftj: FineTuneJob) -> list[Reference]:
+    """ConfigMaps and PersistentVolumeClaims the pods will mount.
+
+    Secrets are not listed on purpose: checking them would need read access to
+    Secrets, which the operator does without; a missing Secret shows on the
+    pod as a mount failure.
+    """
+    refs: list[Reference] = []
+    sources = [("spec.trainingData", ftj.spec.trainingData), ("spec.validationData", ftj.spec.validationData)]
+    for param, src in sources:
+        if src is not None and src.configMap is not None:
+            refs.append(Reference("v1", "ConfigMap", src.configMap.name, f"{param}.configMap", src.configMap.key))
+    uris = [("spec.baseModel.uri", ftj.spec.baseModel.uri), ("spec.output.uri", ftj.spec.output.uri)]
+    uris += [(f"{param}.uri", src.uri) for param, src in sources if src is not None and src.uri]
+    for param, uri in uris:
+        if uri_scheme(uri) == "pvc":
+            refs.append(Reference("v1", "PersistentVolumeClaim", parse_pvc_uri(uri)[0], param))
+    return refs
+
+
 # --------------------------------------------------------------------------
 # Objects
 # --------------------------------------------------------------------------
@@ -404,11 +436,7 @@ def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storag
         "name": VALIDATOR_CONTAINER,
         "image": ftj.spec.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "hone_trainer", "validate"],
-        "args": [
-            "--config", f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}",
-            "--result", contract.RESULT_PATH_IN_POD,
-        ],
+        "command": contract.validate_command(CONFIG_PATH, contract.RESULT_PATH_IN_POD),
         "env": _env(),
         "resources": common.resources(settings.validation_resources.cpu, settings.validation_resources.memory),
         "securityContext": common.container_security_context(),
@@ -443,7 +471,7 @@ def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storag
 def training_command(ftj: FineTuneJob, settings: OperatorSettings) -> list[str]:
     r = ftj.spec.resources
     nproc = r.gpusPerNode or 1
-    trainer = ["-m", "hone_trainer", "train", "--config", f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"]
+    trainer = contract.train_module_args(CONFIG_PATH)
     if r.nodes == 1:
         return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}", *trainer]
     names = Names.of(ftj.metadata.name)

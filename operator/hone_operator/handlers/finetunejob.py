@@ -55,6 +55,8 @@ class Observed:
     #: Pods of a *finished* Job, listed fresh from the API (result files).
     validation_pods: list[dict[str, Any]] = field(default_factory=list)
     training_pods: list[dict[str, Any]] = field(default_factory=list)
+    #: (field, message) of referenced objects that do not exist (yet).
+    missing: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -64,10 +66,13 @@ class Plan:
     deletes: list[ObjectRef] = field(default_factory=list)
     status: dict[str, Any] | None = None
     events: list[Event] = field(default_factory=list)
+    #: Look again after this many seconds (something this plan waits for is not watched).
+    requeue_after: float | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.ensure or self.patches or self.deletes or self.status or self.events)
+        return not (self.ensure or self.patches or self.deletes or self.status or self.events
+                    or self.requeue_after)
 
 
 def job_finished(job: dict[str, Any] | None) -> bool:
@@ -279,6 +284,12 @@ def _plan(body: dict[str, Any], obs: Observed, settings: OperatorSettings, st: _
     files_ok = (get_condition(st.desired.get("conditions"), "FilesValidated") or {}).get("status") == "True"
     if not files_ok:
         vjob = obs.validation_job
+        if vjob is None and obs.missing:
+            message = "; ".join(m for _, m in obs.missing) + "; Hone retries until it exists"
+            st.condition("FilesValidated", "Unknown", "ReferenceNotFound", message)
+            st.set_phase(Phase.VALIDATING_FILES, "Validating the training data")
+            out.requeue_after = settings.retry_delay_seconds
+            return
         if vjob is None:
             out.ensure += [build.config_map(ftj, config, storage), *build.trainer_rbac(ftj),
                            build.validation_job(ftj, settings, storage)]
@@ -316,7 +327,10 @@ def _plan(body: dict[str, Any], obs: Observed, settings: OperatorSettings, st: _
     kueue = bool(build.kueue_labels(ftj, settings))
     tjob = obs.training_job
     if tjob is None:
-        out.ensure += [build.config_map(ftj, config, storage), *build.trainer_rbac(ftj)]
+        # The config and RBAC were created before the validation Job (same
+        # ensure list, in order), so an existing validation Job proves them.
+        if obs.validation_job is None:
+            out.ensure += [build.config_map(ftj, config, storage), *build.trainer_rbac(ftj)]
         if ftj.spec.resources.nodes > 1:
             out.ensure.append(build.headless_service(ftj, settings))
         out.ensure.append(build.training_job(ftj, settings, storage, suspend=ftj.spec.suspend or kueue))

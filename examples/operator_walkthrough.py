@@ -1,0 +1,124 @@
+"""Walk one FineTuneJob through the Hone operator, with no cluster.
+
+    python examples/operator_walkthrough.py
+
+What is real: Hone's CRDs served by an emulated Kubernetes API server, the
+operator process (`python -m hone_operator`) reconciling them, every object
+it creates, its status, Events and Prometheus metrics.
+
+What is simulated, and says so: the Kubernetes Job controller and the pods.
+Their results (the validator's token counts, the trainer's published
+adapter) are stand-ins written by this script until the trainer runs in
+pods of its own (see README, "Status").
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "trainer")]
+
+import yaml  # noqa: E402
+from kubernetes import client, config  # noqa: E402
+
+from hone_operator.kube import Kube  # noqa: E402
+from hone_trainer import contract  # noqa: E402
+from tests.support.apiserver import ApiServerThread  # noqa: E402
+from tests.support.cluster import (  # noqa: E402
+    OperatorProcess,
+    finish_job,
+    get_job,
+    seed_namespace,
+    set_job_status,
+    wait_for,
+    wait_phase,
+)
+
+NS, NAME = "team-a", "support-assistant"
+
+
+def show(kube: Kube) -> None:
+    obj = kube.get("hone.dev/v1alpha1", "FineTuneJob", NS, NAME)
+    st = obj.get("status") or {}
+    prog = st.get("progress") or {}
+    print(f"  kubectl get ftj   PHASE={st.get('phase'):<16} PROGRESS={prog.get('percent', '')!s:<4} "
+          f"TOKENS={prog.get('trainedTokens', '')!s:<8} LOSS={round(prog['trainLoss'], 3) if 'trainLoss' in prog else ''}")
+
+
+def main() -> int:
+    with ApiServerThread() as srv, tempfile.TemporaryDirectory() as tmp:
+        print(f"emulated API server at {srv.url} with CRDs from crds/")
+        kubeconfig = srv.write_kubeconfig(Path(tmp) / "kubeconfig")
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+        kube = Kube(client.ApiClient(cfg))
+        op = OperatorProcess(kubeconfig, Path(tmp) / "operator.log").start()
+        try:
+            ftj = yaml.safe_load((ROOT / "crds" / "samples" / "finetunejob-minimal.yaml").read_text())
+            ftj["metadata"]["namespace"] = NS
+            print(f"\n$ kubectl -n {NS} create configmap support-chats --from-file=train.jsonl  # + PVC hone-models")
+            seed_namespace(kube, NS)
+            print(f"$ kubectl apply -f crds/samples/finetunejob-minimal.yaml -n {NS}")
+            kube.create(ftj)
+            wait_phase(kube, NS, NAME, "ValidatingFiles")
+            show(kube)
+            job = get_job(kube, NS, f"{NAME}-validate")
+            print(f"  the operator created Job {job['metadata']['name']}: "
+                  f"{' '.join(job['spec']['template']['spec']['containers'][0]['command'])}")
+
+            print("\n[simulated validator pod] 120 examples, 48,000 tokens per epoch")
+            hp = contract.resolve_hyperparameters(120)
+            result = contract.ValidationResult(
+                ok=True, examples=120, tokens_per_epoch=48_000, trained_tokens_per_epoch=21_000,
+                hyperparameters=hp, billable_training_tokens=48_000 * hp.epochs,
+                estimated_cost_usd=contract.cost_usd(48_000 * hp.epochs, 25.0))
+            finish_job(kube, NS, f"{NAME}-validate", "validator", 0, contract.to_termination_message(result))
+            obj = wait_phase(kube, NS, NAME, "Queued")
+            show(kube)
+            est = obj["status"]["estimate"]
+            print(f"  estimate: {est['billableTrainingTokens']:,} billable tokens = ${est['costUsd']:.2f} "
+                  f"at ${est['usdPerMillionTokens']:g}/1M; resolved {est['hyperparameters']}")
+            train = get_job(kube, NS, f"{NAME}-train")
+            print(f"  training Job {train['metadata']['name']}: "
+                  f"{' '.join(train['spec']['template']['spec']['containers'][0]['command'][:4])} ...")
+
+            print("\n[simulated Job controller] training pod ready; trainer reports progress")
+            set_job_status(kube, NS, f"{NAME}-train", active=1, ready=1)
+            wait_phase(kube, NS, NAME, "Running")
+            for step in (10, 20, 30):
+                progress = contract.Progress(step=step, total_steps=30, epoch=step / 10, train_loss=2.0 - step / 30,
+                                             trained_tokens=step * 4_800)
+                kube.patch("hone.dev/v1alpha1", "FineTuneJob", NS, NAME, {"status": {"progress": progress.to_json_dict()}},
+                           subresource="status")
+                time.sleep(0.2)
+                show(kube)
+
+            print("\n[simulated trainer] adapter published")
+            published = contract.TrainingResult(ok=True, artifact_uri=f"pvc://hone-models/adapters/{NS}/{NAME}/model",
+                                                trained_tokens=144_000, steps=30, train_loss=1.0)
+            finish_job(kube, NS, f"{NAME}-train", "trainer", 0, contract.to_termination_message(published))
+            obj = wait_phase(kube, NS, NAME, "Succeeded")
+            show(kube)
+            print(f"  fineTunedModel: {obj['status']['fineTunedModel']['name']}")
+            print(f"  artifact:       {obj['status']['fineTunedModel']['artifactUri']}")
+
+            events = wait_for(lambda: [e for e in kube.list("v1", "Event", NS) if e["reason"] == "Succeeded"]
+                              and kube.list("v1", "Event", NS))
+            print("\n$ kubectl get events")
+            for e in events:
+                print(f"  {e['type']:<8} {e['reason']:<16} {e['message']}")
+            print("\n$ curl operator:8080/metrics | grep hone_")
+            for line in op.metrics().splitlines():
+                if line.startswith("hone_") and NS in line and not line.endswith(" 0.0"):
+                    print(f"  {line}")
+        finally:
+            op.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
