@@ -93,3 +93,17 @@ def test_kopf_run_module_mode_works(kube, kubeconfig: Path, tmp_path: Path) -> N
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_cpu_install_pulled_no_cuda_packages() -> None:
+    """On the CPU install .ci/run makes, torch is the 2.13.0 CPU wheel and nothing from nvidia."""
+    import importlib.metadata as md
+
+    import pytest
+
+    if not os.environ.get("HONE_EXPECT_CPU_TORCH"):
+        pytest.skip("only meaningful on the CPU install made by .ci/run")
+    assert md.version("torch").startswith("2.13.0")
+    cuda = sorted(d.metadata["Name"] for d in md.distributions()
+                  if d.metadata["Name"] and d.metadata["Name"].lower().startswith(("nvidia-", "triton")))
+    assert cuda == []

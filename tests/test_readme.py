@@ -20,7 +20,7 @@ def readme_commands() -> list[str]:
 def test_first_two_commands_are_the_demo_and_the_tests() -> None:
     demo, tests = readme_commands()[:2]
     assert demo.endswith("python examples/operator_walkthrough.py")
-    assert "-c .ci/constraints-cpu.txt" in demo  # never pulls CUDA torch
+    assert "PIP_CONSTRAINT=.ci/constraints-cpu.txt" in demo  # never pulls CUDA torch
     assert tests == "bash .ci/run"
     assert (ROOT / ".ci" / "run").exists()
 
