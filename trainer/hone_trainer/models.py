@@ -166,3 +166,33 @@ def load_tokenizer(model: LocalModel, trust_remote_code: bool = False) -> Any:
         raise
     except Exception as exc:
         raise ModelError(f"could not load the tokenizer of {model.name or model.path}: {exc}") from exc
+
+
+def load_model(model: LocalModel, dtype: Any, trust_remote_code: bool = False) -> Any:
+    """Weights from safetensors (or GGUF, dequantised), never from pickle files."""
+    from transformers import AutoModelForCausalLM
+
+    if not model.is_gguf:
+        weights = list(model.path.glob("*.safetensors"))
+        if not weights:
+            pickles = [p.name for p in model.path.glob("*.bin")] + [p.name for p in model.path.glob("*.pt")]
+            hint = f" (found {', '.join(pickles)}: convert them to safetensors)" if pickles else ""
+            raise ModelError(f"base model {model.name or model.path} has no *.safetensors weights{hint}; "
+                             "Hone never loads pickled weights")
+    try:
+        if model.is_gguf:
+            loaded = AutoModelForCausalLM.from_pretrained(str(model.path), gguf_file=model.gguf_file, dtype=dtype)
+            # The GGUF weights are dequantised into plain tensors; drop the marker that
+            # would otherwise make save_pretrained refuse the model.
+            for attr in ("hf_quantizer", "quantization_method"):
+                if hasattr(loaded, attr):
+                    setattr(loaded, attr, None)
+            if getattr(loaded.config, "quantization_config", None) is not None:
+                loaded.config.quantization_config = None
+            return loaded
+        return AutoModelForCausalLM.from_pretrained(str(model.path), dtype=dtype, use_safetensors=True,
+                                                    trust_remote_code=trust_remote_code)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"could not load base model {model.name or model.path}: {exc}") from exc

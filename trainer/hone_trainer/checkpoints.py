@@ -1,0 +1,109 @@
+"""Resumable, self-describing checkpoints that are never half-loaded.
+
+Layout under ``checkpoint_dir``::
+
+    step-00000050/            DeepSpeed's files (adapter or model shards,
+                              optimizer and scheduler state), rng-rank<N>.pt
+    step-00000050/hone-complete.json   written last, atomically, by rank 0
+                                       once every rank has saved
+
+A directory without ``hone-complete.json`` is a save that was interrupted (a
+crash, a SIGKILL, a lost node): resume ignores it and rank 0 deletes it.
+The previous complete checkpoint is only pruned after the new one is
+complete, so a good checkpoint always exists. LoRA checkpoints leave out the
+frozen base model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MARKER = "hone-complete.json"
+_TAG = re.compile(r"^step-(\d{8})$")
+
+
+def tag(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    meta: dict[str, Any]
+
+
+def _write_atomically(path: Path, data: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fp:
+        fp.write(data)
+        fp.flush()
+        os.fsync(fp.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class CheckpointStore:
+    def __init__(self, root: str | Path, keep: int):
+        self.root = Path(root)
+        self.keep = keep
+
+    def _dirs(self) -> list[tuple[int, Path]]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            m = _TAG.match(child.name)
+            if m and child.is_dir():
+                found.append((int(m.group(1)), child))
+        return sorted(found)
+
+    def complete(self) -> list[Checkpoint]:
+        out = []
+        for step, path in self._dirs():
+            marker = path / MARKER
+            if marker.exists():
+                try:
+                    out.append(Checkpoint(path, step, json.loads(marker.read_text())))
+                except (OSError, ValueError):
+                    continue  # an unreadable marker is no marker
+        return out
+
+    def latest(self) -> Checkpoint | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def remove_incomplete(self) -> list[Path]:
+        """Delete interrupted saves (rank 0 only, while no rank is saving)."""
+        removed = []
+        for _, path in self._dirs():
+            if not (path / MARKER).exists():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
+
+    def mark_complete(self, step: int, meta: dict[str, Any]) -> Checkpoint:
+        path = self.root / tag(step)
+        _write_atomically(path / MARKER, json.dumps({"step": step, **meta}, sort_keys=True))
+        return Checkpoint(path, step, {"step": step, **meta})
+
+    def prune(self) -> list[Path]:
+        """Keep the newest ``keep`` complete checkpoints; never touch an incomplete one."""
+        done = self.complete()
+        removed = []
+        for old in done[: max(0, len(done) - self.keep)]:
+            # Unmark first: a crash halfway through deleting leaves an incomplete dir, never a broken "complete" one.
+            (old.path / MARKER).unlink(missing_ok=True)
+            shutil.rmtree(old.path, ignore_errors=True)
+            removed.append(old.path)
+        return removed

@@ -1,0 +1,94 @@
+"""Progress from rank 0: into the FineTuneJob's status, a file, logs and /metrics.
+
+* ``kubernetes``: a JSON merge patch of ``status.progress`` through the status
+  subresource, with the pod's ServiceAccount token (its Role allows exactly
+  that). Plain HTTPS: the trainer needs no Kubernetes client.
+* ``file``: the same JSON, rewritten atomically (``hone run`` reads it).
+* always: one JSON log line per report, and Prometheus gauges on
+  ``metrics_port``: ``hone_trainer_step``, ``hone_trainer_loss``,
+  ``hone_trainer_tokens_per_second`` and ``hone_trainer_tokens_processed``
+  (named apart from the operator's ``hone_training_tokens_total`` so that a
+  sum over both never counts a token twice).
+
+A report that cannot be delivered is logged and dropped: progress reporting
+never stops training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import sys
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hone_trainer.contract import Progress, ProgressReporting
+
+log = logging.getLogger("hone.trainer.report")
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class Reporter:
+    def __init__(self, settings: ProgressReporting, metrics_port: int | None, labels: dict[str, str]):
+        self.settings = settings
+        self.labels = labels
+        self._gauges = None
+        if metrics_port:
+            try:
+                from prometheus_client import Gauge, start_http_server
+
+                names = list(labels)
+                self._gauges = {
+                    "step": Gauge("hone_trainer_step", "Optimizer steps done.", names),
+                    "total": Gauge("hone_trainer_total_steps", "Optimizer steps in the run.", names),
+                    "loss": Gauge("hone_trainer_loss", "Training loss over the last interval.", names),
+                    "val": Gauge("hone_trainer_validation_loss", "Latest validation loss.", names),
+                    "tps": Gauge("hone_trainer_tokens_per_second", "Training throughput.", names),
+                    "tokens": Gauge("hone_trainer_tokens_processed", "Billable tokens processed so far.", names),
+                }
+                start_http_server(metrics_port)
+            except OSError as exc:
+                log.warning("metrics port %s unavailable: %s", metrics_port, exc)
+
+    def report(self, progress: Progress) -> None:
+        progress.updated_at = datetime.now(timezone.utc).replace(microsecond=0)
+        data = progress.to_json_dict()
+        print(json.dumps({"event": "progress", **self.labels, **data}), flush=True, file=sys.stdout)
+        if self._gauges:
+            values = {"step": progress.step, "total": progress.total_steps, "loss": progress.train_loss,
+                      "val": progress.validation_loss, "tps": progress.tokens_per_second,
+                      "tokens": progress.trained_tokens}
+            for key, value in values.items():
+                if value is not None:
+                    self._gauges[key].labels(**self.labels).set(value)
+        try:
+            if self.settings.kind == "kubernetes":
+                self._patch_status(data)
+            elif self.settings.kind == "file" and self.settings.path:
+                path = Path(self.settings.path)
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(json.dumps(data))
+                os.replace(tmp, path)
+        except Exception as exc:  # never let reporting stop training
+            log.warning("could not report progress: %s", exc)
+
+    def _patch_status(self, progress: dict) -> None:
+        s = self.settings
+        api = os.environ.get("HONE_KUBERNETES_API") or (
+            f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}")
+        token_file = Path(os.environ.get("HONE_KUBERNETES_TOKEN_FILE", SA_DIR / "token"))
+        url = f"{api}/apis/hone.dev/v1alpha1/namespaces/{s.namespace}/finetunejobs/{s.name}/status"
+        body = json.dumps({"status": {"progress": progress}}).encode()
+        req = urllib.request.Request(url, data=body, method="PATCH", headers={
+            "Content-Type": "application/merge-patch+json", "Accept": "application/json",
+            "Authorization": f"Bearer {token_file.read_text().strip()}" if token_file.exists() else "",
+            "User-Agent": "hone-trainer/0.1.0"})
+        context = None
+        if api.startswith("https://"):
+            ca = SA_DIR / "ca.crt"
+            context = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
+            resp.read()

@@ -1,0 +1,343 @@
+"""``python -m hone_trainer train``: DeepSpeed training, checkpoint/resume, publishing.
+
+setup (distributed, data, model, engine) -> resume -> train (steps, reports,
+checkpoints, validation loss) -> publish (adapter + manifest) -> result.
+
+Runs under ``torchrun`` on 1..N processes and 1..N nodes, or as a single
+process with no launcher at all (``hone run`` on a laptop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import socket
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from hone_trainer import contract, ds_config, models, packing
+from hone_trainer.chat import IGNORE_INDEX, ChatFormatter, Encoded
+from hone_trainer.checkpoints import CheckpointStore, tag
+from hone_trainer.contract import CheckpointInfo, Progress, TrainerConfig, TrainingResult
+from hone_trainer.data import ReadResult
+from hone_trainer.publish import publish, write_manifest
+from hone_trainer.report import Reporter
+from hone_trainer.validate import read_file
+
+log = logging.getLogger("hone.trainer")
+
+
+class DataError(RuntimeError):
+    """The data is not trainable."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM: a checkpoint was saved; the pod should go away and come back."""
+
+
+def _launcher_env() -> None:
+    """A single process without torchrun still needs the variables torch.distributed reads."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def sha256_of(location: contract.DataFile | None) -> str | None:
+    if location is None:
+        return None
+    from hone_trainer.storage import open_binary
+
+    h = hashlib.sha256()
+    with open_binary(location.location, location.credentials_dir) as fp:
+        for block in iter(lambda: fp.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Trainer:
+    def __init__(self, config: TrainerConfig):
+        self.config = config
+        self.stop_requested = False
+
+    # ---- setup -------------------------------------------------------------
+
+    def setup(self) -> None:
+        _launcher_env()
+        import torch
+        import torch.distributed as dist
+
+        self.gpu = torch.cuda.is_available()
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.gpu else "cpu")
+        import deepspeed
+        import transformers
+
+        # The shm all-reduce op is only for inference and JIT-compiles for ~20 s on CPU.
+        getattr(deepspeed.ops, "__compatible_ops__", {})["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="nccl" if self.gpu else "gloo")
+        self.torch, self.dist, self.deepspeed = torch, dist, deepspeed
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.gpu else torch.device("cpu")
+        transformers.set_seed(self.config.seed)
+        if self.config.method == "qlora" and not self.gpu:
+            raise ds_config.DeepSpeedConfigError("method qlora needs GPUs (4-bit kernels); use method lora on CPU")
+
+        cfg = self.config
+        local = models.resolve(cfg.base_model)
+        self.tokenizer = models.load_tokenizer(local, trust_remote_code=cfg.base_model.trust_remote_code)
+        formatter = ChatFormatter(self.tokenizer, cfg.max_seq_length)
+        self.train_data = self._encode(formatter, read_file(cfg.training_data, "training"), "training")
+        self.val_data = (self._encode(formatter, read_file(cfg.validation_data, "validation"), "validation")
+                         if cfg.validation_data else [])
+        self.hp = contract.resolve_hyperparameters(len(self.train_data), cfg.epochs, cfg.batch_size,
+                                                   cfg.learning_rate_multiplier)
+        self.steps_per_epoch = packing.steps_per_epoch(len(self.train_data), self.hp.batch_size)
+        self.total_steps = self.steps_per_epoch * self.hp.epochs
+        lr = ds_config.BASE_LEARNING_RATE[cfg.method] * self.hp.learning_rate_multiplier
+        self.ds = ds_config.build(cfg, world=self.world, gpu=self.gpu, learning_rate=lr, total_steps=self.total_steps)
+        self.zero3 = self.ds["zero_optimization"]["stage"] == 3
+        if self.zero3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds = HfDeepSpeedConfig(self.ds)  # must stay alive: from_pretrained partitions under it
+
+        dtype = torch.bfloat16 if self.gpu else torch.float32
+        model = models.load_model(local, dtype, trust_remote_code=cfg.base_model.trust_remote_code)
+        model.config.use_cache = False
+        if cfg.method in ("lora", "qlora"):
+            from peft import LoraConfig, get_peft_model
+
+            targets = cfg.lora.target_modules if cfg.lora.target_modules != "auto" else "all-linear"
+            model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                     lora_dropout=cfg.lora.dropout, target_modules=targets,
+                                                     task_type="CAUSAL_LM"))
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=self.ds)
+        self.store = CheckpointStore(cfg.checkpoint_dir, cfg.keep_checkpoints)
+        labels = {"namespace": cfg.job.namespace, "finetunejob": cfg.job.name,
+                  "base_model": cfg.base_model.location}
+        self.reporter = Reporter(cfg.progress, cfg.metrics_port, labels) if self.rank == 0 else None
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def _encode(self, formatter: ChatFormatter, read: ReadResult, which: str) -> list[Encoded]:
+        if read.problem_counts:
+            first = read.problems[0]
+            where = f"{which} file line {first.line}" if first.line else f"{which} file"
+            raise DataError(f"{where}: {first.message} ({sum(read.problem_counts.values())} problem(s); "
+                            "run `hone validate` for the full list)")
+        encoded = formatter.encode(read.examples)
+        if self.config.over_length == "drop":
+            encoded = [e for e in encoded if not e.truncated]
+        encoded = [e for e in encoded if e.trained_tokens > 0]
+        if which == "training" and not encoded:
+            raise DataError("no trainable example remains (all over maxSeqLength or without assistant tokens)")
+        return encoded
+
+    # ---- batches -------------------------------------------------------------
+
+    def _batch(self, rows: list[packing.Row]) -> tuple[Any, Any, Any]:
+        torch = self.torch
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if not rows:  # this rank got no row this step: a one-token row that carries no loss
+            rows = [packing.Row([pad], [IGNORE_INDEX], [0], [])]
+        longest = max(len(r) for r in rows)
+        ids = [r.input_ids + [pad] * (longest - len(r)) for r in rows]
+        labels = [r.labels + [IGNORE_INDEX] * (longest - len(r)) for r in rows]
+        pos = [r.position_ids + [0] * (longest - len(r)) for r in rows]
+        to = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
+        return to(ids), to(labels), to(pos)
+
+    def _loss_sum(self, ids: Any, labels: Any, pos: Any) -> Any:
+        out = self.engine(input_ids=ids, position_ids=pos, use_cache=False)
+        logits = out.logits[:, :-1, :].float()
+        target = labels[:, 1:]
+        return self.torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                      ignore_index=IGNORE_INDEX, reduction="sum")
+
+    def _all_sum(self, *values: float) -> list[float]:
+        t = self.torch.tensor(values, dtype=self.torch.float64, device=self.device)
+        self.dist.all_reduce(t)
+        return t.tolist()
+
+    def validation_loss(self) -> float | None:
+        if not self.val_data:
+            return None
+        rows = packing.pack(range(len(self.val_data)), self.val_data, self.config.max_seq_length)
+        mine = packing.rank_rows(rows, self.rank, self.world)
+        self.engine.eval()
+        total = tokens = 0.0
+        with self.torch.no_grad():
+            for start in range(0, max(1, len(mine)), 8):
+                chunk = mine[start:start + 8]
+                ids, labels, pos = self._batch(chunk)
+                total += float(self._loss_sum(ids, labels, pos))
+                tokens += float((labels[:, 1:] != IGNORE_INDEX).sum())
+        self.engine.train()
+        total, tokens = self._all_sum(total, tokens)
+        return total / tokens if tokens else None
+
+    # ---- checkpoints -----------------------------------------------------------
+
+    def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
+        torch = self.torch
+        lora = self.config.method != "full"
+        self.engine.save_checkpoint(str(self.store.root), tag=tag(step), client_state={"hone_step": step},
+                                    exclude_frozen_parameters=lora)
+        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.gpu else []}
+        torch.save(rng, self.store.root / tag(step) / f"rng-rank{self.rank}.pt")
+        self.dist.barrier()
+        if self.rank == 0:
+            self.store.mark_complete(step, state)
+            self.store.prune()
+        self.dist.barrier()
+        return CheckpointInfo(step=step, uri=str(self.store.root / tag(step)), train_loss=state.get("train_loss"))
+
+    def resume(self) -> dict[str, Any]:
+        if self.rank == 0:
+            for path in self.store.remove_incomplete():
+                log.warning("removed interrupted checkpoint %s", path)
+        self.dist.barrier()
+        latest = self.store.latest()
+        if latest is None:
+            return {"step": 0, "trained_tokens": 0}
+        lora = self.config.method != "full"
+        self.engine.load_checkpoint(str(self.store.root), tag=latest.path.name, load_module_strict=not lora,
+                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+        rng_file = latest.path / f"rng-rank{self.rank}.pt"
+        if rng_file.exists():
+            rng = self.torch.load(rng_file, weights_only=True)
+            self.torch.set_rng_state(rng["cpu"])
+            if self.gpu and rng["cuda"]:
+                self.torch.cuda.set_rng_state_all(rng["cuda"])
+        if self.rank == 0:
+            log.info("resumed from %s (step %d of %d)", latest.path, latest.step, self.total_steps)
+        return dict(latest.meta)
+
+    # ---- the loop --------------------------------------------------------------
+
+    def train(self) -> TrainingResult:
+        cfg = self.config
+        state = self.resume()
+        step = int(state["step"])
+        trained_tokens = int(state.get("trained_tokens", 0))
+        interval_loss = interval_tokens = 0.0
+        interval_billable = interval_steps = 0
+        last_report = time.monotonic()
+        val_loss = state.get("validation_loss")
+        train_loss = state.get("train_loss")
+        checkpoints: list[CheckpointInfo] = []
+        self.engine.train()
+        while step < self.total_steps:
+            examples = packing.step_examples(len(self.train_data), self.hp.batch_size, cfg.seed, step)
+            rows = packing.pack(examples, self.train_data, cfg.max_seq_length)
+            ids, labels, pos = self._batch(packing.rank_rows(rows, self.rank, self.world))
+            local_label_tokens = float((labels[:, 1:] != IGNORE_INDEX).sum())
+            billable = sum(len(self.train_data[i].input_ids) for i in examples)
+            (global_label_tokens,) = self._all_sum(local_label_tokens)
+            loss_sum = self._loss_sum(ids, labels, pos)
+            loss = loss_sum * self.world / max(global_label_tokens, 1.0)
+            self.engine.backward(loss)
+            self.engine.step()
+            step += 1
+            (step_loss_sum, stop) = self._all_sum(float(loss_sum.detach()), 1.0 if self.stop_requested else 0.0)
+            interval_loss += step_loss_sum
+            interval_tokens += global_label_tokens
+            interval_billable += billable
+            interval_steps += 1
+            trained_tokens += billable
+            now = time.monotonic()
+            last = step == self.total_steps
+            due_report = now - last_report >= cfg.progress.interval_seconds or last
+            due_ckpt = step % cfg.checkpoint_interval_steps == 0 or last or stop
+            if due_report or due_ckpt:
+                train_loss = interval_loss / interval_tokens if interval_tokens else train_loss
+            if due_ckpt and self.val_data:
+                val_loss = self.validation_loss()
+            if due_report and self.reporter:
+                elapsed = max(now - last_report, 1e-9)
+                eta = datetime.now(timezone.utc) + timedelta(
+                    seconds=(self.total_steps - step) * elapsed / max(interval_steps, 1))
+                self.reporter.report(Progress(step=step, total_steps=self.total_steps,
+                                              epoch=round(step / self.steps_per_epoch, 3), train_loss=train_loss,
+                                              validation_loss=val_loss, trained_tokens=trained_tokens,
+                                              tokens_per_second=round(interval_billable / elapsed, 1),
+                                              estimated_finish=eta.replace(microsecond=0)))
+            if due_report:
+                last_report, interval_billable, interval_steps = now, 0, 0
+            if due_ckpt:
+                info = self.save(step, {"trained_tokens": trained_tokens, "train_loss": train_loss,
+                                        "validation_loss": val_loss})
+                checkpoints = [info]
+                interval_loss = interval_tokens = 0.0
+            if stop and not last:
+                raise Preempted(f"stopped at step {step} of {self.total_steps} on SIGTERM; checkpoint saved")
+        return self.publish(step, trained_tokens, train_loss, val_loss, checkpoints)
+
+    # ---- publishing --------------------------------------------------------------
+
+    def publish(self, step: int, trained_tokens: int, train_loss: float | None, val_loss: float | None,
+                checkpoints: list[CheckpointInfo]) -> TrainingResult:
+        cfg = self.config
+        module = self.engine.module
+        staging = None
+        if self.rank == 0:
+            base = Path(cfg.output_uri.removeprefix("file://")) if "://" not in cfg.output_uri or \
+                cfg.output_uri.startswith("file://") else Path(os.environ.get("TMPDIR", "/tmp")) / "hone-out"
+            base.parent.mkdir(parents=True, exist_ok=True)
+            staging = base.with_name(f".{base.name}.staging-{os.getpid()}")
+            import shutil
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        params = [p for p in module.parameters() if p.requires_grad] if cfg.method != "full" else list(module.parameters())
+        if self.zero3:
+            ctx = self.deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        else:
+            import contextlib
+            ctx = contextlib.nullcontext()
+        with ctx:
+            if self.rank == 0:
+                module.save_pretrained(str(staging), safe_serialization=True)
+        result = None
+        if self.rank == 0:
+            assert staging is not None
+            self.tokenizer.save_pretrained(str(staging))
+            info = {
+                "apiVersion": "hone.dev/v1alpha1", "kind": "HoneModel",
+                "fineTunedModel": cfg.job.fine_tuned_model,
+                "baseModel": {"location": cfg.base_model.location, "revision": cfg.base_model.revision},
+                "method": cfg.method,
+                "dataset": {"trainingSha256": sha256_of(cfg.training_data),
+                            "validationSha256": sha256_of(cfg.validation_data),
+                            "examples": len(self.train_data), "validationExamples": len(self.val_data)},
+                "hyperparameters": self.hp.to_json_dict(),
+                "config": cfg.to_json_dict(),
+                "tokens": {"trained": trained_tokens},
+                "losses": {"train": train_loss, "validation": val_loss},
+                "steps": step,
+                "createdAt": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            }
+            manifest_sha = write_manifest(staging, info)
+            uri = publish(staging, cfg.output_uri, cfg.output_credentials_dir)
+            result = TrainingResult(ok=True, fine_tuned_model=cfg.job.fine_tuned_model, artifact_uri=uri,
+                                    manifest_sha256=manifest_sha, trained_tokens=trained_tokens, steps=step,
+                                    train_loss=train_loss, validation_loss=val_loss, checkpoints=checkpoints)
+        self.dist.barrier()
+        return result or TrainingResult(ok=True, steps=step, trained_tokens=trained_tokens)
+
+    def close(self) -> None:
+        if getattr(self, "dist", None) is not None and self.dist.is_initialized():
+            self.dist.barrier()
+            self.dist.destroy_process_group()
+
