@@ -171,6 +171,25 @@ def test_resume_after_sigkill_finishes_like_an_uninterrupted_run(tiny: Path, tmp
     assert got.validation_loss == pytest.approx(expected.validation_loss, abs=1e-5)
 
 
+def test_merged_weights_load_without_peft_and_match_the_adapter(tiny: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = make_config(tmp_path, tiny, epochs=1, merge_weights=True)
+    proc = run(config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    artifact = Path(result_of(tmp_path).artifact_uri)
+    files = verify(artifact)["files"]
+    assert "merged/model.safetensors" in files and "adapter_model.safetensors" in files
+    merged = AutoModelForCausalLM.from_pretrained(str(artifact / "merged"), use_safetensors=True)
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    from peft import PeftModel
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny)), str(artifact))
+    with torch.no_grad():
+        diff = (merged(ids, use_cache=False).logits - adapted(ids, use_cache=False).logits).abs().max()
+    assert float(diff) < 1e-4
+
+
 def test_an_interrupted_save_is_never_loaded(tiny: Path, tmp_path: Path) -> None:
     config = make_config(tmp_path, tiny, epochs=1)  # 5 steps: checkpoints at 3 and 5
     assert run(config).returncode == 0

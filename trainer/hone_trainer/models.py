@@ -168,9 +168,15 @@ def load_tokenizer(model: LocalModel, trust_remote_code: bool = False) -> Any:
         raise ModelError(f"could not load the tokenizer of {model.name or model.path}: {exc}") from exc
 
 
-def load_model(model: LocalModel, dtype: Any, trust_remote_code: bool = False) -> Any:
-    """Weights from safetensors (or GGUF, dequantised), never from pickle files."""
+def load_model(model: LocalModel, dtype: Any, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """Weights from safetensors (or GGUF, dequantised), never from pickle files.
+
+    ``kwargs`` go to ``from_pretrained`` (a 4-bit ``quantization_config`` for QLoRA).
+    """
     from transformers import AutoModelForCausalLM
+
+    if model.is_gguf and kwargs.get("quantization_config") is not None:
+        raise ModelError(f"{model.name}: QLoRA quantises safetensors weights; a GGUF model cannot be used")
 
     if not model.is_gguf:
         weights = list(model.path.glob("*.safetensors"))
@@ -181,7 +187,8 @@ def load_model(model: LocalModel, dtype: Any, trust_remote_code: bool = False) -
                              "Hone never loads pickled weights")
     try:
         if model.is_gguf:
-            loaded = AutoModelForCausalLM.from_pretrained(str(model.path), gguf_file=model.gguf_file, dtype=dtype)
+            loaded = AutoModelForCausalLM.from_pretrained(str(model.path), gguf_file=model.gguf_file, dtype=dtype,
+                                                          **kwargs)
             # The GGUF weights are dequantised into plain tensors; drop the marker that
             # would otherwise make save_pretrained refuse the model.
             for attr in ("hf_quantizer", "quantization_method"):
@@ -191,7 +198,7 @@ def load_model(model: LocalModel, dtype: Any, trust_remote_code: bool = False) -
                 loaded.config.quantization_config = None
             return loaded
         return AutoModelForCausalLM.from_pretrained(str(model.path), dtype=dtype, use_safetensors=True,
-                                                    trust_remote_code=trust_remote_code)
+                                                    trust_remote_code=trust_remote_code, **kwargs)
     except ModelError:
         raise
     except Exception as exc:

@@ -10,6 +10,7 @@ process with no launcher at all (``hone run`` on a laptop).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import signal
@@ -110,8 +111,16 @@ class Trainer:
 
             self._hf_ds = HfDeepSpeedConfig(self.ds)  # must stay alive: from_pretrained partitions under it
 
-        dtype = torch.bfloat16 if self.gpu else torch.float32
-        model = models.load_model(local, dtype, trust_remote_code=cfg.base_model.trust_remote_code)
+        self.local_model = local
+        self.dtype = dtype = torch.bfloat16 if self.gpu else torch.float32
+        extra: dict[str, Any] = {}
+        if cfg.method == "qlora":
+            extra = self._qlora_load_options()
+        model = models.load_model(local, dtype, trust_remote_code=cfg.base_model.trust_remote_code, **extra)
+        if cfg.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model.config.use_cache = False
         if cfg.method in ("lora", "qlora"):
             from peft import LoraConfig, get_peft_model
@@ -127,6 +136,21 @@ class Trainer:
                   "base_model": cfg.base_model.location}
         self.reporter = Reporter(cfg.progress, cfg.metrics_port, labels) if self.rank == 0 else None
         signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _qlora_load_options(self) -> dict[str, Any]:
+        """A 4-bit NF4 base (bitsandbytes) on this rank's GPU; the adapter trains in bf16."""
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ds_config.DeepSpeedConfigError(
+                "method qlora needs the bitsandbytes package in the runtime image (pip install bitsandbytes)")
+        if self.zero3:
+            raise ds_config.DeepSpeedConfigError(
+                "method qlora works with ZeRO stages 0-2 (a 4-bit base cannot be partitioned); "
+                "set spec.deepspeed.zeroStage to auto or 2")
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=self.torch.bfloat16)
+        return {"quantization_config": quant, "device_map": {"": self.device.index or 0}}
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
@@ -313,6 +337,8 @@ class Trainer:
         if self.rank == 0:
             assert staging is not None
             self.tokenizer.save_pretrained(str(staging))
+            if cfg.merge_weights and cfg.method != "full":
+                self._save_merged(staging)
             info = {
                 "apiVersion": "hone.dev/v1alpha1", "kind": "HoneModel",
                 "fineTunedModel": cfg.job.fine_tuned_model,
@@ -335,6 +361,21 @@ class Trainer:
                                     train_loss=train_loss, validation_loss=val_loss, checkpoints=checkpoints)
         self.dist.barrier()
         return result or TrainingResult(ok=True, steps=step, trained_tokens=trained_tokens)
+
+    def _save_merged(self, staging: Path) -> None:
+        """The base with the adapter folded in, under ``merged/``: loadable without peft.
+
+        Built from a fresh copy of the base (in the training precision, never
+        4-bit) and the adapter just saved, so it is the published adapter
+        that is merged, whatever ZeRO stage trained it.
+        """
+        from peft import PeftModel
+
+        base = models.load_model(self.local_model, self.dtype,
+                                 trust_remote_code=self.config.base_model.trust_remote_code)
+        merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
+        merged.save_pretrained(str(staging / "merged"), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(staging / "merged"))
 
     def close(self) -> None:
         if getattr(self, "dist", None) is not None and self.dist.is_initialized():

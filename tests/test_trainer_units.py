@@ -1,0 +1,156 @@
+"""Trainer pieces on their own: packing, checkpoints, DeepSpeed config, metrics."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hone_trainer import contract, ds_config, packing
+from hone_trainer.chat import IGNORE_INDEX, ChatFormatter
+from hone_trainer.checkpoints import MARKER, CheckpointStore
+from hone_trainer.data import Example, Message
+from tests.support.cluster import free_port
+from tests.support.tiny import make_tiny_llama, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-units")
+    return make_tokenizer(folder), make_tiny_llama(folder)
+
+
+def examples(n: int) -> list[Example]:
+    return [Example(i + 1, (Message("user", "How do I clean bearings? " * (1 + i % 4)),
+                            Message("assistant", "Use isopropyl alcohol. " * (1 + i % 3)))) for i in range(n)]
+
+
+def test_packed_rows_give_the_same_per_example_loss(tiny) -> None:
+    import torch
+
+    tok, model = tiny
+    model.eval()
+    enc = ChatFormatter(tok, 512).encode(examples(7))
+    rows = packing.pack(range(7), enc, 160)
+    assert len(rows) < 7  # really packed
+
+    def loss(logits, labels) -> float:
+        return float(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(labels[1:]),
+                                                       ignore_index=IGNORE_INDEX, reduction="sum"))
+
+    with torch.no_grad():
+        for row in rows:
+            out = model(input_ids=torch.tensor([row.input_ids]), position_ids=torch.tensor([row.position_ids]),
+                        use_cache=False).logits[0]
+            start = 0
+            for i in row.examples:
+                n = len(enc[i].input_ids)
+                alone = model(input_ids=torch.tensor([enc[i].input_ids]), use_cache=False).logits[0]
+                labels = list(enc[i].labels)
+                labels[0] = IGNORE_INDEX
+                assert loss(out[start:start + n], row.labels[start:start + n]) == pytest.approx(
+                    loss(alone, labels), abs=1e-5)
+                start += n
+
+
+def test_packing_wastes_almost_nothing_and_never_crosses_examples(tiny) -> None:
+    tok, _ = tiny
+    enc = ChatFormatter(tok, 256).encode(examples(64))
+    rows = packing.pack(range(64), enc, 256)
+    assert sorted(i for r in rows for i in r.examples) == list(range(64))
+    assert all(len(r) <= 256 for r in rows)
+    for r in rows:
+        starts = [k for k, p in enumerate(r.position_ids) if p == 0]
+        assert all(r.labels[k] == IGNORE_INDEX for k in starts)  # no prediction across a boundary
+    assert packing.padding_fraction(rows[:-1]) < 0.05
+
+
+def test_step_order_is_deterministic_and_covers_each_epoch() -> None:
+    seen = [i for s in range(5) for i in packing.step_examples(37, 8, seed=3, step=s)]
+    assert sorted(seen) == list(range(37))  # 5 steps = one epoch of 37 examples
+    assert packing.step_examples(37, 8, 3, 6) == packing.step_examples(37, 8, 3, 6)
+    assert packing.step_examples(37, 8, 3, 0) != packing.step_examples(37, 8, 4, 0)
+    assert packing.epoch_order(37, 3, 0) != packing.epoch_order(37, 3, 1)
+
+
+def test_rank_rows_split_the_work() -> None:
+    rows = [packing.Row(list(range(n)), [0] * n, list(range(n)), [k]) for k, n in enumerate([50, 40, 30, 20, 10])]
+    mine = [packing.rank_rows(rows, r, 2) for r in range(2)]
+    assert sorted(len(r) for m in mine for r in m) == [10, 20, 30, 40, 50]
+    assert [len(r) for r in mine[0]] == [50, 30, 10]
+
+
+def test_checkpoint_store_keeps_the_newest_complete_ones(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+    for step in (10, 20, 30):
+        (tmp_path / f"step-{step:08d}").mkdir()
+        store.mark_complete(step, {"train_loss": step / 10})
+    (tmp_path / "step-00000040").mkdir()  # interrupted
+    assert store.latest().step == 30
+    store.prune()
+    assert [c.step for c in store.complete()] == [20, 30]
+    assert (tmp_path / "step-00000040").exists()  # pruning never touches an incomplete save
+    assert store.remove_incomplete() == [tmp_path / "step-00000040"]
+    (tmp_path / "step-00000050").mkdir()
+    (tmp_path / "step-00000050" / MARKER).write_text("{not json")
+    assert store.latest().step == 30  # an unreadable marker is no marker
+
+
+def cfg(**overrides) -> contract.TrainerConfig:
+    return contract.TrainerConfig(
+        job=contract.JobIdentity(namespace="n", name="j", uid="u", fine_tuned_model="ft:x:n::u"),
+        base_model=contract.ModelSource(location="/m"), training_data=contract.DataFile(location="/d"),
+        output_uri="/o", checkpoint_dir="/c", **overrides)
+
+
+def test_deepspeed_config_is_generated_from_the_job() -> None:
+    ds = ds_config.build(cfg(), world=4, gpu=True, learning_rate=1e-4, total_steps=100)
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["bf16"] == {"enabled": True} and ds["train_batch_size"] == 4
+    assert ds["optimizer"]["params"]["torch_adam"] is True
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 3
+    cpu = ds_config.build(cfg(), world=2, gpu=False, learning_rate=1e-4, total_steps=10)
+    assert cpu["bf16"] == {"enabled": False}
+    full = ds_config.build(cfg(method="full"), world=8, gpu=True, learning_rate=1e-5, total_steps=10)
+    assert full["zero_optimization"]["stage"] == 3
+    offload = ds_config.build(cfg(method="full", deepspeed=contract.DeepSpeedSettings(
+        zero_stage=3, offload_optimizer=True, offload_params=True)), world=8, gpu=True, learning_rate=1e-5,
+        total_steps=10)
+    assert offload["zero_optimization"]["offload_param"]["device"] == "cpu"
+
+
+def test_deepspeed_override_is_merged_and_validated() -> None:
+    merged = ds_config.build(cfg(deepspeed=contract.DeepSpeedSettings(
+        config_override={"gradient_clipping": 0.5, "zero_optimization": {"reduce_bucket_size": 5e7}})),
+        world=1, gpu=True, learning_rate=1e-4, total_steps=10)
+    assert merged["gradient_clipping"] == 0.5
+    assert merged["zero_optimization"] == {**merged["zero_optimization"], "stage": 2, "reduce_bucket_size": 5e7}
+    bad = [
+        ({"bf16": {"enabled": True}}, False, "fp16/bf16 need GPUs"),
+        ({"zero_optimization": {"stage": 7}}, True, "must be 0-3"),
+        ({"gradient_clipping": "lots"}, True, "gradient_clipping"),
+        ({"gradient_accumulation_steps": 4}, True, "set by Hone"),
+    ]
+    for override, gpu, text in bad:
+        with pytest.raises(ds_config.DeepSpeedConfigError, match=text):
+            ds_config.build(cfg(deepspeed=contract.DeepSpeedSettings(config_override=override)), world=1, gpu=gpu,
+                            learning_rate=1e-4, total_steps=10)
+
+
+def test_trainer_metrics_and_structured_logs(capsys, tmp_path: Path) -> None:
+    from hone_trainer.report import Reporter
+
+    port = free_port()
+    reporter = Reporter(contract.ProgressReporting(kind="file", path=str(tmp_path / "p.json")), port,
+                        {"namespace": "n", "finetunejob": "j", "base_model": "m"})
+    reporter.report(contract.Progress(step=3, total_steps=10, train_loss=1.25, trained_tokens=900,
+                                      tokens_per_second=450.0))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert 'hone_trainer_step{base_model="m",finetunejob="j",namespace="n"} 3.0' in text
+    assert 'hone_trainer_tokens_processed{base_model="m",finetunejob="j",namespace="n"} 900.0' in text
+    assert "hone_training_tokens_total" not in text  # the operator's metric, never duplicated here
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["event"] == "progress" and line["percent"] == 30 and line["finetunejob"] == "j"
+    assert json.loads((tmp_path / "p.json").read_text())["trainLoss"] == 1.25
