@@ -1,0 +1,121 @@
+"""S3 (any S3-compatible store) for data, base models and publishing, against moto on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from hone_trainer import contract
+from hone_trainer.publish import MANIFEST, PublishError, publish, write_manifest
+from hone_trainer.storage import filesystem, open_binary
+from tests.support.cluster import free_port
+
+BUCKET = "hone-models"
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[tuple[str, object]]:
+    """A moto S3 server on loopback and a Secret-style credentials folder for it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    import urllib.request
+
+    # moto keeps its state per process, across servers: start every test from an empty store.
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"))
+    creds = tmp_path / "s3-credentials"
+    creds.mkdir()
+    for key, value in {"access-key-id": "testing", "secret-access-key": "testing",
+                       "endpoint-url": f"http://127.0.0.1:{port}", "region": "eu-west-1"}.items():
+        (creds / key).write_text(value + "\n")
+    fs, _ = filesystem("s3://x", str(creds))
+    fs.mkdir(BUCKET)
+    try:
+        yield str(creds), fs
+    finally:
+        server.stop()
+
+
+def staging_folder(tmp_path: Path, n: int = 4) -> Path:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for i in range(n):
+        (staging / f"part-{i}.safetensors").write_bytes(bytes([i]) * 1000)
+    write_manifest(staging, {"kind": "HoneModel", "fineTunedModel": "ft:x:n::1"})
+    return staging
+
+
+def test_publish_to_s3_uploads_files_then_the_manifest(s3, tmp_path: Path) -> None:
+    creds, fs = s3
+    uri = publish(staging_folder(tmp_path), f"s3://{BUCKET}/team-a/job/model", creds)
+    assert uri == f"s3://{BUCKET}/team-a/job/model"
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/team-a/job/model"))
+    assert names == [MANIFEST, "part-0.safetensors", "part-1.safetensors", "part-2.safetensors",
+                     "part-3.safetensors"]
+    manifest = json.loads(fs.cat(f"{BUCKET}/team-a/job/model/{MANIFEST}"))
+    assert set(manifest["files"]) == {f"part-{i}.safetensors" for i in range(4)}
+
+
+def test_an_upload_that_fails_halfway_leaves_no_manifest(s3, tmp_path: Path, monkeypatch) -> None:
+    creds, fs = s3
+    target = f"s3://{BUCKET}/team-a/job/model"
+    publish(staging_folder(tmp_path), target, creds)  # an earlier, complete publish
+    retry = tmp_path / "retry"
+    retry.mkdir()
+    staging = staging_folder(retry)
+    real_put = fs.put_file  # fsspec caches filesystems: publish() gets this same instance
+    calls = {"n": 0}
+
+    def flaky(lpath, rpath, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ConnectionError("connection reset by peer")
+        return real_put(lpath, rpath, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "put_file", flaky)
+    with pytest.raises(PublishError, match="connection reset"):
+        publish(staging, target, creds)
+    # Readers trust only a manifest: there is none now, so nothing half-written counts as published.
+    assert calls["n"] == 3
+    fs.invalidate_cache()
+    assert not fs.exists(f"{BUCKET}/team-a/job/model/{MANIFEST}")
+
+
+def test_training_data_and_validation_read_from_s3(s3, tmp_path: Path) -> None:
+    from tests.support.tiny import make_tokenizer
+    from hone_trainer.validate import validate
+
+    creds, fs = s3
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                      {"role": "assistant", "content": f"a{i}"}]}) for i in range(12)]
+    fs.pipe(f"{BUCKET}/data/train.jsonl", ("\n".join(lines) + "\n").encode())
+    with open_binary(f"s3://{BUCKET}/data/train.jsonl", creds) as fp:
+        assert fp.read().count(b"\n") == 12
+    config = contract.TrainerConfig(
+        job=contract.JobIdentity(namespace="n", name="j", uid="u", fine_tuned_model="ft:x:n::u"),
+        base_model=contract.ModelSource(location="/unused"),
+        training_data=contract.DataFile(location=f"s3://{BUCKET}/data/train.jsonl", credentials_dir=creds),
+        output_uri="/o", checkpoint_dir="/c")
+    result = validate(config, make_tokenizer(tmp_path / "tok"))
+    assert result.ok and result.examples == 12
+    missing = config.model_copy(update={"training_data": contract.DataFile(
+        location=f"s3://{BUCKET}/data/nope.jsonl", credentials_dir=creds)})
+    result = validate(missing, make_tokenizer(tmp_path / "tok2"))
+    assert not result.ok and result.problem_counts == {"unreadable_file": 1}
+
+
+def test_base_model_from_s3_fetches_only_safe_files(s3, tmp_path: Path, monkeypatch) -> None:
+    from hone_trainer import models
+
+    creds, fs = s3
+    for name, data in {"config.json": b"{}", "model.safetensors": b"w", "tokenizer.json": b"{}",
+                       "pytorch_model.bin": b"pickle!"}.items():
+        fs.pipe(f"{BUCKET}/base/{name}", data)
+    monkeypatch.setenv("HONE_CACHE", str(tmp_path / "cache"))
+    local = models.resolve(contract.ModelSource(location=f"s3://{BUCKET}/base", credentials_dir=creds))
+    assert sorted(p.name for p in local.path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
