@@ -10,6 +10,13 @@ generation prompt and up to its end; the characters between the two are the
 message's reply including the template's end-of-turn token, so the model also
 learns to stop. Tokens whose first character falls in such a span get labels;
 all others get -100.
+
+That exact method renders a conversation 2n+1 times. The fast path renders
+it once, with private-use characters around each assistant reply, and adds
+the template's end-of-turn text found by a probe at start-up. It is used only
+when the probe shows it gives exactly the spans of the exact method for this
+template (a template that trims or rewrites the content fails the probe), and
+an example that cannot use it (it contains the marker characters) falls back.
 """
 
 from __future__ import annotations
@@ -17,9 +24,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from hone_trainer.data import Example
 
 IGNORE_INDEX = -100
+_OPEN, _CLOSE = "\ue000", "\ue001"  # Unicode private use: never in real text
+_PROBES = [
+    [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": " Hi there "},
+     {"role": "assistant", "content": " Hello!\n"}, {"role": "user", "content": "More?"},
+     {"role": "assistant", "content": "Sure."}],
+    [{"role": "user", "content": "Question"}, {"role": "assistant", "content": "Answer"}],
+]
 
 
 class TemplateError(ValueError):
@@ -52,6 +68,64 @@ class ChatFormatter:
         self.max_seq_length = max_seq_length
         self._template = _compile_jinja_template(tokenizer.chat_template)
         self._special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+        self._turn_end = self._probe_turn_end()
+
+    def _exact_spans(self, messages: list[dict[str, str]], trained: list[int], text: str,
+                     line: int) -> list[tuple[int, int]]:
+        spans = []
+        for i in trained:
+            prompt = self.render(messages[:i], add_generation_prompt=True)
+            upto = self.render(messages[: i + 1])
+            if not (upto.startswith(prompt) and text.startswith(upto)):
+                raise TemplateError(
+                    "the chat template renders a conversation differently from its prefixes "
+                    f"(line {line}, message {i}); Hone needs a prefix-stable template to mask the loss")
+            spans.append((len(prompt), len(upto)))
+        return spans
+
+    def _marked(self, messages: list[dict[str, str]], trained: list[int]) -> tuple[str, list[tuple[int, int]]] | None:
+        """One render with markers: (text, content spans), or None if the markers did not survive intact."""
+        marked = [dict(m) for m in messages]
+        for i in trained:
+            marked[i]["content"] = _OPEN + marked[i]["content"] + _CLOSE
+        raw = self.render(marked)
+        parts, spans, pos, cursor = [], [], 0, 0
+        while True:
+            a = raw.find(_OPEN, cursor)
+            if a < 0:
+                break
+            b = raw.find(_CLOSE, a + 1)
+            if b < 0 or _OPEN in raw[a + 1:b]:
+                return None
+            parts.append(raw[cursor:a])
+            pos += a - cursor
+            spans.append((pos, pos + (b - a - 1)))
+            parts.append(raw[a + 1:b])
+            pos += b - a - 1
+            cursor = b + 1
+        parts.append(raw[cursor:])
+        if len(spans) != len(trained) or _CLOSE in raw[cursor:]:
+            return None
+        return "".join(parts), spans
+
+    def _probe_turn_end(self) -> str | None:
+        """The text a template puts after every assistant reply, if the fast path is exact for it."""
+        ends: set[str] = set()
+        for probe in _PROBES:
+            trained = [i for i, m in enumerate(probe) if m["role"] == "assistant"]
+            try:
+                text = self.render(probe)
+                exact = self._exact_spans(probe, trained, text, 0)
+                marked = self._marked(probe, trained)
+            except Exception:
+                return None
+            if marked is None or marked[0] != text:
+                return None
+            for (a, b), (s, e) in zip(exact, marked[1]):
+                if s != a or not b >= e:
+                    return None
+                ends.add(text[e:b])
+        return ends.pop() if len(ends) == 1 else None
 
     def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
         return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
@@ -60,19 +134,17 @@ class ChatFormatter:
     def text_and_spans(self, example: Example) -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans the loss is computed on."""
         messages = example.as_dicts()
+        trained = [i for i, m in enumerate(example.messages) if m.role == "assistant" and m.weight]
+        if self._turn_end is not None and not any(_OPEN in m["content"] or _CLOSE in m["content"]
+                                                  for m in messages):
+            marked = self._marked(messages, trained)
+            if marked is not None:
+                text, spans = marked
+                end = len(self._turn_end)
+                if all(text[e:e + end] == self._turn_end for _, e in spans):
+                    return text, [(s, e + end) for s, e in spans]
         text = self.render(messages)
-        spans = []
-        for i, m in enumerate(example.messages):
-            if m.role != "assistant" or not m.weight:
-                continue
-            prompt = self.render(messages[:i], add_generation_prompt=True)
-            upto = self.render(messages[: i + 1])
-            if not (upto.startswith(prompt) and text.startswith(upto)):
-                raise TemplateError(
-                    "the chat template renders a conversation differently from its prefixes "
-                    f"(line {example.line}, message {i}); Hone needs a prefix-stable template to mask the loss")
-            spans.append((len(prompt), len(upto)))
-        return text, spans
+        return text, self._exact_spans(messages, trained, text, example.line)
 
     def encode(self, examples: Sequence[Example], truncate: bool = True) -> list[Encoded]:
         """Token ids and labels for each example; batched through the Rust tokenizer."""
@@ -81,12 +153,19 @@ class ChatFormatter:
                                return_offsets_mapping=True, return_attention_mask=False)
         out = []
         for (text, spans), ids, offsets in zip(rendered, batch["input_ids"], batch["offset_mapping"]):
-            labels = []
-            for token, (start, end) in zip(ids, offsets):
-                inside = any(a <= start < b for a, b in spans) if end > start else False
-                labels.append(token if inside else IGNORE_INDEX)
-            full = len(ids)
+            ids_arr = np.asarray(ids, dtype=np.int64)
+            off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+            if spans:
+                span_starts = np.fromiter((a for a, _ in spans), dtype=np.int64, count=len(spans))
+                span_ends = np.fromiter((b for _, b in spans), dtype=np.int64, count=len(spans))
+                k = np.searchsorted(span_starts, off[:, 0], side="right") - 1
+                inside = (k >= 0) & (off[:, 0] < span_ends[np.maximum(k, 0)]) & (off[:, 1] > off[:, 0])
+                labels = np.where(inside, ids_arr, IGNORE_INDEX)
+            else:
+                labels = np.full_like(ids_arr, IGNORE_INDEX)
+            full = len(ids_arr)
             if truncate and full > self.max_seq_length:
-                ids, labels = ids[: self.max_seq_length], labels[: self.max_seq_length]
-            out.append(Encoded(list(ids), labels, truncated=full > self.max_seq_length, full_length=full))
+                ids_arr, labels = ids_arr[: self.max_seq_length], labels[: self.max_seq_length]
+            out.append(Encoded(ids_arr.tolist(), labels.tolist(), truncated=full > self.max_seq_length,
+                               full_length=full))
         return out
