@@ -18,22 +18,26 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")])}
 
 
-def test_operator_never_imports_torch_or_the_trainer_runtime() -> None:
-    code = (
-        "import sys, hone_operator.main, hone_operator.cli, hone_operator.controller, hone_operator.api.crdgen\n"
-        "heavy = [m for m in ('torch', 'deepspeed', 'transformers', 'peft') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
-    )
+def assert_imports_without(modules: str, forbidden: tuple[str, ...]) -> None:
+    """Import ``modules`` in a fresh interpreter and fail if any of ``forbidden`` came along."""
+    code = (f"import sys, {modules}\n"
+            f"bad = [m for m in {forbidden!r} if m in sys.modules]\n"
+            "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, env=ENV)
+
+
+def test_operator_never_imports_torch_or_the_trainer_runtime() -> None:
+    assert_imports_without("hone_operator.main, hone_operator.cli, hone_operator.controller, hone_operator.api.crdgen",
+                           ("torch", "deepspeed", "transformers", "peft"))
 
 
 def test_trainer_contract_needs_neither_kopf_nor_kubernetes() -> None:
-    code = (
-        "import sys, hone_trainer.contract\n"
-        "bad = [m for m in ('kopf', 'kubernetes', 'torch') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, env=ENV)
+    assert_imports_without("hone_trainer.contract", ("kopf", "kubernetes", "torch"))
+
+
+def test_trainer_never_imports_kopf_or_the_kubernetes_client() -> None:
+    assert_imports_without("hone_trainer.train, hone_trainer.validate, hone_trainer.report, hone_trainer.__main__",
+                           ("kopf", "kubernetes"))
 
 
 def test_source_roots_hold_one_package_each() -> None:

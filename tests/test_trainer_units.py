@@ -56,15 +56,31 @@ def test_packed_rows_give_the_same_per_example_loss(tiny) -> None:
 
 
 def test_packing_wastes_almost_nothing_and_never_crosses_examples(tiny) -> None:
+    import random
+
     tok, _ = tiny
-    enc = ChatFormatter(tok, 256).encode(examples(64))
-    rows = packing.pack(range(64), enc, 256)
-    assert sorted(i for r in rows for i in r.examples) == list(range(64))
-    assert all(len(r) <= 256 for r in rows)
-    for r in rows:
-        starts = [k for k, p in enumerate(r.position_ids) if p == 0]
-        assert all(r.labels[k] == IGNORE_INDEX for k in starts)  # no prediction across a boundary
-    assert packing.padding_fraction(rows[:-1]) < 0.05
+    rng = random.Random(5)
+    varied = [Example(i + 1, (Message("user", "How do I clean bearings? " * rng.randint(1, 12)),
+                              Message("assistant", "Use isopropyl alcohol. " * rng.choice(
+                                  [rng.randint(1, 4), rng.randint(5, 30)])))) for i in range(96)]
+    enc = ChatFormatter(tok, 1024).encode(varied)
+    packed_pad = packed_real = naive_pad = 0
+    for step in range(12):  # as training does: 8 examples per step
+        members = packing.step_examples(96, 8, seed=1, step=step)
+        rows = packing.pack(members, enc, 1024)
+        assert sorted(i for r in rows for i in r.examples) == sorted(members)
+        for r in rows:
+            starts = [k for k, p in enumerate(r.position_ids) if p == 0]
+            assert all(r.labels[k] == IGNORE_INDEX for k in starts)  # no prediction across a boundary
+        longest = max(len(r) for r in rows)
+        packed_real += sum(len(r) for r in rows)
+        packed_pad += longest * len(rows) - sum(len(r) for r in rows)
+        lengths = [len(enc[i].input_ids) for i in members]
+        naive_pad += max(lengths) * len(lengths) - sum(lengths)
+    packed = packed_pad / (packed_pad + packed_real)
+    naive = naive_pad / (naive_pad + packed_real)
+    assert naive > 0.3  # what padding each batch to its longest example would waste
+    assert packed < 0.03
 
 
 def test_step_order_is_deterministic_and_covers_each_epoch() -> None:

@@ -239,6 +239,11 @@ class TrainerConfig(_Model):
     batch_size: int | Literal["auto"] = "auto"
     learning_rate_multiplier: float | Literal["auto"] = "auto"
     max_seq_length: int = Field(2048, ge=16)
+    pack_length: int | None = Field(
+        None, ge=16,
+        description="Tokens per packed row; default min(max_seq_length, 512). Attention in a row costs the "
+        "square of its length even with examples kept apart, so short rows are faster; an example longer "
+        "than this gets a row of its own.")
     over_length: Literal["truncate", "drop"] = "truncate"
     seed: int = 42
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)

@@ -41,20 +41,65 @@ class Row:
 
 
 def pack(indices: Sequence[int], data: Sequence[Encoded], row_length: int) -> list[Row]:
-    """First-fit-decreasing bin packing of the given examples into rows."""
+    """Pack examples into as few rows as first-fit-decreasing needs, then balance them.
+
+    A batch of rows is padded to its longest row, so the examples are spread
+    over that number of rows longest-first, each to the currently shortest
+    row: the rows come out almost equally long. A row may then exceed
+    ``row_length`` by less than one example; an example longer than
+    ``row_length`` gets a row of its own.
+    """
     order = sorted(indices, key=lambda i: len(data[i].input_ids), reverse=True)
-    rows: list[Row] = []
-    for i in order:
+    loads: list[int] = []
+    for i in order:  # first-fit-decreasing: how many rows are needed
         n = len(data[i].input_ids)
-        for row in rows:
-            if len(row) + n <= row_length:
-                row.add(i, data[i])
+        for k, load in enumerate(loads):
+            if load + n <= row_length:
+                loads[k] += n
                 break
         else:
-            row = Row()
+            loads.append(n)
+    size = {i: len(data[i].input_ids) for i in order}
+    bins: list[list[int]] = [[] for _ in loads]
+    totals = [0] * len(loads)
+    for i in order:  # longest processing time first: balance the rows
+        k = totals.index(min(totals))
+        bins[k].append(i)
+        totals[k] += size[i]
+    _even_out(bins, totals, size)
+    rows = []
+    for members in bins:
+        row = Row()
+        for i in members:
             row.add(i, data[i])
-            rows.append(row)
+        rows.append(row)
     return rows
+
+
+def _even_out(bins: list[list[int]], totals: list[int], size: dict[int, int], rounds: int = 32) -> None:
+    """Move or swap single examples between the longest and the shortest row while that shortens the longest."""
+    for _ in range(rounds):
+        hi, lo = totals.index(max(totals)), totals.index(min(totals))
+        gap = totals[hi] - totals[lo]
+        if hi == lo or gap <= 1:
+            return
+        best, move = gap, None
+        for a in bins[hi]:
+            for b in [None, *bins[lo]]:
+                delta = size[a] - (size[b] if b is not None else 0)
+                new_gap = abs(gap - 2 * delta)
+                if 0 < delta and new_gap < best:
+                    best, move = new_gap, (a, b, delta)
+        if move is None:
+            return
+        a, b, delta = move
+        bins[hi].remove(a)
+        bins[lo].append(a)
+        if b is not None:
+            bins[lo].remove(b)
+            bins[hi].append(b)
+        totals[hi] -= delta
+        totals[lo] += delta
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

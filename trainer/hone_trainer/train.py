@@ -101,6 +101,7 @@ class Trainer:
                          if cfg.validation_data else [])
         self.hp = contract.resolve_hyperparameters(len(self.train_data), cfg.epochs, cfg.batch_size,
                                                    cfg.learning_rate_multiplier)
+        self.pack_length = cfg.pack_length or min(cfg.max_seq_length, 512)
         self.steps_per_epoch = packing.steps_per_epoch(len(self.train_data), self.hp.batch_size)
         self.total_steps = self.steps_per_epoch * self.hp.epochs
         lr = ds_config.BASE_LEARNING_RATE[cfg.method] * self.hp.learning_rate_multiplier
@@ -131,7 +132,16 @@ class Trainer:
                                                      task_type="CAUSAL_LM"))
         params = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=self.ds)
-        self.store = CheckpointStore(cfg.checkpoint_dir, cfg.keep_checkpoints)
+        ckpt = cfg.checkpoint_dir.removeprefix("file://")
+        if "://" in ckpt:
+            # DeepSpeed writes shards to local files on every node; syncing them to an
+            # object store is not implemented yet, so they stay on the pod's disk.
+            ckpt = str(Path(os.environ.get("TMPDIR", "/tmp")) / "hone-checkpoints" / cfg.job.uid)
+            if self.rank == 0:
+                log.warning("checkpoints go to %s on the pod's own disk, not %s: they do not survive the "
+                            "loss of the pod; publish to a PVC (pvc://) for resumable training",
+                            ckpt, cfg.checkpoint_dir)
+        self.store = CheckpointStore(ckpt, cfg.keep_checkpoints)
         labels = {"namespace": cfg.job.namespace, "finetunejob": cfg.job.name,
                   "base_model": cfg.base_model.location}
         self.reporter = Reporter(cfg.progress, cfg.metrics_port, labels) if self.rank == 0 else None
@@ -198,7 +208,7 @@ class Trainer:
     def validation_loss(self) -> float | None:
         if not self.val_data:
             return None
-        rows = packing.pack(range(len(self.val_data)), self.val_data, self.config.max_seq_length)
+        rows = packing.pack(range(len(self.val_data)), self.val_data, self.pack_length)
         mine = packing.rank_rows(rows, self.rank, self.world)
         self.engine.eval()
         total = tokens = 0.0
@@ -265,7 +275,7 @@ class Trainer:
         self.engine.train()
         while step < self.total_steps:
             examples = packing.step_examples(len(self.train_data), self.hp.batch_size, cfg.seed, step)
-            rows = packing.pack(examples, self.train_data, cfg.max_seq_length)
+            rows = packing.pack(examples, self.train_data, self.pack_length)
             ids, labels, pos = self._batch(packing.rank_rows(rows, self.rank, self.world))
             local_label_tokens = float((labels[:, 1:] != IGNORE_INDEX).sum())
             billable = sum(len(self.train_data[i].input_ids) for i in examples)
