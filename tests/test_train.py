@@ -326,3 +326,47 @@ def test_embedded_smollm2_trains_a_few_steps(tmp_path: Path) -> None:
     manifest = verify(Path(result.artifact_uri))
     assert manifest["baseModel"]["location"] == "embedded://smollm2-135m-instruct"
     assert time.monotonic() - started < 600
+
+
+def test_checkpoints_on_s3_survive_the_loss_of_the_pod(tiny: Path, tmp_path: Path, s3) -> None:
+    """A new pod (new local disk) resumes from the checkpoint mirrored to S3 and publishes there."""
+    from tests.conftest import BUCKET
+
+    creds, fs = s3
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    assert run(make_config(whole, tiny, lora=NO_DROPOUT)).returncode == 0
+    expected = result_of(whole)
+
+    job = tmp_path / "job"
+    job.mkdir()
+    config = make_config(job, tiny, lora=NO_DROPOUT, checkpoint_dir=f"s3://{BUCKET}/team-a/t/checkpoints",
+                         output_uri=f"s3://{BUCKET}/team-a/t/model", output_credentials_dir=creds)
+    first_pod = {**env(), "TMPDIR": str(tmp_path / "pod1")}
+    (tmp_path / "pod1").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "hone_trainer", "train", "--config", str(config)],
+                            env=first_pod, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=job)
+    def mirrored_past_step_3() -> bool:
+        fs.invalidate_cache()
+        root = f"{BUCKET}/team-a/t/checkpoints"
+        return fs.exists(root) and any(fs.exists(f"{p}/hone-complete.json") and not p.endswith("-00000003")
+                                       for p in fs.ls(root, detail=False))
+
+    wait_for(mirrored_past_step_3, timeout=120, what="a checkpoint after step 3 mirrored to S3")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    shutil.rmtree(tmp_path / "pod1")  # the pod and its disk are gone
+    (tmp_path / "pod2").mkdir()
+    second = subprocess.run([sys.executable, "-m", "hone_trainer", "train", "--config", str(config)],
+                            env={**env(), "TMPDIR": str(tmp_path / "pod2")}, capture_output=True, text=True,
+                            cwd=job, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "fetching checkpoint step" in second.stderr
+    got = result_of(job)
+    assert got.artifact_uri == f"s3://{BUCKET}/team-a/t/model"
+    assert got.train_loss == pytest.approx(expected.train_loss, abs=1e-5)
+    fs.invalidate_cache()
+    assert fs.exists(f"{BUCKET}/team-a/t/model/manifest.json")
+    complete = [p for p in fs.ls(f"{BUCKET}/team-a/t/checkpoints", detail=False)
+                if fs.exists(f"{p}/hone-complete.json")]
+    assert 1 <= len(complete) <= 2  # the newest ones are kept

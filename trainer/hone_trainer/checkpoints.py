@@ -107,3 +107,71 @@ class CheckpointStore:
             shutil.rmtree(old.path, ignore_errors=True)
             removed.append(old.path)
         return removed
+
+
+class RemoteMirror:
+    """Complete checkpoints mirrored to an object store (``s3://``), for pods without a PVC.
+
+    DeepSpeed writes to local files; after a save every node uploads the
+    files it wrote, and only then rank 0 uploads the marker, so the remote
+    copy follows the same rule as the local one: no marker, no checkpoint.
+    A new pod downloads the newest remotely complete checkpoint before it
+    resumes.
+    """
+
+    def __init__(self, uri: str, credentials_dir: str | None):
+        from hone_trainer.storage import filesystem
+
+        self.uri = uri.rstrip("/")
+        self.fs, self.root = filesystem(self.uri, credentials_dir)
+        self.root = self.root.rstrip("/")
+
+    def _tags(self) -> list[tuple[int, str]]:
+        try:
+            entries = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            m = _TAG.match(entry.rstrip("/").rsplit("/", 1)[-1])
+            if m:
+                found.append((int(m.group(1)), entry.rstrip("/")))
+        return sorted(found)
+
+    def complete(self) -> list[int]:
+        return [step for step, path in self._tags() if self.fs.exists(f"{path}/{MARKER}")]
+
+    def upload(self, local: Path) -> None:
+        for path in sorted(local.rglob("*")):
+            if path.is_file() and path.name != MARKER:
+                self.fs.put_file(str(path), f"{self.root}/{local.name}/{path.relative_to(local).as_posix()}")
+
+    def mark(self, local: Path) -> None:
+        self.fs.put_file(str(local / MARKER), f"{self.root}/{local.name}/{MARKER}")
+
+    def download(self, step: int, local_root: Path) -> Path:
+        target = local_root / tag(step)
+        if (target / MARKER).exists():
+            return target
+        staging = local_root / f".{tag(step)}.download"
+        shutil.rmtree(staging, ignore_errors=True)
+        remote = f"{self.root}/{tag(step)}"  # fsspec paths carry no scheme, like self.root
+        for path in self.fs.find(remote):
+            dest = staging / path[len(remote):].lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(path, str(dest))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)  # the marker came with the files: complete locally too
+        return target
+
+    def remove_incomplete(self) -> None:
+        for step, path in self._tags():
+            if not self.fs.exists(f"{path}/{MARKER}"):
+                self.fs.rm(path, recursive=True)
+
+    def prune(self, keep: int) -> None:
+        done = self.complete()
+        for step in done[: max(0, len(done) - keep)]:
+            path = f"{self.root}/{tag(step)}"
+            self.fs.rm(f"{path}/{MARKER}")  # unmark first, then delete
+            self.fs.rm(path, recursive=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 from hone_trainer import contract, ds_config, models, packing
 from hone_trainer.chat import IGNORE_INDEX, ChatFormatter, Encoded
-from hone_trainer.checkpoints import CheckpointStore, tag
+from hone_trainer.checkpoints import CheckpointStore, RemoteMirror, tag
 from hone_trainer.contract import CheckpointInfo, Progress, TrainerConfig, TrainingResult
 from hone_trainer.data import ReadResult
 from hone_trainer.publish import publish, write_manifest
@@ -133,14 +133,12 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=self.ds)
         ckpt = cfg.checkpoint_dir.removeprefix("file://")
+        self.mirror: RemoteMirror | None = None
         if "://" in ckpt:
-            # DeepSpeed writes shards to local files on every node; syncing them to an
-            # object store is not implemented yet, so they stay on the pod's disk.
+            # DeepSpeed writes local files: save to the pod's disk, mirror complete checkpoints remotely.
+            self.mirror = RemoteMirror(cfg.checkpoint_dir, cfg.output_credentials_dir)
             ckpt = str(Path(os.environ.get("TMPDIR", "/tmp")) / "hone-checkpoints" / cfg.job.uid)
-            if self.rank == 0:
-                log.warning("checkpoints go to %s on the pod's own disk, not %s: they do not survive the "
-                            "loss of the pod; publish to a PVC (pvc://) for resumable training",
-                            ckpt, cfg.checkpoint_dir)
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.store = CheckpointStore(ckpt, cfg.keep_checkpoints)
         labels = {"namespace": cfg.job.namespace, "finetunejob": cfg.job.name,
                   "base_model": cfg.base_model.location}
@@ -232,8 +230,14 @@ class Trainer:
         rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.gpu else []}
         torch.save(rng, self.store.root / tag(step) / f"rng-rank{self.rank}.pt")
         self.dist.barrier()
+        if self.mirror is not None and self.local_rank == 0:
+            self.mirror.upload(self.store.root / tag(step))  # what this node wrote
+        self.dist.barrier()
         if self.rank == 0:
             self.store.mark_complete(step, state)
+            if self.mirror is not None:
+                self.mirror.mark(self.store.root / tag(step))
+                self.mirror.prune(self.config.keep_checkpoints)
             self.store.prune()
         self.dist.barrier()
         return CheckpointInfo(step=step, uri=str(self.store.root / tag(step)), train_loss=state.get("train_loss"))
@@ -242,6 +246,15 @@ class Trainer:
         if self.rank == 0:
             for path in self.store.remove_incomplete():
                 log.warning("removed interrupted checkpoint %s", path)
+            if self.mirror is not None:
+                self.mirror.remove_incomplete()
+        self.dist.barrier()
+        if self.mirror is not None and self.local_rank == 0:
+            remote = self.mirror.complete()
+            local = self.store.latest()
+            if remote and (local is None or remote[-1] > local.step):
+                log.info("fetching checkpoint step %d from %s", remote[-1], self.mirror.uri)
+                self.mirror.download(remote[-1], self.store.root)
         self.dist.barrier()
         latest = self.store.latest()
         if latest is None:
