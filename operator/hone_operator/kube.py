@@ -93,10 +93,11 @@ class Kube:
                 if not 200 <= resp.status < 300:
                     raise ApiException(http_resp=resp)
                 return json.loads(resp.data) if resp.data else None
-            return self.api.call_api(  # older clients
+            raw = self.api.call_api(  # older clients: take the raw response, parse it here
                 url, method, query_params=query or [], header_params=headers, body=body,
-                response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True,
-                _preload_content=True, _request_timeout=self.timeout)
+                auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
+                _request_timeout=self.timeout)
+            return json.loads(raw.data) if raw.data else None
         except ApiException as exc:
             if exc.status == 404:
                 raise NotFound(f"{method} {url}: {exc.reason}") from exc

@@ -359,7 +359,7 @@ class HoneApiServer(kmock.KubernetesEmulator):
             return await super().__call__(raw_request)
         kind = self.kinds[(route.group, route.version, route.plural)]
         query = dict(raw_request.query)
-        if self.latency and query.get("watch") not in ("true", "1"):
+        if self.latency and str(query.get("watch", "")).lower() not in ("true", "1"):
             await asyncio.sleep(self.latency)
         method = raw_request.method.upper()
         verb = self._verb(method, route, query)
@@ -383,7 +383,7 @@ class HoneApiServer(kmock.KubernetesEmulator):
 
     def _verb(self, method: str, route: Route, query: dict[str, str]) -> str:
         if method == "GET":
-            if query.get("watch") in ("true", "1"):
+            if str(query.get("watch", "")).lower() in ("true", "1"):
                 return "watch"
             return "get" if route.name else "list"
         if method == "POST":
