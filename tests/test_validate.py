@@ -309,3 +309,17 @@ def test_the_operator_reads_the_validators_real_result(tokenizer, tmp_path: Path
     assert p.status["dataset"]["tokensPerEpoch"] == result.tokens_per_epoch
     assert p.status["estimate"]["billableTrainingTokens"] == result.tokens_per_epoch * 3
     assert p.status["estimate"]["hyperparameters"] == {"epochs": 3, "batchSize": 1, "learningRateMultiplier": 2.0}
+
+
+def test_parallel_counting_equals_serial_counting(tokenizer, monkeypatch) -> None:
+    from hone_trainer import validate as validate_module
+
+    lines = [chat(f"Question {i} " * (1 + i % 7), f"Answer {i} " * (1 + i % 11)) for i in range(300)]
+    read = read_jsonl(io.BytesIO(("\n".join(lines) + "\n").encode()))
+    formatter = ChatFormatter(tokenizer, 64)
+    monkeypatch.setattr(validate_module, "PARALLEL_MIN_EXAMPLES", 10)
+    monkeypatch.setattr(validate_module, "BATCH", 37)
+    serial = validate_module.count(formatter, read, drop_over_length=True, workers=1)
+    parallel = validate_module.count(formatter, read, drop_over_length=True, workers=2)
+    assert serial == parallel
+    assert serial.over_length > 0 and serial.examples == 300 - serial.over_length

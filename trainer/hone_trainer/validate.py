@@ -7,13 +7,15 @@ trainable, :attr:`~hone_trainer.contract.ExitCode.DATA_ERROR` when it is not.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from hone_trainer import contract
-from hone_trainer.chat import ChatFormatter, Encoded
+from hone_trainer.chat import ChatFormatter
 from hone_trainer.contract import ProblemKind, TrainerConfig, ValidationResult
-from hone_trainer.data import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, FileKind, ReadResult, read_jsonl
+from hone_trainer.data import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, Example, FileKind, ReadResult, read_jsonl
 from hone_trainer.storage import open_binary
 
 BATCH = 1000
@@ -42,21 +44,52 @@ class Counts:
     over_length: int = 0
 
 
-def count(formatter: ChatFormatter, read: ReadResult, drop_over_length: bool) -> tuple[Counts, list[Encoded]]:
+#: Files with at least this many examples are counted by several processes.
+PARALLEL_MIN_EXAMPLES = 4000
+_SHARED: tuple[ChatFormatter, list[Example]] | None = None  # handed to forked workers
+
+
+def _count_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bool, int]]:
+    assert _SHARED is not None
+    formatter, examples = _SHARED
+    return [(len(e.input_ids), e.trained_tokens, e.truncated, e.full_length)
+            for e in formatter.encode(examples[bounds[0]:bounds[1]])]
+
+
+def count(formatter: ChatFormatter, read: ReadResult, drop_over_length: bool, workers: int | None = None) -> Counts:
+    """Token counts of a file, exactly as training will tokenize it.
+
+    Large files are split over forked worker processes (they inherit the
+    formatter and the examples, and send back four numbers per example).
+    """
+    global _SHARED
+    n = len(read.examples)
+    chunks = [(i, min(i + BATCH, n)) for i in range(0, n, BATCH)]
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers > 1 and n >= PARALLEL_MIN_EXAMPLES and "fork" in multiprocessing.get_all_start_methods():
+        _SHARED = (formatter, read.examples)
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.map(_count_chunk, chunks)
+        finally:
+            _SHARED = None
+    else:
+        _SHARED = (formatter, read.examples)
+        try:
+            parts = [_count_chunk(c) for c in chunks]
+        finally:
+            _SHARED = None
     counts = Counts()
-    kept: list[Encoded] = []
-    for start in range(0, len(read.examples), BATCH):
-        for enc in formatter.encode(read.examples[start:start + BATCH]):
-            counts.longest = max(counts.longest, enc.full_length)
-            if enc.truncated:
-                counts.over_length += 1
-                if drop_over_length:
-                    continue
-            counts.examples += 1
-            counts.tokens += len(enc.input_ids)
-            counts.trained += enc.trained_tokens
-            kept.append(enc)
-    return counts, kept
+    for length, trained, truncated, full in (item for part in parts for item in part):
+        counts.longest = max(counts.longest, full)
+        if truncated:
+            counts.over_length += 1
+            if drop_over_length:
+                continue
+        counts.examples += 1
+        counts.tokens += length
+        counts.trained += trained
+    return counts
 
 
 def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
@@ -94,8 +127,8 @@ def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
 
     drop = config.over_length == "drop"
     formatter = ChatFormatter(tokenizer, config.max_seq_length)
-    train_counts, _ = count(formatter, train, drop)
-    val_counts, _ = count(formatter, val, drop) if val else (Counts(), [])
+    train_counts = count(formatter, train, drop)
+    val_counts = count(formatter, val, drop) if val else Counts()
     if train_counts.over_length:
         action = "dropped" if drop else f"truncated to {config.max_seq_length} tokens"
         warnings.append(f"{train_counts.over_length} training example(s) are longer than maxSeqLength="

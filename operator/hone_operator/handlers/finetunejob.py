@@ -302,9 +302,9 @@ def _plan(body: dict[str, Any], obs: Observed, settings: OperatorSettings, st: _
             return
         result, _ = read_result(obs.validation_pods, build.VALIDATOR_CONTAINER, contract.ValidationResult)
         if isinstance(result, contract.ValidationResult):
-            st.desired["dataset"] = _dataset_status(result)
+            st.desired["dataset"] = dataset_status(result)
             if result.ok:
-                st.desired["estimate"] = _estimate_status(result, settings)
+                st.desired["estimate"] = estimate_status(result, settings)
                 st.condition("FilesValidated", True, "Validated", result.summary)
                 files_ok = True
             else:
@@ -420,7 +420,7 @@ def _succeeded(st: _Status, result: contract.TrainingResult, config: contract.Tr
     st.set_phase(Phase.SUCCEEDED, f"Fine-tuned model {st.desired['fineTunedModel']['name']} published")
 
 
-def _dataset_status(r: contract.ValidationResult) -> dict[str, Any]:
+def dataset_status(r: contract.ValidationResult) -> dict[str, Any]:
     data = r.to_json_dict()
     keys = ("examples", "validationExamples", "invalidLines", "tokensPerEpoch", "trainedTokensPerEpoch",
             "maxExampleTokens", "overLengthExamples", "overLengthAction", "duplicateExamples",
@@ -428,7 +428,7 @@ def _dataset_status(r: contract.ValidationResult) -> dict[str, Any]:
     return {k: data[k] for k in keys if k in data and data[k] not in ([], {})}
 
 
-def _estimate_status(r: contract.ValidationResult, settings: OperatorSettings) -> dict[str, Any]:
+def estimate_status(r: contract.ValidationResult, settings: OperatorSettings) -> dict[str, Any]:
     price = settings.prices.training
     out: dict[str, Any] = {
         "billableTrainingTokens": r.billable_training_tokens,

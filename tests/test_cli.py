@@ -1,0 +1,113 @@
+"""The `hone` command line: validate and render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hone_operator.api.v1alpha1 import FineTuneJob
+from hone_operator.builders import finetunejob as build
+from hone_operator.cli import cli
+from hone_operator.settings import OperatorSettings
+from tests.support.tiny import make_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli-model")
+    make_tokenizer(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return folder
+
+
+def chats(n: int) -> str:
+    return "\n".join(json.dumps({"messages": [{"role": "user", "content": f"Which deck for park #{i}?"},
+                                              {"role": "assistant", "content": "An 8.25 inch deck."}]})
+                     for i in range(n)) + "\n"
+
+
+def test_validate_good_file(model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(chats(60))
+    result = CliRunner().invoke(cli, ["validate", str(data), "--model", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "examples" in result.output and "60" in result.output
+    assert "billable training tokens" in result.output and "trainable" in result.output
+
+
+def test_validate_broken_file_names_lines_and_fails(model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(chats(20) + '{"messages": [{"role": "robot", "content": "x"}]}\n{oops\n')
+    result = CliRunner().invoke(cli, ["validate", str(data), "--model", str(model_dir)])
+    assert result.exit_code == 4
+    assert "line 21" in result.output and "use one of system, user, assistant" in result.output
+    assert "line 22" in result.output and "invalid JSON" in result.output
+    assert "not trainable" in result.output
+
+
+def test_validate_json_is_what_the_operator_stores(model_dir: Path, tmp_path: Path) -> None:
+    """The same result, through the operator's plan, lands in status exactly as --json prints it."""
+    from hone_operator.handlers.finetunejob import Observed, plan
+    from hone_trainer import contract, models
+    from hone_trainer.validate import validate
+    from tests.conftest import load_sample
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(chats(60))
+    out = CliRunner().invoke(cli, ["validate", str(data), "--model", str(model_dir), "--json"])
+    assert out.exit_code == 0, out.output
+    printed = json.loads(out.output)
+    config = contract.TrainerConfig(
+        job=contract.JobIdentity(namespace="n", name="j", uid="u", fine_tuned_model="x"),
+        base_model=contract.ModelSource(location=str(model_dir)), training_data=contract.DataFile(location=str(data)),
+        output_uri="o", checkpoint_dir="c")
+    result = validate(config, models.load_tokenizer(models.resolve(config.base_model)))
+    body = load_sample("finetunejob-minimal.yaml")
+    body["metadata"].update(namespace="n", uid="u", generation=1)
+    pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [{"name": "validator", "state": {
+        "terminated": {"exitCode": 0, "message": contract.to_termination_message(result)}}}]}}
+    job = {"metadata": {"name": "v"}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    status = plan(body, Observed(validation_job=job, validation_pods=[pod]), OperatorSettings(), "t").status
+    assert printed == {"dataset": status["dataset"], "estimate": status["estimate"]}
+
+
+def test_validate_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+    missing = CliRunner().invoke(cli, ["validate", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no such file" in missing.output and "Traceback" not in missing.output
+    data = tmp_path / "train.jsonl"
+    data.write_text(chats(12))
+    bad_model = CliRunner().invoke(cli, ["validate", str(data), "--model", str(tmp_path / "no-model")])
+    assert bad_model.exit_code == 5 and "--model" in bad_model.output and "Traceback" not in bad_model.output
+    bad_epochs = CliRunner().invoke(cli, ["validate", str(data), "--epochs", "many"])
+    assert bad_epochs.exit_code == 2 and "--epochs" in bad_epochs.output
+
+
+def test_render_prints_what_the_operator_creates(tmp_path: Path) -> None:
+    sample = ROOT / "crds" / "samples" / "finetunejob-complete.yaml"
+    result = CliRunner().invoke(cli, ["render", str(sample), "-n", "team-a"])
+    assert result.exit_code == 0, result.output
+    objs = [d for d in yaml.safe_load_all(result.output) if d]
+    for obj in objs:
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+    body = yaml.safe_load(sample.read_text())
+    body["metadata"].update(namespace="team-a", uid="00000000-0000-0000-0000-000000000000")
+    assert objs == build.all_objects(FineTuneJob.model_validate(body), OperatorSettings())
+    assert [o["kind"] for o in objs] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Service", "Job"]
+
+
+def test_render_names_the_file_and_field_of_a_mistake(tmp_path: Path) -> None:
+    bad = tmp_path / "job.yaml"
+    body = yaml.safe_load((ROOT / "crds" / "samples" / "finetunejob-minimal.yaml").read_text())
+    body["spec"]["hyperparameters"] = {"epochs": 0}
+    bad.write_text(yaml.safe_dump(body))
+    result = CliRunner().invoke(cli, ["render", str(bad)])
+    assert result.exit_code == 2
+    assert str(bad) in result.output and "spec.hyperparameters.epochs" in result.output
+    assert "Traceback" not in result.output
