@@ -165,6 +165,102 @@ def render(manifest: Path, namespace: str) -> None:
 
 
 @cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".hone/run"),
+              show_default=True, help="Where the trainer config, progress and logs of local runs go.")
+def run(manifest: Path, workdir: Path) -> None:
+    """Fine-tune on this machine from a FineTuneJob manifest (the same YAML as for kubectl apply).
+
+    Same validation, same trainer (one process per GPU the spec asks for, one
+    on a CPU machine), same checkpoints and publishing. pvc://<claim>/<path>
+    means $HONE_PVC_ROOT/<claim>/<path> (default ./.hone/pvc); file:// paths
+    are relative to the manifest. Ctrl-C saves a checkpoint; run the same
+    command again to resume.
+    """
+    import hashlib
+    import uuid
+
+    import yaml
+    from pydantic import ValidationError
+
+    from hone_operator import local
+    from hone_operator.api.v1alpha1 import FineTuneJob
+    from hone_operator.handlers.finetunejob import spec_error
+    from hone_operator.settings import load
+
+    try:
+        from hone_trainer import contract, models
+        from hone_trainer.chat import TemplateError
+        from hone_trainer.validate import validate as run_validation
+    except ImportError as exc:
+        _fail(f"`hone run` needs the runtime extra (pip install 'hone[runtime]'): {exc}")
+    try:
+        docs = [d for d in yaml.safe_load_all(manifest.read_text()) if isinstance(d, dict)]
+    except yaml.YAMLError as exc:
+        _fail(f"{manifest}: not valid YAML: {exc}")
+    doc = next((d for d in docs if d.get("kind") == "FineTuneJob"), None)
+    if doc is None:
+        _fail(f"{manifest}: no FineTuneJob in this file")
+    meta = {"namespace": "local", **(doc.get("metadata") or {})}
+    # A stable uid: the same manifest resumes the same job and keeps its model name.
+    meta["uid"] = str(uuid.UUID(hashlib.sha256(f"{meta['namespace']}/{meta.get('name')}".encode()).hexdigest()[:32]))
+    try:
+        ftj = FineTuneJob.model_validate({**doc, "metadata": meta, "status": {}})
+    except ValidationError as exc:
+        _fail(f"{manifest}: {spec_error(exc)[1]}")
+    settings = load()
+    job_dir = workdir / ftj.metadata.namespace / ftj.metadata.name
+    job_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config = local.build_config(ftj, manifest, job_dir.resolve(), settings)
+    except local.LocalSpecError as exc:
+        _fail(f"{manifest}: {exc}")
+    config_path = job_dir / "config.json"
+    config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
+    (job_dir / "result.json").unlink(missing_ok=True)
+
+    click.echo(f"Validating {config.training_data.location} with the tokenizer of {config.base_model.location}")
+    try:
+        tokenizer = models.load_tokenizer(models.resolve(config.base_model),
+                                          trust_remote_code=config.base_model.trust_remote_code)
+        result = run_validation(config, tokenizer)
+    except (models.ModelError, TemplateError) as exc:
+        _fail(f"{manifest}: spec.baseModel.uri: {exc}", 5)
+    _print_validation(Path(config.training_data.location), result, settings.prices.training)
+    if not result.ok:
+        sys.exit(4)
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    nproc = local.processes(ftj)
+    columns = [TextColumn("[bold]training[/bold]"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"), TimeRemainingColumn()]
+    with Progress(*columns) as bar:
+        task = bar.add_task("train", total=None, loss="-", tps="-")
+
+        def show(p: contract.Progress) -> None:
+            bar.update(task, completed=p.step, total=p.total_steps or None,
+                       loss=f"{p.train_loss:.4f}" if p.train_loss is not None else "-",
+                       tps=f"{p.tokens_per_second:,.0f}" if p.tokens_per_second else "-")
+
+        rc = local.train(config_path, nproc, Path(config.progress.path or ""), show)
+    if rc == 130:
+        click.echo("Interrupted: a checkpoint was saved. Run the same command again to resume.", err=True)
+        sys.exit(130)
+    trained = contract.parse_result((job_dir / "result.json").read_text() if (job_dir / "result.json").exists()
+                                    else None, contract.TrainingResult)
+    if rc != 0 or not isinstance(trained, contract.TrainingResult) or not trained.ok:
+        reason = trained.message if isinstance(trained, contract.TrainingResult) and trained.message else \
+            "\n".join((job_dir / "trainer.log").read_text(errors="replace").splitlines()[-15:])
+        _fail(f"training failed (exit code {rc}): {reason}\nfull log: {job_dir / 'trainer.log'}", rc or 1)
+    click.echo(f"Succeeded\n  fineTunedModel: {trained.fine_tuned_model}\n  artifact:       {trained.artifact_uri}"
+               f"\n  trainedTokens:  {trained.trained_tokens:,}"
+               f"\n  cost:           ${contract.cost_usd(trained.trained_tokens, settings.prices.training):.4f}"
+               f"\n  trainLoss:      {trained.train_loss:.4f}" + (
+                   f"\n  validationLoss: {trained.validation_loss:.4f}" if trained.validation_loss is not None else ""))
+
+
+@cli.command()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def operator(verbose: bool) -> None:
     """Run the operator against the current cluster (kubeconfig or in-cluster).

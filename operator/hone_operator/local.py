@@ -1,0 +1,170 @@
+"""``hone run``: a FineTuneJob manifest on this machine, with the same validator and trainer.
+
+Locations in local mode:
+
+* ``file:///abs/path``, ``file://relative/path`` and plain paths: relative to
+  the manifest's folder;
+* ``pvc://<claim>/<path>``: ``$HONE_PVC_ROOT/<claim>/<path>`` (default
+  ``./.hone/pvc``), so a manifest written for a cluster runs unchanged;
+* ``embedded://smollm2-135m-instruct``, Hugging Face ids and ``s3://`` as in a
+  cluster; ``configMap`` data sources cannot be read locally (use a ``uri``).
+
+The published model goes to ``<output>/<namespace>/<name>/model`` and the
+checkpoints beside it, as in a cluster; run the same command again after an
+interrupt and training resumes from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hone_operator.api.v1alpha1 import DataSource, FineTuneJob, parse_pvc_uri, uri_scheme
+from hone_operator.builders.finetunejob import fine_tuned_model_name
+from hone_operator.settings import OperatorSettings
+from hone_trainer import contract
+
+
+class LocalSpecError(ValueError):
+    def __init__(self, param: str, message: str):
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+def pvc_root() -> Path:
+    return Path(os.environ.get("HONE_PVC_ROOT", ".hone/pvc")).resolve()
+
+
+def local_path(uri: str, base: Path, param: str) -> str:
+    """A location as this machine sees it (remote URIs are kept as they are)."""
+    scheme = uri_scheme(uri)
+    if scheme == "pvc":
+        claim, path = parse_pvc_uri(uri)
+        return str(pvc_root() / claim / path)
+    if scheme == "file":
+        rest = uri.removeprefix("file://")
+        return str((base / rest).resolve()) if not rest.startswith("/") else rest
+    if scheme == "hf" and (uri.startswith((".", "/")) or (base / uri).exists()):
+        return str((base / uri).resolve())
+    return uri
+
+
+def _data(src: DataSource | None, base: Path, param: str) -> contract.DataFile | None:
+    if src is None:
+        return None
+    if src.configMap is not None:
+        raise LocalSpecError(f"{param}.configMap", "ConfigMaps exist only in a cluster; with `hone run` give the "
+                                                   "file as uri: file://<path> (relative to the manifest)")
+    if src.inline is not None:
+        return None  # written to a file by the caller
+    assert src.uri is not None
+    location = local_path(src.uri, base, f"{param}.uri")
+    if "://" not in location and not Path(location).exists():
+        raise LocalSpecError(f"{param}.uri", f"{location} does not exist")
+    return contract.DataFile(location=location)
+
+
+def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: OperatorSettings) -> contract.TrainerConfig:
+    base = manifest.parent.resolve()
+    spec = ftj.spec
+    ns, name = ftj.metadata.namespace or "local", ftj.metadata.name
+    training = _data(spec.trainingData, base, "spec.trainingData")
+    if training is None:
+        path = workdir / "training.jsonl"
+        path.write_text(spec.trainingData.inline or "")
+        training = contract.DataFile(location=str(path))
+    validation = _data(spec.validationData, base, "spec.validationData")
+    if validation is None and spec.validationData is not None:
+        path = workdir / "validation.jsonl"
+        path.write_text(spec.validationData.inline or "")
+        validation = contract.DataFile(location=str(path))
+    out = spec.output.uri
+    root = local_path(out, base, "spec.output.uri")
+    job_root = f"{root.rstrip('/')}/{ns}/{name}"
+    model = local_path(spec.baseModel.uri, base, "spec.baseModel.uri")
+    if uri_scheme(spec.baseModel.uri) == "hf" and "://" in spec.baseModel.uri:
+        model = spec.baseModel.uri.removeprefix("hf://")
+    hp = spec.hyperparameters
+    return contract.TrainerConfig(
+        job=contract.JobIdentity(namespace=ns, name=name, uid=ftj.metadata.uid or "local",
+                                 fine_tuned_model=fine_tuned_model_name(ftj)),
+        base_model=contract.ModelSource(location=model, revision=spec.baseModel.revision,
+                                        trust_remote_code=spec.baseModel.trustRemoteCode),
+        method=spec.method,
+        lora=contract.LoraConfig(r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout,
+                                 target_modules=spec.lora.targetModules or "auto"),
+        training_data=training, validation_data=validation,
+        epochs=hp.epochs, batch_size=hp.batchSize, learning_rate_multiplier=hp.learningRateMultiplier,
+        max_seq_length=hp.maxSeqLength, over_length=hp.overLength, seed=hp.seed,
+        deepspeed=contract.DeepSpeedSettings(zero_stage=spec.deepspeed.zeroStage,
+                                             offload_optimizer=spec.deepspeed.offloadOptimizer,
+                                             offload_params=spec.deepspeed.offloadParams,
+                                             config_override=spec.deepspeed.config),
+        output_uri=f"{job_root}/model", checkpoint_dir=f"{job_root}/checkpoints",
+        checkpoint_interval_steps=spec.checkpointing.intervalSteps, keep_checkpoints=spec.checkpointing.keep,
+        merge_weights=spec.output.mergeWeights, prices=settings.prices,
+        progress=contract.ProgressReporting(kind="file", path=str(workdir / "progress.json"), interval_seconds=1.0),
+        metrics_port=None, result_path=str(workdir / "result.json"),
+    )
+
+
+def processes(ftj: FineTuneJob) -> int:
+    """One process per GPU the spec asks for, as far as this machine has them; one on a CPU machine."""
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        gpus = 0
+    return max(1, min(ftj.spec.resources.gpusPerNode, gpus)) if gpus else 1
+
+
+def train(config_path: Path, nproc: int, progress_path: Path, on_progress: Any) -> int:
+    """Run the trainer; Ctrl-C asks it to checkpoint and stop (run again to resume)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("DS_ACCELERATOR", "cuda" if nproc > 1 or _has_cuda() else "cpu")
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "hone_trainer", "train", "--config", str(config_path)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "hone_trainer", "train", "--config", str(config_path)]
+    log = open(config_path.parent / "trainer.log", "ab")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    interrupted = False
+    try:
+        while proc.poll() is None:
+            _read_progress(progress_path, on_progress)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        interrupted = True
+        os.killpg(proc.pid, signal.SIGTERM)  # the trainer checkpoints and exits
+        proc.wait()
+    _read_progress(progress_path, on_progress)
+    return 130 if interrupted else proc.returncode
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _read_progress(path: Path, on_progress: Any) -> None:
+    try:
+        on_progress(contract.Progress.model_validate(json.loads(path.read_text())))
+    except (OSError, ValueError):
+        pass
+
+
+def clean(workdir: Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)
