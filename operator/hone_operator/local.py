@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hone_operator.api.v1alpha1 import DataSource, FineTuneJob, parse_pvc_uri, uri_scheme
-from hone_operator.builders.finetunejob import fine_tuned_model_name
+from hone_operator.builders.finetunejob import trainer_config
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -91,25 +91,12 @@ def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: Oper
     model = local_path(spec.baseModel.uri, base, "spec.baseModel.uri")
     if uri_scheme(spec.baseModel.uri) == "hf" and "://" in spec.baseModel.uri:
         model = spec.baseModel.uri.removeprefix("hf://")
-    hp = spec.hyperparameters
-    return contract.TrainerConfig(
-        job=contract.JobIdentity(namespace=ns, name=name, uid=ftj.metadata.uid or "local",
-                                 fine_tuned_model=fine_tuned_model_name(ftj)),
+    return trainer_config(
+        ftj, settings,
         base_model=contract.ModelSource(location=model, revision=spec.baseModel.revision,
                                         trust_remote_code=spec.baseModel.trustRemoteCode),
-        method=spec.method,
-        lora=contract.LoraConfig(r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout,
-                                 target_modules=spec.lora.targetModules or "auto"),
-        training_data=training, validation_data=validation,
-        epochs=hp.epochs, batch_size=hp.batchSize, learning_rate_multiplier=hp.learningRateMultiplier,
-        max_seq_length=hp.maxSeqLength, over_length=hp.overLength, seed=hp.seed,
-        deepspeed=contract.DeepSpeedSettings(zero_stage=spec.deepspeed.zeroStage,
-                                             offload_optimizer=spec.deepspeed.offloadOptimizer,
-                                             offload_params=spec.deepspeed.offloadParams,
-                                             config_override=spec.deepspeed.config),
+        training=training, validation=validation,
         output_uri=f"{job_root}/model", checkpoint_dir=f"{job_root}/checkpoints",
-        checkpoint_interval_steps=spec.checkpointing.intervalSteps, keep_checkpoints=spec.checkpointing.keep,
-        merge_weights=spec.output.mergeWeights, prices=settings.prices,
         progress=contract.ProgressReporting(kind="file", path=str(workdir / "progress.json"), interval_seconds=1.0),
         metrics_port=None, result_path=str(workdir / "result.json"),
     )

@@ -226,49 +226,13 @@ def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.Trai
         job_root = _join(out, ns, name)
         out_credentials = storage.secret(spec.output.credentialsSecret)
 
-    hp = spec.hyperparameters
-    config = contract.TrainerConfig(
-        job=contract.JobIdentity(
-            namespace=ns, name=name, uid=ftj.metadata.uid or "", fine_tuned_model=fine_tuned_model_name(ftj)
-        ),
-        base_model=model,
-        method=spec.method,
-        lora=contract.LoraConfig(
-            r=spec.lora.r,
-            alpha=spec.lora.alpha,
-            dropout=spec.lora.dropout,
-            target_modules=spec.lora.targetModules or "auto",
-        ),
-        training_data=training,
-        validation_data=validation,
-        epochs=hp.epochs,
-        batch_size=hp.batchSize,
-        learning_rate_multiplier=hp.learningRateMultiplier,
-        max_seq_length=hp.maxSeqLength,
-        over_length=hp.overLength,
-        seed=hp.seed,
-        deepspeed=contract.DeepSpeedSettings(
-            zero_stage=spec.deepspeed.zeroStage,
-            offload_optimizer=spec.deepspeed.offloadOptimizer,
-            offload_params=spec.deepspeed.offloadParams,
-            config_override=spec.deepspeed.config,
-        ),
-        output_uri=_join(job_root, "model"),
+    config = trainer_config(
+        ftj, settings, base_model=model, training=training, validation=validation,
+        output_uri=_join(job_root, "model"), checkpoint_dir=_join(job_root, "checkpoints"),
         output_credentials_dir=out_credentials,
-        checkpoint_dir=_join(job_root, "checkpoints"),
-        checkpoint_interval_steps=spec.checkpointing.intervalSteps,
-        keep_checkpoints=spec.checkpointing.keep,
-        merge_weights=spec.output.mergeWeights,
-        prices=settings.prices,
-        progress=contract.ProgressReporting(
-            kind="kubernetes",
-            namespace=ns,
-            name=name,
-            interval_seconds=settings.progress_interval_seconds,
-        ),
-        metrics_port=settings.trainer_metrics_port,
-        result_path=contract.RESULT_PATH_IN_POD,
-    )
+        progress=contract.ProgressReporting(kind="kubernetes", namespace=ns, name=name,
+                                            interval_seconds=settings.progress_interval_seconds),
+        metrics_port=settings.trainer_metrics_port, result_path=contract.RESULT_PATH_IN_POD)
     return config, storage
 
 
@@ -301,6 +265,39 @@ def references(ftj: FineTuneJob) -> list[Reference]:
         if uri_scheme(uri) == "pvc":
             refs.append(Reference("v1", "PersistentVolumeClaim", parse_pvc_uri(uri)[0], param))
     return refs
+
+
+def trainer_config(ftj: FineTuneJob, settings: OperatorSettings, *, base_model: contract.ModelSource,
+                   training: contract.DataFile, validation: contract.DataFile | None, **where: Any
+                   ) -> contract.TrainerConfig:
+    """The spec as the trainer reads it; ``where`` says where things are (cluster or local mode)."""
+    spec = ftj.spec
+    hp = spec.hyperparameters
+    return contract.TrainerConfig(
+        job=contract.JobIdentity(namespace=ftj.metadata.namespace or "default", name=ftj.metadata.name,
+                                 uid=ftj.metadata.uid or "", fine_tuned_model=fine_tuned_model_name(ftj)),
+        base_model=base_model,
+        method=spec.method,
+        lora=contract.LoraConfig(r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout,
+                                 target_modules=spec.lora.targetModules or "auto"),
+        training_data=training,
+        validation_data=validation,
+        epochs=hp.epochs,
+        batch_size=hp.batchSize,
+        learning_rate_multiplier=hp.learningRateMultiplier,
+        max_seq_length=hp.maxSeqLength,
+        over_length=hp.overLength,
+        seed=hp.seed,
+        deepspeed=contract.DeepSpeedSettings(zero_stage=spec.deepspeed.zeroStage,
+                                             offload_optimizer=spec.deepspeed.offloadOptimizer,
+                                             offload_params=spec.deepspeed.offloadParams,
+                                             config_override=spec.deepspeed.config),
+        checkpoint_interval_steps=spec.checkpointing.intervalSteps,
+        keep_checkpoints=spec.checkpointing.keep,
+        merge_weights=spec.output.mergeWeights,
+        prices=settings.prices,
+        **where,
+    )
 
 
 # --------------------------------------------------------------------------
