@@ -58,6 +58,9 @@ def test_hone_run_fine_tunes_and_publishes(project: Path) -> None:
     artifact = project / "pvc" / "models" / "adapters" / "local" / "shop-assistant" / "model"
     assert f"artifact:       {artifact}" in out
     assert verify(artifact)["fineTunedModel"].startswith("ft:model:local:shop:")
+    line = next(x for x in out.splitlines() if "validationLoss:" in x)
+    before, after = (float(w) for w in line.replace(",", " ").split() if w.replace(".", "").isdigit())
+    assert after < before  # fine-tuning did something to held-out loss
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(project: Path) -> None:

@@ -257,7 +257,9 @@ def run(manifest: Path, workdir: Path) -> None:
                f"\n  trainedTokens:  {trained.trained_tokens:,}"
                f"\n  cost:           ${contract.cost_usd(trained.trained_tokens, settings.prices.training):.4f}"
                f"\n  trainLoss:      {trained.train_loss:.4f}" + (
-                   f"\n  validationLoss: {trained.validation_loss:.4f}" if trained.validation_loss is not None else ""))
+                   f"\n  validationLoss: {trained.initial_validation_loss:.4f} before, "
+                   f"{trained.validation_loss:.4f} after fine-tuning"
+                   if trained.validation_loss is not None and trained.initial_validation_loss is not None else ""))
 
 
 @cli.command()

@@ -400,6 +400,8 @@ class TrainingResult(_Model):
     steps: int = Field(0, ge=0)
     train_loss: float | None = None
     validation_loss: float | None = None
+    initial_validation_loss: float | None = Field(
+        None, description="Validation loss of the base model, before the first step.")
     checkpoints: list[CheckpointInfo] = Field(default_factory=list)
     error_code: str | None = None
     message: str | None = None

@@ -284,6 +284,8 @@ class Trainer:
         last_report = time.monotonic()
         val_loss = state.get("validation_loss")
         train_loss = state.get("train_loss")
+        # The base model's validation loss, to show what fine-tuning changed; kept across resumes.
+        initial_val = state.get("initial_validation_loss") if step else self.validation_loss()
         checkpoints: list[CheckpointInfo] = []
         self.engine.train()
         while step < self.total_steps:
@@ -325,12 +327,14 @@ class Trainer:
                 last_report, interval_billable, interval_steps = now, 0, 0
             if due_ckpt:
                 info = self.save(step, {"trained_tokens": trained_tokens, "train_loss": train_loss,
-                                        "validation_loss": val_loss})
+                                        "validation_loss": val_loss, "initial_validation_loss": initial_val})
                 checkpoints = [info]
                 interval_loss = interval_tokens = 0.0
             if stop and not last:
                 raise Preempted(f"stopped at step {step} of {self.total_steps} on SIGTERM; checkpoint saved")
-        return self.publish(step, trained_tokens, train_loss, val_loss, checkpoints)
+        result = self.publish(step, trained_tokens, train_loss, val_loss, checkpoints)
+        result.initial_validation_loss = initial_val
+        return result
 
     # ---- publishing --------------------------------------------------------------
 
