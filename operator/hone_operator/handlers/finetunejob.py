@@ -91,18 +91,19 @@ def _terminated(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
     return None
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def _is_rank0_pod(pod: dict[str, Any]) -> bool:
+    """Pod of completion index 0 (where rank 0 runs); a single-node Job's pods have no index."""
+    return ((pod.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX, "0") == "0"
+
+
 def _results(pods: list[dict[str, Any]], container: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    ordered = sorted(
-        pods,
-        key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""),
-        reverse=True,
-    )
-    ordered.sort(
-        key=lambda p: 0
-        if ((p.get("metadata") or {}).get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0") == "0"
-        else 1
-    )
-    for pod in ordered:
+    """Terminated ``container`` states: rank 0's pods first, newest first within each group."""
+    newest_first = sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""),
+                          reverse=True)
+    for pod in sorted(newest_first, key=lambda p: not _is_rank0_pod(p)):  # a stable sort keeps newest first
         term = _terminated(pod, container)
         if term is not None:
             yield pod, term
