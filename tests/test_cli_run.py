@@ -86,3 +86,14 @@ def test_hone_run_errors_name_the_field(project: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "bad.yaml: spec.trainingData.configMap" in err and "Traceback" not in err
+
+
+def test_qlora_on_a_cpu_machine_fails_before_anything_runs(project: Path) -> None:
+    manifest = yaml.safe_load((project / "job.yaml").read_text())
+    manifest["spec"]["method"] = "qlora"
+    (project / "qlora.yaml").write_text(yaml.safe_dump(manifest))
+    proc = hone(project, "run", "qlora.yaml")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "qlora.yaml: spec.method: qlora needs an NVIDIA GPU" in err
+    assert "Validating" not in out  # refused before validation, let alone training

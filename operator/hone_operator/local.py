@@ -74,6 +74,9 @@ def _data(src: DataSource | None, base: Path, param: str) -> contract.DataFile |
 def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: OperatorSettings) -> contract.TrainerConfig:
     base = manifest.parent.resolve()
     spec = ftj.spec
+    if spec.method == "qlora" and not _has_cuda():
+        raise LocalSpecError("spec.method", "qlora needs an NVIDIA GPU (4-bit bitsandbytes kernels) and this "
+                                            "machine has none; use method lora")
     ns, name = ftj.metadata.namespace or "local", ftj.metadata.name
     training = _data(spec.trainingData, base, "spec.trainingData")
     if training is None:
