@@ -9,10 +9,12 @@ process with no launcher at all (``hone run`` on a laptop).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -342,21 +344,11 @@ class Trainer:
                 checkpoints: list[CheckpointInfo]) -> TrainingResult:
         cfg = self.config
         module = self.engine.module
-        staging = None
-        if self.rank == 0:
-            base = Path(cfg.output_uri.removeprefix("file://")) if "://" not in cfg.output_uri or \
-                cfg.output_uri.startswith("file://") else Path(os.environ.get("TMPDIR", "/tmp")) / "hone-out"
-            base.parent.mkdir(parents=True, exist_ok=True)
-            staging = base.with_name(f".{base.name}.staging-{os.getpid()}")
-            import shutil
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
+        staging = self._staging_dir() if self.rank == 0 else None
         params = [p for p in module.parameters() if p.requires_grad] if cfg.method != "full" else list(module.parameters())
-        if self.zero3:
-            ctx = self.deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-        else:
-            import contextlib
-            ctx = contextlib.nullcontext()
+        # Under ZeRO-3 every rank must take part in gathering the partitioned weights.
+        ctx = (self.deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.zero3
+               else contextlib.nullcontext())
         with ctx:
             if self.rank == 0:
                 module.save_pretrained(str(staging), safe_serialization=True)
@@ -388,6 +380,18 @@ class Trainer:
                                     train_loss=train_loss, validation_loss=val_loss, checkpoints=checkpoints)
         self.dist.barrier()
         return result or TrainingResult(ok=True, steps=step, trained_tokens=trained_tokens)
+
+    def _staging_dir(self) -> Path:
+        """An empty folder to assemble the result in: beside a local output, so that publishing
+        is one atomic rename; for a remote output, in TMPDIR."""
+        out = self.config.output_uri
+        local = "://" not in out or out.startswith("file://")
+        target = Path(out.removeprefix("file://")) if local else Path(os.environ.get("TMPDIR", "/tmp")) / "hone-out"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
 
     def _save_merged(self, staging: Path) -> None:
         """The base with the adapter folded in, under ``merged/``: loadable without peft.
