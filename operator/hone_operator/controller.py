@@ -47,11 +47,12 @@ def _rv_newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
         return True
 
 
-def _owner_ftj(obj: dict[str, Any]) -> str | None:
+def _owner(obj: dict[str, Any]) -> dict[str, Any]:
+    """The FineTuneJob ownerReference of a child object ({} when it has none)."""
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("kind") == build.KIND and ref.get("apiVersion", "").startswith("hone.dev/"):
-            return ref.get("name")
-    return None
+            return ref
+    return {}
 
 
 class Controller:
@@ -90,29 +91,30 @@ class Controller:
         self.enqueue(key)
 
     def on_job(self, event_type: str | None, obj: dict[str, Any]) -> None:
-        owner = _owner_ftj(obj)
         meta = obj.get("metadata") or {}
+        owner = _owner(obj).get("name")
         component = (meta.get("labels") or {}).get(COMPONENT_LABEL)
         if owner is None or component is None:
             return
         key = (meta.get("namespace"), owner)
-        with self._lock:
-            jobs = self._jobs.setdefault(key, {})
-            if event_type == "DELETED":
+        if event_type == "DELETED":
+            with self._lock:
+                jobs = self._jobs.setdefault(key, {})
                 if (jobs.get(component) or {}).get("metadata", {}).get("uid") == meta.get("uid"):
                     jobs.pop(component, None)
-            elif _rv_newer(obj, jobs.get(component)):
-                jobs[component] = obj
-            else:
-                return
+        elif not self._cache_job(key, obj):
+            return
         self.enqueue(key)
 
-    def _cache_job(self, key: Key, obj: dict[str, Any]) -> None:
+    def _cache_job(self, key: Key, obj: dict[str, Any]) -> bool:
+        """Keep ``obj`` as its FineTuneJob's Job of its component, unless the cache holds a newer one."""
         component = ((obj.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL)
         with self._lock:
             jobs = self._jobs.setdefault(key, {})
             if component and _rv_newer(obj, jobs.get(component)):
                 jobs[component] = obj
+                return True
+        return False
 
     def _cache_ftj(self, key: Key, obj: dict[str, Any]) -> None:
         with self._lock:
@@ -204,7 +206,7 @@ class Controller:
         if phase and FineTuneJobPhase(phase).terminal:
             return
         uid = body["metadata"].get("uid")
-        owned = lambda j: j is not None and _owner_uid(j) == uid  # noqa: E731
+        owned = lambda j: j is not None and _owner(j).get("uid") == uid  # noqa: E731
         observed = ftj_handler.Observed(
             validation_job=jobs.get("validate") if owned(jobs.get("validate")) else None,
             training_job=jobs.get("train") if owned(jobs.get("train")) else None,
@@ -300,9 +302,3 @@ class Controller:
         except Exception:  # an Event is best effort; never fail a reconcile over it
             log.warning("could not post Event %s for %s/%s", event.reason, meta["namespace"], meta["name"])
 
-
-def _owner_uid(obj: dict[str, Any]) -> str | None:
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("kind") == build.KIND:
-            return ref.get("uid")
-    return None

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ValidationError
 
 from hone_operator.api.v1alpha1 import FineTuneJob, FineTuneJobPhase as Phase, _NamespacedRef
 from hone_operator.builders import finetunejob as build
-from hone_operator.builders.common import COMPONENT_LABEL
 from hone_operator.handlers.conditions import get_condition, job_condition, set_condition
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
@@ -440,6 +439,3 @@ def estimate_status(r: contract.ValidationResult, settings: OperatorSettings) ->
         out["hyperparameters"] = r.hyperparameters.to_json_dict()
     return out
 
-
-def component_of(obj: dict[str, Any]) -> str | None:
-    return ((obj.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL)
