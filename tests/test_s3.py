@@ -9,7 +9,7 @@ import pytest
 
 from hone_trainer import contract
 from hone_trainer.publish import MANIFEST, PublishError, publish, write_manifest
-from hone_trainer.storage import filesystem, open_binary
+from hone_trainer.storage import open_binary
 
 from tests.conftest import BUCKET
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from hone_trainer import contract
 from hone_trainer.contract import ExitCode, TrainerConfig
+from hone_trainer.storage import write_atomically
 
 log = logging.getLogger("hone.trainer")
 
@@ -48,9 +49,7 @@ def write_result(path: str | None, result: contract.ValidationResult | contract.
     if str(target) == contract.RESULT_PATH_IN_POD:
         target.write_text(text)  # the kubelet reads this file; it cannot be replaced
         return
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(target)
+    write_atomically(target, text)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hone_trainer.storage import filesystem, upload_tree, write_atomically
+
 MARKER = "hone-complete.json"
 _TAG = re.compile(r"^step-(\d{8})$")
 
@@ -37,20 +39,6 @@ class Checkpoint:
     path: Path
     step: int
     meta: dict[str, Any]
-
-
-def _write_atomically(path: Path, data: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fp:
-        fp.write(data)
-        fp.flush()
-        os.fsync(fp.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class CheckpointStore:
@@ -94,7 +82,7 @@ class CheckpointStore:
 
     def mark_complete(self, step: int, meta: dict[str, Any]) -> Checkpoint:
         path = self.root / tag(step)
-        _write_atomically(path / MARKER, json.dumps({"step": step, **meta}, sort_keys=True))
+        write_atomically(path / MARKER, json.dumps({"step": step, **meta}, sort_keys=True))
         return Checkpoint(path, step, {"step": step, **meta})
 
     def prune(self) -> list[Path]:
@@ -120,8 +108,6 @@ class RemoteMirror:
     """
 
     def __init__(self, uri: str, credentials_dir: str | None):
-        from hone_trainer.storage import filesystem
-
         self.uri = uri.rstrip("/")
         self.fs, self.root = filesystem(self.uri, credentials_dir)
         self.root = self.root.rstrip("/")
@@ -142,9 +128,7 @@ class RemoteMirror:
         return [step for step, path in self._tags() if self.fs.exists(f"{path}/{MARKER}")]
 
     def upload(self, local: Path) -> None:
-        for path in sorted(local.rglob("*")):
-            if path.is_file() and path.name != MARKER:
-                self.fs.put_file(str(path), f"{self.root}/{local.name}/{path.relative_to(local).as_posix()}")
+        upload_tree(self.fs, local, f"{self.root}/{local.name}", skip=MARKER)
 
     def mark(self, local: Path) -> None:
         self.fs.put_file(str(local / MARKER), f"{self.root}/{local.name}/{MARKER}")

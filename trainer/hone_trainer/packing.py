@@ -126,10 +126,3 @@ def rank_rows(rows: list[Row], rank: int, world: int) -> list[Row]:
     ordered = sorted(rows, key=len, reverse=True)
     return ordered[rank::world]
 
-
-def padding_fraction(rows: Sequence[Row]) -> float:
-    """Share of a rectangular [rows x longest] batch that would be padding."""
-    if not rows:
-        return 0.0
-    longest = max(len(r) for r in rows)
-    return 1 - sum(len(r) for r in rows) / (longest * len(rows))

@@ -16,7 +16,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from hone_trainer.storage import filesystem, upload_tree
 
 MANIFEST = "manifest.json"
 
@@ -25,12 +27,16 @@ class PublishError(RuntimeError):
     pass
 
 
-def sha256_file(path: Path) -> str:
+def sha256_stream(fp: IO[bytes]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fp:
-        for block in iter(lambda: fp.read(1 << 20), b""):
-            h.update(block)
+    for block in iter(lambda: fp.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fp:
+        return sha256_stream(fp)
 
 
 def write_manifest(folder: Path, info: dict[str, Any]) -> str:
@@ -73,8 +79,6 @@ def publish(staging: Path, output_uri: str, credentials_dir: str | None = None) 
 
 
 def _publish_s3(staging: Path, output_uri: str, credentials_dir: str | None) -> str:
-    from hone_trainer.storage import filesystem
-
     fs, root = filesystem(output_uri, credentials_dir)
     root = root.rstrip("/")
     try:
@@ -82,9 +86,7 @@ def _publish_s3(staging: Path, output_uri: str, credentials_dir: str | None) -> 
             fs.rm(f"{root}/{MANIFEST}")  # unpublish first: from here on readers see no complete model
         except FileNotFoundError:
             pass
-        files = [p for p in sorted(staging.rglob("*")) if p.is_file() and p.name != MANIFEST]
-        for path in files:
-            fs.put_file(str(path), f"{root}/{path.relative_to(staging).as_posix()}")
+        upload_tree(fs, staging, root, skip=MANIFEST)
         fs.put_file(str(staging / MANIFEST), f"{root}/{MANIFEST}")
     except Exception as exc:
         raise PublishError(f"uploading to {output_uri} failed: {exc}") from exc

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hone_trainer.contract import Progress, ProgressReporting
+from hone_trainer.storage import write_atomically
 
 log = logging.getLogger("hone.trainer.report")
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -68,10 +69,7 @@ class Reporter:
             if self.settings.kind == "kubernetes":
                 self._patch_status(data)
             elif self.settings.kind == "file" and self.settings.path:
-                path = Path(self.settings.path)
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(json.dumps(data))
-                os.replace(tmp, path)
+                write_atomically(Path(self.settings.path), json.dumps(data), durable=False)
         except Exception as exc:  # never let reporting stop training
             log.warning("could not report progress: %s", exc)
 

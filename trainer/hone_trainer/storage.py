@@ -10,15 +10,44 @@ from environment variables set by Hone:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import IO, Any
 
 
-def _read(folder: str | None, key: str) -> str | None:
+def read_secret(folder: str | None, key: str) -> str | None:
+    """One key of a Secret mounted as files (``folder/key``), stripped; None if absent."""
     if not folder:
         return None
     path = Path(folder) / key
     return path.read_text().strip() if path.exists() else None
+
+
+def write_atomically(path: Path, text: str, durable: bool = True) -> None:
+    """Replace ``path`` in one step: a reader sees the old content or the new, never half.
+
+    ``durable`` also flushes file and folder to disk, so the write survives a crash of the node.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fp:
+        fp.write(text)
+        if durable:
+            fp.flush()
+            os.fsync(fp.fileno())
+    os.replace(tmp, path)
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def upload_tree(fs: Any, local: Path, remote: str, skip: str | None = None) -> None:
+    """Put every file under ``local`` at the same relative path under ``remote`` (except ``skip``)."""
+    for path in sorted(local.rglob("*")):
+        if path.is_file() and path.name != skip:
+            fs.put_file(str(path), f"{remote}/{path.relative_to(local).as_posix()}")
 
 
 def filesystem(uri: str, credentials_dir: str | None = None) -> tuple[Any, str]:
@@ -27,20 +56,20 @@ def filesystem(uri: str, credentials_dir: str | None = None) -> tuple[Any, str]:
 
     if uri.startswith("s3://"):
         options: dict[str, Any] = {}
-        key, secret = _read(credentials_dir, "access-key-id"), _read(credentials_dir, "secret-access-key")
+        key, secret = read_secret(credentials_dir, "access-key-id"), read_secret(credentials_dir, "secret-access-key")
         if key and secret:
-            options.update(key=key, secret=secret, token=_read(credentials_dir, "session-token"))
+            options.update(key=key, secret=secret, token=read_secret(credentials_dir, "session-token"))
         client_kwargs = {}
-        if endpoint := _read(credentials_dir, "endpoint-url"):
+        if endpoint := read_secret(credentials_dir, "endpoint-url"):
             client_kwargs["endpoint_url"] = endpoint
-        if region := _read(credentials_dir, "region"):
+        if region := read_secret(credentials_dir, "region"):
             client_kwargs["region_name"] = region
         if client_kwargs:
             options["client_kwargs"] = client_kwargs
         return fsspec.filesystem("s3", **options), uri.removeprefix("s3://")
     if uri.startswith(("http://", "https://")):
         headers = {}
-        if token := _read(credentials_dir, "token"):
+        if token := read_secret(credentials_dir, "token"):
             headers["Authorization"] = f"Bearer {token}"
         return fsspec.filesystem("http", headers=headers), uri
     return fsspec.filesystem("file"), uri.removeprefix("file://")

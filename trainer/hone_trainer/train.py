@@ -10,7 +10,6 @@ process with no launcher at all (``hone run`` on a laptop).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import logging
 import os
@@ -27,8 +26,9 @@ from hone_trainer.chat import IGNORE_INDEX, ChatFormatter, Encoded
 from hone_trainer.checkpoints import CheckpointStore, RemoteMirror, tag
 from hone_trainer.contract import CheckpointInfo, Progress, TrainerConfig, TrainingResult
 from hone_trainer.data import ReadResult
-from hone_trainer.publish import publish, write_manifest
+from hone_trainer.publish import publish, sha256_stream, write_manifest
 from hone_trainer.report import Reporter
+from hone_trainer.storage import open_binary
 from hone_trainer.validate import read_file
 
 log = logging.getLogger("hone.trainer")
@@ -56,13 +56,8 @@ def _launcher_env() -> None:
 def sha256_of(location: contract.DataFile | None) -> str | None:
     if location is None:
         return None
-    from hone_trainer.storage import open_binary
-
-    h = hashlib.sha256()
     with open_binary(location.location, location.credentials_dir) as fp:
-        for block in iter(lambda: fp.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_stream(fp)
 
 
 class Trainer:

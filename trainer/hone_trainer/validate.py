@@ -21,10 +21,6 @@ from hone_trainer.storage import open_binary
 BATCH = 1000
 
 
-class DataUnreadable(RuntimeError):
-    """A data file could not be opened at all."""
-
-
 def read_file(location: contract.DataFile, kind: FileKind) -> ReadResult:
     try:
         with open_binary(location.location, location.credentials_dir) as fp:
@@ -49,11 +45,15 @@ PARALLEL_MIN_EXAMPLES = 4000
 _SHARED: tuple[ChatFormatter, list[Example]] | None = None  # handed to forked workers
 
 
+def _counts_of(formatter: ChatFormatter, examples: list[Example]) -> list[tuple[int, int, bool, int]]:
+    return [(len(e.input_ids), e.trained_tokens, e.truncated, e.full_length) for e in formatter.encode(examples)]
+
+
 def _count_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bool, int]]:
+    """In a forked worker: count one chunk of the examples the parent shared."""
     assert _SHARED is not None
     formatter, examples = _SHARED
-    return [(len(e.input_ids), e.trained_tokens, e.truncated, e.full_length)
-            for e in formatter.encode(examples[bounds[0]:bounds[1]])]
+    return _counts_of(formatter, examples[bounds[0]:bounds[1]])
 
 
 def count(formatter: ChatFormatter, read: ReadResult, drop_over_length: bool, workers: int | None = None) -> Counts:
@@ -74,11 +74,7 @@ def count(formatter: ChatFormatter, read: ReadResult, drop_over_length: bool, wo
         finally:
             _SHARED = None
     else:
-        _SHARED = (formatter, read.examples)
-        try:
-            parts = [_count_chunk(c) for c in chunks]
-        finally:
-            _SHARED = None
+        parts = [_counts_of(formatter, read.examples[a:b]) for a, b in chunks]
     counts = Counts()
     for length, trained, truncated, full in (item for part in parts for item in part):
         counts.longest = max(counts.longest, full)
