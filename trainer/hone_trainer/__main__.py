@@ -2,6 +2,8 @@
 
     python -m hone_trainer validate --config CONFIG --result RESULT
     torchrun ... -m hone_trainer train --config CONFIG
+    python -m hone_trainer serve --config SERVER_CONFIG   (or --model/--adapter ...)
+    python -m hone_trainer fetch --config SERVER_CONFIG --target DIR
 
 Exit codes are :class:`hone_trainer.contract.ExitCode`; the operator fails a
 Job at once on the non-retryable ones.
@@ -113,6 +115,73 @@ def cmd_train(args: argparse.Namespace) -> int:
     return int(code)
 
 
+def server_config(args: argparse.Namespace) -> contract.ServerConfig:
+    """From ``--config`` (the operator's ConfigMap), with command-line flags on top."""
+    from hone_trainer import serving
+
+    data: dict = {}
+    if args.config:
+        try:
+            data = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(_fail(ExitCode.CONFIG_ERROR, f"cannot read the server config {args.config}: {exc}"))
+    flags = {"host": args.host, "port": args.port, "apiKeysFile": getattr(args, "api_keys_file", None),
+             "maxConcurrentRequests": getattr(args, "max_concurrent_requests", None),
+             "maxBatchSize": getattr(args, "max_batch_size", None),
+             "servedModelName": getattr(args, "served_model_name", None)}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if args.adapter:
+        data["adapters"] = [a.to_json_dict() for a in serving.adapter_sources_from_args(args.adapter)]
+    if args.model:
+        data["baseModel"] = {"location": args.model, "trustRemoteCode": bool(getattr(args, "trust_remote_code", False))}
+    try:
+        if "baseModel" not in data:
+            adapters = [contract.AdapterSource.model_validate(a) for a in data.get("adapters", [])]
+            data["baseModel"] = serving.base_from_adapters(adapters).to_json_dict()
+        return contract.ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SystemExit(_fail(ExitCode.CONFIG_ERROR, f"server config: {where}: {first['msg']}"))
+    except serving.ServingError as exc:
+        raise SystemExit(_fail(ExitCode.MODEL_ERROR, str(exc)))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hone_trainer.server import serve
+
+    config = server_config(args)
+    return serve(config, graceful_seconds=args.graceful_seconds, termination_log=args.termination_log)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Fetch and verify every adapter into TARGET/<i> (the init step of a serving pod)."""
+    from hone_trainer import serving
+
+    config = server_config(args)
+    target = Path(args.target)
+    try:
+        for i, src in enumerate(config.adapters):
+            art = serving.local_artifact(src.location, src.credentials_dir)
+            serving.check_base(art, config.base_model, src.name or art.fine_tuned_model or str(i))
+            serving.fetch_to(art, target / str(i))
+            print(json.dumps({"event": "fetched", "adapter": src.name or art.fine_tuned_model,
+                              "path": str(target / str(i))}), flush=True)
+    except serving.ServingError as exc:
+        return _fail(ExitCode.MODEL_ERROR, str(exc))
+    return int(ExitCode.OK)
+
+
+def _serving_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="ServerConfig JSON file (what the operator mounts)")
+    p.add_argument("--model", help="base model: Hugging Face id, directory, .gguf, s3:// or embedded://NAME "
+                   "(default: the base the first adapter was trained on)")
+    p.add_argument("--adapter", action="append", metavar="[NAME=]LOCATION",
+                   help="a published adapter folder or s3:// prefix; repeat for several")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help=f"port (default {contract.SERVER_PORT})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hone_trainer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +192,21 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="fine-tune with DeepSpeed (under torchrun, or as one process)")
     t.add_argument("--config", required=True, help="TrainerConfig JSON file")
     t.set_defaults(func=cmd_train)
+    s = sub.add_parser("serve", help="the OpenAI-compatible inference server (/v1, /health, /ready, /metrics)")
+    _serving_args(s)
+    s.add_argument("--served-model-name", help="name clients use for the base model")
+    s.add_argument("--api-keys-file", help="file with accepted API keys, one per line")
+    s.add_argument("--max-concurrent-requests", type=int, help="queued plus running requests before HTTP 429")
+    s.add_argument("--max-batch-size", type=int, help="sequences decoded together")
+    s.add_argument("--trust-remote-code", action="store_true", help="run the base model's own Python code")
+    s.add_argument("--graceful-seconds", type=int, default=30, help="how long in-flight requests may finish on SIGTERM")
+    s.add_argument("--termination-log", default=None, help="where to write why loading failed (in a pod: "
+                   f"{contract.RESULT_PATH_IN_POD})")
+    s.set_defaults(func=cmd_serve)
+    f = sub.add_parser("fetch", help="fetch and verify the adapters of a server config into a folder")
+    _serving_args(f)
+    f.add_argument("--target", required=True, help="folder to copy adapter i into (as TARGET/i)")
+    f.set_defaults(func=cmd_fetch)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args))

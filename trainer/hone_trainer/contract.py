@@ -415,3 +415,46 @@ def parse_result(text: str | None, model: type[_Model]) -> _Model | None:
         return model.model_validate_json(text.strip())
     except ValueError:
         return None
+
+
+# --------------------------------------------------------------------------
+# Serving
+# --------------------------------------------------------------------------
+
+SERVER_CONFIG_FILE = "server.json"
+SERVER_PORT = 8000
+
+
+class AdapterSource(_Model):
+    """A LoRA adapter published by the trainer (its folder holds ``manifest.json``)."""
+
+    name: str | None = Field(None, description="Served model name; default: the manifest's fineTunedModel.")
+    location: str = Field(description="A directory, or s3://bucket/prefix of a published model.")
+    credentials_dir: str | None = None
+
+
+class ServerConfig(_Model):
+    """What ``python -m hone_trainer serve --config`` reads (the operator's ConfigMap, or ``hone serve``)."""
+
+    base_model: ModelSource
+    served_model_name: str | None = Field(
+        None, description="Name clients use for the base model; default: its location without a scheme.")
+    adapters: list[AdapterSource] = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = Field(SERVER_PORT, ge=0, le=65535)
+    api_keys_file: str | None = Field(None, description="Accepted API keys, one per line; none: no key needed.")
+    max_concurrent_requests: int = Field(64, ge=1, description="Queued plus running; beyond it: HTTP 429.")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Sequences decoded together in one step.")
+    default_max_tokens: int = Field(512, ge=1, description="Completion limit when a request sets none.")
+    prices: PriceTable = Field(default_factory=PriceTable)
+    metrics_enabled: bool = True
+
+
+def serve_command(config_path: str) -> list[str]:
+    """How the operator (and ``hone serve``) starts the built-in server."""
+    return ["python", "-m", "hone_trainer", "serve", "--config", config_path]
+
+
+def fetch_command(config_path: str, target: str) -> list[str]:
+    """The init step: fetch and verify every adapter of a :class:`ServerConfig` into ``target``."""
+    return ["python", "-m", "hone_trainer", "fetch", "--config", config_path, "--target", target]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,19 +114,30 @@ def _fetch_hub(source: ModelSource) -> LocalModel:
 
 
 def _fetch_s3(source: ModelSource) -> LocalModel:
-    fs, root = filesystem(source.location, source.credentials_dir)
-    target = cache_root() / "s3" / hashlib.sha256(source.location.encode()).hexdigest()[:16]
+    return _check_local_dir(download_folder(source.location, source.credentials_dir), source.location)
+
+
+def download_folder(location: str, credentials_dir: str | None, fresh: bool = False) -> Path:
+    """The top level of ``s3://bucket/prefix`` in the local cache (safetensors, JSON and tokenizer files only).
+
+    ``fresh`` fetches everything again (a published adapter may have been
+    replaced under the same URI); otherwise files already cached are kept.
+    """
+    fs, root = filesystem(location, credentials_dir)
+    target = cache_root() / "s3" / hashlib.sha256(location.encode()).hexdigest()[:16]
+    if fresh:
+        shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True, exist_ok=True)
     try:
         names = [p for p in fs.ls(root, detail=False)]
     except Exception as exc:
-        raise ModelError(f"could not list base model {source.location!r}: {exc}") from exc
+        raise ModelError(f"could not list {location!r}: {exc}") from exc
     for remote in names:
         base = remote.rsplit("/", 1)[-1]
         if any(Path(base).match(pattern) for pattern in ALLOWED_FILES) and not (target / base).exists():
             fs.get(remote, str(target / f".{base}.part"))
             os.replace(target / f".{base}.part", target / base)
-    return _check_local_dir(target, source.location)
+    return target
 
 
 def load_tokenizer(model: LocalModel, trust_remote_code: bool = False) -> Any:

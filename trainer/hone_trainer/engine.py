@@ -1,0 +1,358 @@
+"""Batched generation for the built-in server: many requests, many adapters, one model.
+
+One engine thread owns the model. Requests wait in a queue; at every step
+the engine admits waiting sequences (up to ``max_batch_size`` in flight),
+prefills them together, and joins them to the running batch, so new
+requests start without waiting for the running ones to finish (continuous
+batching). Each step decodes one token for every running sequence in one
+forward pass.
+
+Several LoRA adapters share the base weights: the batch passes peft's
+``adapter_names`` (one entry per row; ``__base__`` for the base model), so
+each row goes through its own adapter's LoRA matrices only. A row can never
+be computed with another row's adapter: the names travel with the rows
+through every join and removal.
+
+The batch is left-padded. Its KV cache is a ``DynamicCache`` whose tensors
+are padded, concatenated and indexed when sequences join or finish; the
+attention mask marks padding, and positions count real tokens only, so a
+sequence's logits do not depend on what else is in the batch (up to float
+rounding). Models with sliding-window or other non-standard cache layers
+are still served, but a batch then admits new sequences only when it is
+empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+log = logging.getLogger("hone.engine")
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class GenerationEvent:
+    """What the engine tells a waiting request: new text, or that its sequence ended."""
+
+    text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "error" | "cancelled"
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class SequenceState:
+    """One choice of one request, from the queue to its last token."""
+
+    prompt_ids: list[int]
+    adapter: str  # peft adapter name, or BASE_ADAPTER
+    params: SamplingParams
+    emit: Callable[[GenerationEvent], None]  # must be thread-safe
+    generated: list[int] = field(default_factory=list)
+    emitted_chars: int = 0
+    prefilled: bool = False
+    cancelled: bool = False
+    finished: bool = False
+    generator: torch.Generator | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EngineOverloaded(RuntimeError):
+    pass
+
+
+class _Batch:
+    """The running rows: their KV cache, attention mask and the token each feeds next."""
+
+    def __init__(self) -> None:
+        self.rows: list[SequenceState] = []
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.mask: torch.Tensor | None = None  # [B, L] long
+        self.next_tokens: torch.Tensor | None = None  # [B]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set(self, rows: list[SequenceState], cache: Any, mask: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        self.rows, self.mask, self.next_tokens = rows, mask, next_tokens
+        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def join(self, other: "_Batch") -> None:
+        if not self.rows:
+            self.rows, self.layers, self.mask, self.next_tokens = other.rows, other.layers, other.mask, other.next_tokens
+            return
+        assert self.mask is not None and other.mask is not None
+        length = max(self.mask.shape[1], other.mask.shape[1])
+
+        def pad(t: torch.Tensor, dim_from_end: int) -> torch.Tensor:
+            missing = length - t.shape[-dim_from_end]
+            if missing == 0:
+                return t
+            spec = [0, 0] * (dim_from_end - 1) + [missing, 0]
+            return torch.nn.functional.pad(t, spec)
+
+        self.layers = [(torch.cat([pad(k1, 2), pad(k2, 2)]), torch.cat([pad(v1, 2), pad(v2, 2)]))
+                       for (k1, v1), (k2, v2) in zip(self.layers, other.layers)]
+        self.mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
+        assert self.next_tokens is not None and other.next_tokens is not None
+        self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
+        self.rows = self.rows + other.rows
+
+    def keep(self, indices: list[int]) -> None:
+        """Drop every row not in ``indices``, then columns that are padding in every remaining row."""
+        if len(indices) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in indices]
+        if not self.rows:
+            self.layers, self.mask, self.next_tokens = [], None, None
+            return
+        assert self.mask is not None and self.next_tokens is not None
+        idx = torch.tensor(indices, device=self.mask.device)
+        self.mask = self.mask.index_select(0, idx)
+        self.next_tokens = self.next_tokens.index_select(0, idx)
+        used = self.mask.sum(0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        self.mask = self.mask[:, start:]
+        self.layers = [(k.index_select(0, idx)[:, :, start:], v.index_select(0, idx)[:, :, start:])
+                       for k, v in self.layers]
+
+    def cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=self.layers)
+
+
+class Engine:
+    """Owns the model; :meth:`submit` is safe to call from any thread."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8, adapters: Sequence[str] = (),
+                 eos_token_ids: Sequence[int] = ()):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.adapters = set(adapters)
+        self.use_adapter_names = bool(adapters)
+        self.device = next(model.parameters()).device
+        config = model.config
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
+        self.eos = set(int(t) for t in eos_token_ids)
+        self.can_join = _full_attention_only(config)
+        self._pending: "queue.Queue[SequenceState]" = queue.Queue()
+        self._batch = _Batch()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hone-engine", daemon=True)
+        self.steps = 0
+
+    # ---- public ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def waiting(self) -> int:
+        return self._pending.qsize()
+
+    @property
+    def running(self) -> int:
+        return len(self._batch)
+
+    def submit(self, seq: SequenceState) -> None:
+        if seq.adapter != BASE_ADAPTER and seq.adapter not in self.adapters:
+            raise KeyError(seq.adapter)
+        if seq.params.seed is not None:
+            seq.generator = torch.Generator(device="cpu").manual_seed(seq.params.seed)
+        self._pending.put(seq)
+        self._wake.set()
+
+    # ---- the loop ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            if self._stop.is_set() and not len(self._batch) and self._pending.empty():
+                return
+            admitted = self._admit()
+            if not admitted and not len(self._batch):
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                with torch.inference_mode():
+                    if admitted:
+                        self._prefill(admitted)
+                    else:
+                        self._decode()
+                self.steps += 1
+            except Exception as exc:  # noqa: BLE001 - fail the rows, keep serving
+                log.exception("generation step failed")
+                for seq in list(self._batch.rows) + admitted:
+                    self._finish(seq, "error", error=f"generation failed: {exc}")
+                self._batch = _Batch()
+
+    def _admit(self) -> list[SequenceState]:
+        if len(self._batch) and not self.can_join:
+            return []
+        room = self.max_batch_size - len(self._batch)
+        out: list[SequenceState] = []
+        while room > 0:
+            try:
+                seq = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if seq.cancelled:
+                self._finish(seq, "cancelled")
+                continue
+            out.append(seq)
+            room -= 1
+        return out
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
+                 rows: list[SequenceState]) -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        if self.use_adapter_names:
+            kwargs["adapter_names"] = [r.adapter for r in rows]
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1, **kwargs)
+        return out.logits[:, -1, :].float(), out.past_key_values
+
+    def _prefill(self, seqs: list[SequenceState]) -> None:
+        from transformers import DynamicCache
+
+        longest = max(len(s.prompt_ids) for s in seqs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(seqs), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, longest - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+            mask[i, longest - len(s.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        logits, cache = self._forward(ids, mask, positions, DynamicCache(), seqs)
+        for s in seqs:
+            s.prefilled = True
+        new = _Batch()
+        new.set(seqs, cache, mask, self._sample(logits, seqs))
+        self._batch.join(new)
+        self._after_step(offset=len(self._batch) - len(seqs))
+
+    def _decode(self) -> None:
+        batch = self._batch
+        assert batch.mask is not None and batch.next_tokens is not None
+        positions = batch.mask.sum(1, keepdim=True)
+        mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
+        logits, cache = self._forward(batch.next_tokens[:, None], mask, positions, batch.cache(), batch.rows)
+        batch.set(batch.rows, cache, mask, self._sample(logits, batch.rows))
+        self._after_step(offset=0)
+
+    def _sample(self, logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
+        tokens = logits.argmax(dim=-1)
+        for i, seq in enumerate(rows):
+            p = seq.params
+            if p.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[i] / p.temperature, dim=-1)
+            if p.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                cut = sorted_probs.cumsum(0) - sorted_probs >= p.top_p  # keep the smallest set reaching top_p
+                sorted_probs[cut] = 0
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            tokens[i] = torch.multinomial(probs.cpu(), 1, generator=seq.generator).to(tokens.device)[0]
+        return tokens
+
+    def _after_step(self, offset: int) -> None:
+        """Record the new token of each row from ``offset`` on (the rows that just stepped),
+        stream their text, and drop the rows that finished."""
+        batch = self._batch
+        assert batch.next_tokens is not None and batch.mask is not None
+        new_tokens = batch.next_tokens.tolist()
+        keep: list[int] = list(range(offset))
+        for i, seq in enumerate(batch.rows[offset:], start=offset):
+            token = new_tokens[i]
+            seq.generated.append(token)
+            reason = self._stream(seq, token)
+            if reason is None and seq.cancelled:
+                reason = "cancelled"
+            if reason is None and int(batch.mask[i].sum()) + 1 >= self.context_length:
+                reason = "length"
+            if reason is None:
+                keep.append(i)
+            else:
+                self._finish(seq, reason)
+        batch.keep(keep)
+
+    def _stream(self, seq: SequenceState, token: int) -> str | None:
+        """Emit the text that is certain; return a finish reason when the sequence ends."""
+        p = seq.params
+        hit_eos = token in self.eos
+        ids = seq.generated[:-1] if hit_eos else seq.generated
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        reason = "stop" if hit_eos else ("length" if len(seq.generated) >= p.max_tokens else None)
+        for stop in p.stop:
+            at = text.find(stop, max(0, seq.emitted_chars - len(stop)))
+            if at != -1:
+                text, reason = text[:at], "stop"
+        if reason is None:
+            safe = len(text)
+            if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+                safe = len(text.rstrip("\ufffd"))
+            for stop in p.stop:  # hold back what may be the start of a stop sequence
+                for n in range(min(len(stop) - 1, safe), 0, -1):
+                    if text[:safe].endswith(stop[:n]):
+                        safe -= n
+                        break
+            text = text[:safe]
+        if len(text) > seq.emitted_chars:
+            seq.emit(GenerationEvent(text=text[seq.emitted_chars:]))
+            seq.emitted_chars = len(text)
+        return reason
+
+    def _finish(self, seq: SequenceState, reason: str, error: str | None = None) -> None:
+        if seq.finished:
+            return
+        seq.finished = True
+        seq.emit(GenerationEvent(finished=True, finish_reason=reason, completion_tokens=len(seq.generated),
+                                 error=error))
+
+
+def _full_attention_only(config: Any) -> bool:
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None)
+    if types is not None and any(t != "full_attention" for t in types):
+        return False
+    return not getattr(text, "sliding_window", None) or not getattr(text, "use_sliding_window", True)
+
+
+def wait_idle(engine: Engine, timeout: float = 30.0) -> bool:
+    """True once nothing is waiting or running (for graceful shutdown and tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not engine.waiting and not engine.running:
+            return True
+        time.sleep(0.05)
+    return False

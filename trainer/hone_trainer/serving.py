@@ -1,0 +1,219 @@
+"""Loading what a server serves: the base model and the published LoRA adapters.
+
+An adapter is a folder the trainer published (``manifest.json`` lists every
+file with its SHA-256). Before it is served the manifest is checked: every
+hash must verify, the adapter must have been trained on the base model this
+server loads, and the weights must be safetensors. Anything else stops the
+server with a message naming the adapter and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hone_trainer import models
+from hone_trainer.contract import AdapterSource, ModelSource, ServerConfig
+from hone_trainer.publish import MANIFEST, PublishError, verify
+
+log = logging.getLogger("hone.serving")
+
+
+class ServingError(RuntimeError):
+    """The server cannot serve what its config asks for; retrying will not help."""
+
+
+@dataclass
+class Artifact:
+    """A verified published folder on the local filesystem."""
+
+    path: Path
+    manifest: dict[str, Any]
+    source: str
+
+    @property
+    def fine_tuned_model(self) -> str | None:
+        return self.manifest.get("fineTunedModel")
+
+    @property
+    def is_adapter(self) -> bool:
+        return (self.path / "adapter_config.json").exists()
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return self.manifest.get("baseModel") or {}
+
+
+def local_artifact(location: str, credentials_dir: str | None = None) -> Artifact:
+    """Fetch (S3) or find (a directory) a published folder and verify it against its manifest."""
+    if location.startswith("s3://"):
+        try:
+            folder = models.download_folder(location, credentials_dir, fresh=True)
+        except models.ModelError as exc:
+            raise ServingError(str(exc)) from exc
+    else:
+        folder = Path(location.removeprefix("file://"))
+        if not folder.is_dir():
+            raise ServingError(f"{location}: no such directory; point it at a folder `hone run` or a "
+                               "FineTuneJob published (it holds manifest.json)")
+    try:
+        manifest = verify(folder)
+    except PublishError as exc:
+        raise ServingError(f"{location}: {exc}; publish it again (re-run the FineTuneJob) "
+                           "instead of editing its files") from exc
+    except (ValueError, KeyError) as exc:
+        raise ServingError(f"{location}: {MANIFEST} is unreadable: {exc}") from exc
+    if list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
+        raise ServingError(f"{location}: holds pickled weights (*.bin/*.pt); Hone loads safetensors only")
+    return Artifact(folder, manifest, location)
+
+
+def fetch_to(artifact: Artifact, target: Path) -> Path:
+    """Copy a verified artifact (without ``merged/``) into ``target`` for a runtime that reads files."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(artifact.path, target, ignore=shutil.ignore_patterns("merged", ".*"))
+    verify(target)
+    return target
+
+
+def normalise_location(location: str) -> str:
+    return location.removeprefix("hf://").removeprefix("file://").rstrip("/")
+
+
+def default_served_name(location: str) -> str:
+    """How clients name the base model when the config gives no name."""
+    loc = normalise_location(location)
+    if loc.startswith("embedded://"):
+        return loc.removeprefix("embedded://")
+    if loc.startswith("/") or loc.startswith(".") or loc.startswith("s3://"):
+        return re.sub(r"\.gguf$", "", loc.rsplit("/", 1)[-1]) or loc
+    return loc
+
+
+@dataclass
+class Served:
+    """Everything loaded: the model (a PeftModel when there are adapters) and the name table."""
+
+    model: Any
+    tokenizer: Any
+    base_name: str
+    #: served name -> peft adapter name (``__base__`` for the base model)
+    names: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    eos_token_ids: list[int] = field(default_factory=list)
+
+
+def check_base(artifact: Artifact, base: ModelSource, name: str) -> None:
+    trained_on = artifact.base.get("location")
+    if trained_on is None:
+        raise ServingError(f"adapter {name}: its manifest names no base model")
+    if normalise_location(trained_on) != normalise_location(base.location):
+        raise ServingError(
+            f"adapter {name} was trained on base model {trained_on!r}, but this server loads "
+            f"{base.location!r}; serve it on the base it was trained on")
+    rev = artifact.base.get("revision")
+    if rev and base.revision and rev != base.revision:
+        raise ServingError(f"adapter {name} was trained on revision {rev!r} of the base model, "
+                           f"this server loads revision {base.revision!r}")
+
+
+def resolve_adapters(config: ServerConfig) -> list[tuple[str, Artifact]]:
+    out: list[tuple[str, Artifact]] = []
+    for i, src in enumerate(config.adapters):
+        art = local_artifact(src.location, src.credentials_dir)
+        name = src.name or art.fine_tuned_model or f"adapter-{i}"
+        if not art.is_adapter:
+            raise ServingError(
+                f"adapters[{i}] ({src.location}) is a full fine-tune, not a LoRA adapter: serve it as the "
+                "base model instead")
+        check_base(art, config.base_model, name)
+        out.append((name, art))
+    names = [n for n, _ in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ServingError(f"two adapters are served under the same name {dupes[0]!r}; give each its own name")
+    return out
+
+
+def load(config: ServerConfig) -> Served:
+    """Load the base model, its tokenizer and every adapter (verified) for inference."""
+    import torch
+
+    adapters = resolve_adapters(config)
+    try:
+        local = models.resolve(config.base_model)
+        tokenizer = models.load_tokenizer(local, trust_remote_code=config.base_model.trust_remote_code)
+        if torch.cuda.is_available():
+            device, dtype = "cuda", (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        else:
+            device, dtype = "cpu", torch.float32
+        model = models.load_model(local, dtype, trust_remote_code=config.base_model.trust_remote_code)
+    except models.ModelError as exc:
+        raise ServingError(str(exc)) from exc
+    model.to(device)
+    model.eval()
+    base_name = config.served_model_name or default_served_name(config.base_model.location)
+    names = {base_name: "__base__"}
+    artifacts: dict[str, Artifact] = {}
+    if adapters:
+        from peft import PeftModel
+
+        for i, (name, art) in enumerate(adapters):
+            if name in names:
+                raise ServingError(f"adapter name {name!r} is also the base model's name; rename one of them")
+            internal = f"adapter{i}"  # peft names become module keys: no dots or colons
+            if i == 0:
+                model = PeftModel.from_pretrained(model, str(art.path), adapter_name=internal, is_trainable=False)
+            else:
+                model.load_adapter(str(art.path), adapter_name=internal, is_trainable=False)
+            names[name] = internal
+            artifacts[name] = art
+            log.info("loaded adapter %s from %s", name, art.source)
+        model.to(device)
+        model.eval()
+    eos = _eos_ids(model, tokenizer)
+    return Served(model, tokenizer, base_name, names, artifacts, eos)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(src, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+def adapter_sources_from_args(items: list[str]) -> list[AdapterSource]:
+    """``NAME=LOCATION`` or ``LOCATION`` (served under the manifest's fine-tuned model name)."""
+    out = []
+    for item in items:
+        name, sep, location = item.partition("=")
+        if sep and "://" not in name and not name.startswith("/"):
+            out.append(AdapterSource(name=name, location=location))
+        else:
+            out.append(AdapterSource(location=item))
+    return out
+
+
+def base_from_adapters(config_adapters: list[AdapterSource]) -> ModelSource:
+    """The base model the first adapter was trained on (when no base is given)."""
+    if not config_adapters:
+        raise ServingError("nothing to serve: give a base model or at least one adapter")
+    art = local_artifact(config_adapters[0].location, config_adapters[0].credentials_dir)
+    base = art.base
+    if not base.get("location"):
+        raise ServingError(f"{config_adapters[0].location}: its manifest names no base model")
+    return ModelSource(location=base["location"], revision=base.get("revision"))
+
+
+def manifest_summary(art: Artifact) -> str:
+    return json.dumps({k: art.manifest.get(k) for k in ("fineTunedModel", "baseModel", "method", "createdAt")})
