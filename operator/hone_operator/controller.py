@@ -1,7 +1,9 @@
 """Level-based reconciliation: a cache fed by kopf's watches and a work queue.
 
-kopf streams FineTuneJob and Job events; the handlers in :mod:`.main` only
-put the object into the cache and queue its FineTuneJob's key. Workers take
+kopf streams FineTuneJob, Job, ModelServing and Deployment events; the
+handlers in :mod:`.main` only put the object into the cache and queue the key
+of the FineTuneJob or ModelServing it belongs to (a FineTuneJob's change also
+queues the ModelServings that serve it). Workers take
 keys off the queue (each key is processed by one worker at a time, and a key
 queued while it is being processed runs once more afterwards), compute a
 :func:`~hone_operator.handlers.finetunejob.plan` from the cached state, and
@@ -23,8 +25,10 @@ from typing import Any
 
 from hone_operator.api.v1alpha1 import API_VERSION, FineTuneJobPhase
 from hone_operator.builders import finetunejob as build
+from hone_operator.builders import modelserving as msv_build
 from hone_operator.builders.common import COMPONENT_LABEL
 from hone_operator.handlers import finetunejob as ftj_handler
+from hone_operator.handlers import modelserving as msv_handler
 from hone_operator.handlers.conditions import now
 from hone_operator.kube import Conflict, Kube
 from hone_operator.metrics import JobSample, OperatorMetrics
@@ -32,7 +36,9 @@ from hone_operator.settings import OperatorSettings
 
 log = logging.getLogger("hone.controller")
 
-Key = tuple[str, str]  # (namespace, FineTuneJob name)
+Key = tuple[str, str]  # (namespace, name)
+WorkKey = tuple[str, str, str]  # (kind, namespace, name)
+FTJ, MSV = build.KIND, msv_build.KIND
 
 
 def _rv_newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
@@ -47,10 +53,10 @@ def _rv_newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
         return True
 
 
-def _owner(obj: dict[str, Any]) -> dict[str, Any]:
-    """The FineTuneJob ownerReference of a child object ({} when it has none)."""
+def _owner(obj: dict[str, Any], kind: str = build.KIND) -> dict[str, Any]:
+    """The FineTuneJob (or ``kind``) ownerReference of a child object ({} when it has none)."""
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("kind") == build.KIND and ref.get("apiVersion", "").startswith("hone.dev/"):
+        if ref.get("kind") == kind and ref.get("apiVersion", "").startswith("hone.dev/"):
             return ref
     return {}
 
@@ -63,12 +69,14 @@ class Controller:
         self._lock = threading.Lock()
         self._ftjs: dict[Key, dict[str, Any]] = {}
         self._jobs: dict[Key, dict[str, dict[str, Any]]] = {}
-        self._queue: asyncio.Queue[Key] | None = None
+        self._msvs: dict[Key, dict[str, Any]] = {}
+        self._deployments: dict[Key, dict[str, Any]] = {}
+        self._queue: asyncio.Queue[WorkKey] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queued: set[Key] = set()
-        self._active: set[Key] = set()
-        self._dirty: set[Key] = set()
-        self._failures: dict[Key, int] = {}
+        self._queued: set[WorkKey] = set()
+        self._active: set[WorkKey] = set()
+        self._dirty: set[WorkKey] = set()
+        self._failures: dict[WorkKey, int] = {}
         self._workers: list[asyncio.Task[None]] = []
         self.instance = os.environ.get("HOSTNAME", "hone-operator")
 
@@ -82,13 +90,52 @@ class Controller:
                 self._ftjs.pop(key, None)
                 self._jobs.pop(key, None)
             self.metrics.jobs.forget(meta.get("uid", ""))
+            self._enqueue_servings_of(key)
             return
         with self._lock:
             if not _rv_newer(obj, self._ftjs.get(key)):
                 return
             self._ftjs[key] = obj
         self._observe_metrics(obj)
-        self.enqueue(key)
+        self.enqueue((FTJ, *key))
+        self._enqueue_servings_of(key)
+
+    def _enqueue_servings_of(self, ftj_key: Key) -> None:
+        namespace, name = ftj_key
+        with self._lock:
+            servings = [k for k, body in self._msvs.items() if k[0] == namespace and name in _ftj_refs(body)]
+        for key in servings:
+            self.enqueue((MSV, *key))
+
+    def on_modelserving(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        if event_type == "DELETED":
+            with self._lock:
+                self._msvs.pop(key, None)
+                self._deployments.pop(key, None)
+            return
+        with self._lock:
+            if not _rv_newer(obj, self._msvs.get(key)):
+                return
+            self._msvs[key] = obj
+        self.enqueue((MSV, *key))
+
+    def on_deployment(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        owner = _owner(obj, MSV).get("name")
+        if owner is None:
+            return
+        key = (meta.get("namespace"), owner)
+        with self._lock:
+            if event_type == "DELETED":
+                if (self._deployments.get(key) or {}).get("metadata", {}).get("uid") == meta.get("uid"):
+                    self._deployments.pop(key, None)
+            elif _rv_newer(obj, self._deployments.get(key)):
+                self._deployments[key] = obj
+            else:
+                return
+        self.enqueue((MSV, *key))
 
     def on_job(self, event_type: str | None, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -104,7 +151,7 @@ class Controller:
                     jobs.pop(component, None)
         elif not self._cache_job(key, obj):
             return
-        self.enqueue(key)
+        self.enqueue((FTJ, *key))
 
     def _cache_job(self, key: Key, obj: dict[str, Any]) -> bool:
         """Keep ``obj`` as its FineTuneJob's Job of its component, unless the cache holds a newer one."""
@@ -134,7 +181,7 @@ class Controller:
 
     # ---- the work queue ----------------------------------------------------
 
-    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+    def enqueue(self, key: WorkKey, delay: float = 0.0) -> None:
         if self._loop is None or self._queue is None:
             return
         if delay > 0:
@@ -151,7 +198,7 @@ class Controller:
         self._queue = asyncio.Queue()
         self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.settings.reconcile_workers)]
         with self._lock:
-            keys = list(self._ftjs)
+            keys = [(FTJ, *k) for k in self._ftjs] + [(MSV, *k) for k in self._msvs]
         for key in keys:
             self.enqueue(key)
 
@@ -181,17 +228,21 @@ class Controller:
                 self._dirty.discard(key)
                 self.enqueue(key)
 
-    def _reconcile_safely(self, key: Key) -> bool:
+    def _reconcile_safely(self, key: WorkKey) -> bool:
+        kind, namespace, name = key
         started = time.monotonic()
         try:
-            self.reconcile(key)
+            if kind == MSV:
+                self.reconcile_serving((namespace, name))
+            else:
+                self.reconcile((namespace, name))
             return True
         except Exception:
-            log.exception("reconcile of FineTuneJob %s/%s failed; will retry", *key)
-            self.metrics.reconcile_errors.labels("FineTuneJob").inc()
+            log.exception("reconcile of %s %s/%s failed; will retry", *key)
+            self.metrics.reconcile_errors.labels(kind).inc()
             return False
         finally:
-            self.metrics.reconcile_duration.labels("FineTuneJob").observe(time.monotonic() - started)
+            self.metrics.reconcile_duration.labels(kind).observe(time.monotonic() - started)
 
     # ---- one reconcile (worker thread) -----------------------------------
 
@@ -224,7 +275,48 @@ class Controller:
             return
         self._execute(key, body, plan)
         if plan.requeue_after:
-            self._loop.call_soon_threadsafe(self.enqueue, key, plan.requeue_after)
+            self._loop.call_soon_threadsafe(self.enqueue, (FTJ, *key), plan.requeue_after)
+
+    def reconcile_serving(self, key: Key) -> None:
+        namespace, name = key
+        with self._lock:
+            body = self._msvs.get(key)
+            if body is None:
+                return
+            deployment = self._deployments.get(key)
+            ftjs = {ref: self._ftjs.get((namespace, ref)) for ref in _ftj_refs(body)}
+        uid = body["metadata"].get("uid")
+        if deployment is not None and _owner(deployment, MSV).get("uid") != uid:
+            deployment = None  # left over from an earlier ModelServing of the same name
+        observed = msv_handler.ObservedServing(fine_tune_jobs=ftjs, deployment=deployment)
+        plan = msv_handler.plan(body, observed, self.settings, now())
+        if plan.empty:
+            return
+        for obj in plan.apply:
+            meta = obj["metadata"]
+            try:
+                created = self.kube.create(obj)
+                log.info("created %s %s/%s", obj["kind"], namespace, meta["name"])
+            except Conflict:  # it exists: bring it to the desired state
+                created = self.kube.patch(obj["apiVersion"], obj["kind"], namespace, meta["name"],
+                                          {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")})
+                log.info("updated %s %s/%s", obj["kind"], namespace, meta["name"])
+            if obj["kind"] == "Deployment" and created:
+                with self._lock:
+                    if _rv_newer(created, self._deployments.get(key)):
+                        self._deployments[key] = created
+        for ref in plan.deletes:
+            self.kube.delete(ref.api_version, ref.kind, namespace, ref.name)
+        if plan.status:
+            updated = self.kube.patch(API_VERSION, MSV, namespace, name, {"status": plan.status},
+                                      subresource="status")
+            with self._lock:
+                if key in self._msvs and _rv_newer(updated, self._msvs[key]):
+                    self._msvs[key] = updated
+            if "phase" in plan.status:
+                log.info("ModelServing %s/%s is %s", namespace, name, plan.status["phase"])
+        for event in plan.events:
+            self._post_event(body, event, MSV)
 
     def _missing_references(self, body: dict[str, Any], namespace: str) -> list[tuple[str, str]]:
         """Read the ConfigMaps and PVCs the pods will mount; say which are missing."""
@@ -276,7 +368,7 @@ class Controller:
         for event in plan.events:
             self._post_event(body, event)
 
-    def _post_event(self, body: dict[str, Any], event: ftj_handler.Event) -> None:
+    def _post_event(self, body: dict[str, Any], event: ftj_handler.Event, kind: str = FTJ) -> None:
         meta = body["metadata"]
         ts = now()
         obj = {
@@ -284,7 +376,7 @@ class Controller:
             "kind": "Event",
             "metadata": {"name": f"{meta['name'][:200]}.{secrets.token_hex(8)}", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": API_VERSION, "kind": build.KIND, "name": meta["name"],
+                "apiVersion": API_VERSION, "kind": kind, "name": meta["name"],
                 "namespace": meta["namespace"], "uid": meta.get("uid"),
             },
             "type": event.type,
@@ -302,3 +394,11 @@ class Controller:
         except Exception:  # an Event is best effort; never fail a reconcile over it
             log.warning("could not post Event %s for %s/%s", event.reason, meta["namespace"], meta["name"])
 
+
+
+def _ftj_refs(body: dict[str, Any]) -> set[str]:
+    """Names of the FineTuneJobs a ModelServing body refers to (parsed loosely: it may be invalid)."""
+    spec = body.get("spec") or {}
+    refs = [spec.get("fineTuneJobRef")] + [a.get("fineTuneJobRef") for a in spec.get("adapters") or []
+                                           if isinstance(a, dict)]
+    return {r["name"] for r in refs if isinstance(r, dict) and isinstance(r.get("name"), str)}

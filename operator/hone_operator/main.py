@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 
 from hone_operator import kube, settings as settings_mod
 from hone_operator.api.v1alpha1 import GROUP, VERSION
-from hone_operator.builders.common import FINETUNEJOB_LABEL
+from hone_operator.builders.common import FINETUNEJOB_LABEL, MODELSERVING_LABEL
 from hone_operator.controller import Controller
 from hone_operator.metrics import OperatorMetrics
 
@@ -57,3 +57,13 @@ async def finetunejob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
 @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT})
 async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_job(event.get("type"), event["object"])
+
+
+@kopf.on.event(GROUP, VERSION, "modelservings")
+async def modelserving_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_modelserving(event.get("type"), event["object"])
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={MODELSERVING_LABEL: kopf.PRESENT})
+async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_deployment(event.get("type"), event["object"])

@@ -33,6 +33,9 @@ class OperatorSettings(BaseSettings):
         "ghcr.io/hone-dev/hone-runtime:0.1.0",
         description="Image of the trainer/validator/server (torch + DeepSpeed).",
     )
+    vllm_image: str = Field(
+        "vllm/vllm-openai:v0.11.0", description="Image of ModelServings with runtime: vllm (GPU)."
+    )
     image_pull_policy: str = Field("IfNotPresent", description="Pull policy of the runtime image.")
     watch_namespaces: list[str] = Field(
         default_factory=list,
@@ -48,6 +51,13 @@ class OperatorSettings(BaseSettings):
     validation_resources: PodResources = Field(
         default_factory=lambda: PodResources(cpu="2", memory="4Gi"),
         description="CPU/memory of the ValidatingFiles pod.",
+    )
+    serving_resources: PodResources = Field(
+        default_factory=lambda: PodResources(cpu="2", memory="8Gi"),
+        description="Default CPU/memory of an inference pod when the ModelServing sets none.",
+    )
+    serving_graceful_seconds: int = Field(
+        30, ge=0, le=3600, description="How long an inference pod may finish in-flight requests when stopped."
     )
     shared_memory: str = Field("8Gi", description="Default size of /dev/shm in training pods.")
     backoff_limit: int = Field(

@@ -1,0 +1,536 @@
+"""Pure builders of everything a ModelServing owns.
+
+Children, named deterministically from the ModelServing:
+
+* ``<name>-server``  ConfigMap with the server config (``server.json``);
+* ``<name>``         Deployment: the built-in server (``runtime: hone``) or
+  vLLM's OpenAI server (``runtime: vllm``);
+* ``<name>``         Service (port 80 -> the server's port);
+* ``<name>``         HorizontalPodAutoscaler when ``autoscaling`` is set.
+
+What is served is resolved first (:func:`resolve`): the referenced
+FineTuneJobs' published artifacts, their base model, and the volumes that
+make those paths true inside the pod (a PVC mounted read-only at the same
+path the trainer published to, so the manifest's base model matches).
+Every child carries ``hone.dev/spec-hash``, the hash of all desired
+children: the controller rewrites them only when it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from hone_operator.api.v1alpha1 import (
+    FineTuneJob,
+    FineTuneJobPhase,
+    ModelServing,
+    parse_pvc_uri,
+    uri_scheme,
+)
+from hone_operator.builders import common
+from hone_operator.builders.finetunejob import CACHE_DIR, SpecError, Storage, _env, _in_cluster, _join
+from hone_operator.settings import OperatorSettings
+from hone_trainer import contract
+
+KIND = "ModelServing"
+SERVER_CONTAINER = "server"
+FETCH_CONTAINER = "fetch-adapters"
+SPEC_HASH = "hone.dev/spec-hash"
+HTTP_PORT = contract.SERVER_PORT
+ADAPTERS_DIR = "/var/run/hone/adapters"
+CONFIG_PATH = f"{contract.CONFIG_MOUNT_PATH}/{contract.SERVER_CONFIG_FILE}"
+#: vLLM accepts these LoRA ranks for --max-lora-rank.
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+#: Rank assumed for an adapter given by URI (its rank is not in any spec the operator reads).
+DEFAULT_URI_ADAPTER_RANK = 64
+
+
+class Waiting(Exception):
+    """A referenced FineTuneJob is not ready; ``reason`` is the condition reason."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Names:
+    config: str
+    deployment: str
+    service: str
+    hpa: str
+
+    @classmethod
+    def of(cls, name: str) -> "Names":
+        short = name if len(name) <= 52 else common.child_name(name, "msv")  # Service names must stay short
+        return cls(config=common.child_name(name, "server"), deployment=short, service=short, hpa=short)
+
+
+@dataclass
+class Resolved:
+    """What the pods serve, as they see it."""
+
+    config: contract.ServerConfig
+    storage: Storage
+    lora_ranks: list[int] = field(default_factory=list)
+    #: S3 adapters that an init step fetches (vLLM only): index in config.adapters
+    remote_adapters: list[int] = field(default_factory=list)
+    fine_tune_jobs: list[str] = field(default_factory=list)
+
+
+def labels(msv: ModelServing, component: str = "server") -> dict[str, str]:
+    return common.labels(common.MODELSERVING_LABEL, msv.metadata.name, component)
+
+
+def selector_labels(msv: ModelServing) -> dict[str, str]:
+    lbl = labels(msv)
+    return {common.MODELSERVING_LABEL: lbl[common.MODELSERVING_LABEL], common.COMPONENT_LABEL: "server"}
+
+
+def selector(msv: ModelServing) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(msv).items())
+
+
+def owner(msv: ModelServing) -> dict[str, Any]:
+    return common.owner_reference(KIND, msv.metadata.name, msv.metadata.uid or "")
+
+
+def referenced_jobs(msv: ModelServing) -> list[tuple[str, str]]:
+    """(field, FineTuneJob name) of every FineTuneJob the spec serves."""
+    refs = []
+    if msv.spec.fineTuneJobRef is not None:
+        refs.append(("spec.fineTuneJobRef", msv.spec.fineTuneJobRef.name))
+    for i, a in enumerate(msv.spec.adapters or []):
+        if a.fineTuneJobRef is not None:
+            refs.append((f"spec.adapters[{i}].fineTuneJobRef", a.fineTuneJobRef.name))
+    return refs
+
+
+def _succeeded(param: str, name: str, ftjs: dict[str, dict[str, Any] | None]) -> FineTuneJob:
+    body = ftjs.get(name)
+    if body is None:
+        raise Waiting("FineTuneJobNotFound", f"FineTuneJob {name!r} ({param}) does not exist in this namespace; "
+                                             "the ModelServing waits for it")
+    phase = (body.get("status") or {}).get("phase")
+    if phase in (FineTuneJobPhase.FAILED.value, FineTuneJobPhase.CANCELLED.value):
+        raise Waiting("FineTuneJobFailed", f"FineTuneJob {name!r} ({param}) is {phase}: it has no model to "
+                                           "serve; point the ModelServing at a Succeeded FineTuneJob")
+    if phase != FineTuneJobPhase.SUCCEEDED.value:
+        raise Waiting("FineTuneJobNotSucceeded", f"FineTuneJob {name!r} ({param}) is {phase or 'Pending'}; "
+                                                 "serving starts when it has Succeeded")
+    ftj = FineTuneJob.model_validate(body)
+    if ftj.status.fineTunedModel is None or not ftj.status.fineTunedModel.artifactUri:
+        raise Waiting("FineTuneJobHasNoArtifact", f"FineTuneJob {name!r} ({param}) has Succeeded but records no "
+                                                  "published artifact (status.fineTunedModel.artifactUri)")
+    return ftj
+
+
+def _artifact_location(ftj: FineTuneJob, storage: Storage, param: str) -> tuple[str, str | None]:
+    """Where the pod finds the FineTuneJob's artifact, and the credentials folder for S3."""
+    artifact = ftj.status.fineTunedModel.artifactUri  # type: ignore[union-attr]
+    out = ftj.spec.output.uri
+    if uri_scheme(out) == "pvc":
+        claim, _ = parse_pvc_uri(out)
+        mount = storage.pvc(claim, writable=False)
+        if uri_scheme(artifact) == "pvc" and parse_pvc_uri(artifact)[0] == claim:
+            return _join(mount, parse_pvc_uri(artifact)[1]), None
+        if not artifact.startswith(mount + "/"):
+            raise SpecError(param, f"FineTuneJob {ftj.metadata.name!r} published to {artifact!r}, outside its "
+                                   f"output claim {claim!r}")
+        return artifact, None
+    if uri_scheme(out) == "s3":
+        return artifact, storage.secret(ftj.spec.output.credentialsSecret)
+    raise SpecError(param, f"FineTuneJob {ftj.metadata.name!r} published to {out!r}, which a cluster cannot read")
+
+
+def _uri_location(uri: str, storage: Storage, param: str) -> str:
+    _in_cluster(uri, param)
+    if uri_scheme(uri) == "pvc":
+        claim, path = parse_pvc_uri(uri)
+        return _join(storage.pvc(claim, writable=False), path)
+    return uri
+
+
+def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings: OperatorSettings) -> Resolved:
+    """The server config as the pods see it. Raises :class:`Waiting` or :class:`SpecError`."""
+    spec = msv.spec
+    storage = Storage()
+    adapters: list[contract.AdapterSource] = []
+    ranks: list[int] = []
+    bases: list[tuple[str, FineTuneJob]] = []
+    jobs: list[str] = []
+    base: contract.ModelSource | None = None
+    served_name: str | None = None
+
+    if spec.fineTuneJobRef is not None:
+        param = "spec.fineTuneJobRef"
+        ftj = _succeeded(param, spec.fineTuneJobRef.name, ftjs)
+        jobs.append(ftj.metadata.name)
+        location, creds = _artifact_location(ftj, storage, param)
+        if ftj.spec.method == "full":
+            if spec.adapters:
+                raise SpecError("spec.adapters", f"FineTuneJob {ftj.metadata.name!r} is a full fine-tune: it is "
+                                "served as the base model and cannot carry adapters")
+            base = contract.ModelSource(location=location, credentials_dir=creds)
+            served_name = ftj.status.fineTunedModel.name  # type: ignore[union-attr]
+        else:
+            adapters.append(contract.AdapterSource(location=location, credentials_dir=creds))
+            ranks.append(ftj.spec.lora.r)
+            bases.append((param, ftj))
+    for i, a in enumerate(spec.adapters or []):
+        param = f"spec.adapters[{i}]"
+        if a.fineTuneJobRef is not None:
+            ftj = _succeeded(f"{param}.fineTuneJobRef", a.fineTuneJobRef.name, ftjs)
+            jobs.append(ftj.metadata.name)
+            if ftj.spec.method == "full":
+                raise SpecError(f"{param}.fineTuneJobRef", f"FineTuneJob {ftj.metadata.name!r} is a full "
+                                "fine-tune, not an adapter: serve it in its own ModelServing")
+            location, creds = _artifact_location(ftj, storage, f"{param}.fineTuneJobRef")
+            adapters.append(contract.AdapterSource(name=a.name, location=location, credentials_dir=creds))
+            ranks.append(ftj.spec.lora.r)
+            bases.append((f"{param}.fineTuneJobRef", ftj))
+        else:
+            assert a.uri is not None
+            location = _uri_location(a.uri, storage, f"{param}.uri")
+            adapters.append(contract.AdapterSource(name=a.name, location=location))
+            ranks.append(DEFAULT_URI_ADAPTER_RANK)
+
+    if spec.baseModel is not None:
+        base_config, _ = _base_source(spec.baseModel.uri, spec.baseModel, storage, "spec.baseModel.uri")
+        base = base_config
+    elif base is None and bases:
+        first_param, first = bases[0]
+        for param, other in bases[1:]:
+            if other.spec.baseModel.uri != first.spec.baseModel.uri:
+                raise SpecError(param, f"{param} was trained on {other.spec.baseModel.uri!r} but {first_param} on "
+                                f"{first.spec.baseModel.uri!r}: adapters on one server share one base model")
+        base, _ = _base_source(first.spec.baseModel.uri, first.spec.baseModel, storage, f"{first_param} baseModel")
+    if base is None:
+        raise SpecError("spec.baseModel", "no base model: set spec.baseModel (adapters given by URI do not say "
+                        "which base they were trained on)")
+
+    keys = storage.secret(spec.apiKeySecret)
+    config = contract.ServerConfig(
+        base_model=base, served_model_name=served_name, adapters=adapters, host="0.0.0.0", port=HTTP_PORT,
+        api_keys_file=f"{keys}/api-keys" if keys else None, max_concurrent_requests=spec.maxConcurrentRequests,
+        prices=settings.prices)
+    remote = [i for i, a in enumerate(adapters) if a.location.startswith("s3://")]
+    return Resolved(config, storage, ranks, remote, jobs)
+
+
+def _base_source(uri: str, spec_base: Any, storage: Storage, param: str) -> tuple[contract.ModelSource, str]:
+    """The base model as the trainer saw it (same mount paths, so adapter manifests match)."""
+    _in_cluster(uri, param)
+    if uri_scheme(uri) == "pvc":
+        claim, path = parse_pvc_uri(uri)
+        location = _join(storage.pvc(claim, writable=False), path)
+    elif uri_scheme(uri) == "hf" and "://" in uri:
+        location = uri.split("://", 1)[1]
+    else:
+        location = uri
+    source = contract.ModelSource(location=location, revision=spec_base.revision,
+                                  trust_remote_code=spec_base.trustRemoteCode,
+                                  credentials_dir=storage.secret(spec_base.credentialsSecret))
+    return source, location
+
+
+# --------------------------------------------------------------------------
+# Objects
+# --------------------------------------------------------------------------
+
+
+def served_models(resolved: Resolved, artifact_names: dict[int, str]) -> list[str]:
+    cfg = resolved.config
+    base = cfg.served_model_name or _default_base_name(cfg.base_model.location)
+    return [base] + [a.name or artifact_names.get(i, f"adapter-{i}") for i, a in enumerate(cfg.adapters)]
+
+
+def _default_base_name(location: str) -> str:
+    loc = location.removeprefix("hf://").rstrip("/")
+    if loc.startswith("/") or loc.startswith("s3://"):
+        return loc.rsplit("/", 1)[-1]
+    return loc
+
+
+def adapter_names(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None]) -> dict[int, str]:
+    """Adapter index -> the fine-tuned model name recorded by its FineTuneJob (when it has one)."""
+    out: dict[int, str] = {}
+    i = 0
+    refs: list[str | None] = []
+    if msv.spec.fineTuneJobRef is not None:
+        refs.append(msv.spec.fineTuneJobRef.name)
+    refs += [a.fineTuneJobRef.name if a.fineTuneJobRef else None for a in msv.spec.adapters or []]
+    for name in refs:
+        body = ftjs.get(name) if name else None
+        model = ((body or {}).get("status") or {}).get("fineTunedModel") or {}
+        if model.get("name"):
+            out[i] = model["name"]
+        i += 1
+    return out
+
+
+def config_map(msv: ModelServing, resolved: Resolved) -> dict[str, Any]:
+    data = {contract.SERVER_CONFIG_FILE: json.dumps(resolved.config.to_json_dict(), indent=2, sort_keys=True)}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": common.metadata(Names.of(msv.metadata.name).config, msv.metadata.namespace or "default",
+                                    labels(msv, "config"), owner(msv)),
+        "data": data,
+    }
+
+
+def _scheduling(msv: ModelServing) -> dict[str, Any]:
+    r = msv.spec.resources
+    out: dict[str, Any] = {}
+    if r.nodeSelector:
+        out["nodeSelector"] = dict(r.nodeSelector)
+    if r.tolerations:
+        out["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
+    if r.priorityClassName:
+        out["priorityClassName"] = r.priorityClassName
+    return out
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "timeoutSeconds": 5,
+            "failureThreshold": failures}
+
+
+def _hone_container(msv: ModelServing, settings: OperatorSettings, resolved: Resolved) -> dict[str, Any]:
+    r = msv.spec.resources
+    return {
+        "name": SERVER_CONTAINER,
+        "image": msv.spec.image or settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": [*contract.serve_command(CONFIG_PATH), "--termination-log", contract.RESULT_PATH_IN_POD,
+                    "--graceful-seconds", str(settings.serving_graceful_seconds)],
+        "env": _env({"DS_ACCELERATOR": "cuda" if r.gpus else "cpu"}),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "resources": common.resources(r.cpu or settings.serving_resources.cpu,
+                                      r.memory or settings.serving_resources.memory, {r.gpuResourceName: r.gpus}),
+        "securityContext": common.container_security_context(),
+        # /health answers while the model loads; /ready once the model and every adapter are loaded.
+        "livenessProbe": _probe("/health", 10, 6),
+        "readinessProbe": _probe("/ready", 5, 2),
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},  # let endpoints drop the pod before draining
+        "volumeMounts": _mounts(resolved, fetch=False),
+        "terminationMessagePath": contract.RESULT_PATH_IN_POD,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def vllm_args(resolved: Resolved, names: list[str]) -> list[str]:
+    """``vllm serve`` arguments: the base model, each adapter as a LoRA module under its served name."""
+    cfg = resolved.config
+    args = ["serve", cfg.base_model.location, "--host", "0.0.0.0", "--port", str(HTTP_PORT),
+            "--served-model-name", names[0], "--max-num-seqs", str(cfg.max_concurrent_requests),
+            "--disable-log-requests"]
+    if cfg.base_model.revision:
+        args += ["--revision", cfg.base_model.revision]
+    if cfg.base_model.trust_remote_code:
+        args.append("--trust-remote-code")
+    if cfg.adapters:
+        modules = [f"{names[i + 1]}={_vllm_adapter_path(resolved, i)}" for i in range(len(cfg.adapters))]
+        rank = max(resolved.lora_ranks or [DEFAULT_URI_ADAPTER_RANK])
+        max_rank = next((v for v in VLLM_LORA_RANKS if v >= rank), VLLM_LORA_RANKS[-1])
+        args += ["--enable-lora", "--max-loras", str(len(cfg.adapters)), "--max-lora-rank", str(max_rank),
+                 "--lora-modules", *modules]
+    return args
+
+
+def _vllm_adapter_path(resolved: Resolved, i: int) -> str:
+    if i in resolved.remote_adapters:
+        return f"{ADAPTERS_DIR}/{i}"
+    return resolved.config.adapters[i].location
+
+
+def _vllm_container(msv: ModelServing, settings: OperatorSettings, resolved: Resolved,
+                    names: list[str]) -> dict[str, Any]:
+    r = msv.spec.resources
+    args = vllm_args(resolved, names)
+    env = _env({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+    token_dir = resolved.config.base_model.credentials_dir
+    if token_dir:
+        env.append({"name": "HF_TOKEN_PATH", "value": f"{token_dir}/token"})
+    if resolved.config.api_keys_file:
+        # vLLM takes one key from its environment; it is read from the mounted Secret file at start
+        # so that it never appears in the pod spec.
+        command = ["/bin/sh", "-c", 'VLLM_API_KEY="$(head -n 1 "$0")" exec vllm "$@"',
+                   resolved.config.api_keys_file, *args]
+    else:
+        command = ["vllm", *args]
+    return {
+        "name": SERVER_CONTAINER,
+        "image": msv.spec.image or settings.vllm_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": env,
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "resources": common.resources(r.cpu or settings.serving_resources.cpu,
+                                      r.memory or settings.serving_resources.memory, {r.gpuResourceName: r.gpus}),
+        "securityContext": common.container_security_context(),
+        "startupProbe": _probe("/health", 10, 60),  # vLLM binds only after loading: allow 10 minutes
+        "livenessProbe": _probe("/health", 10, 6),
+        "readinessProbe": _probe("/health", 5, 2),
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        "volumeMounts": _mounts(resolved, fetch=bool(resolved.remote_adapters)),
+    }
+
+
+def _fetch_container(msv: ModelServing, settings: OperatorSettings, resolved: Resolved) -> dict[str, Any]:
+    """Init step (vLLM with S3 adapters): download and verify each adapter against its manifest."""
+    return {
+        "name": FETCH_CONTAINER,
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": contract.fetch_command(CONFIG_PATH, ADAPTERS_DIR),
+        "env": _env(),
+        "resources": common.resources("1", "2Gi"),
+        "securityContext": common.container_security_context(),
+        "volumeMounts": _mounts(resolved, fetch=True),
+    }
+
+
+def _mounts(resolved: Resolved, fetch: bool) -> list[dict[str, Any]]:
+    mounts = [
+        {"name": "config", "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    if fetch:
+        mounts.append({"name": "adapters", "mountPath": ADAPTERS_DIR})
+    return mounts + list(resolved.storage.mounts.values())
+
+
+def deployment(msv: ModelServing, settings: OperatorSettings, resolved: Resolved, names: list[str],
+               spec_hash: str) -> dict[str, Any]:
+    spec = msv.spec
+    ns = msv.metadata.namespace or "default"
+    lbls = labels(msv)
+    init: list[dict[str, Any]] = []
+    if spec.runtime == "vllm":
+        container = _vllm_container(msv, settings, resolved, names)
+        if resolved.remote_adapters:
+            init.append(_fetch_container(msv, settings, resolved))
+    else:
+        container = _hone_container(msv, settings, resolved)
+    volumes = [
+        {"name": "config", "configMap": {"name": Names.of(msv.metadata.name).config}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    if init:
+        volumes.append({"name": "adapters", "emptyDir": {}})
+    volumes += list(resolved.storage.volumes.values())
+    if spec.runtime == "vllm":
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shared_memory}})
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # the server never calls the Kubernetes API
+        "enableServiceLinks": False,
+        "securityContext": common.pod_security_context(settings.run_as_user),
+        "terminationGracePeriodSeconds": settings.serving_graceful_seconds + 15,
+        "containers": [container],
+        "volumes": volumes,
+        **_scheduling(msv),
+    }
+    if init:
+        pod_spec["initContainers"] = init
+    dep_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(msv)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "revisionHistoryLimit": 3,
+        "template": {
+            "metadata": {
+                "labels": lbls,
+                "annotations": {
+                    SPEC_HASH: spec_hash,  # a changed spec rolls the pods
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(HTTP_PORT),
+                    "prometheus.io/path": "/metrics",
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.autoscaling is None:
+        dep_spec["replicas"] = spec.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": common.metadata(Names.of(msv.metadata.name).deployment, ns, lbls, owner(msv),
+                                    annotations={SPEC_HASH: spec_hash}),
+        "spec": dep_spec,
+    }
+
+
+def service(msv: ModelServing) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": common.metadata(Names.of(msv.metadata.name).service, msv.metadata.namespace or "default",
+                                    labels(msv), owner(msv)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(msv),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def hpa(msv: ModelServing) -> dict[str, Any] | None:
+    a = msv.spec.autoscaling
+    if a is None:
+        return None
+    names = Names.of(msv.metadata.name)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": common.metadata(names.hpa, msv.metadata.namespace or "default", labels(msv), owner(msv)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": names.deployment},
+            "minReplicas": a.minReplicas,
+            "maxReplicas": a.maxReplicas,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": a.targetCPUUtilizationPercentage}}}],
+        },
+    }
+
+
+def url(msv: ModelServing) -> str:
+    return f"http://{Names.of(msv.metadata.name).service}.{msv.metadata.namespace or 'default'}.svc/v1"
+
+
+def spec_hash(objs: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(objs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def desired(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings: OperatorSettings
+            ) -> tuple[list[dict[str, Any]], Resolved, list[str]]:
+    """Every child, in the order to apply them (the Deployment last), plus what they serve."""
+    resolved = resolve(msv, ftjs, settings)
+    names = served_models(resolved, adapter_names(msv, ftjs))
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError("spec.adapters", f"two models would be served as {dupes[0]!r}: give each adapter its own "
+                        "name")
+    objs = [config_map(msv, resolved), service(msv)]
+    autoscaler = hpa(msv)
+    if autoscaler:
+        objs.append(autoscaler)
+    digest = spec_hash([*objs, deployment(msv, settings, resolved, names, "")])
+    for obj in objs:
+        obj["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest
+    objs.append(deployment(msv, settings, resolved, names, digest))
+    return objs, resolved, names
+
+
+def all_objects(msv: ModelServing, settings: OperatorSettings,
+                ftjs: dict[str, dict[str, Any] | None] | None = None) -> list[dict[str, Any]]:
+    """For `hone render`: the children, given the FineTuneJobs it refers to (as they are or will be)."""
+    return desired(msv, ftjs or {}, settings)[0]
+

@@ -1,0 +1,166 @@
+"""The ModelServing lifecycle as a pure function of what is observed.
+
+Phases: Pending -> Waiting (a FineTuneJob is not Succeeded yet) ->
+Deploying -> Ready, or Failed for a spec that cannot be served. Nothing is
+final: a fixed spec or a FineTuneJob that succeeds later moves it on.
+
+The children are rewritten only when the hash of the desired children
+differs from the one the Deployment carries, so a converged ModelServing
+costs no writes. A FineTuneJob deleted while it is being served does not
+take the endpoint down: the Deployment keeps serving the artifact it
+resolved (the artifact lives on until its storage is cleaned) and a
+condition says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from hone_operator.api.v1alpha1 import ModelServing, ModelServingPhase as Phase
+from hone_operator.builders import modelserving as build
+from hone_operator.builders.finetunejob import SpecError
+from hone_operator.handlers.conditions import set_condition
+from hone_operator.handlers.finetunejob import Event, ObjectRef, cross_namespace_refs, spec_error
+from hone_operator.settings import OperatorSettings
+
+OWNED_STATUS_KEYS = ("phase", "observedGeneration", "conditions", "replicas", "readyReplicas", "selector", "url",
+                     "servedModels")
+
+
+@dataclass
+class ObservedServing:
+    #: FineTuneJobs of the namespace by name, as cached (None: does not exist)
+    fine_tune_jobs: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    deployment: dict[str, Any] | None = None
+
+
+@dataclass
+class ServingPlan:
+    apply: list[dict[str, Any]] = field(default_factory=list)  # create, or merge-patch when present
+    deletes: list[ObjectRef] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.apply or self.deletes or self.status or self.events)
+
+
+class _Status:
+    def __init__(self, current: dict[str, Any], generation: int | None, ts: str):
+        self.current = current
+        self.desired = {k: current[k] for k in OWNED_STATUS_KEYS if k in current}
+        self.desired["observedGeneration"] = generation
+        self.generation, self.ts = generation, ts
+        self.events: list[Event] = []
+
+    def condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        self.desired["conditions"] = set_condition(list(self.desired.get("conditions") or []), type_, status,
+                                                   reason, message, self.generation, self.ts)
+
+    def phase(self, phase: Phase, message: str, warning: bool = False) -> None:
+        if self.desired.get("phase") != phase.value:
+            self.events.append(Event("Warning" if warning else "Normal", phase.value, message))
+        self.desired["phase"] = phase.value
+
+    def patch(self) -> dict[str, Any] | None:
+        changed = {k: v for k, v in self.desired.items() if self.current.get(k) != v}
+        return changed or None
+
+
+def plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSettings, ts: str) -> ServingPlan:
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return ServingPlan()
+    st = _Status(body.get("status") or {}, meta.get("generation"), ts)
+    out = ServingPlan()
+    _plan(body, observed, settings, st, out)
+    out.status = st.patch()
+    out.events = st.events
+    return out
+
+
+def _plan(body: dict[str, Any], obs: ObservedServing, settings: OperatorSettings, st: _Status,
+          out: ServingPlan) -> None:
+    try:
+        msv = ModelServing.model_validate({**body, "status": {}})
+    except ValidationError as exc:
+        param, message = spec_error(exc)
+        _failed(st, "InvalidSpec", f"{message}; fix the ModelServing and apply it again")
+        return
+    namespace = msv.metadata.namespace or "default"
+    for param, other in cross_namespace_refs(msv.spec, namespace):
+        _failed(st, "CrossNamespaceReference", f"{param} points into namespace {other!r}; a ModelServing may only "
+                f"use objects in its own namespace ({namespace!r})")
+        return
+
+    deployment = obs.deployment
+    try:
+        objs, resolved, names = build.desired(msv, obs.fine_tune_jobs, settings)
+    except build.Waiting as wait:
+        if deployment is not None and wait.reason == "FineTuneJobNotFound":
+            # Deleted after it was deployed: keep serving what was resolved, and say so.
+            st.condition("Resolved", False, "FineTuneJobDeleted", f"{wait}; the endpoint keeps serving the "
+                         "artifact it loaded before, which stays until its storage is cleaned up")
+            _rollout_status(msv, deployment, st)
+            return
+        st.condition("Resolved", False, wait.reason, str(wait))
+        st.condition("Ready", False, "WaitingForFineTuneJob", str(wait))
+        st.phase(Phase.WAITING, str(wait))
+        return
+    except SpecError as exc:
+        _failed(st, exc.reason, f"{exc.param}: {exc}" if not str(exc).startswith(exc.param) else str(exc))
+        return
+
+    st.condition("Resolved", True, "Resolved", f"serving {', '.join(names)}")
+    st.desired["servedModels"] = names
+    st.desired["url"] = build.url(msv)
+    st.desired["selector"] = build.selector(msv)
+    digest = objs[-1]["metadata"]["annotations"][build.SPEC_HASH]
+    current = ((deployment or {}).get("metadata") or {}).get("annotations", {}).get(build.SPEC_HASH)
+    if deployment is None or current != digest:
+        out.apply = objs
+        if msv.spec.autoscaling is None and deployment is not None:
+            out.deletes.append(ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler",
+                                         build.Names.of(msv.metadata.name).hpa))
+        if deployment is None:
+            st.condition("Ready", False, "Deploying", "creating the Deployment")
+            st.phase(Phase.DEPLOYING, f"Deploying {', '.join(names)} ({msv.spec.runtime})")
+            return
+        st.events.append(Event("Normal", "Updating", "the spec changed: rolling out the Deployment"))
+    _rollout_status(msv, deployment, st, updating=current != digest)
+
+
+def _rollout_status(msv: ModelServing, deployment: dict[str, Any], st: _Status, updating: bool = False) -> None:
+    status = deployment.get("status") or {}
+    dep_spec = deployment.get("spec") or {}
+    want = dep_spec.get("replicas", msv.spec.replicas if msv.spec.autoscaling is None else None)
+    replicas = int(status.get("replicas") or 0)
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    st.desired["replicas"] = replicas
+    st.desired["readyReplicas"] = ready
+    current_gen = (deployment.get("metadata") or {}).get("generation")
+    rolled = (not updating and status.get("observedGeneration") == current_gen
+              and (want is None or updated >= want) and replicas == updated)
+    if want == 0:
+        st.condition("Ready", False, "ScaledToZero", "spec.replicas is 0: no replica is running")
+        st.phase(Phase.PENDING, "Scaled to zero replicas")
+    elif ready >= 1 and rolled:
+        st.condition("Ready", True, "Available", f"{ready}/{want or replicas} replicas ready")
+        st.phase(Phase.READY, f"Serving {', '.join(st.desired.get('servedModels') or [])} at {st.desired.get('url')}")
+    else:
+        message = f"{ready}/{want if want is not None else replicas} replicas ready"
+        for c in status.get("conditions") or []:
+            if c.get("type") == "Progressing" and c.get("status") == "False":
+                message += f"; {c.get('message')}"
+        st.condition("Ready", False, "Deploying", message)
+        st.phase(Phase.DEPLOYING, f"Rolling out: {message}")
+
+
+def _failed(st: _Status, reason: str, message: str) -> None:
+    st.condition("Ready", False, reason, message)
+    st.phase(Phase.FAILED, message, warning=True)

@@ -1,0 +1,313 @@
+"""ModelServing: the real operator against the emulated API server, and the rendered objects.
+
+The tests play the Deployment controller (they set Deployment status) and
+check what a user sees: phase, conditions, children, scale, roll-outs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import time
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from hone_operator.api.v1alpha1 import FineTuneJob, ModelServing
+from hone_operator.builders import modelserving as build
+from hone_operator.handlers import modelserving as handler
+from hone_operator.kube import Kube
+from hone_operator.settings import OperatorSettings
+from tests.conftest import load_sample
+from tests.support.apiserver import ApiServerThread
+from tests.support.cluster import OperatorProcess, finish_job, seed_namespace, wait_for, wait_phase
+from tests.test_operator import apply as apply_ftj
+from tests.test_operator import condition, operator_writes, published, validate_ok
+
+NS = "team-a"
+NAME = "support-assistant"
+API = "hone.dev/v1alpha1"
+K8S = "1.33"
+SETTINGS = OperatorSettings()
+
+
+def apply_msv(kube: Kube, name: str = NAME, **spec: Any) -> dict[str, Any]:
+    seed_namespace(kube, NS)
+    obj = copy.deepcopy(load_sample("modelserving.yaml"))
+    obj["metadata"].update(name=name, namespace=NS)
+    obj["spec"].update(spec)
+    return kube.create(obj)
+
+
+def msv(kube: Kube, name: str = NAME) -> dict[str, Any]:
+    obj = kube.get(API, "ModelServing", NS, name)
+    assert obj is not None
+    return obj
+
+
+def wait_msv(kube: Kube, phase: str, name: str = NAME, timeout: float = 30) -> dict[str, Any]:
+    wait_for(lambda: (msv(kube, name).get("status") or {}).get("phase") == phase, timeout,
+             what=f"ModelServing {name} phase {phase}")
+    return msv(kube, name)
+
+
+def deployment(kube: Kube, name: str = NAME) -> dict[str, Any] | None:
+    return kube.get("apps/v1", "Deployment", NS, name)
+
+
+def roll_out(kube: Kube, name: str = NAME, ready: int | None = None) -> None:
+    """Play the Deployment controller: every replica updated and ready."""
+    dep = deployment(kube, name)
+    assert dep is not None
+    want = dep["spec"].get("replicas", 1)
+    kube.patch("apps/v1", "Deployment", NS, name, {"status": {
+        "observedGeneration": dep["metadata"]["generation"], "replicas": want, "updatedReplicas": want,
+        "readyReplicas": want if ready is None else ready, "availableReplicas": want if ready is None else ready,
+    }}, subresource="status")
+
+
+def succeed_ftj(kube: Kube, name: str = NAME) -> dict[str, Any]:
+    validate_ok(kube, name)
+    finish_job(kube, NS, f"{name}-train", "trainer", 0, published(name=name))
+    return wait_phase(kube, NS, name, "Succeeded")
+
+
+def server_config(kube: Kube, name: str = NAME) -> dict[str, Any]:
+    cm = kube.get("v1", "ConfigMap", NS, f"{name}-server")
+    assert cm is not None
+    return json.loads(cm["data"]["server.json"])
+
+
+def test_waits_for_the_finetunejob_then_deploys_and_becomes_ready(kube: Kube, operator: OperatorProcess,
+                                                                  apiserver: ApiServerThread) -> None:
+    apply_ftj(kube)
+    apply_msv(kube)
+    obj = wait_msv(kube, "Waiting")
+    assert condition(obj, "Resolved")["reason"] == "FineTuneJobNotSucceeded"
+    assert "support-assistant" in condition(obj, "Ready")["message"]
+    assert deployment(kube) is None
+
+    done = succeed_ftj(kube)
+    obj = wait_msv(kube, "Deploying")
+    fine_tuned = done["status"]["fineTunedModel"]["name"]
+    dep = deployment(kube)
+    assert dep is not None
+    children = [kube.get("v1", "ConfigMap", NS, f"{NAME}-server"), kube.get("v1", "Service", NS, NAME), dep]
+    for child in children:
+        assert child["metadata"]["ownerReferences"][0]["kind"] == "ModelServing"
+        kubernetes_validate.validate(_clean(child), K8S, strict=True)
+    pod = dep["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert server["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
+    assert pod["automountServiceAccountToken"] is False
+    pvc_mount = next(m for m in server["volumeMounts"] if m["name"] == "pvc-hone-models")
+    assert pvc_mount["readOnly"] is True
+    config = server_config(kube)
+    assert config["adapters"] == [{"location": f"/var/run/hone/pvc/hone-models/adapters/{NS}/{NAME}/model"}]
+    assert config["baseModel"]["location"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert dep["spec"]["replicas"] == 1
+
+    roll_out(kube)
+    obj = wait_msv(kube, "Ready")
+    st = obj["status"]
+    assert st["servedModels"] == ["HuggingFaceTB/SmolLM2-135M-Instruct", fine_tuned]
+    assert st["url"] == f"http://{NAME}.{NS}.svc/v1"
+    assert st["readyReplicas"] == 1 and st["replicas"] == 1
+    assert st["selector"] == f"hone.dev/modelserving={NAME},app.kubernetes.io/component=server"
+    assert condition(obj, "Ready")["observedGeneration"] == obj["metadata"]["generation"]
+
+    before = len(operator_writes(apiserver))
+    kube.patch(API, "ModelServing", NS, NAME, {"metadata": {"labels": {"team": "support"}}})
+    time.sleep(1.5)
+    assert len(operator_writes(apiserver)) == before, "a converged ModelServing costs no writes"
+
+
+def test_scale_spec_changes_and_autoscaling_roll_out(kube: Kube, operator: OperatorProcess) -> None:
+    apply_ftj(kube)
+    succeed_ftj(kube)
+    apply_msv(kube)
+    wait_for(lambda: deployment(kube), what="Deployment")
+    roll_out(kube)
+    wait_msv(kube, "Ready")
+    first_hash = deployment(kube)["spec"]["template"]["metadata"]["annotations"][build.SPEC_HASH]
+
+    # kubectl scale msv support-assistant --replicas 3
+    scale = kube._call("PATCH", f"/apis/{API}/namespaces/{NS}/modelservings/{NAME}/scale",
+                       body={"spec": {"replicas": 3}}, content_type="application/merge-patch+json")
+    assert scale["spec"]["replicas"] == 3
+    wait_for(lambda: deployment(kube)["spec"]["replicas"] == 3, what="Deployment scaled to 3")
+    assert wait_msv(kube, "Deploying")
+    roll_out(kube)
+    obj = wait_msv(kube, "Ready")
+    assert obj["status"]["replicas"] == 3
+    scale = kube._call("GET", f"/apis/{API}/namespaces/{NS}/modelservings/{NAME}/scale")
+    assert scale["status"]["replicas"] == 3 and scale["status"]["selector"].startswith("hone.dev/modelserving=")
+
+    kube.patch(API, "ModelServing", NS, NAME, {"spec": {"resources": {"cpu": "3", "memory": "6Gi"}}})
+    wait_for(lambda: deployment(kube)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+             == "3", what="new resources rolled out")
+    assert deployment(kube)["spec"]["template"]["metadata"]["annotations"][build.SPEC_HASH] != first_hash
+
+    kube.patch(API, "ModelServing", NS, NAME, {"spec": {"autoscaling": {"minReplicas": 2, "maxReplicas": 5}}})
+    hpa = wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", NS, NAME), what="HPA")
+    kubernetes_validate.validate(_clean(hpa), K8S, strict=True)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == NAME and hpa["spec"]["maxReplicas"] == 5
+    kube.patch(API, "ModelServing", NS, NAME, {"spec": {"autoscaling": None}})
+    wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", NS, NAME) is None, what="HPA removed")
+
+
+def test_deleting_the_served_finetunejob_is_reported_not_crashed_on(kube: Kube, operator: OperatorProcess) -> None:
+    apply_ftj(kube)
+    succeed_ftj(kube)
+    apply_msv(kube)
+    wait_for(lambda: deployment(kube), what="Deployment")
+    roll_out(kube)
+    wait_msv(kube, "Ready")
+    kube.delete(API, "FineTuneJob", NS, NAME)
+    wait_for(lambda: condition(msv(kube), "Resolved")["reason"] == "FineTuneJobDeleted", what="deletion reported")
+    obj = msv(kube)
+    assert obj["status"]["phase"] == "Ready" and deployment(kube) is not None
+    assert "keeps serving" in condition(obj, "Resolved")["message"]
+    assert "reconcile of ModelServing" not in operator.log()
+
+
+def test_a_failed_finetunejob_and_bad_references_are_explained(kube: Kube, operator: OperatorProcess) -> None:
+    apply_ftj(kube)
+    wait_for(lambda: kube.get("batch/v1", "Job", NS, f"{NAME}-validate"), what="validation Job")
+    finish_job(kube, NS, f"{NAME}-validate", "validator", 4, "")
+    wait_phase(kube, NS, NAME, "Failed")
+    apply_msv(kube)
+    obj = wait_msv(kube, "Waiting")
+    assert condition(obj, "Resolved")["reason"] == "FineTuneJobFailed"
+    assert "Succeeded FineTuneJob" in condition(obj, "Resolved")["message"]
+
+    apply_msv(kube, name="elsewhere", fineTuneJobRef={"name": NAME, "namespace": "team-b"})
+    obj = wait_msv(kube, "Failed", name="elsewhere")
+    assert condition(obj, "Ready")["reason"] == "CrossNamespaceReference"
+    assert "spec.fineTuneJobRef" in condition(obj, "Ready")["message"]
+
+    apply_msv(kube, name="ghost", fineTuneJobRef={"name": "no-such-job"})
+    obj = wait_msv(kube, "Waiting", name="ghost")
+    assert condition(obj, "Resolved")["reason"] == "FineTuneJobNotFound"
+
+
+# --------------------------------------------------------------------------
+# Rendering (no operator): vLLM, S3 adapters, several adapters
+# --------------------------------------------------------------------------
+
+
+def _succeeded_ftj(name: str, r: int = 16, output: str = "pvc://hone-models/adapters", base: str | None = None,
+                   method: str = "lora") -> dict[str, Any]:
+    body = copy.deepcopy(load_sample("finetunejob-minimal.yaml"))
+    body["metadata"].update(name=name, namespace=NS, uid=f"uid-{name}")
+    body["spec"].update(output={"uri": output}, lora={"r": r}, method=method)
+    if base:
+        body["spec"]["baseModel"] = {"uri": base}
+    ftj = FineTuneJob.model_validate(body)
+    from hone_operator.builders.finetunejob import fine_tuned_model_name, resolve
+
+    cfg, _ = resolve(ftj, SETTINGS)
+    body["status"] = {"phase": "Succeeded", "fineTunedModel": {"name": fine_tuned_model_name(ftj),
+                                                                "artifactUri": cfg.output_uri}}
+    return body
+
+
+def _msv(**spec: Any) -> ModelServing:
+    body = copy.deepcopy(load_sample("modelserving.yaml"))
+    body["metadata"].update(namespace=NS, uid="msv-uid")
+    body["spec"].update(spec)
+    return ModelServing.model_validate(body)
+
+
+def _clean(obj: dict[str, Any]) -> dict[str, Any]:
+    """A stored object as a user would write it (server-set fields dropped)."""
+    obj = copy.deepcopy(obj)
+    obj.pop("status", None)
+    for k in ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields"):
+        obj["metadata"].pop(k, None)
+    return obj
+
+
+def test_vllm_deployment_serves_each_adapter_under_its_fine_tuned_name() -> None:
+    ftjs = {"support-assistant": _succeeded_ftj("support-assistant", r=16),
+            "returns-bot": _succeeded_ftj("returns-bot", r=48, output="s3://acme-models/hone")}
+    spec = dict(runtime="vllm", resources={"gpus": 1, "cpu": "8", "memory": "32Gi"},
+                adapters=[{"fineTuneJobRef": {"name": "returns-bot"}}], apiKeySecret={"name": "llm-keys"})
+    objs = build.all_objects(_msv(**spec), SETTINGS, ftjs)
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S, strict=True)
+    dep = objs[-1]
+    pod = dep["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    cmd = server["command"]
+    assert cmd[:2] == ["/bin/sh", "-c"] and "VLLM_API_KEY" in cmd[2] and "llm-keys" not in " ".join(cmd[4:])
+    assert cmd[3] == "/var/run/secrets/hone/llm-keys/api-keys"  # read from the mounted file, never in the spec
+    args = cmd[4:]
+    names = [ftjs[n]["status"]["fineTunedModel"]["name"] for n in ("support-assistant", "returns-bot")]
+    assert args[:2] == ["serve", "HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert args[args.index("--served-model-name") + 1] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    modules = args[args.index("--lora-modules") + 1:]
+    assert modules == [f"{names[0]}=/var/run/hone/pvc/hone-models/adapters/{NS}/support-assistant/model",
+                       f"{names[1]}=/var/run/hone/adapters/1"]
+    assert args[args.index("--max-lora-rank") + 1] == "64"  # 48 rounded up to a rank vLLM accepts
+    assert args[args.index("--max-loras") + 1] == "2" and "--enable-lora" in args
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    init = pod["initContainers"][0]
+    assert init["command"][:4] == ["python", "-m", "hone_trainer", "fetch"]
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    assert "sh -c" not in shlex.join(init["command"])
+
+
+def test_adapters_on_different_bases_and_full_fine_tunes_are_refused() -> None:
+    ftjs = {"support-assistant": _succeeded_ftj("support-assistant"),
+            "other": _succeeded_ftj("other", base="meta-llama/Llama-3.2-1B-Instruct")}
+    plan = handler.plan(_body(adapters=[{"fineTuneJobRef": {"name": "other"}}]),
+                        handler.ObservedServing(ftjs), SETTINGS, "2026-11-21T00:00:00Z")
+    assert plan.status["phase"] == "Failed" and not plan.apply
+    ready = next(c for c in plan.status["conditions"] if c["type"] == "Ready")
+    assert "spec.adapters[0].fineTuneJobRef" in ready["message"] and "share one base model" in ready["message"]
+
+    full = {"support-assistant": _succeeded_ftj("support-assistant", method="full")}
+    objs, resolved, names = build.desired(_msv(), full, SETTINGS)
+    assert resolved.config.adapters == [] and names == [full["support-assistant"]["status"]["fineTunedModel"]["name"]]
+    assert resolved.config.base_model.location.endswith("/support-assistant/model")
+
+
+def test_converged_plan_is_empty_and_a_changed_spec_is_applied() -> None:
+    ftjs = {"support-assistant": _succeeded_ftj("support-assistant")}
+    body = _body()
+    first = handler.plan(body, handler.ObservedServing(ftjs), SETTINGS, "2026-11-21T00:00:00Z")
+    dep = copy.deepcopy(first.apply[-1])
+    dep["metadata"]["generation"] = 1
+    dep["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    body["status"] = first.status
+    second = handler.plan(body, handler.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:01Z")
+    assert not second.apply and second.status["phase"] == "Ready"
+    body["status"].update(second.status)
+    assert handler.plan(body, handler.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:02Z").empty
+    body["spec"]["maxConcurrentRequests"] = 8
+    body["metadata"]["generation"] = 2
+    changed = handler.plan(body, handler.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:03Z")
+    assert [o["kind"] for o in changed.apply] == ["ConfigMap", "Service", "Deployment"]
+    assert json.loads(changed.apply[0]["data"]["server.json"])["maxConcurrentRequests"] == 8
+    assert changed.status["phase"] == "Deploying"
+
+
+def _body(**spec: Any) -> dict[str, Any]:
+    body = copy.deepcopy(load_sample("modelserving.yaml"))
+    body["metadata"].update(namespace=NS, uid="msv-uid", generation=1)
+    body["spec"].update(spec)
+    return body
+
+
+@pytest.mark.parametrize("runtime", ["hone", "vllm"])
+def test_sample_renders_valid_objects(runtime: str) -> None:
+    ftjs = {"support-assistant": _succeeded_ftj("support-assistant")}
+    for obj in build.all_objects(_msv(runtime=runtime, autoscaling={"minReplicas": 1, "maxReplicas": 3}),
+                                 SETTINGS, ftjs):
+        kubernetes_validate.validate(obj, K8S, strict=True)
