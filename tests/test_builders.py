@@ -242,7 +242,6 @@ def test_inline_data_travels_in_the_config_map() -> None:
 
 @pytest.mark.parametrize("field,uri", [
     ("spec.baseModel.uri", "file:///models/llama"),
-    ("spec.baseModel.uri", "embedded://smollm2-135m-instruct"),
     ("spec.trainingData.uri", "file:///data/train.jsonl"),
     ("spec.output.uri", "file:///out"),
 ])
@@ -255,6 +254,13 @@ def test_local_only_locations_are_refused_in_a_cluster(field: str, uri: str) -> 
         build.resolve(ftj, SETTINGS)
     assert info.value.param == field
     assert "hone run" in str(info.value)
+
+
+def test_the_embedded_model_works_in_a_cluster_without_a_hub() -> None:
+    ftj = with_spec(load("finetunejob-minimal.yaml"), baseModel__uri="embedded://smollm2-135m-instruct")
+    config, _ = build.resolve(ftj, SETTINGS)
+    assert config.base_model.location == "embedded://smollm2-135m-instruct"
+    assert build.fine_tuned_model_name(ftj).startswith("ft:smollm2-135m-instruct:")
 
 
 def test_validator_result_fits_a_termination_message() -> None:

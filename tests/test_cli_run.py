@@ -97,3 +97,65 @@ def test_qlora_on_a_cpu_machine_fails_before_anything_runs(project: Path) -> Non
     assert proc.returncode == 2
     assert "qlora.yaml: spec.method: qlora needs an NVIDIA GPU" in err
     assert "Validating" not in out  # refused before validation, let alone training
+
+
+def test_hone_serve_answers_for_the_job_hone_run_published(project: Path) -> None:
+    import openai
+
+    from tests.support.serving import free_port, http
+
+    proc = hone(project, "run", "job.yaml")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    name = next(x.split()[-1] for x in out.splitlines() if "fineTunedModel:" in x)
+    (project / "serving.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "hone.dev/v1alpha1", "kind": "ModelServing", "metadata": {"name": "shop"},
+        "spec": {"fineTuneJobRef": {"name": "shop-assistant"}}}))
+    port = free_port()
+    server = hone(project, "serve", "serving.yaml", "--port", str(port))
+    try:
+        wait_for(lambda: _ready(f"http://127.0.0.1:{port}"), timeout=120, what="hone serve ready")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local", max_retries=0)
+        assert {m.id for m in client.models.list()} == {"model", name}
+        answer = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Do you ship to Porto? 3"}],
+                                                max_tokens=12, temperature=0)
+        assert answer.usage.completion_tokens >= 1 and answer.choices[0].message.content
+
+        chat = hone(project, "chat", name, "Do you ship to Porto? 3", "--url", f"http://127.0.0.1:{port}/v1",
+                    "--max-tokens", "12")
+        chat_out, chat_err = chat.communicate(timeout=120)
+        assert chat.returncode == 0, chat_err
+        assert chat_out.strip() == answer.choices[0].message.content.strip()  # greedy both times
+        assert f"{answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} completion tokens" in chat_err
+
+        unknown = hone(project, "chat", "no-such-model", "hi", "--url", f"http://127.0.0.1:{port}/v1")
+        _, unknown_err = unknown.communicate(timeout=60)
+        assert unknown.returncode == 1 and "HTTP 404" in unknown_err and name in unknown_err
+
+        metrics = http("GET", f"http://127.0.0.1:{port}/metrics")[1]
+        prompt_line = f'hone_inference_tokens_total{{model="{name}",type="prompt"}} '
+        assert float(next(x for x in metrics.splitlines() if x.startswith(prompt_line)).split()[-1]) == \
+            2 * answer.usage.prompt_tokens
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=60)
+
+
+def test_hone_serve_before_hone_run_says_what_to_do(project: Path) -> None:
+    (project / "serving.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "hone.dev/v1alpha1", "kind": "ModelServing", "metadata": {"name": "shop"},
+        "spec": {"fineTuneJobRef": {"name": "shop-assistant"}}}))
+    proc = hone(project, "serve", "serving.yaml")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "serving.yaml: spec.fineTuneJobRef: FineTuneJob 'shop-assistant'" in err and "hone run" in err
+    assert "Traceback" not in err
+
+
+def _ready(url: str) -> bool:
+    from tests.support.serving import http
+
+    try:
+        return http("GET", f"{url}/ready", timeout=2)[0] == 200
+    except OSError:
+        return False

@@ -124,43 +124,81 @@ def _print_validation(data: Path, result, price: float) -> None:
     console.print("[green]trainable[/green]" if result.ok else f"[red]not trainable[/red]: {result.summary}")
 
 
-@cli.command()
-@click.argument("manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("-n", "--namespace", default="default", show_default=True,
-              help="Namespace to render into when the manifest names none.")
-def render(manifest: Path, namespace: str) -> None:
-    """Print the Kubernetes objects the operator creates for a FineTuneJob manifest.
-
-    Uses the operator's own builders, so a GitOps pull request can show what
-    applying the manifest will run. Object UIDs are placeholders.
-    """
+def _documents(manifest: Path) -> list[dict]:
     import yaml
-    from pydantic import ValidationError
-
-    from hone_operator.api.v1alpha1 import FineTuneJob
-    from hone_operator.builders import finetunejob as build
-    from hone_operator.handlers.finetunejob import spec_error
-    from hone_operator.settings import load
 
     try:
         docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
     except yaml.YAMLError as exc:
         _fail(f"{manifest}: not valid YAML: {exc}")
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict) or doc.get("kind") not in ("FineTuneJob", "ModelServing"):
+            kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+            _fail(f"{manifest}: document {i + 1} is {kind!r}; Hone reads FineTuneJob and ModelServing manifests")
+    return docs
+
+
+def _parse(manifest: Path, doc: dict, namespace: str, uid: str | None = None):
+    from pydantic import ValidationError
+
+    from hone_operator.api.v1alpha1 import FineTuneJob, ModelServing
+    from hone_operator.handlers.finetunejob import spec_error
+
+    model = FineTuneJob if doc["kind"] == "FineTuneJob" else ModelServing
+    meta = {"namespace": namespace, **(doc.get("metadata") or {})}
+    if uid:
+        meta["uid"] = uid
+    try:
+        return model.model_validate({**doc, "metadata": meta, "status": {}})
+    except ValidationError as exc:
+        _fail(f"{manifest}: {doc['kind']} {meta.get('name')}: {spec_error(exc)[1]}")
+
+
+@cli.command()
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-n", "--namespace", default="default", show_default=True,
+              help="Namespace to render into when a manifest names none.")
+def render(manifests: tuple[Path, ...], namespace: str) -> None:
+    """Print the Kubernetes objects the operator creates for FineTuneJob and ModelServing manifests.
+
+    Uses the operator's own builders, so a GitOps pull request can show what
+    applying the manifests will run. A ModelServing is rendered as it will be
+    once the FineTuneJobs it serves have Succeeded: give their manifests too
+    (in the same file or as more arguments). Object UIDs are placeholders.
+    """
+    import yaml
+
+    from hone_operator.builders import finetunejob as ftj_build
+    from hone_operator.builders import modelserving as msv_build
+    from hone_operator.settings import load
+
+    settings = load()
+    parsed = [(m, _parse(m, doc, namespace, "00000000-0000-0000-0000-000000000000"))
+              for m in manifests for doc in _documents(m)]
+    jobs = {(o.metadata.namespace, o.metadata.name): o for _, o in parsed if o.kind == "FineTuneJob"}
     out = []
-    for doc in docs:
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        if kind != "FineTuneJob":
-            _fail(f"{manifest}: `hone render` renders FineTuneJob manifests; this document is {kind!r}")
-        meta = {"namespace": namespace, **(doc.get("metadata") or {}), "uid": "00000000-0000-0000-0000-000000000000"}
+    for manifest, obj in parsed:
         try:
-            ftj = FineTuneJob.model_validate({**doc, "metadata": meta, "status": {}})
-            objects = build.all_objects(ftj, load())
-        except ValidationError as exc:
-            _fail(f"{manifest}: {spec_error(exc)[1]}")
-        except build.SpecError as exc:
-            _fail(f"{manifest}: {exc}")
-        out.extend(objects)
-    click.echo(f"# Objects the Hone operator creates for {manifest} (UIDs are placeholders)")
+            if obj.kind == "FineTuneJob":
+                out.extend(ftj_build.all_objects(obj, settings))
+                continue
+            ftjs = {}
+            for param, name in msv_build.referenced_jobs(obj):
+                job = jobs.get((obj.metadata.namespace, name))
+                if job is None:
+                    _fail(f"{manifest}: ModelServing {obj.metadata.name} serves FineTuneJob {name!r} ({param}); "
+                          "give its manifest too so that its published artifact is known")
+                config, _ = ftj_build.resolve(job, settings)
+                body = job.model_dump(by_alias=True, exclude_none=True, mode="json")
+                body["status"] = {"phase": "Succeeded", "fineTunedModel": {
+                    "name": ftj_build.fine_tuned_model_name(job), "artifactUri": config.output_uri}}
+                ftjs[name] = body
+            out.extend(msv_build.all_objects(obj, settings, ftjs))
+        except (ftj_build.SpecError, msv_build.Waiting) as exc:
+            param = getattr(exc, "param", "")
+            _fail(f"{manifest}: {obj.kind} {obj.metadata.name}: {exc}" if not param or str(exc).startswith(param)
+                  else f"{manifest}: {obj.kind} {obj.metadata.name}: {param}: {exc}")
+    click.echo(f"# Objects the Hone operator creates for {', '.join(map(str, manifests))} (UIDs are placeholders)")
     click.echo(yaml.safe_dump_all(out, sort_keys=False), nl=False)
 
 
@@ -260,6 +298,118 @@ def run(manifest: Path, workdir: Path) -> None:
                    f"\n  validationLoss: {trained.initial_validation_loss:.4f} before, "
                    f"{trained.validation_loss:.4f} after fine-tuning"
                    if trained.validation_loss is not None and trained.initial_validation_loss is not None else ""))
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--job", "job_manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Serve the result of this FineTuneJob manifest instead of a ModelServing.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option("--api-keys-file", type=click.Path(dir_okay=False, exists=True),
+              help="Accepted API keys, one per line (default: no key needed).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".hone/run"),
+              show_default=True, help="Where `hone run` keeps its results.")
+def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int, api_keys_file: str | None,
+          workdir: Path) -> None:
+    """Serve a ModelServing manifest (or --job JOB.yaml) on this machine with the built-in server.
+
+    Its FineTuneJobs resolve to what `hone run` published for them. The server
+    speaks OpenAI's API at http://HOST:PORT/v1 (chat/completions, completions,
+    models) and exposes /metrics, /health and /ready; stop it with Ctrl-C.
+    """
+    import logging
+
+    from hone_operator import local
+    from hone_operator.api.v1alpha1 import ModelServing
+
+    if (manifest is None) == (job_manifest is None):
+        _fail("give a ModelServing manifest or --job JOB.yaml (one of them)")
+    try:
+        from hone_trainer import serving
+        from hone_trainer.server import serve as run_server
+    except ImportError as exc:
+        _fail(f"`hone serve` needs the runtime extra (pip install 'hone[runtime]'): {exc}")
+    if job_manifest is not None:
+        docs = [d for d in _documents(job_manifest) if d["kind"] == "FineTuneJob"]
+        if not docs:
+            _fail(f"{job_manifest}: no FineTuneJob in this file")
+        job = _parse(job_manifest, docs[0], "local")
+        msv = ModelServing.model_validate({"metadata": {"name": job.metadata.name, "namespace": job.metadata.namespace},
+                                           "spec": {"fineTuneJobRef": {"name": job.metadata.name}}})
+        source = job_manifest
+    else:
+        assert manifest is not None
+        docs = [d for d in _documents(manifest) if d["kind"] == "ModelServing"]
+        if not docs:
+            _fail(f"{manifest}: no ModelServing in this file")
+        msv = _parse(manifest, docs[0], "local")
+        source = manifest
+        if msv.spec.apiKeySecret is not None and not api_keys_file:
+            click.echo(f"note: spec.apiKeySecret names a Secret, which exists only in a cluster; locally no key is "
+                       "needed unless you pass --api-keys-file", err=True)
+        if msv.spec.runtime == "vllm":
+            click.echo("note: runtime vllm is for GPU clusters; serving with the built-in server here", err=True)
+    try:
+        config = local.server_config(msv, source, workdir, host, port, api_keys_file)
+    except local.LocalSpecError as exc:
+        _fail(f"{source}: {exc}")
+    except serving.ServingError as exc:
+        _fail(f"{source}: {exc}", 5)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    click.echo(f"Loading {config.base_model.location}"
+               + "".join(f" + {a.name or a.location}" for a in config.adapters)
+               + f"; the API will be at http://{host}:{port}/v1 (Ctrl-C stops)")
+    sys.exit(run_server(config))
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("message", required=False)
+@click.option("--url", default="http://127.0.0.1:8000/v1", show_default=True, envvar="HONE_URL",
+              help="Base URL of an OpenAI-compatible API (env HONE_URL).")
+@click.option("--api-key", envvar="OPENAI_API_KEY", default="", help="API key (env OPENAI_API_KEY).")
+@click.option("--system", "system_prompt", help="A system message to start the conversation with.")
+@click.option("--max-tokens", default=256, show_default=True, help="Longest answer, in tokens.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 answers deterministically.")
+def chat(model: str, message: str | None, url: str, api_key: str, system_prompt: str | None, max_tokens: int,
+         temperature: float) -> None:
+    """Ask MODEL a question (one-shot with MESSAGE, else an interactive chat) through /v1/chat/completions.
+
+    Works against `hone serve`, a ModelServing's Service (kubectl port-forward)
+    or any OpenAI-compatible endpoint. Prints the answer as it streams, then
+    the tokens it used.
+    """
+    from hone_operator.chat import ChatError, stream_chat
+
+    history = [{"role": "system", "content": system_prompt}] if system_prompt else []
+
+    def ask(text: str) -> bool:
+        history.append({"role": "user", "content": text})
+        try:
+            answer, usage = stream_chat(url, api_key, model, history, max_tokens, temperature,
+                                        lambda piece: click.echo(piece, nl=False))
+        except ChatError as exc:
+            click.echo(f"hone: error: {exc}", err=True)
+            history.pop()
+            return False
+        history.append({"role": "assistant", "content": answer})
+        click.echo("")
+        if usage:
+            click.echo(f"[{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens]", err=True)
+        return True
+
+    if message is not None:
+        sys.exit(0 if ask(message) else 1)
+    click.echo(f"Chatting with {model} at {url}; an empty line or Ctrl-D ends.", err=True)
+    while True:
+        try:
+            text = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not text.strip():
+            break
+        ask(text)
 
 
 @cli.command()

@@ -7,7 +7,10 @@ Locations in local mode:
 * ``pvc://<claim>/<path>``: ``$HONE_PVC_ROOT/<claim>/<path>`` (default
   ``./.hone/pvc``), so a manifest written for a cluster runs unchanged;
 * ``embedded://smollm2-135m-instruct``, Hugging Face ids and ``s3://`` as in a
-  cluster; ``configMap`` data sources cannot be read locally (use a ``uri``).
+  cluster;
+* ``configMap: {name, key}``: the file that the ``configMapGenerator`` of that
+  name in the ``kustomization.yaml`` beside the manifest puts under that key,
+  so a folder applied with ``kubectl apply -k`` also runs with ``hone run``.
 
 The published model goes to ``<output>/<namespace>/<name>/model`` and the
 checkpoints beside it, as in a cluster; run the same command again after an
@@ -60,8 +63,8 @@ def _data(src: DataSource | None, base: Path, param: str) -> contract.DataFile |
     if src is None:
         return None
     if src.configMap is not None:
-        raise LocalSpecError(f"{param}.configMap", "ConfigMaps exist only in a cluster; with `hone run` give the "
-                                                   "file as uri: file://<path> (relative to the manifest)")
+        return contract.DataFile(location=str(kustomized_file(base, src.configMap.name, src.configMap.key,
+                                                              f"{param}.configMap")))
     if src.inline is not None:
         return None  # written to a file by the caller
     assert src.uri is not None
@@ -69,6 +72,35 @@ def _data(src: DataSource | None, base: Path, param: str) -> contract.DataFile |
     if "://" not in location and not Path(location).exists():
         raise LocalSpecError(f"{param}.uri", f"{location} does not exist")
     return contract.DataFile(location=location)
+
+
+def kustomized_file(folder: Path, name: str, key: str, param: str) -> Path:
+    """The file a kustomization's configMapGenerator puts under ``key`` of ConfigMap ``name``."""
+    import yaml
+
+    for candidate in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
+        path = folder / candidate
+        if path.exists():
+            break
+    else:
+        raise LocalSpecError(param, f"ConfigMap {name!r} exists only in a cluster; for `hone run`, list its files in "
+                                    f"a configMapGenerator in {folder / 'kustomization.yaml'}, or give the data as "
+                                    "uri: file://<path> (relative to the manifest)")
+    doc = yaml.safe_load(path.read_text()) or {}
+    for gen in doc.get("configMapGenerator") or []:
+        if gen.get("name") != name:
+            continue
+        for entry in gen.get("files") or []:
+            entry_key, sep, file = str(entry).partition("=")
+            file = file if sep else entry_key
+            entry_key = entry_key if sep else Path(file).name
+            if entry_key == key:
+                target = (folder / file).resolve()
+                if not target.exists():
+                    raise LocalSpecError(param, f"{path}: the file {file!r} for key {key!r} does not exist")
+                return target
+        raise LocalSpecError(param, f"{path}: configMapGenerator {name!r} has no file for key {key!r}")
+    raise LocalSpecError(param, f"{path} has no configMapGenerator named {name!r}")
 
 
 def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: OperatorSettings) -> contract.TrainerConfig:
@@ -158,3 +190,61 @@ def _read_progress(path: Path, on_progress: Any) -> None:
 
 def clean(workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# hone serve: a ModelServing (or a FineTuneJob's result) on this machine
+# --------------------------------------------------------------------------
+
+
+def published_artifact(namespace: str, name: str, workdir: Path, param: str) -> str:
+    """Where `hone run` published FineTuneJob ``namespace/name`` (read from the result it wrote)."""
+    result_file = workdir / namespace / name / "result.json"
+    result = contract.parse_result(result_file.read_text() if result_file.exists() else None,
+                                   contract.TrainingResult)
+    if isinstance(result, contract.TrainingResult) and result.ok and result.artifact_uri:
+        return result.artifact_uri
+    raise LocalSpecError(param, f"FineTuneJob {name!r} (namespace {namespace!r}) has no published model on this "
+                                f"machine (no result in {result_file}); run `hone run <its manifest>` first")
+
+
+def server_config(msv: Any, manifest: Path, workdir: Path, host: str, port: int,
+                  api_keys_file: str | None) -> contract.ServerConfig:
+    """The ServerConfig of a ModelServing manifest, with local paths for its FineTuneJobs' results."""
+    base_dir = manifest.parent.resolve()
+    ns = msv.metadata.namespace or "local"
+    adapters: list[contract.AdapterSource] = []
+    base: contract.ModelSource | None = None
+    served_name: str | None = None
+    sources: list[tuple[str, str | None, str | None, str | None]] = []  # (param, job, uri, name)
+    if msv.spec.fineTuneJobRef is not None:
+        sources.append(("spec.fineTuneJobRef", msv.spec.fineTuneJobRef.name, None, None))
+    for i, a in enumerate(msv.spec.adapters or []):
+        job = a.fineTuneJobRef.name if a.fineTuneJobRef else None
+        sources.append((f"spec.adapters[{i}]", job, a.uri, a.name))
+    for param, job, uri, name in sources:
+        if job is None:
+            assert uri is not None
+            adapters.append(contract.AdapterSource(name=name, location=local_path(uri, base_dir, f"{param}.uri")))
+            continue
+        artifact = published_artifact(ns, job, workdir, param)
+        if not (Path(artifact) / "adapter_config.json").exists():  # a full fine-tune is the base model
+            if param != "spec.fineTuneJobRef":
+                raise LocalSpecError(param, f"FineTuneJob {job!r} is a full fine-tune, not an adapter")
+            base = contract.ModelSource(location=artifact)
+            served_name = json.loads((Path(artifact) / "manifest.json").read_text()).get("fineTunedModel")
+        else:
+            adapters.append(contract.AdapterSource(name=name, location=artifact))
+    if msv.spec.baseModel is not None:
+        uri = msv.spec.baseModel.uri
+        location = uri.removeprefix("hf://") if uri_scheme(uri) == "hf" and "://" in uri else \
+            local_path(uri, base_dir, "spec.baseModel.uri")
+        base = contract.ModelSource(location=location, revision=msv.spec.baseModel.revision,
+                                    trust_remote_code=msv.spec.baseModel.trustRemoteCode)
+    if base is None:
+        from hone_trainer import serving
+
+        base = serving.base_from_adapters(adapters)
+    return contract.ServerConfig(base_model=base, served_model_name=served_name, adapters=adapters, host=host,
+                                 port=port, api_keys_file=api_keys_file,
+                                 max_concurrent_requests=msv.spec.maxConcurrentRequests)

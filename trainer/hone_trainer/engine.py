@@ -82,37 +82,41 @@ class EngineOverloaded(RuntimeError):
 
 
 class _Batch:
-    """The running rows: their KV cache, attention mask and the token each feeds next."""
+    """The running rows: their KV cache, attention mask and the token each feeds next.
+
+    The cache object lives across decode steps (the model appends to it in
+    place); its tensors are only rebuilt when rows join or leave.
+    """
 
     def __init__(self) -> None:
         self.rows: list[SequenceState] = []
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.cache: Any = None  # DynamicCache
         self.mask: torch.Tensor | None = None  # [B, L] long
         self.next_tokens: torch.Tensor | None = None  # [B]
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def set(self, rows: list[SequenceState], cache: Any, mask: torch.Tensor, next_tokens: torch.Tensor) -> None:
-        self.rows, self.mask, self.next_tokens = rows, mask, next_tokens
-        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+    def _layers(self) -> list[Any]:
+        return list(self.cache.layers)
 
     def join(self, other: "_Batch") -> None:
         if not self.rows:
-            self.rows, self.layers, self.mask, self.next_tokens = other.rows, other.layers, other.mask, other.next_tokens
+            self.rows, self.cache, self.mask, self.next_tokens = other.rows, other.cache, other.mask, other.next_tokens
             return
         assert self.mask is not None and other.mask is not None
         length = max(self.mask.shape[1], other.mask.shape[1])
 
-        def pad(t: torch.Tensor, dim_from_end: int) -> torch.Tensor:
-            missing = length - t.shape[-dim_from_end]
+        def pad(t: torch.Tensor, seq_dim: int) -> torch.Tensor:
+            missing = length - t.shape[seq_dim]
             if missing == 0:
                 return t
-            spec = [0, 0] * (dim_from_end - 1) + [missing, 0]
+            spec = [0, 0] * (t.dim() - 1 - seq_dim) + [missing, 0]
             return torch.nn.functional.pad(t, spec)
 
-        self.layers = [(torch.cat([pad(k1, 2), pad(k2, 2)]), torch.cat([pad(v1, 2), pad(v2, 2)]))
-                       for (k1, v1), (k2, v2) in zip(self.layers, other.layers)]
+        for mine, theirs in zip(self._layers(), other._layers()):
+            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
+            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
         self.mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
         assert self.next_tokens is not None and other.next_tokens is not None
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
@@ -124,7 +128,7 @@ class _Batch:
             return
         self.rows = [self.rows[i] for i in indices]
         if not self.rows:
-            self.layers, self.mask, self.next_tokens = [], None, None
+            self.cache, self.mask, self.next_tokens = None, None, None
             return
         assert self.mask is not None and self.next_tokens is not None
         idx = torch.tensor(indices, device=self.mask.device)
@@ -133,13 +137,9 @@ class _Batch:
         used = self.mask.sum(0).nonzero()
         start = int(used[0]) if len(used) else 0
         self.mask = self.mask[:, start:]
-        self.layers = [(k.index_select(0, idx)[:, :, start:], v.index_select(0, idx)[:, :, start:])
-                       for k, v in self.layers]
-
-    def cache(self) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(ddp_cache_data=self.layers)
+        for layer in self._layers():
+            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
+            layer.values = layer.values.index_select(0, idx)[:, :, start:]
 
 
 class Engine:
@@ -257,7 +257,7 @@ class Engine:
         for s in seqs:
             s.prefilled = True
         new = _Batch()
-        new.set(seqs, cache, mask, self._sample(logits, seqs))
+        new.rows, new.cache, new.mask, new.next_tokens = seqs, cache, mask, self._sample(logits, seqs)
         self._batch.join(new)
         self._after_step(offset=len(self._batch) - len(seqs))
 
@@ -266,8 +266,9 @@ class Engine:
         assert batch.mask is not None and batch.next_tokens is not None
         positions = batch.mask.sum(1, keepdim=True)
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
-        logits, cache = self._forward(batch.next_tokens[:, None], mask, positions, batch.cache(), batch.rows)
-        batch.set(batch.rows, cache, mask, self._sample(logits, batch.rows))
+        logits, batch.cache = self._forward(batch.next_tokens[:, None], mask, positions, batch.cache, batch.rows)
+        batch.mask = mask
+        batch.next_tokens = self._sample(logits, batch.rows)
         self._after_step(offset=0)
 
     def _sample(self, logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:

@@ -195,8 +195,9 @@ class BaseModelSpec(ApiModel):
     uri: str = Field(
         description="Where the base model comes from: a Hugging Face id (org/name or "
         "hf://org/name), pvc://<claim>/<path> (a directory with config.json and "
-        "*.safetensors, or a .gguf file), s3://bucket/prefix, or - with `hone run` only - "
-        "file:///path and embedded://smollm2-135m-instruct.",
+        "*.safetensors, or a .gguf file), s3://bucket/prefix, embedded://smollm2-135m-instruct "
+        "(SmolLM2-135M-Instruct shipped inside the runtime image: no hub needed), or - with "
+        "`hone run` only - file:///path.",
         min_length=1,
     )
     revision: str | None = Field(

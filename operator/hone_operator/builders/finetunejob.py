@@ -44,8 +44,9 @@ DATA_ROOT = "/var/run/hone/data"
 CACHE_DIR = "/var/cache/hone"
 CONFIG_PATH = f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"
 
-#: Schemes that only make sense on the machine `hone run` runs on.
-LOCAL_ONLY_SCHEMES = ("file", "embedded")
+#: Schemes that only make sense on the machine `hone run` runs on. (``embedded://``
+#: works in a cluster too: the runtime image ships the embedded model.)
+LOCAL_ONLY_SCHEMES = ("file",)
 
 
 class SpecError(ValueError):

@@ -1,0 +1,135 @@
+"""Serving throughput: the built-in server against one-at-a-time ``model.generate``.
+
+    python bench/serve_throughput.py [--model embedded://smollm2-135m-instruct] [--runs 3]
+                                     [--requests 16] [--max-tokens 48]
+
+Both sides answer the same chat requests (different questions, greedy
+decoding, at most ``--max-tokens`` completion tokens) with the same weights:
+the baseline loads the model in this process and calls plain transformers
+``generate`` for one request after another; the server
+(``python -m hone_trainer serve``, continuous batching) is called through the
+``openai`` client at concurrency 1, 4 and 8. Completion tokens are counted
+from what each side actually generated (the server's ``usage``), so an early
+end-of-sequence counts the same on both sides.
+
+Prints, per setting, the median over ``--runs`` runs of completion tokens/s
+and of the per-request latency p50/p99, and the ratio to the baseline.
+Goal at concurrency 8: >= 3x the baseline's tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "trainer")]
+
+QUESTIONS = [
+    "Which wheel hardness should I pick for rough streets?", "How often should I clean my bearings?",
+    "What is your return policy?", "Do you ship to Porto?", "How wide should my deck be for size 44 shoes?",
+    "What does a tune-up include?", "Can I return a deck I have ridden once?", "Are your bearings ABEC rated?",
+    "How long does grip tape last?", "Which trucks fit an 8.25 inch deck?", "Do you sell complete boards?",
+    "How do I stop wheel bite?", "¿Tienen ruedas de 54mm?", "Vocês entregam em Lisboa?",
+    "What is the warranty on decks?", "Where is the shop?",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def baseline(model_loc: str, requests: list[list[dict[str, str]]], max_tokens: int) -> dict[str, float]:
+    import torch
+
+    from hone_trainer import models
+    from hone_trainer.contract import ModelSource
+
+    local = models.resolve(ModelSource(location=model_loc))
+    tok = models.load_tokenizer(local)
+    model = models.load_model(local, torch.float32)
+    model.eval()
+    latencies, tokens = [], 0
+    started = time.perf_counter()
+    for messages in requests:
+        t0 = time.perf_counter()
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                 do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        tokens += out.shape[1] - ids.shape[1]
+        latencies.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - started
+    return {"tok_s": tokens / wall, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+
+
+def against_server(url: str, requests: list[list[dict[str, str]]], max_tokens: int, concurrency: int,
+                   model: str) -> dict[str, float]:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+
+    def one(messages: list[dict[str, str]]) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        resp = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
+        return time.perf_counter() - t0, resp.usage.completion_tokens
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, requests))
+    wall = time.perf_counter() - started
+    latencies = [r[0] for r in results]
+    return {"tok_s": sum(r[1] for r in results) / wall, "p50": percentile(latencies, 0.5),
+            "p99": percentile(latencies, 0.99)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded://smollm2-135m-instruct")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    from tests.support.serving import ServerProcess
+
+    requests = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(args.requests)]
+    results: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(["--model", args.model, "--served-model-name", "bench",
+                                "--max-batch-size", str(args.max_batch_size),
+                                "--max-concurrent-requests", "64"], cwd=Path(tmp))
+        try:
+            server.wait_ready(timeout=600)
+            against_server(server.url, requests[:2], 4, 2, "bench")  # warm-up
+            for run in range(args.runs):
+                results.setdefault("baseline generate, one at a time", []).append(
+                    baseline(args.model, requests, args.max_tokens))
+                for c in (1, 4, 8):
+                    results.setdefault(f"hone server, concurrency {c}", []).append(
+                        against_server(server.url, requests, args.max_tokens, c, "bench"))
+                print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        finally:
+            server.stop()
+    base = statistics.median(r["tok_s"] for r in results["baseline generate, one at a time"])
+    print(f"model {args.model}, {args.requests} requests x <= {args.max_tokens} tokens, greedy, "
+          f"median of {args.runs} runs, {os.cpu_count()} CPUs")
+    print(f"{'setting':<36} {'tokens/s':>9} {'p50 s':>7} {'p99 s':>7} {'vs baseline':>12}")
+    for name, runs in results.items():
+        tok_s = statistics.median(r["tok_s"] for r in runs)
+        print(f"{name:<36} {tok_s:9.1f} {statistics.median(r['p50'] for r in runs):7.2f} "
+              f"{statistics.median(r['p99'] for r in runs):7.2f} {tok_s / base:11.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
