@@ -41,6 +41,14 @@ def test_generated_crds_match_the_models() -> None:
         assert on_disk == text, f"crds/{name} is stale: run python -m hone_operator.api.crdgen"
 
 
+def test_the_crd_reference_is_generated_from_the_models() -> None:
+    from hone_operator.api import docgen
+
+    text = (ROOT / "docs" / "crd-reference.md").read_text()
+    assert text == docgen.render(), "docs/crd-reference.md is stale: run python -m hone_operator.api.docgen"
+    assert "| `spec.fineTuneJobRef.name` | string |" in text and "| `status.servedModels` | []string |" in text
+
+
 def test_crdgen_check_mode_reports_drift(tmp_path: Path) -> None:
     assert crdgen.main(["--out", str(tmp_path)]) == 0
     assert crdgen.main(["--check", "--out", str(tmp_path)]) == 0

