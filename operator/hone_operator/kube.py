@@ -30,6 +30,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
     ("hone.dev/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("hone.dev/v1alpha1", "ModelServing"): "modelservings",
 }
@@ -119,6 +120,11 @@ class Kube:
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         return self._call("POST", path(obj["apiVersion"], obj["kind"], meta.get("namespace")), body=obj)
+
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT: fails with :class:`Conflict` when ``metadata.resourceVersion`` is no longer current."""
+        meta = obj["metadata"]
+        return self._call("PUT", path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]), body=obj)
 
     def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any],
               subresource: str | None = None) -> dict[str, Any]:

@@ -74,6 +74,16 @@ class OperatorSettings(BaseSettings):
     watch_client_timeout: int = Field(330, description="Client-side timeout of watch requests (s).")
     reconcile_workers: int = Field(8, ge=1, le=128, description="Parallel reconciles.")
     retry_delay_seconds: float = Field(10.0, gt=0, description="Delay before retrying a failed reconcile.")
+    leader_election: bool = Field(
+        False, description="Reconcile only while holding a coordination.k8s.io Lease (for several replicas)."
+    )
+    lease_name: str = Field("hone-operator", description="Name of the leader-election Lease.")
+    lease_namespace: str | None = Field(
+        None, description="Namespace of the Lease; default: the operator's own (POD_NAMESPACE)."
+    )
+    lease_duration_seconds: int = Field(
+        15, ge=5, le=300, description="A leader unseen for this long is replaced."
+    )
     kueue_enabled: bool = Field(
         True, description="Honour kueue.x-k8s.io/queue-name labels (create Jobs suspended for Kueue)."
     )

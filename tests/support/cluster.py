@@ -48,7 +48,7 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "OperatorProcess":
+    def start(self, wait: bool = True) -> "OperatorProcess":
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
@@ -62,7 +62,8 @@ class OperatorProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "hone_operator"], env=env, stdout=log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
-        wait_for(self._ready, timeout=60, interval=0.1, what=f"operator metrics (log: {self.log_path})")
+        if wait:
+            wait_for(self._ready, timeout=60, interval=0.1, what=f"operator metrics (log: {self.log_path})")
         return self
 
     def _ready(self) -> bool:

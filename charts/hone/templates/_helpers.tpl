@@ -1,0 +1,95 @@
+{{/* Names and labels. */}}
+{{- define "hone.name" -}}hone{{- end -}}
+
+{{- define "hone.fullname" -}}
+{{- if contains "hone" .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-hone" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hone.labels" -}}
+app.kubernetes.io/name: hone
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: hone
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "hone.selectorLabels" -}}
+app.kubernetes.io/name: hone
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "hone.image" -}}
+{{- $img := index .root.Values.images .name -}}
+{{- printf "%s:%s" $img.repository (default .root.Chart.AppVersion $img.tag) -}}
+{{- end -}}
+
+{{/*
+Checks values.schema.json cannot express; each failure names the key and what to do.
+*/}}
+{{- define "hone.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) -}}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true: without it every replica would reconcile the same objects" -}}
+{{- end -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.healthPort)) -}}
+{{- fail (printf "metrics.port and healthPort are both %v: give them different ports" .Values.metrics.port) -}}
+{{- end -}}
+{{- range .Values.watchNamespaces -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) -}}
+{{- fail (printf "watchNamespaces: %q is not a valid namespace name" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's rules: exactly the API calls it makes (tests/test_chart.py checks them against its audit log). */}}
+{{- define "hone.rules" -}}
+- apiGroups: ["hone.dev"]
+  resources: ["finetunejobs", "modelservings"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["hone.dev"]
+  resources: ["finetunejobs/status", "modelservings/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["create"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["create", "patch", "delete"]
+{{- end -}}
+
+{{/* Whether to render Prometheus Operator objects: "auto" follows the cluster's APIs. */}}
+{{- define "hone.want" -}}
+{{- $v := .value -}}
+{{- if eq (toString $v) "auto" -}}
+{{- if .root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1" -}}true{{- end -}}
+{{- else if $v -}}true{{- end -}}
+{{- end -}}

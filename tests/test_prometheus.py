@@ -1,0 +1,156 @@
+"""The chart's Prometheus rules under promtool, and a real Prometheus scraping Hone.
+
+promtool and prometheus come from Debian's package via .ci/tools.sh (into .tools/bin);
+these tests skip, saying so, without them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from tests.support.cluster import OperatorProcess
+from tests.support.serving import ServerProcess, free_port, http
+from tests.support.tiny import make_tiny_llama, make_tokenizer
+from tests.test_chart import CHART, helm
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests" / "prometheus" / "hone-rules.test.yaml"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or (str(ROOT / ".tools/bin" / name) if (ROOT / ".tools/bin" / name).exists() else None)
+    if not found:
+        pytest.skip(f"{name} is not installed: run bash .ci/tools.sh")
+    return found
+
+
+def rendered_rules(*sets: str) -> dict[str, Any]:
+    out = helm("template", "hone", str(CHART), "--set", "prometheus.rules=true", "-s", "templates/prometheusrule.yaml",
+               *sets)
+    assert out.returncode == 0, out.stderr
+    rule = yaml.safe_load(out.stdout)
+    assert rule["kind"] == "PrometheusRule"
+    return {"groups": rule["spec"]["groups"]}
+
+
+def test_rules_pass_promtool_check_and_their_unit_tests(tmp_path: Path) -> None:
+    promtool = tool("promtool")
+    rules = rendered_rules("--set-json", 'prometheus.alerts.dailyBudgetUsd={"team-a":50}')
+    (tmp_path / "hone-rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    shutil.copy(TESTS, tmp_path / TESTS.name)
+    check = subprocess.run([promtool, "check", "rules", "hone-rules.yaml"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    unit = subprocess.run([promtool, "test", "rules", TESTS.name], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def test_every_recording_rule_and_alert_has_a_unit_test() -> None:
+    rules = rendered_rules("--set-json", 'prometheus.alerts.dailyBudgetUsd={"team-a":50}')
+    tests = yaml.safe_load(TESTS.read_text())["tests"]
+    exprs = " ".join(t["expr"] for case in tests for t in case.get("promql_expr_test", []))
+    firing = {t["alertname"] for case in tests for t in case.get("alert_rule_test", []) if t["exp_alerts"]}
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                assert rule["record"] in exprs, f"no promtool test evaluates {rule['record']}"
+            else:
+                assert rule["alert"] in firing, f"no promtool test makes {rule['alert']} fire"
+
+
+def test_prices_in_the_values_reach_the_cost_rules() -> None:
+    rules = rendered_rules("--set", "prices.prompt=2", "--set", "prices.completion=8", "--set", "prices.training=40")
+    text = yaml.safe_dump(rules)
+    assert "* 2 / 1e6" in text and "* 8 / 1e6" in text and "* 40 / 1e6" in text
+
+
+def _query(url: str, promql: str) -> list[dict[str, Any]]:
+    status, body = http("GET", f"{url}/api/v1/query?query={urllib.parse.quote(promql)}")
+    assert status == 200, body
+    return json.loads(body)["data"]["result"]
+
+
+def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Path, kubeconfig: Path) -> None:
+    """Scrape a running operator and a running built-in server; compare with the `usage` the client saw."""
+    prometheus = tool("prometheus")
+    base = tmp_path / "model"
+    make_tokenizer(base)
+    make_tiny_llama(base)
+    server = ServerProcess(["--model", str(base), "--served-model-name", "tiny"], cwd=tmp_path)
+    operator = OperatorProcess(kubeconfig, tmp_path / "operator.log").start()
+    rules = rendered_rules()
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules.yaml"],
+        "scrape_configs": [
+            {"job_name": "hone-serving", "static_configs": [
+                {"targets": [f"127.0.0.1:{server.port}"], "labels": {"namespace": "team-a", "pod": "srv-0"}}]},
+            {"job_name": "hone-operator", "static_configs": [
+                {"targets": [f"127.0.0.1:{operator.metrics_port}"], "labels": {"pod": "operator-0"}}]},
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    prom = subprocess.Popen([prometheus, "--config.file=prometheus.yml", f"--web.listen-address=127.0.0.1:{port}",
+                             "--storage.tsdb.path=data", "--storage.tsdb.retention.time=1h"],
+                            cwd=tmp_path, stdout=open(tmp_path / "prometheus.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        expected = {"prompt": 0, "completion": 0}
+        for i in range(12):
+            kwargs: dict[str, Any] = dict(model="tiny", max_tokens=4 + i % 5, temperature=0.7)
+            if i % 2:
+                chunks = list(client.chat.completions.create(
+                    messages=[{"role": "user", "content": f"question {i}"}], stream=True,
+                    stream_options={"include_usage": True}, **kwargs))
+                usage = chunks[-1].usage
+            else:
+                usage = client.completions.create(prompt=f"Our wheels {i}", **kwargs).usage
+            expected["prompt"] += usage.prompt_tokens
+            expected["completion"] += usage.completion_tokens
+
+        def scraped() -> dict[str, float]:
+            try:
+                rows = _query(url, 'sum by (model, type) (hone_inference_tokens_total{namespace="team-a"})')
+            except OSError:
+                return {}
+            return {r["metric"]["type"]: float(r["value"][1]) for r in rows if r["metric"].get("model") == "tiny"}
+
+        deadline = time.monotonic() + 60
+        while scraped() != {k: float(v) for k, v in expected.items()} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert scraped() == {k: float(v) for k, v in expected.items()}, (scraped(), expected,
+                                                                         (tmp_path / "prometheus.log").read_text()[-2000:])
+        want_cost = expected["prompt"] * 3.75 / 1e6 + expected["completion"] * 15 / 1e6
+        deadline = time.monotonic() + 30
+        cost: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            cost = _query(url, 'namespace_model:hone_inference_cost_usd:sum{namespace="team-a",model="tiny"}')
+            if cost and abs(float(cost[0]["value"][1]) - want_cost) < 1e-12:
+                break
+            time.sleep(0.5)
+        assert cost and float(cost[0]["value"][1]) == pytest.approx(want_cost, rel=1e-12)
+        exported = _query(url, 'sum(hone_cost_usd_total{namespace="team-a",model="tiny"})')
+        assert float(exported[0]["value"][1]) == pytest.approx(want_cost, rel=1e-9)
+        up = _query(url, 'up{job="hone-operator"}')
+        assert up and up[0]["value"][1] == "1"
+        assert _query(url, "hone_reconcile_duration_seconds_count") is not None
+    finally:
+        prom.terminate()
+        prom.wait(30)
+        server.stop()
+        operator.stop()

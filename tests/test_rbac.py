@@ -1,0 +1,88 @@
+"""The chart's RBAC is exactly what the operator uses: every API call it makes in a full
+lifecycle is allowed by the chart's rules, and every verb in the rules is used.
+
+The calls come from the emulated API server's audit log (user agents of the operator's own
+client and of kopf) while the real operator takes FineTuneJobs and a ModelServing through
+their lifecycles.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hone_operator.kube import USER_AGENT, Kube
+from tests.support.apiserver import ApiServerThread
+from tests.support.cluster import OperatorProcess, get_job, set_job_status, wait_for, wait_phase
+from tests.test_chart import CHART, render
+from tests.test_operator import NS, apply, patch_spec, validate_ok
+from tests.test_serving_operator import API, apply_msv, deployment, roll_out, succeed_ftj, wait_msv
+
+#: Verbs only needed on paths a normal lifecycle does not take, with the reason.
+RARE = {
+    ("batch", "jobs", "get"): "adopting the Job after a create conflict (an operator restarted mid-create)",
+}
+
+
+def _needed(apiserver: ApiServerThread) -> set[tuple[str, str, str]]:
+    def calls(server: Any) -> list[Any]:
+        return [a for a in server.audit if USER_AGENT in a.user_agent or "kopf" in a.user_agent.lower()]
+
+    out = set()
+    for a in apiserver.call(calls):
+        resource = f"{a.resource}/{a.subresource}" if a.subresource else a.resource
+        out.add((a.group, resource, a.verb))
+    return out
+
+
+def _allowed(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_chart_rbac_is_exactly_what_the_operator_uses(kube: Kube, operator: OperatorProcess,
+                                                     apiserver: ApiServerThread) -> None:
+    # A FineTuneJob to Succeeded, served with autoscaling switched on, changed and off.
+    apply(kube)
+    succeed_ftj(kube)
+    apply_msv(kube)
+    wait_for(lambda: deployment(kube), what="Deployment")
+    roll_out(kube)
+    wait_msv(kube, "Ready")
+    kube.patch(API, "ModelServing", NS, "support-assistant",
+               {"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3}}})
+    wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", NS, "support-assistant"), what="HPA")
+    kube.patch(API, "ModelServing", NS, "support-assistant", {"spec": {"autoscaling": {"maxReplicas": 4}}})
+    wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", NS, "support-assistant")["spec"]
+             ["maxReplicas"] == 4, what="HPA updated")
+    kube.patch(API, "ModelServing", NS, "support-assistant", {"spec": {"autoscaling": None}})
+    wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", NS, "support-assistant") is None,
+             what="HPA removed")
+    # A second job suspended, then cancelled.
+    apply(kube, name="second")
+    validate_ok(kube, "second")
+    set_job_status(kube, NS, "second-train", active=1, ready=1)
+    wait_phase(kube, NS, "second", "Running")
+    patch_spec(kube, name="second", suspend=True)
+    wait_phase(kube, NS, "second", "Suspended")
+    patch_spec(kube, name="second", cancel=True)
+    wait_phase(kube, NS, "second", "Cancelled")
+    wait_for(lambda: get_job(kube, NS, "second-train") is None, what="Job deleted")
+    time.sleep(1)
+
+    needed = _needed(apiserver)
+    for values in (None, CHART / "ci" / "namespaced-values.yaml"):
+        objs = render(values)
+        rules = [r for o in objs if o["kind"] in ("ClusterRole", "Role") and not o["metadata"]["name"].endswith("-leader")
+                 for r in o["rules"]]
+        allowed = _allowed(rules)
+        assert not needed - allowed, f"the operator made calls its chart RBAC does not allow: {sorted(needed - allowed)}"
+        unused = allowed - needed - set(RARE)
+        assert not unused, f"chart RBAC grants verbs the operator never uses: {sorted(unused)}"
+
+
+def test_leader_election_rbac_is_only_its_lease() -> None:
+    objs = render(CHART / "ci" / "kueue-ha-values.yaml")
+    role = next(o for o in objs if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader"))
+    assert role["metadata"]["namespace"] == "hone-system"
+    assert _allowed(role["rules"]) == {("coordination.k8s.io", "leases", v) for v in ("create", "get", "update")}
+    assert role["rules"][1]["resourceNames"] == ["hone"]  # get/update only its own Lease
