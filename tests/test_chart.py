@@ -62,8 +62,12 @@ def test_lint_and_every_rendered_object_is_valid(values: Path) -> None:
 def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces() -> None:
     objs = render(CHART / "ci" / "namespaced-values.yaml")
     kinds = {(o["kind"], o["metadata"].get("namespace")) for o in objs}
-    assert ("ClusterRole", None) not in kinds and ("ClusterRoleBinding", None) not in kinds
     assert {("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")} <= kinds
+    # Cluster-wide, only what kopf must read: CRDs and Namespaces, list and watch.
+    cluster = [o for o in objs if o["kind"] == "ClusterRole"]
+    assert [o["metadata"]["name"] for o in cluster] == ["hone-cluster-reads"]
+    assert {(r["resources"][0], tuple(r["verbs"])) for r in cluster[0]["rules"]} == {
+        ("customresourcedefinitions", ("list", "watch")), ("namespaces", ("list", "watch"))}
     settings = yaml.safe_load(_settings(objs))
     assert settings["watchNamespaces"] == ["team-a", "team-b"]
 
@@ -162,3 +166,37 @@ def _assert_restricted(pod: dict[str, Any]) -> None:
         assert sc["readOnlyRootFilesystem"] is True
         assert c["resources"]["limits"] and c["resources"]["requests"]
         assert "livenessProbe" in c and "readinessProbe" in c
+
+
+def test_monitors_appear_with_the_prometheus_operator_and_select_hone_pods() -> None:
+    assert not [o for o in render() if o["apiVersion"].startswith("monitoring.coreos.com")]  # no CRDs: none
+    objs = render(None, "--api-versions", "monitoring.coreos.com/v1", "--set", "prometheus.labels.release=kps")
+    monitors = {o["kind"] + "/" + o["metadata"]["name"]: o for o in objs if o["apiVersion"] == "monitoring.coreos.com/v1"}
+    assert set(monitors) == {"ServiceMonitor/hone-operator", "PodMonitor/hone-training", "PodMonitor/hone-serving",
+                             "PrometheusRule/hone"}
+    assert all(m["metadata"]["labels"]["release"] == "kps" for m in monitors.values())
+    serving = monitors["PodMonitor/hone-serving"]["spec"]
+    assert serving["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "hone-operator",
+                                                  "app.kubernetes.io/component": "server"}
+    assert serving["podMetricsEndpoints"][0]["port"] == "http"  # the container port the operator names
+    training = monitors["PodMonitor/hone-training"]["spec"]
+    assert training["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_the_dashboard_only_queries_metrics_that_exist() -> None:
+    import re
+
+    objs = render()
+    dashboard = json.loads(next(o for o in objs if o["metadata"]["name"].endswith("-dashboard"))["data"]["hone.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 15
+    rules = render(None, "--set", "prometheus.rules=true")
+    recorded = {r["record"] for o in rules if o["kind"] == "PrometheusRule" for g in o["spec"]["groups"]
+                for r in g["rules"] if "record" in r}
+    source = "\n".join(p.read_text() for p in (ROOT / "operator").rglob("*.py")) + \
+        "\n".join(p.read_text() for p in (ROOT / "trainer").rglob("*.py"))
+    for expr in exprs:
+        for name in set(re.findall(r"\b(?:[a-z_]+:)?hone_[a-z_:0-9]+", expr)):
+            base = re.sub(r"_(bucket|count|sum)$", "", name) if ":" not in name else name
+            assert name in recorded or f'"{base}"' in source or f'"{base.removesuffix("_total")}"' in source, \
+                f"dashboard queries {name}, which nothing exports or records"
