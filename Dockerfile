@@ -33,7 +33,7 @@ LABEL org.opencontainers.image.title="hone-operator" \
       org.opencontainers.image.source="https://github.com/hone-dev/hone"
 COPY --from=operator-build /opt/hone /opt/hone
 ENV PATH=/opt/hone/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-USER 1000:1000
+USER 10001:10001
 EXPOSE 8080 8081
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=4)"]
@@ -68,7 +68,7 @@ COPY --from=runtime-build /opt/hone /opt/hone
 # HOME and caches on writable mounts: the pods run with a read-only root filesystem.
 ENV PATH=/opt/hone/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp HF_HOME=/var/cache/hone/huggingface HF_HUB_DISABLE_TELEMETRY=1
-USER 1000:1000
+USER 10001:10001
 EXPOSE 8000
 # One image runs three kinds of pods (validator, trainer, server); the pods' own probes
 # check health, so the image declares none.

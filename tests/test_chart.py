@@ -138,7 +138,7 @@ def test_dockerfile_is_clean_under_hadolint() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     text = (ROOT / "Dockerfile").read_text()
     assert "FROM ${PYTHON_IMAGE} AS operator\n" in text and "FROM ${PYTHON_IMAGE} AS runtime\n" in text
-    assert text.count("USER 1000:1000") == 2
+    assert text.count("USER 10001:10001") == 2
 
 
 def _settings(objs: list[dict[str, Any]]) -> str:
@@ -200,3 +200,49 @@ def test_the_dashboard_only_queries_metrics_that_exist() -> None:
             base = re.sub(r"_(bucket|count|sum)$", "", name) if ":" not in name else name
             assert name in recorded or f'"{base}"' in source or f'"{base.removesuffix("_total")}"' in source, \
                 f"dashboard queries {name}, which nothing exports or records"
+
+
+def _scanner(name: str) -> str:
+    path = ROOT / ".tools" / "scanners" / "bin" / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed: run bash .ci/tools.sh")
+    return found
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.name)
+def test_checkov_finds_nothing_in_the_rendered_chart(values: Path, tmp_path: Path) -> None:
+    checkov = _scanner("checkov")
+    out = helm("template", "hone", str(CHART), "-n", "hone-system", "-f", str(values),
+               "--api-versions", "monitoring.coreos.com/v1")
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "chart.yaml").write_text(out.stdout)
+    env = {**os.environ, "PATH": f"{Path(helm_bin()).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    scan = subprocess.run([checkov, "--config-file", str(ROOT / ".checkov.yaml"), "--skip-download", "-d",
+                           str(tmp_path), "--framework", "kubernetes", "--compact", "--quiet", "-o", "json"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    report = json.loads(scan.stdout)
+    summary = report["summary"] if isinstance(report, dict) else report[0]["summary"]
+    assert summary["failed"] == 0 and summary["passed"] > 50, scan.stdout[-3000:]
+
+
+@pytest.mark.parametrize("values", [None, CHART / "ci" / "namespaced-values.yaml"], ids=["default", "namespaced"])
+def test_trivy_config_finds_nothing_but_the_reasoned_ignores(values: Path | None) -> None:
+    trivy = _scanner("trivy")
+    args = [trivy, "config", "--skip-check-update", "--exit-code", "1", "--quiet",
+            "--ignorefile", str(ROOT / ".trivyignore"), str(CHART)]
+    if values is not None:
+        args[2:2] = ["--helm-values", str(values)]
+    scan = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert scan.returncode == 0, scan.stdout[-4000:] + scan.stderr[-2000:]
+    ignored = [line.split()[0] for line in (ROOT / ".trivyignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert len(ignored) <= 4  # a short list, each with its reason in the file
+
+
+def test_image_digests_pin_the_images() -> None:
+    digest = "sha256:" + "a" * 64
+    objs = render(None, "--set", f"images.operator.digest={digest}", "--set", f"images.runtime.digest={digest}")
+    deploy = next(o for o in objs if o["kind"] == "Deployment")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/hone-dev/hone-operator@{digest}"
+    assert yaml.safe_load(_settings(objs))["runtimeImage"] == f"ghcr.io/hone-dev/hone-runtime@{digest}"

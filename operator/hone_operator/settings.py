@@ -67,7 +67,7 @@ class OperatorSettings(BaseSettings):
     rendezvous_port: int = Field(29400, description="torchrun c10d rendezvous port (multi-node).")
     trainer_metrics_port: int = Field(9090, description="Port of the trainer's /metrics.")
     progress_interval_seconds: float = Field(15.0, gt=0, description="How often the trainer reports progress.")
-    run_as_user: int = Field(1000, ge=1, description="Non-root UID of every pod Hone creates.")
+    run_as_user: int = Field(10001, ge=1, description="Non-root UID (and GID) of every pod Hone creates; above 10000 to stay clear of host users.")
     finalizer: str = Field("hone.dev/finalizer", description="kopf finalizer name.")
     storage_prefix: str = Field("hone.dev", description="Prefix of kopf's annotations.")
     watch_server_timeout: int = Field(300, description="Server-side timeout of watch requests (s).")

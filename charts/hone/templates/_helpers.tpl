@@ -26,7 +26,11 @@ app.kubernetes.io/component: operator
 
 {{- define "hone.image" -}}
 {{- $img := index .root.Values.images .name -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
 {{- printf "%s:%s" $img.repository (default .root.Chart.AppVersion $img.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
