@@ -8,8 +8,9 @@ it creates, its status, Events and Prometheus metrics.
 
 What is simulated, and says so: the Kubernetes Job controller and the pods.
 Their results (the validator's token counts, the trainer's published
-adapter) are stand-ins written by this script until the trainer runs in
-pods of its own (see README, "Status").
+adapter) are stand-ins written by this script: there is no cluster to run
+pods here. The real trainer and server run in the README's demo
+(examples/skateboard-support/demo.py).
 """
 
 from __future__ import annotations
