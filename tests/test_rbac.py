@@ -20,7 +20,7 @@ from tests.support.apiserver import ApiServerThread
 from tests.support.cluster import OperatorProcess, get_job, set_job_status, wait_for, wait_phase
 from tests.test_chart import CHART, render
 from tests.test_operator import NS, apply, patch_spec, validate_ok
-from tests.test_serving_operator import API, apply_msv, deployment, roll_out, succeed_ftj, wait_msv
+from tests.test_serving_operator import API, serving_ready
 
 #: Verbs only needed on paths a normal lifecycle does not take, with the reason.
 RARE = {
@@ -67,12 +67,7 @@ def test_chart_rbac_is_exactly_what_the_operator_uses(kube: Kube, kubeconfig: Pa
 
 def _lifecycle(kube: Kube) -> None:
     # A FineTuneJob to Succeeded, served with autoscaling switched on, changed and off.
-    apply(kube)
-    succeed_ftj(kube)
-    apply_msv(kube)
-    wait_for(lambda: deployment(kube), what="Deployment")
-    roll_out(kube)
-    wait_msv(kube, "Ready")
+    serving_ready(kube)
     kube.patch(API, "ModelServing", NS, "support-assistant",
                {"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3}}})
     wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", NS, "support-assistant"), what="HPA")

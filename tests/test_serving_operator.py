@@ -74,6 +74,16 @@ def succeed_ftj(kube: Kube, name: str = NAME) -> dict[str, Any]:
     return wait_phase(kube, NS, name, "Succeeded")
 
 
+def serving_ready(kube: Kube) -> None:
+    """A Succeeded FineTuneJob served by a ModelServing whose Deployment has rolled out."""
+    apply_ftj(kube)
+    succeed_ftj(kube)
+    apply_msv(kube)
+    wait_for(lambda: deployment(kube), what="Deployment")
+    roll_out(kube)
+    wait_msv(kube, "Ready")
+
+
 def server_config(kube: Kube, name: str = NAME) -> dict[str, Any]:
     cm = kube.get("v1", "ConfigMap", NS, f"{name}-server")
     assert cm is not None
@@ -127,12 +137,7 @@ def test_waits_for_the_finetunejob_then_deploys_and_becomes_ready(kube: Kube, op
 
 
 def test_scale_spec_changes_and_autoscaling_roll_out(kube: Kube, operator: OperatorProcess) -> None:
-    apply_ftj(kube)
-    succeed_ftj(kube)
-    apply_msv(kube)
-    wait_for(lambda: deployment(kube), what="Deployment")
-    roll_out(kube)
-    wait_msv(kube, "Ready")
+    serving_ready(kube)
     first_hash = deployment(kube)["spec"]["template"]["metadata"]["annotations"][build.SPEC_HASH]
 
     # kubectl scale msv support-assistant --replicas 3
@@ -161,12 +166,7 @@ def test_scale_spec_changes_and_autoscaling_roll_out(kube: Kube, operator: Opera
 
 
 def test_deleting_the_served_finetunejob_is_reported_not_crashed_on(kube: Kube, operator: OperatorProcess) -> None:
-    apply_ftj(kube)
-    succeed_ftj(kube)
-    apply_msv(kube)
-    wait_for(lambda: deployment(kube), what="Deployment")
-    roll_out(kube)
-    wait_msv(kube, "Ready")
+    serving_ready(kube)
     kube.delete(API, "FineTuneJob", NS, NAME)
     wait_for(lambda: condition(msv(kube), "Resolved")["reason"] == "FineTuneJobDeleted", what="deletion reported")
     obj = msv(kube)

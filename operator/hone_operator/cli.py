@@ -346,7 +346,7 @@ def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int
         msv = _parse(manifest, docs[0], "local")
         source = manifest
         if msv.spec.apiKeySecret is not None and not api_keys_file:
-            click.echo(f"note: spec.apiKeySecret names a Secret, which exists only in a cluster; locally no key is "
+            click.echo("note: spec.apiKeySecret names a Secret, which exists only in a cluster; locally no key is "
                        "needed unless you pass --api-keys-file", err=True)
         if msv.spec.runtime == "vllm":
             click.echo("note: runtime vllm is for GPU clusters; serving with the built-in server here", err=True)

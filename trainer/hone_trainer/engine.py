@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -75,10 +74,6 @@ class SequenceState:
 
     def cancel(self) -> None:
         self.cancelled = True
-
-
-class EngineOverloaded(RuntimeError):
-    pass
 
 
 class _Batch:
@@ -347,13 +342,3 @@ def _full_attention_only(config: Any) -> bool:
     if types is not None and any(t != "full_attention" for t in types):
         return False
     return not getattr(text, "sliding_window", None) or not getattr(text, "use_sliding_window", True)
-
-
-def wait_idle(engine: Engine, timeout: float = 30.0) -> bool:
-    """True once nothing is waiting or running (for graceful shutdown and tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not engine.waiting and not engine.running:
-            return True
-        time.sleep(0.05)
-    return False

@@ -9,7 +9,6 @@ server with a message naming the adapter and what to do.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -213,7 +212,3 @@ def base_from_adapters(config_adapters: list[AdapterSource]) -> ModelSource:
     if not base.get("location"):
         raise ServingError(f"{config_adapters[0].location}: its manifest names no base model")
     return ModelSource(location=base["location"], revision=base.get("revision"))
-
-
-def manifest_summary(art: Artifact) -> str:
-    return json.dumps({k: art.manifest.get(k) for k in ("fineTunedModel", "baseModel", "method", "createdAt")})

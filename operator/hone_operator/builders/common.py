@@ -94,3 +94,15 @@ def resources(cpu: str | int, memory: str | int, extended: dict[str, int] | None
         if count:
             amounts[name] = str(count)
     return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def scheduling(resources: Any) -> dict[str, Any]:
+    """nodeSelector, tolerations and priorityClassName of a spec's ``resources``, when set."""
+    out: dict[str, Any] = {}
+    if resources.nodeSelector:
+        out["nodeSelector"] = dict(resources.nodeSelector)
+    if resources.tolerations:
+        out["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in resources.tolerations]
+    if resources.priorityClassName:
+        out["priorityClassName"] = resources.priorityClassName
+    return out

@@ -408,18 +408,6 @@ def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
-def _scheduling(ftj: FineTuneJob) -> dict[str, Any]:
-    r = ftj.spec.resources
-    out: dict[str, Any] = {}
-    if r.nodeSelector:
-        out["nodeSelector"] = dict(r.nodeSelector)
-    if r.tolerations:
-        out["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
-    if r.priorityClassName:
-        out["priorityClassName"] = r.priorityClassName
-    return out
-
-
 def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storage) -> dict[str, Any]:
     """The ValidatingFiles step: counts tokens with the base model's tokenizer.
 
@@ -459,7 +447,7 @@ def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storag
                     "securityContext": common.pod_security_context(settings.run_as_user),
                     "containers": [container],
                     "volumes": _base_volumes(ftj, storage, shm=None),
-                    **_scheduling(ftj),
+                    **common.scheduling(ftj.spec.resources),
                 },
             },
         },
@@ -526,7 +514,7 @@ def training_job(
         "securityContext": common.pod_security_context(settings.run_as_user),
         "containers": [container],
         "volumes": _base_volumes(ftj, storage, shm=shm),
-        **_scheduling(ftj),
+        **common.scheduling(ftj.spec.resources),
     }
     job_spec: dict[str, Any] = {
         "completions": r.nodes,

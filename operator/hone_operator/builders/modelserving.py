@@ -283,18 +283,6 @@ def config_map(msv: ModelServing, resolved: Resolved) -> dict[str, Any]:
     }
 
 
-def _scheduling(msv: ModelServing) -> dict[str, Any]:
-    r = msv.spec.resources
-    out: dict[str, Any] = {}
-    if r.nodeSelector:
-        out["nodeSelector"] = dict(r.nodeSelector)
-    if r.tolerations:
-        out["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
-    if r.priorityClassName:
-        out["priorityClassName"] = r.priorityClassName
-    return out
-
-
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "timeoutSeconds": 5,
             "failureThreshold": failures}
@@ -436,7 +424,7 @@ def deployment(msv: ModelServing, settings: OperatorSettings, resolved: Resolved
         "terminationGracePeriodSeconds": settings.serving_graceful_seconds + 15,
         "containers": [container],
         "volumes": volumes,
-        **_scheduling(msv),
+        **common.scheduling(msv.spec.resources),
     }
     if init:
         pod_spec["initContainers"] = init
