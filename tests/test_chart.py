@@ -139,6 +139,12 @@ def test_dockerfile_is_clean_under_hadolint() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "FROM ${PYTHON_IMAGE} AS operator\n" in text and "FROM ${PYTHON_IMAGE} AS runtime\n" in text
     assert text.count("USER 10001:10001") == 2
+    pins = dict(line.split("==", 1) for line in (ROOT / ".ci" / "constraints-image.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for package in ("deepspeed", "transformers", "peft", "accelerate", "kopf", "kubernetes", "starlette", "uvicorn"):
+        assert package in pins, f"{package} is not pinned for the images"
+    assert "torch" not in pins  # pinned per variant by TORCH_VERSION
+    assert text.count("constraints-image.txt") >= 4
 
 
 def _settings(objs: list[dict[str, Any]]) -> str:

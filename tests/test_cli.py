@@ -111,3 +111,62 @@ def test_render_names_the_file_and_field_of_a_mistake(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert str(bad) in result.output and "spec.hyperparameters.epochs" in result.output
     assert "Traceback" not in result.output
+
+
+def test_render_of_a_modelserving_is_what_the_operator_creates_once_its_job_succeeded() -> None:
+    from hone_operator.api.v1alpha1 import ModelServing
+    from hone_operator.builders import modelserving as msv_build
+
+    job, serving = ROOT / "crds/samples/finetunejob-minimal.yaml", ROOT / "crds/samples/modelserving.yaml"
+    result = CliRunner().invoke(cli, ["render", str(job), str(serving), "-n", "team-a"])
+    assert result.exit_code == 0, result.output
+    objs = [d for d in yaml.safe_load_all(result.output) if d]
+    for obj in objs:
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+    assert [o["kind"] for o in objs][-3:] == ["ConfigMap", "Service", "Deployment"]
+    uid = "00000000-0000-0000-0000-000000000000"
+    ftj_body = yaml.safe_load(job.read_text())
+    ftj_body["metadata"].update(namespace="team-a", uid=uid)
+    ftj = FineTuneJob.model_validate(ftj_body)
+    config, _ = build.resolve(ftj, OperatorSettings())
+    ftj_body["status"] = {"phase": "Succeeded", "fineTunedModel": {"name": build.fine_tuned_model_name(ftj),
+                                                                    "artifactUri": config.output_uri}}
+    msv_body = yaml.safe_load(serving.read_text())
+    msv_body["metadata"].update(namespace="team-a", uid=uid)
+    expected = msv_build.all_objects(ModelServing.model_validate(msv_body), OperatorSettings(),
+                                     {"support-assistant": ftj_body})
+    assert objs[-3:] == expected
+
+    alone = CliRunner().invoke(cli, ["render", str(serving)])
+    assert alone.exit_code == 2
+    assert "serves FineTuneJob 'support-assistant' (spec.fineTuneJobRef); give its manifest too" in alone.output
+
+
+def test_the_example_applies_with_kustomize_and_renders_valid_objects(tmp_path: Path) -> None:
+    """examples/skateboard-support is what `kubectl apply -k` sends: valid custom resources and children."""
+    import shutil
+    import subprocess
+
+    from tests.test_api import validator
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "examples" / "skateboard-support")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(out.stdout) if d}
+    assert set(docs) == {"ConfigMap", "PersistentVolumeClaim", "FineTuneJob", "ModelServing"}
+    cm = docs["ConfigMap"]
+    assert cm["metadata"]["name"] == "skateboard-support-data"
+    assert cm["data"]["train.jsonl"] == (ROOT / "examples/skateboard-support/train.jsonl").read_text()
+    for kind, plural in (("FineTuneJob", "finetunejobs"), ("ModelServing", "modelservings")):
+        validator(plural).validate(docs[kind])
+    for name in ("ConfigMap", "PersistentVolumeClaim"):
+        kubernetes_validate.validate(docs[name], "1.33", strict=True)
+    manifest = tmp_path / "all.yaml"
+    manifest.write_text(yaml.safe_dump_all([docs["FineTuneJob"], docs["ModelServing"]]))
+    rendered = CliRunner().invoke(cli, ["render", str(manifest), "-n", "team-a"])
+    assert rendered.exit_code == 0, rendered.output
+    for obj in yaml.safe_load_all(rendered.output):
+        if obj:
+            kubernetes_validate.validate(obj, "1.33", strict=True)
