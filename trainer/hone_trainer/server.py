@@ -307,6 +307,7 @@ class Generation:
                 self.choices.append(Choice(i, seq, self.events))
                 index += 1
         self.state = state
+        self.metered = False
 
     def start(self) -> None:
         for c in self.choices:
@@ -617,7 +618,9 @@ def _ttft(ctx: _Ctx) -> None:
 
 
 def _meter(ctx: _Ctx, gen: Generation) -> None:
-    if ctx.state.metrics is not None:
+    """Count the request's tokens, once (a stream meters before its last event, or when abandoned)."""
+    if ctx.state.metrics is not None and not gen.metered:
+        gen.metered = True
         ctx.state.metrics.meter(ctx.model_label, gen.metered_prompt_tokens, gen.completion_tokens)
 
 
@@ -658,6 +661,7 @@ async def _stream(ctx: _Ctx, gen: Generation, req: _Req, rid: str, created: int,
                 yield chunk([choice(c, None, ev.finish_reason)])
         if req.include_usage:
             yield chunk([], gen.usage())
+        _meter(ctx, gen)  # before the client can see the end of the stream
         yield "data: [DONE]\n\n"
         completed = True
     finally:
