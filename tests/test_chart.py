@@ -187,6 +187,9 @@ def test_monitors_appear_with_the_prometheus_operator_and_select_hone_pods() -> 
     assert serving["podMetricsEndpoints"][0]["port"] == "http"  # the container port the operator names
     training = monitors["PodMonitor/hone-training"]["spec"]
     assert training["podMetricsEndpoints"][0]["port"] == "metrics"
+    # The operator's series are labelled with each job's namespace: that label must win over
+    # the operator pod's namespace, or per-namespace cost would all land in hone-system.
+    assert monitors["ServiceMonitor/hone-operator"]["spec"]["endpoints"][0]["honorLabels"] is True
 
 
 def test_the_dashboard_only_queries_metrics_that_exist() -> None:

@@ -18,10 +18,11 @@ import openai
 import pytest
 import yaml
 
-from tests.support.cluster import OperatorProcess
+from tests.support.cluster import OperatorProcess, finish_job, wait_phase
 from tests.support.serving import ServerProcess, free_port, http
 from tests.support.tiny import make_tiny_llama, make_tokenizer
 from tests.test_chart import CHART, helm
+from tests.test_operator import NS, apply, published, validate_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests" / "prometheus" / "hone-rules.test.yaml"
@@ -81,8 +82,9 @@ def _query(url: str, promql: str) -> list[dict[str, Any]]:
     return json.loads(body)["data"]["result"]
 
 
-def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Path, kubeconfig: Path) -> None:
-    """Scrape a running operator and a running built-in server; compare with the `usage` the client saw."""
+def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Path, kubeconfig: Path, kube) -> None:
+    """Scrape a running operator and a running built-in server; compare with the `usage` the client saw,
+    and the training tokens and cost with the FineTuneJob's status."""
     prometheus = tool("prometheus")
     base = tmp_path / "model"
     make_tokenizer(base)
@@ -98,8 +100,11 @@ def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Pat
         "scrape_configs": [
             {"job_name": "hone-serving", "static_configs": [
                 {"targets": [f"127.0.0.1:{server.port}"], "labels": {"namespace": "team-a", "pod": "srv-0"}}]},
-            {"job_name": "hone-operator", "static_configs": [
-                {"targets": [f"127.0.0.1:{operator.metrics_port}"], "labels": {"pod": "operator-0"}}]},
+            # As the chart's ServiceMonitor does: the pod's namespace as a target label, and
+            # honorLabels so that the FineTuneJobs' own namespace label wins.
+            {"job_name": "hone-operator", "honor_labels": True, "static_configs": [
+                {"targets": [f"127.0.0.1:{operator.metrics_port}"],
+                 "labels": {"pod": "operator-0", "namespace": "hone-system"}}]},
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -148,7 +153,23 @@ def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Pat
         assert float(exported[0]["value"][1]) == pytest.approx(want_cost, rel=1e-9)
         up = _query(url, 'up{job="hone-operator"}')
         assert up and up[0]["value"][1] == "1"
-        assert _query(url, "hone_reconcile_duration_seconds_count") is not None
+
+        # A FineTuneJob in team-a succeeds: its tokens and cost are labelled with team-a, not the
+        # operator pod's namespace (honor_labels, as in the chart's ServiceMonitor).
+        apply(kube)
+        validate_ok(kube)
+        finish_job(kube, NS, "support-assistant-train", "trainer", 0, published(tokens=150_000))
+        wait_phase(kube, NS, "support-assistant", "Succeeded")
+
+        def training() -> list[dict[str, Any]]:
+            return _query(url, f'hone_cost_usd_total{{kind="training",namespace="{NS}"}}')
+
+        deadline = time.monotonic() + 30
+        while not training() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert float(training()[0]["value"][1]) == pytest.approx(150_000 * 25 / 1e6)
+        tokens = _query(url, f'sum by (namespace) (hone_training_tokens_total{{namespace="{NS}"}})')
+        assert float(tokens[0]["value"][1]) == 150_000
     finally:
         prom.terminate()
         prom.wait(30)
