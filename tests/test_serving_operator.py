@@ -311,3 +311,28 @@ def test_sample_renders_valid_objects(runtime: str) -> None:
     for obj in build.all_objects(_msv(runtime=runtime, autoscaling={"minReplicas": 1, "maxReplicas": 3}),
                                  SETTINGS, ftjs):
         kubernetes_validate.validate(obj, K8S, strict=True)
+
+
+def test_a_modelserving_from_uris_needs_no_finetunejob() -> None:
+    """Adapters given by location, on a base model named in the spec: nothing to wait for."""
+    spec = dict(fineTuneJobRef=None, baseModel={"uri": "pvc://models/smollm2"},
+                adapters=[{"name": "support-v1", "uri": "pvc://hone-models/adapters/team-a/old/model"},
+                          {"name": "support-v2", "uri": "s3://acme-models/hone/team-a/new/model"}])
+    objs, resolved, names = build.desired(_msv(**spec), {}, SETTINGS)
+    assert names == ["smollm2", "support-v1", "support-v2"]
+    cfg = resolved.config
+    assert cfg.base_model.location == "/var/run/hone/pvc/models/smollm2"
+    assert [a.location for a in cfg.adapters] == ["/var/run/hone/pvc/hone-models/adapters/team-a/old/model",
+                                                  "s3://acme-models/hone/team-a/new/model"]
+    pod = objs[-1]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["readOnly"] for m in pod["containers"][0]["volumeMounts"] if m["name"].startswith("pvc-")}
+    assert mounts == {"/var/run/hone/pvc/models": True, "/var/run/hone/pvc/hone-models": True}
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S, strict=True)
+    plan = handler.plan(_body(**spec), handler.ObservedServing({}), SETTINGS, "2026-11-21T00:00:00Z")
+    assert plan.status["phase"] == "Deploying" and [o["kind"] for o in plan.apply][-1] == "Deployment"
+
+    no_base = {k: v for k, v in spec.items() if k != "baseModel"}
+    refused = handler.plan(_body(**no_base), handler.ObservedServing({}), SETTINGS, "2026-11-21T00:00:00Z")
+    ready = next(c for c in refused.status["conditions"] if c["type"] == "Ready")
+    assert refused.status["phase"] == "Failed" and "set spec.baseModel" in ready["message"]
