@@ -1,4 +1,4 @@
-"""Walk one FineTuneJob through the Hone operator, with no cluster.
+"""Walk one FineTuneJob and its ModelServing through the Hone operator, with no cluster.
 
     python examples/operator_walkthrough.py
 
@@ -6,7 +6,7 @@ What is real: Hone's CRDs served by an emulated Kubernetes API server, the
 operator process (`python -m hone_operator`) reconciling them, every object
 it creates, its status, Events and Prometheus metrics.
 
-What is simulated, and says so: the Kubernetes Job controller and the pods.
+What is simulated, and says so: the Kubernetes Job and Deployment controllers and the pods.
 Their results (the validator's token counts, the trainer's published
 adapter) are stand-ins written by this script: there is no cluster to run
 pods here. The real trainer and server run in the README's demo
@@ -106,6 +106,24 @@ def main() -> int:
             show(kube)
             print(f"  fineTunedModel: {obj['status']['fineTunedModel']['name']}")
             print(f"  artifact:       {obj['status']['fineTunedModel']['artifactUri']}")
+
+            print(f"\n$ kubectl apply -f crds/samples/modelserving.yaml -n {NS}")
+            msv = yaml.safe_load((ROOT / "crds" / "samples" / "modelserving.yaml").read_text())
+            msv["metadata"]["namespace"] = NS
+            kube.create(msv)
+            dep = wait_for(lambda: kube.get("apps/v1", "Deployment", NS, NAME), what="Deployment")
+            container = dep["spec"]["template"]["spec"]["containers"][0]
+            print(f"  the operator created Deployment {NAME}: {' '.join(container['command'][:6])} "
+                  f"(readiness {container['readinessProbe']['httpGet']['path']}), Service {NAME}, "
+                  f"ConfigMap {NAME}-server")
+            print("\n[simulated Deployment controller] 1/1 replicas ready")
+            kube.patch("apps/v1", "Deployment", NS, NAME, {"status": {
+                "observedGeneration": dep["metadata"]["generation"], "replicas": 1, "updatedReplicas": 1,
+                "readyReplicas": 1, "availableReplicas": 1}}, subresource="status")
+            served = wait_for(lambda: (m := kube.get("hone.dev/v1alpha1", "ModelServing", NS, NAME))
+                              and (m.get("status") or {}).get("phase") == "Ready" and m, what="ModelServing Ready")
+            st = served["status"]
+            print(f"  kubectl get msv   PHASE={st['phase']} URL={st['url']} MODELS={', '.join(st['servedModels'])}")
 
             events = wait_for(lambda: [e for e in kube.list("v1", "Event", NS) if e["reason"] == "Succeeded"]
                               and kube.list("v1", "Event", NS))

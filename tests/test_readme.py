@@ -52,3 +52,4 @@ def test_the_operator_walkthrough_runs_to_a_succeeded_job() -> None:
     assert "fineTunedModel: ft:smollm2-135m-instruct:team-a::" in out.stdout
     assert 'hone_training_tokens_total{base_model="HuggingFaceTB/SmolLM2-135M-Instruct"' in out.stdout
     assert "[simulated" in out.stdout  # it says what is simulated
+    assert "PHASE=Ready URL=http://support-assistant.team-a.svc/v1" in out.stdout
