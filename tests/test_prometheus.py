@@ -161,15 +161,16 @@ def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Pat
         finish_job(kube, NS, "support-assistant-train", "trainer", 0, published(tokens=150_000))
         wait_phase(kube, NS, "support-assistant", "Succeeded")
 
-        def training() -> list[dict[str, Any]]:
-            return _query(url, f'hone_cost_usd_total{{kind="training",namespace="{NS}"}}')
+        def training() -> tuple[float, float]:
+            cost = _query(url, f'sum(hone_cost_usd_total{{kind="training",namespace="{NS}"}})')
+            tokens = _query(url, f'sum(hone_training_tokens_total{{namespace="{NS}"}})')
+            return (float(cost[0]["value"][1]) if cost else -1.0, float(tokens[0]["value"][1]) if tokens else -1.0)
 
-        deadline = time.monotonic() + 30
-        while not training() and time.monotonic() < deadline:
+        want = (150_000 * 25 / 1e6, 150_000.0)
+        deadline = time.monotonic() + 30  # the series exist (at 0) before the job succeeds: wait for the totals
+        while training() != pytest.approx(want) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert float(training()[0]["value"][1]) == pytest.approx(150_000 * 25 / 1e6)
-        tokens = _query(url, f'sum by (namespace) (hone_training_tokens_total{{namespace="{NS}"}})')
-        assert float(tokens[0]["value"][1]) == 150_000
+        assert training() == pytest.approx(want)
     finally:
         prom.terminate()
         prom.wait(30)
