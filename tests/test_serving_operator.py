@@ -273,7 +273,8 @@ def test_adapters_on_different_bases_and_full_fine_tunes_are_refused() -> None:
     assert "spec.adapters[0].fineTuneJobRef" in ready["message"] and "share one base model" in ready["message"]
 
     full = {"support-assistant": _succeeded_ftj("support-assistant", method="full")}
-    objs, resolved, names = build.desired(_msv(), full, SETTINGS)
+    objs, resolved = build.desired(_msv(), full, SETTINGS)
+    names = resolved.names
     assert resolved.config.adapters == [] and names == [full["support-assistant"]["status"]["fineTunedModel"]["name"]]
     assert resolved.config.base_model.location.endswith("/support-assistant/model")
 
@@ -318,7 +319,8 @@ def test_a_modelserving_from_uris_needs_no_finetunejob() -> None:
     spec = dict(fineTuneJobRef=None, baseModel={"uri": "pvc://models/smollm2"},
                 adapters=[{"name": "support-v1", "uri": "pvc://hone-models/adapters/team-a/old/model"},
                           {"name": "support-v2", "uri": "s3://acme-models/hone/team-a/new/model"}])
-    objs, resolved, names = build.desired(_msv(**spec), {}, SETTINGS)
+    objs, resolved = build.desired(_msv(**spec), {}, SETTINGS)
+    names = resolved.names
     assert names == ["smollm2", "support-v1", "support-v2"]
     cfg = resolved.config
     assert cfg.base_model.location == "/var/run/hone/pvc/models/smollm2"
@@ -336,3 +338,16 @@ def test_a_modelserving_from_uris_needs_no_finetunejob() -> None:
     refused = handler.plan(_body(**no_base), handler.ObservedServing({}), SETTINGS, "2026-11-21T00:00:00Z")
     ready = next(c for c in refused.status["conditions"] if c["type"] == "Ready")
     assert refused.status["phase"] == "Failed" and "set spec.baseModel" in ready["message"]
+
+
+@pytest.mark.parametrize("uri,name", [
+    ("embedded://smollm2-135m-instruct", "smollm2-135m-instruct"),
+    ("hf://HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    ("pvc://models/gguf/smollm2.Q4_1.gguf", "smollm2.Q4_1"),
+])
+def test_status_names_the_base_model_as_the_server_serves_it(uri: str, name: str) -> None:
+    _, resolved = build.desired(_msv(fineTuneJobRef=None, baseModel={"uri": uri}), {}, SETTINGS)
+    assert resolved.names == [name]
+    from hone_trainer.serving import default_served_name
+
+    assert default_served_name(resolved.config.base_model.location) == name  # what the server answers to

@@ -450,6 +450,24 @@ class ServerConfig(_Model):
     metrics_enabled: bool = True
 
 
+def normalise_location(location: str) -> str:
+    """A model location without the schemes that name the same thing (``hf://``, ``file://``)."""
+    return location.removeprefix("hf://").removeprefix("file://").rstrip("/")
+
+
+def default_served_name(location: str) -> str:
+    """How clients name a base model when the config gives no name: its Hugging Face id, the
+    embedded model's name, or the folder (or .gguf file) name of a path or s3:// prefix.
+    The server and the operator's ``status.servedModels`` both use this."""
+    loc = normalise_location(location)
+    if loc.startswith("embedded://"):
+        return loc.removeprefix("embedded://")
+    if loc.startswith("/") or loc.startswith(".") or loc.startswith("s3://"):
+        name = loc.rsplit("/", 1)[-1]
+        return name.removesuffix(".gguf") or loc
+    return loc
+
+
 def serve_command(config_path: str) -> list[str]:
     """How the operator (and ``hone serve``) starts the built-in server."""
     return ["python", "-m", "hone_trainer", "serve", "--config", config_path]

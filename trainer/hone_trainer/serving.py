@@ -10,14 +10,13 @@ server with a message naming the adapter and what to do.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hone_trainer import models
-from hone_trainer.contract import AdapterSource, ModelSource, ServerConfig
+from hone_trainer.contract import AdapterSource, ModelSource, ServerConfig, default_served_name, normalise_location
 from hone_trainer.publish import MANIFEST, PublishError, verify
 
 log = logging.getLogger("hone.serving")
@@ -79,20 +78,6 @@ def fetch_to(artifact: Artifact, target: Path) -> Path:
     shutil.copytree(artifact.path, target, ignore=shutil.ignore_patterns("merged", ".*"))
     verify(target)
     return target
-
-
-def normalise_location(location: str) -> str:
-    return location.removeprefix("hf://").removeprefix("file://").rstrip("/")
-
-
-def default_served_name(location: str) -> str:
-    """How clients name the base model when the config gives no name."""
-    loc = normalise_location(location)
-    if loc.startswith("embedded://"):
-        return loc.removeprefix("embedded://")
-    if loc.startswith("/") or loc.startswith(".") or loc.startswith("s3://"):
-        return re.sub(r"\.gguf$", "", loc.rsplit("/", 1)[-1]) or loc
-    return loc
 
 
 @dataclass

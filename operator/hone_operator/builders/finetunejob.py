@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hone_operator.api.v1alpha1 import (
+    BaseModelSpec,
     DataSource,
     FineTuneJob,
     SecretRef,
@@ -130,6 +131,11 @@ class Storage:
         self.mounts[vol] = {"name": vol, "mountPath": path, "readOnly": read_only}
         return path
 
+    def pvc_path(self, uri: str, writable: bool = False) -> str:
+        """``pvc://<claim>/<path>`` as the pod sees it, with the claim mounted."""
+        claim, path = parse_pvc_uri(uri)
+        return _join(self.pvc(claim, writable), path)
+
     def secret(self, ref: SecretRef | None) -> str | None:
         if ref is None:
             return None
@@ -179,12 +185,27 @@ def _data_location(src: DataSource, which: str, storage: Storage, param: str) ->
         claim, path = parse_pvc_uri(src.uri)
         if not path:
             raise SpecError(f"{param}.uri", f"{param}.uri {src.uri!r} names no file: write pvc://{claim}/<path>.jsonl")
-        return contract.DataFile(location=f"{storage.pvc(claim, writable=False)}/{path}")
+        return contract.DataFile(location=storage.pvc_path(src.uri))
     return contract.DataFile(location=src.uri, credentials_dir=storage.secret(src.credentialsSecret))
 
 
 def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+def base_model_source(base: BaseModelSpec, storage: Storage, param: str) -> contract.ModelSource:
+    """A base model as its pods see it: the trainer's, and the server's for the adapters it trained
+    (the same location, so the adapters' manifests name the base the server loads)."""
+    uri = base.uri
+    _in_cluster(uri, param)
+    if uri_scheme(uri) == "pvc":
+        location = storage.pvc_path(uri)
+    elif uri_scheme(uri) == "hf" and "://" in uri:
+        location = uri.split("://", 1)[1]
+    else:
+        location = uri
+    return contract.ModelSource(location=location, revision=base.revision, trust_remote_code=base.trustRemoteCode,
+                                credentials_dir=storage.secret(base.credentialsSecret))
 
 
 def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.TrainerConfig, Storage]:
@@ -196,19 +217,7 @@ def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.Trai
     storage = Storage()
     ns, name = ftj.metadata.namespace or "default", ftj.metadata.name
 
-    base_uri = spec.baseModel.uri
-    _in_cluster(base_uri, "spec.baseModel.uri")
-    if uri_scheme(base_uri) == "pvc":
-        claim, path = parse_pvc_uri(base_uri)
-        model_location = _join(storage.pvc(claim, writable=False), path)
-    else:
-        model_location = base_uri.split("://", 1)[1] if uri_scheme(base_uri) == "hf" and "://" in base_uri else base_uri
-    model = contract.ModelSource(
-        location=model_location,
-        revision=spec.baseModel.revision,
-        trust_remote_code=spec.baseModel.trustRemoteCode,
-        credentials_dir=storage.secret(spec.baseModel.credentialsSecret),
-    )
+    model = base_model_source(spec.baseModel, storage, "spec.baseModel.uri")
 
     training = _data_location(spec.trainingData, "training", storage, "spec.trainingData")
     validation = (
@@ -220,8 +229,7 @@ def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.Trai
     out = spec.output.uri
     _in_cluster(out, "spec.output.uri")
     if uri_scheme(out) == "pvc":
-        claim, path = parse_pvc_uri(out)
-        job_root = _join(storage.pvc(claim, writable=True), path, ns, name)
+        job_root = _join(storage.pvc_path(out, writable=True), ns, name)
         out_credentials = None
     else:
         job_root = _join(out, ns, name)

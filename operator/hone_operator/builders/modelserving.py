@@ -31,7 +31,7 @@ from hone_operator.api.v1alpha1 import (
     uri_scheme,
 )
 from hone_operator.builders import common
-from hone_operator.builders.finetunejob import CACHE_DIR, SpecError, Storage, _env, _in_cluster, _join
+from hone_operator.builders.finetunejob import CACHE_DIR, SpecError, Storage, _env, _in_cluster, base_model_source
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -78,7 +78,8 @@ class Resolved:
     lora_ranks: list[int] = field(default_factory=list)
     #: S3 adapters that an init step fetches (vLLM only): index in config.adapters
     remote_adapters: list[int] = field(default_factory=list)
-    fine_tune_jobs: list[str] = field(default_factory=list)
+    #: model names clients request: the base, then each adapter (status.servedModels)
+    names: list[str] = field(default_factory=list)
 
 
 def labels(msv: ModelServing, component: str = "server") -> dict[str, str]:
@@ -136,7 +137,7 @@ def _artifact_location(ftj: FineTuneJob, storage: Storage, param: str) -> tuple[
         claim, _ = parse_pvc_uri(out)
         mount = storage.pvc(claim, writable=False)
         if uri_scheme(artifact) == "pvc" and parse_pvc_uri(artifact)[0] == claim:
-            return _join(mount, parse_pvc_uri(artifact)[1]), None
+            return storage.pvc_path(artifact), None
         if not artifact.startswith(mount + "/"):
             raise SpecError(param, f"FineTuneJob {ftj.metadata.name!r} published to {artifact!r}, outside its "
                                    f"output claim {claim!r}")
@@ -148,10 +149,7 @@ def _artifact_location(ftj: FineTuneJob, storage: Storage, param: str) -> tuple[
 
 def _uri_location(uri: str, storage: Storage, param: str) -> str:
     _in_cluster(uri, param)
-    if uri_scheme(uri) == "pvc":
-        claim, path = parse_pvc_uri(uri)
-        return _join(storage.pvc(claim, writable=False), path)
-    return uri
+    return storage.pvc_path(uri) if uri_scheme(uri) == "pvc" else uri
 
 
 def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings: OperatorSettings) -> Resolved:
@@ -161,14 +159,13 @@ def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
     adapters: list[contract.AdapterSource] = []
     ranks: list[int] = []
     bases: list[tuple[str, FineTuneJob]] = []
-    jobs: list[str] = []
+    adapter_names: list[str] = []  # as the server will name them
     base: contract.ModelSource | None = None
     served_name: str | None = None
 
     if spec.fineTuneJobRef is not None:
         param = "spec.fineTuneJobRef"
         ftj = _succeeded(param, spec.fineTuneJobRef.name, ftjs)
-        jobs.append(ftj.metadata.name)
         location, creds = _artifact_location(ftj, storage, param)
         if ftj.spec.method == "full":
             if spec.adapters:
@@ -178,36 +175,37 @@ def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
             served_name = ftj.status.fineTunedModel.name  # type: ignore[union-attr]
         else:
             adapters.append(contract.AdapterSource(location=location, credentials_dir=creds))
+            adapter_names.append(ftj.status.fineTunedModel.name)  # type: ignore[union-attr]
             ranks.append(ftj.spec.lora.r)
             bases.append((param, ftj))
     for i, a in enumerate(spec.adapters or []):
         param = f"spec.adapters[{i}]"
         if a.fineTuneJobRef is not None:
             ftj = _succeeded(f"{param}.fineTuneJobRef", a.fineTuneJobRef.name, ftjs)
-            jobs.append(ftj.metadata.name)
             if ftj.spec.method == "full":
                 raise SpecError(f"{param}.fineTuneJobRef", f"FineTuneJob {ftj.metadata.name!r} is a full "
                                 "fine-tune, not an adapter: serve it in its own ModelServing")
             location, creds = _artifact_location(ftj, storage, f"{param}.fineTuneJobRef")
             adapters.append(contract.AdapterSource(name=a.name, location=location, credentials_dir=creds))
+            adapter_names.append(a.name or ftj.status.fineTunedModel.name)  # type: ignore[union-attr]
             ranks.append(ftj.spec.lora.r)
             bases.append((f"{param}.fineTuneJobRef", ftj))
         else:
             assert a.uri is not None
             location = _uri_location(a.uri, storage, f"{param}.uri")
             adapters.append(contract.AdapterSource(name=a.name, location=location))
+            adapter_names.append(a.name or f"adapter-{len(adapters) - 1}")
             ranks.append(DEFAULT_URI_ADAPTER_RANK)
 
     if spec.baseModel is not None:
-        base_config, _ = _base_source(spec.baseModel.uri, spec.baseModel, storage, "spec.baseModel.uri")
-        base = base_config
+        base = base_model_source(spec.baseModel, storage, "spec.baseModel.uri")
     elif base is None and bases:
         first_param, first = bases[0]
         for param, other in bases[1:]:
             if other.spec.baseModel.uri != first.spec.baseModel.uri:
                 raise SpecError(param, f"{param} was trained on {other.spec.baseModel.uri!r} but {first_param} on "
                                 f"{first.spec.baseModel.uri!r}: adapters on one server share one base model")
-        base, _ = _base_source(first.spec.baseModel.uri, first.spec.baseModel, storage, f"{first_param} baseModel")
+        base = base_model_source(first.spec.baseModel, storage, f"{first_param} baseModel")
     if base is None:
         raise SpecError("spec.baseModel", "no base model: set spec.baseModel (adapters given by URI do not say "
                         "which base they were trained on)")
@@ -218,58 +216,13 @@ def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
         api_keys_file=f"{keys}/api-keys" if keys else None, max_concurrent_requests=spec.maxConcurrentRequests,
         prices=settings.prices)
     remote = [i for i, a in enumerate(adapters) if a.location.startswith("s3://")]
-    return Resolved(config, storage, ranks, remote, jobs)
-
-
-def _base_source(uri: str, spec_base: Any, storage: Storage, param: str) -> tuple[contract.ModelSource, str]:
-    """The base model as the trainer saw it (same mount paths, so adapter manifests match)."""
-    _in_cluster(uri, param)
-    if uri_scheme(uri) == "pvc":
-        claim, path = parse_pvc_uri(uri)
-        location = _join(storage.pvc(claim, writable=False), path)
-    elif uri_scheme(uri) == "hf" and "://" in uri:
-        location = uri.split("://", 1)[1]
-    else:
-        location = uri
-    source = contract.ModelSource(location=location, revision=spec_base.revision,
-                                  trust_remote_code=spec_base.trustRemoteCode,
-                                  credentials_dir=storage.secret(spec_base.credentialsSecret))
-    return source, location
+    names = [served_name or contract.default_served_name(base.location), *adapter_names]
+    return Resolved(config, storage, ranks, remote, names)
 
 
 # --------------------------------------------------------------------------
 # Objects
 # --------------------------------------------------------------------------
-
-
-def served_models(resolved: Resolved, artifact_names: dict[int, str]) -> list[str]:
-    cfg = resolved.config
-    base = cfg.served_model_name or _default_base_name(cfg.base_model.location)
-    return [base] + [a.name or artifact_names.get(i, f"adapter-{i}") for i, a in enumerate(cfg.adapters)]
-
-
-def _default_base_name(location: str) -> str:
-    loc = location.removeprefix("hf://").rstrip("/")
-    if loc.startswith("/") or loc.startswith("s3://"):
-        return loc.rsplit("/", 1)[-1]
-    return loc
-
-
-def adapter_names(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None]) -> dict[int, str]:
-    """Adapter index -> the fine-tuned model name recorded by its FineTuneJob (when it has one)."""
-    out: dict[int, str] = {}
-    i = 0
-    refs: list[str | None] = []
-    if msv.spec.fineTuneJobRef is not None:
-        refs.append(msv.spec.fineTuneJobRef.name)
-    refs += [a.fineTuneJobRef.name if a.fineTuneJobRef else None for a in msv.spec.adapters or []]
-    for name in refs:
-        body = ftjs.get(name) if name else None
-        model = ((body or {}).get("status") or {}).get("fineTunedModel") or {}
-        if model.get("name"):
-            out[i] = model["name"]
-        i += 1
-    return out
 
 
 def config_map(msv: ModelServing, resolved: Resolved) -> dict[str, Any]:
@@ -311,9 +264,9 @@ def _hone_container(msv: ModelServing, settings: OperatorSettings, resolved: Res
     }
 
 
-def vllm_args(resolved: Resolved, names: list[str]) -> list[str]:
+def vllm_args(resolved: Resolved) -> list[str]:
     """``vllm serve`` arguments: the base model, each adapter as a LoRA module under its served name."""
-    cfg = resolved.config
+    cfg, names = resolved.config, resolved.names
     args = ["serve", cfg.base_model.location, "--host", "0.0.0.0", "--port", str(HTTP_PORT),
             "--served-model-name", names[0], "--max-num-seqs", str(cfg.max_concurrent_requests),
             "--disable-log-requests"]
@@ -336,10 +289,9 @@ def _vllm_adapter_path(resolved: Resolved, i: int) -> str:
     return resolved.config.adapters[i].location
 
 
-def _vllm_container(msv: ModelServing, settings: OperatorSettings, resolved: Resolved,
-                    names: list[str]) -> dict[str, Any]:
+def _vllm_container(msv: ModelServing, settings: OperatorSettings, resolved: Resolved) -> dict[str, Any]:
     r = msv.spec.resources
-    args = vllm_args(resolved, names)
+    args = vllm_args(resolved)
     env = _env({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
     token_dir = resolved.config.base_model.credentials_dir
     if token_dir:
@@ -394,14 +346,13 @@ def _mounts(resolved: Resolved, fetch: bool) -> list[dict[str, Any]]:
     return mounts + list(resolved.storage.mounts.values())
 
 
-def deployment(msv: ModelServing, settings: OperatorSettings, resolved: Resolved, names: list[str],
-               spec_hash: str) -> dict[str, Any]:
+def deployment(msv: ModelServing, settings: OperatorSettings, resolved: Resolved, spec_hash: str) -> dict[str, Any]:
     spec = msv.spec
     ns = msv.metadata.namespace or "default"
     lbls = labels(msv)
     init: list[dict[str, Any]] = []
     if spec.runtime == "vllm":
-        container = _vllm_container(msv, settings, resolved, names)
+        container = _vllm_container(msv, settings, resolved)
         if resolved.remote_adapters:
             init.append(_fetch_container(msv, settings, resolved))
     else:
@@ -498,10 +449,10 @@ def spec_hash(objs: list[dict[str, Any]]) -> str:
 
 
 def desired(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings: OperatorSettings
-            ) -> tuple[list[dict[str, Any]], Resolved, list[str]]:
+            ) -> tuple[list[dict[str, Any]], Resolved]:
     """Every child, in the order to apply them (the Deployment last), plus what they serve."""
     resolved = resolve(msv, ftjs, settings)
-    names = served_models(resolved, adapter_names(msv, ftjs))
+    names = resolved.names
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError("spec.adapters", f"two models would be served as {dupes[0]!r}: give each adapter its own "
@@ -510,11 +461,11 @@ def desired(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
     autoscaler = hpa(msv)
     if autoscaler:
         objs.append(autoscaler)
-    digest = spec_hash([*objs, deployment(msv, settings, resolved, names, "")])
+    digest = spec_hash([*objs, deployment(msv, settings, resolved, "")])
     for obj in objs:
         obj["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest
-    objs.append(deployment(msv, settings, resolved, names, digest))
-    return objs, resolved, names
+    objs.append(deployment(msv, settings, resolved, digest))
+    return objs, resolved
 
 
 def all_objects(msv: ModelServing, settings: OperatorSettings,

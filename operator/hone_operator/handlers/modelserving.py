@@ -99,7 +99,8 @@ def _plan(body: dict[str, Any], obs: ObservedServing, settings: OperatorSettings
 
     deployment = obs.deployment
     try:
-        objs, resolved, names = build.desired(msv, obs.fine_tune_jobs, settings)
+        objs, resolved = build.desired(msv, obs.fine_tune_jobs, settings)
+        names = resolved.names
     except build.Waiting as wait:
         if deployment is not None and wait.reason == "FineTuneJobNotFound":
             # Deleted after it was deployed: keep serving what was resolved, and say so.
