@@ -103,6 +103,15 @@ def kustomized_file(folder: Path, name: str, key: str, param: str) -> Path:
     raise LocalSpecError(param, f"{path} has no configMapGenerator named {name!r}")
 
 
+def base_model_source(spec_base: Any, base: Path) -> contract.ModelSource:
+    """``spec.baseModel`` on this machine: a hub id as it is (without ``hf://``), anything else local."""
+    uri = spec_base.uri
+    location = uri.removeprefix("hf://") if uri_scheme(uri) == "hf" and "://" in uri else \
+        local_path(uri, base, "spec.baseModel.uri")
+    return contract.ModelSource(location=location, revision=spec_base.revision,
+                                trust_remote_code=spec_base.trustRemoteCode)
+
+
 def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: OperatorSettings) -> contract.TrainerConfig:
     base = manifest.parent.resolve()
     spec = ftj.spec
@@ -123,13 +132,9 @@ def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: Oper
     out = spec.output.uri
     root = local_path(out, base, "spec.output.uri")
     job_root = f"{root.rstrip('/')}/{ns}/{name}"
-    model = local_path(spec.baseModel.uri, base, "spec.baseModel.uri")
-    if uri_scheme(spec.baseModel.uri) == "hf" and "://" in spec.baseModel.uri:
-        model = spec.baseModel.uri.removeprefix("hf://")
     return trainer_config(
         ftj, settings,
-        base_model=contract.ModelSource(location=model, revision=spec.baseModel.revision,
-                                        trust_remote_code=spec.baseModel.trustRemoteCode),
+        base_model=base_model_source(spec.baseModel, base),
         training=training, validation=validation,
         output_uri=f"{job_root}/model", checkpoint_dir=f"{job_root}/checkpoints",
         progress=contract.ProgressReporting(kind="file", path=str(workdir / "progress.json"), interval_seconds=1.0),
@@ -236,11 +241,7 @@ def server_config(msv: Any, manifest: Path, workdir: Path, host: str, port: int,
         else:
             adapters.append(contract.AdapterSource(name=name, location=artifact))
     if msv.spec.baseModel is not None:
-        uri = msv.spec.baseModel.uri
-        location = uri.removeprefix("hf://") if uri_scheme(uri) == "hf" and "://" in uri else \
-            local_path(uri, base_dir, "spec.baseModel.uri")
-        base = contract.ModelSource(location=location, revision=msv.spec.baseModel.revision,
-                                    trust_remote_code=msv.spec.baseModel.trustRemoteCode)
+        base = base_model_source(msv.spec.baseModel, base_dir)
     if base is None:
         from hone_trainer import serving
 

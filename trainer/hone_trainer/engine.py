@@ -53,7 +53,6 @@ class GenerationEvent:
     text: str = ""
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "error" | "cancelled"
-    completion_tokens: int = 0
     error: str | None = None
 
 
@@ -228,7 +227,7 @@ class Engine:
         return out
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
-                 rows: list[SequenceState]) -> torch.Tensor:
+                 rows: list[SequenceState]) -> tuple[torch.Tensor, Any]:
         kwargs: dict[str, Any] = {}
         if self.use_adapter_names:
             kwargs["adapter_names"] = [r.adapter for r in rows]
@@ -287,6 +286,7 @@ class Engine:
         batch = self._batch
         assert batch.next_tokens is not None and batch.mask is not None
         new_tokens = batch.next_tokens.tolist()
+        cached = batch.mask.sum(1).tolist()  # tokens in each row's cache
         keep: list[int] = list(range(offset))
         for i, seq in enumerate(batch.rows[offset:], start=offset):
             token = new_tokens[i]
@@ -294,7 +294,7 @@ class Engine:
             reason = self._stream(seq, token)
             if reason is None and seq.cancelled:
                 reason = "cancelled"
-            if reason is None and int(batch.mask[i].sum()) + 1 >= self.context_length:
+            if reason is None and cached[i] + 1 >= self.context_length:
                 reason = "length"
             if reason is None:
                 keep.append(i)
@@ -332,8 +332,7 @@ class Engine:
         if seq.finished:
             return
         seq.finished = True
-        seq.emit(GenerationEvent(finished=True, finish_reason=reason, completion_tokens=len(seq.generated),
-                                 error=error))
+        seq.emit(GenerationEvent(finished=True, finish_reason=reason, error=error))
 
 
 def _full_attention_only(config: Any) -> bool:

@@ -277,11 +277,9 @@ class ApiKeys:
 @dataclass
 class Choice:
     index: int
-    seq: Any  # engine.SequenceState
-    events: "asyncio.Queue[Any]"
+    seq: Any  # engine.SequenceState; its ``generated`` tokens are the choice's completion tokens
     text: str = ""
     finish_reason: str | None = None
-    completion_tokens: int = 0
     error: str | None = None
 
 
@@ -304,7 +302,7 @@ class Generation:
                 i = index
                 seq = SequenceState(prompt_ids=prompt, adapter=adapter, params=params,
                                     emit=lambda ev, i=i: self.loop.call_soon_threadsafe(self.events.put_nowait, (i, ev)))
-                self.choices.append(Choice(i, seq, self.events))
+                self.choices.append(Choice(i, seq))
                 index += 1
         self.state = state
         self.metered = False
@@ -324,7 +322,6 @@ class Generation:
             choice = self.choices[i]
             if ev.finished:
                 choice.finish_reason = ev.finish_reason
-                choice.completion_tokens = ev.completion_tokens
                 choice.error = ev.error
                 pending -= 1
             else:
