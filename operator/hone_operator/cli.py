@@ -124,18 +124,29 @@ def _print_validation(data: Path, result, price: float) -> None:
     console.print("[green]trainable[/green]" if result.ok else f"[red]not trainable[/red]: {result.summary}")
 
 
-def _documents(manifest: Path) -> list[dict]:
+def _documents(manifest: Path, strict: bool = True) -> list[dict]:
+    """The YAML documents of a manifest; ``strict``: every one must be a FineTuneJob or ModelServing."""
     import yaml
 
     try:
         docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
     except yaml.YAMLError as exc:
         _fail(f"{manifest}: not valid YAML: {exc}")
+    if not strict:
+        return [d for d in docs if isinstance(d, dict)]
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict) or doc.get("kind") not in ("FineTuneJob", "ModelServing"):
             kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
             _fail(f"{manifest}: document {i + 1} is {kind!r}; Hone reads FineTuneJob and ModelServing manifests")
     return docs
+
+
+def _first(manifest: Path, kind: str) -> dict:
+    """The first document of ``kind`` in a manifest (others, e.g. a ConfigMap beside it, are skipped)."""
+    doc = next((d for d in _documents(manifest, strict=False) if d.get("kind") == kind), None)
+    if doc is None:
+        _fail(f"{manifest}: no {kind} in this file")
+    return doc
 
 
 def _parse(manifest: Path, doc: dict, namespace: str, uid: str | None = None):
@@ -218,12 +229,7 @@ def run(manifest: Path, workdir: Path) -> None:
     import hashlib
     import uuid
 
-    import yaml
-    from pydantic import ValidationError
-
     from hone_operator import local
-    from hone_operator.api.v1alpha1 import FineTuneJob
-    from hone_operator.handlers.finetunejob import spec_error
     from hone_operator.settings import load
 
     try:
@@ -232,20 +238,11 @@ def run(manifest: Path, workdir: Path) -> None:
         from hone_trainer.validate import validate as run_validation
     except ImportError as exc:
         _fail(f"`hone run` needs the runtime extra (pip install 'hone[runtime]'): {exc}")
-    try:
-        docs = [d for d in yaml.safe_load_all(manifest.read_text()) if isinstance(d, dict)]
-    except yaml.YAMLError as exc:
-        _fail(f"{manifest}: not valid YAML: {exc}")
-    doc = next((d for d in docs if d.get("kind") == "FineTuneJob"), None)
-    if doc is None:
-        _fail(f"{manifest}: no FineTuneJob in this file")
-    meta = {"namespace": "local", **(doc.get("metadata") or {})}
+    doc = _first(manifest, "FineTuneJob")
+    namespace = (doc.get("metadata") or {}).get("namespace") or "local"
     # A stable uid: the same manifest resumes the same job and keeps its model name.
-    meta["uid"] = str(uuid.UUID(hashlib.sha256(f"{meta['namespace']}/{meta.get('name')}".encode()).hexdigest()[:32]))
-    try:
-        ftj = FineTuneJob.model_validate({**doc, "metadata": meta, "status": {}})
-    except ValidationError as exc:
-        _fail(f"{manifest}: {spec_error(exc)[1]}")
+    key = f"{namespace}/{(doc.get('metadata') or {}).get('name')}"
+    ftj = _parse(manifest, doc, namespace, str(uuid.UUID(hashlib.sha256(key.encode()).hexdigest()[:32])))
     settings = load()
     job_dir = workdir / ftj.metadata.namespace / ftj.metadata.name
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -331,19 +328,13 @@ def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int
     except ImportError as exc:
         _fail(f"`hone serve` needs the runtime extra (pip install 'hone[runtime]'): {exc}")
     if job_manifest is not None:
-        docs = [d for d in _documents(job_manifest) if d["kind"] == "FineTuneJob"]
-        if not docs:
-            _fail(f"{job_manifest}: no FineTuneJob in this file")
-        job = _parse(job_manifest, docs[0], "local")
+        job = _parse(job_manifest, _first(job_manifest, "FineTuneJob"), "local")
         msv = ModelServing.model_validate({"metadata": {"name": job.metadata.name, "namespace": job.metadata.namespace},
                                            "spec": {"fineTuneJobRef": {"name": job.metadata.name}}})
         source = job_manifest
     else:
         assert manifest is not None
-        docs = [d for d in _documents(manifest) if d["kind"] == "ModelServing"]
-        if not docs:
-            _fail(f"{manifest}: no ModelServing in this file")
-        msv = _parse(manifest, docs[0], "local")
+        msv = _parse(manifest, _first(manifest, "ModelServing"), "local")
         source = manifest
         if msv.spec.apiKeySecret is not None and not api_keys_file:
             click.echo("note: spec.apiKeySecret names a Secret, which exists only in a cluster; locally no key is "
