@@ -53,6 +53,22 @@ def _rv_newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
         return True
 
 
+def _keep_newer(cache: dict[Any, dict[str, Any]], key: Any, obj: dict[str, Any], only_known: bool = False) -> bool:
+    """Store ``obj`` under ``key`` unless the cache holds a newer version (or, with ``only_known``,
+    none at all: a write's answer must not bring back an object deleted meanwhile). The caller
+    holds the lock. True when stored."""
+    if (only_known and key not in cache) or not _rv_newer(obj, cache.get(key)):
+        return False
+    cache[key] = obj
+    return True
+
+
+def _drop_if_same(cache: dict[Any, dict[str, Any]], key: Any, obj: dict[str, Any]) -> None:
+    """Forget a deleted object, unless the cache already holds its successor of the same name."""
+    if (cache.get(key) or {}).get("metadata", {}).get("uid") == (obj.get("metadata") or {}).get("uid"):
+        cache.pop(key, None)
+
+
 def _owner(obj: dict[str, Any], kind: str = build.KIND) -> dict[str, Any]:
     """The FineTuneJob (or ``kind``) ownerReference of a child object ({} when it has none)."""
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
@@ -93,9 +109,8 @@ class Controller:
             self._enqueue_servings_of(key)
             return
         with self._lock:
-            if not _rv_newer(obj, self._ftjs.get(key)):
+            if not _keep_newer(self._ftjs, key, obj):
                 return
-            self._ftjs[key] = obj
         self._observe_metrics(obj)
         self.enqueue((FTJ, *key))
         self._enqueue_servings_of(key)
@@ -116,9 +131,8 @@ class Controller:
                 self._deployments.pop(key, None)
             return
         with self._lock:
-            if not _rv_newer(obj, self._msvs.get(key)):
+            if not _keep_newer(self._msvs, key, obj):
                 return
-            self._msvs[key] = obj
         self.enqueue((MSV, *key))
 
     def on_deployment(self, event_type: str | None, obj: dict[str, Any]) -> None:
@@ -129,11 +143,8 @@ class Controller:
         key = (meta.get("namespace"), owner)
         with self._lock:
             if event_type == "DELETED":
-                if (self._deployments.get(key) or {}).get("metadata", {}).get("uid") == meta.get("uid"):
-                    self._deployments.pop(key, None)
-            elif _rv_newer(obj, self._deployments.get(key)):
-                self._deployments[key] = obj
-            else:
+                _drop_if_same(self._deployments, key, obj)
+            elif not _keep_newer(self._deployments, key, obj):
                 return
         self.enqueue((MSV, *key))
 
@@ -146,9 +157,7 @@ class Controller:
         key = (meta.get("namespace"), owner)
         if event_type == "DELETED":
             with self._lock:
-                jobs = self._jobs.setdefault(key, {})
-                if (jobs.get(component) or {}).get("metadata", {}).get("uid") == meta.get("uid"):
-                    jobs.pop(component, None)
+                _drop_if_same(self._jobs.setdefault(key, {}), component, obj)
         elif not self._cache_job(key, obj):
             return
         self.enqueue((FTJ, *key))
@@ -156,17 +165,14 @@ class Controller:
     def _cache_job(self, key: Key, obj: dict[str, Any]) -> bool:
         """Keep ``obj`` as its FineTuneJob's Job of its component, unless the cache holds a newer one."""
         component = ((obj.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL)
+        if not component:
+            return False
         with self._lock:
-            jobs = self._jobs.setdefault(key, {})
-            if component and _rv_newer(obj, jobs.get(component)):
-                jobs[component] = obj
-                return True
-        return False
+            return _keep_newer(self._jobs.setdefault(key, {}), component, obj)
 
     def _cache_ftj(self, key: Key, obj: dict[str, Any]) -> None:
         with self._lock:
-            if key in self._ftjs and _rv_newer(obj, self._ftjs[key]):
-                self._ftjs[key] = obj
+            _keep_newer(self._ftjs, key, obj, only_known=True)
         self._observe_metrics(obj)
 
     def _observe_metrics(self, obj: dict[str, Any]) -> None:
@@ -303,16 +309,14 @@ class Controller:
                 log.info("updated %s %s/%s", obj["kind"], namespace, meta["name"])
             if obj["kind"] == "Deployment" and created:
                 with self._lock:
-                    if _rv_newer(created, self._deployments.get(key)):
-                        self._deployments[key] = created
+                    _keep_newer(self._deployments, key, created)
         for ref in plan.deletes:
             self.kube.delete(ref.api_version, ref.kind, namespace, ref.name)
         if plan.status:
             updated = self.kube.patch(API_VERSION, MSV, namespace, name, {"status": plan.status},
                                       subresource="status")
             with self._lock:
-                if key in self._msvs and _rv_newer(updated, self._msvs[key]):
-                    self._msvs[key] = updated
+                _keep_newer(self._msvs, key, updated, only_known=True)
             if "phase" in plan.status:
                 log.info("ModelServing %s/%s is %s", namespace, name, plan.status["phase"])
         for event in plan.events:
