@@ -293,3 +293,28 @@ def test_an_adapter_trained_on_another_base_is_refused(served, tmp_path: Path) -
     assert server.proc.wait(120) == 5
     out = server.output()
     assert "was trained on base model" in out and "ft:tiny:local:wheels:wheels" in out
+
+
+def test_fetch_copies_verified_adapters_for_a_runtime_that_reads_files(served, tmp_path: Path) -> None:
+    """The init step of a vLLM pod: the same checks as the server, then a copy per adapter."""
+    import subprocess
+    import sys
+
+    from hone_trainer.publish import verify
+    from tests.support.serving import env
+
+    def fetch(*adapters: str) -> subprocess.CompletedProcess:
+        args = [a for adapter in adapters for a in ("--adapter", adapter)]
+        return subprocess.run([sys.executable, "-m", "hone_trainer", "fetch", "--model", str(served["base"]), *args,
+                               "--target", str(tmp_path / "adapters")], env=env(), capture_output=True, text=True,
+                              timeout=120)
+
+    ok = fetch(str(served["returns"]), f"wheels={served['wheels']}")
+    assert ok.returncode == 0, ok.stderr
+    assert verify(tmp_path / "adapters" / "1")["fineTunedModel"] == "ft:tiny:local:wheels:wheels"
+    assert '"adapter": "wheels"' in ok.stdout
+    broken = tmp_path / "broken"
+    shutil.copytree(served["wheels"], broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not the published weights")
+    bad = fetch(str(broken))
+    assert bad.returncode == 5 and "adapter_model.safetensors does not match its manifest" in bad.stderr

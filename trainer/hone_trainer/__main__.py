@@ -160,13 +160,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     config = server_config(args)
     target = Path(args.target)
-    try:
-        for i, src in enumerate(config.adapters):
-            art = serving.local_artifact(src.location, src.credentials_dir)
-            serving.check_base(art, config.base_model, src.name or art.fine_tuned_model or str(i))
+    try:  # the same checks as the server's: manifest hashes, base model, LoRA adapters, distinct names
+        for i, (name, art) in enumerate(serving.resolve_adapters(config)):
             serving.fetch_to(art, target / str(i))
-            print(json.dumps({"event": "fetched", "adapter": src.name or art.fine_tuned_model,
-                              "path": str(target / str(i))}), flush=True)
+            print(json.dumps({"event": "fetched", "adapter": name, "path": str(target / str(i))}), flush=True)
     except serving.ServingError as exc:
         return _fail(ExitCode.MODEL_ERROR, str(exc))
     return int(ExitCode.OK)

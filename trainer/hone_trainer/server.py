@@ -347,7 +347,8 @@ class Generation:
 # --------------------------------------------------------------------------
 
 
-def create_app(config: ServerConfig, *, load: bool = True) -> Starlette:
+def create_app(config: ServerConfig, *, load: bool = True, on_load_error: Any = None) -> Starlette:
+    """The ASGI app; ``on_load_error()`` is called when the models cannot be loaded."""
     state = State(config)
     state.metrics = Metrics(config, state) if config.metrics_enabled else None
     if config.api_keys_file:
@@ -359,13 +360,15 @@ def create_app(config: ServerConfig, *, load: bool = True) -> Starlette:
 
         try:
             served = serving.load(config)
-        except serving.ServingError as exc:
-            state.load_error = str(exc)
-            log.error("cannot serve: %s", exc)
-            return
         except Exception as exc:  # noqa: BLE001 - reported, then the process ends
-            state.load_error = f"loading failed: {exc}"
-            log.exception("loading failed")
+            if isinstance(exc, serving.ServingError):
+                state.load_error = str(exc)
+                log.error("cannot serve: %s", exc)
+            else:
+                state.load_error = f"loading failed: {exc}"
+                log.exception("loading failed")
+            if on_load_error is not None:
+                on_load_error()
             return
         adapters = [n for n in served.names.values() if n != "__base__"]
         engine = Engine(served.model, served.tokenizer, max_batch_size=config.max_batch_size, adapters=adapters,
@@ -680,21 +683,15 @@ def serve(config: ServerConfig, *, graceful_seconds: int = 30, termination_log: 
     """Run until SIGTERM/SIGINT; in-flight requests finish first. Returns the exit code."""
     import uvicorn
 
-    app = create_app(config)
+    server: Any = None
+
+    def stop() -> None:  # a model that cannot load ends the process instead of idling unready
+        server.should_exit = True
+
+    app = create_app(config, on_load_error=stop)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
                                            timeout_graceful_shutdown=graceful_seconds, access_log=False))
-    watcher_stop = threading.Event()
-
-    def watch_loading() -> None:  # a model that cannot load ends the process instead of idling unready
-        state: State = app.state.hone
-        while not watcher_stop.wait(0.2):
-            if state.load_error:
-                server.should_exit = True
-                return
-
-    threading.Thread(target=watch_loading, name="hone-load-watch", daemon=True).start()
     server.run()
-    watcher_stop.set()
     error = app.state.hone.load_error
     if error:
         print(f"hone-server: error: {error}", file=sys.stderr)
