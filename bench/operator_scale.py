@@ -41,14 +41,10 @@ from tests.support.apiserver import ApiServerThread  # noqa: E402
 from tests.support.cluster import OperatorProcess, seed_namespace, wait_for  # noqa: E402
 from tests.support.controllers import InstantJobController  # noqa: E402
 
+from stats import percentile  # noqa: E402  (bench/, the script's own folder)
+
 NS = "bench"
 FTJ = ("hone.dev", "v1alpha1", "finetunejobs")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 def peak_rss_mib(pid: int) -> float:

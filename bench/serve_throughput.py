@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "trainer")]
 
+from stats import percentile  # noqa: E402  (bench/, the script's own folder)
+
 QUESTIONS = [
     "Which wheel hardness should I pick for rough streets?", "How often should I clean my bearings?",
     "What is your return policy?", "Do you ship to Porto?", "How wide should my deck be for size 44 shoes?",
@@ -39,11 +41,6 @@ QUESTIONS = [
     "How do I stop wheel bite?", "¿Tienen ruedas de 54mm?", "Vocês entregam em Lisboa?",
     "What is the warranty on decks?", "Where is the shop?",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def baseline(model_loc: str, requests: list[list[dict[str, str]]], max_tokens: int) -> dict[str, float]:
@@ -68,7 +65,7 @@ def baseline(model_loc: str, requests: list[list[dict[str, str]]], max_tokens: i
         tokens += out.shape[1] - ids.shape[1]
         latencies.append(time.perf_counter() - t0)
     wall = time.perf_counter() - started
-    return {"tok_s": tokens / wall, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+    return {"tok_s": tokens / wall, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
 
 
 def against_server(url: str, requests: list[list[dict[str, str]]], max_tokens: int, concurrency: int,
@@ -87,8 +84,8 @@ def against_server(url: str, requests: list[list[dict[str, str]]], max_tokens: i
         results = list(pool.map(one, requests))
     wall = time.perf_counter() - started
     latencies = [r[0] for r in results]
-    return {"tok_s": sum(r[1] for r in results) / wall, "p50": percentile(latencies, 0.5),
-            "p99": percentile(latencies, 0.99)}
+    return {"tok_s": sum(r[1] for r in results) / wall, "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99)}
 
 
 def main() -> int:
