@@ -1,9 +1,18 @@
-"""Kubernetes conditions (metav1.Condition) as plain dicts."""
+"""Kubernetes conditions (metav1.Condition) as plain dicts, and the status a plan builds."""
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterable
+
+
+@dataclass
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
 
 
 def now() -> str:
@@ -68,3 +77,37 @@ def job_condition(job: dict[str, Any] | None, type_: str) -> dict[str, Any] | No
         if c.get("type") == type_ and c.get("status") == "True":
             return c
     return None
+
+
+class StatusBuilder:
+    """Accumulates the desired operator-owned status keys, then diffs against the stored status.
+
+    Every condition set carries the spec generation being acted on; a phase change posts an
+    Event (reason: the phase).
+    """
+
+    def __init__(self, current: dict[str, Any], owned: Iterable[str], generation: int | None, timestamp: str):
+        self.current = current
+        self.desired = {k: current[k] for k in owned if k in current}
+        self.generation = generation
+        self.ts = timestamp
+        self.desired["observedGeneration"] = generation
+        self.events: list[Event] = []
+
+    @property
+    def phase(self) -> str | None:
+        return self.desired.get("phase")
+
+    def condition(self, type_: str, status: bool | str, reason: str, message: str = "") -> None:
+        self.desired["conditions"] = set_condition(
+            list(self.desired.get("conditions") or []), type_, status, reason, message, self.generation, self.ts
+        )
+
+    def set_phase(self, phase: enum.Enum, message: str, warning: bool = False) -> None:
+        if self.desired.get("phase") != phase.value:
+            self.events.append(Event("Warning" if warning else "Normal", phase.value, message))
+        self.desired["phase"] = phase.value
+
+    def patch(self) -> dict[str, Any] | None:
+        changed = {k: v for k, v in self.desired.items() if self.current.get(k) != v}
+        return changed or None

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from hone_operator.api.v1alpha1 import FineTuneJob, FineTuneJobPhase as Phase, _NamespacedRef
 from hone_operator.builders import finetunejob as build
-from hone_operator.handlers.conditions import get_condition, job_condition, set_condition
+from hone_operator.handlers.conditions import Event, StatusBuilder, get_condition, job_condition
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -29,13 +29,6 @@ OWNED_STATUS_KEYS = (
     "phase", "observedGeneration", "conditions", "dataset", "estimate", "fineTunedModel",
     "trainedTokens", "error", "startTime", "completionTime", "checkpoints",
 )
-
-
-@dataclass
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass
@@ -187,30 +180,14 @@ def cross_namespace_refs(model: BaseModel, own: str, path: str = "spec") -> Iter
 # --------------------------------------------------------------------------
 
 
-class _Status:
-    """Accumulates the desired operator-owned status, then diffs against the stored one."""
+class _Status(StatusBuilder):
+    """The FineTuneJob's status: a final phase stamps completionTime; failures carry OpenAI's error."""
 
     def __init__(self, current: dict[str, Any], generation: int | None, timestamp: str):
-        self.current = current
-        self.desired = {k: current[k] for k in OWNED_STATUS_KEYS if k in current}
-        self.generation = generation
-        self.ts = timestamp
-        self.desired["observedGeneration"] = generation
-        self.events: list[Event] = []
+        super().__init__(current, OWNED_STATUS_KEYS, generation, timestamp)
 
-    @property
-    def phase(self) -> str | None:
-        return self.desired.get("phase")
-
-    def condition(self, type_: str, status: bool | str, reason: str, message: str = "") -> None:
-        self.desired["conditions"] = set_condition(
-            list(self.desired.get("conditions") or []), type_, status, reason, message, self.generation, self.ts
-        )
-
-    def set_phase(self, phase: Phase, message: str, warning: bool = False) -> None:
-        if self.desired.get("phase") != phase.value:
-            self.events.append(Event("Warning" if warning else "Normal", phase.value, message))
-        self.desired["phase"] = phase.value
+    def set_phase(self, phase: Phase, message: str, warning: bool = False) -> None:  # type: ignore[override]
+        super().set_phase(phase, message, warning)
         if phase.terminal:
             self.desired.setdefault("completionTime", self.ts)
 
@@ -219,10 +196,6 @@ class _Status:
         self.condition("Failed", True, reason, message)
         self.condition("Running", False, reason, "")
         self.set_phase(Phase.FAILED, message, warning=True)
-
-    def patch(self) -> dict[str, Any] | None:
-        changed = {k: v for k, v in self.desired.items() if self.current.get(k) != v}
-        return changed or None
 
 
 def plan(body: dict[str, Any], observed: Observed, settings: OperatorSettings, timestamp: str) -> Plan:

@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from hone_operator.api.v1alpha1 import ModelServing, ModelServingPhase as Phase
 from hone_operator.builders import modelserving as build
 from hone_operator.builders.finetunejob import SpecError
-from hone_operator.handlers.conditions import set_condition
-from hone_operator.handlers.finetunejob import Event, ObjectRef, cross_namespace_refs, spec_error
+from hone_operator.handlers.conditions import Event, StatusBuilder
+from hone_operator.handlers.finetunejob import ObjectRef, cross_namespace_refs, spec_error
 from hone_operator.settings import OperatorSettings
 
 OWNED_STATUS_KEYS = ("phase", "observedGeneration", "conditions", "replicas", "readyReplicas", "selector", "url",
@@ -49,33 +49,11 @@ class ServingPlan:
         return not (self.apply or self.deletes or self.status or self.events)
 
 
-class _Status:
-    def __init__(self, current: dict[str, Any], generation: int | None, ts: str):
-        self.current = current
-        self.desired = {k: current[k] for k in OWNED_STATUS_KEYS if k in current}
-        self.desired["observedGeneration"] = generation
-        self.generation, self.ts = generation, ts
-        self.events: list[Event] = []
-
-    def condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
-        self.desired["conditions"] = set_condition(list(self.desired.get("conditions") or []), type_, status,
-                                                   reason, message, self.generation, self.ts)
-
-    def phase(self, phase: Phase, message: str, warning: bool = False) -> None:
-        if self.desired.get("phase") != phase.value:
-            self.events.append(Event("Warning" if warning else "Normal", phase.value, message))
-        self.desired["phase"] = phase.value
-
-    def patch(self) -> dict[str, Any] | None:
-        changed = {k: v for k, v in self.desired.items() if self.current.get(k) != v}
-        return changed or None
-
-
 def plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSettings, ts: str) -> ServingPlan:
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return ServingPlan()
-    st = _Status(body.get("status") or {}, meta.get("generation"), ts)
+    st = StatusBuilder(body.get("status") or {}, OWNED_STATUS_KEYS, meta.get("generation"), ts)
     out = ServingPlan()
     _plan(body, observed, settings, st, out)
     out.status = st.patch()
@@ -83,7 +61,7 @@ def plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSett
     return out
 
 
-def _plan(body: dict[str, Any], obs: ObservedServing, settings: OperatorSettings, st: _Status,
+def _plan(body: dict[str, Any], obs: ObservedServing, settings: OperatorSettings, st: StatusBuilder,
           out: ServingPlan) -> None:
     try:
         msv = ModelServing.model_validate({**body, "status": {}})
@@ -110,7 +88,7 @@ def _plan(body: dict[str, Any], obs: ObservedServing, settings: OperatorSettings
             return
         st.condition("Resolved", False, wait.reason, str(wait))
         st.condition("Ready", False, "WaitingForFineTuneJob", str(wait))
-        st.phase(Phase.WAITING, str(wait))
+        st.set_phase(Phase.WAITING, str(wait))
         return
     except SpecError as exc:
         _failed(st, exc.reason, f"{exc.param}: {exc}" if not str(exc).startswith(exc.param) else str(exc))
@@ -129,13 +107,13 @@ def _plan(body: dict[str, Any], obs: ObservedServing, settings: OperatorSettings
                                          build.Names.of(msv.metadata.name).hpa))
         if deployment is None:
             st.condition("Ready", False, "Deploying", "creating the Deployment")
-            st.phase(Phase.DEPLOYING, f"Deploying {', '.join(names)} ({msv.spec.runtime})")
+            st.set_phase(Phase.DEPLOYING, f"Deploying {', '.join(names)} ({msv.spec.runtime})")
             return
         st.events.append(Event("Normal", "Updating", "the spec changed: rolling out the Deployment"))
     _rollout_status(msv, deployment, st, updating=current != digest)
 
 
-def _rollout_status(msv: ModelServing, deployment: dict[str, Any], st: _Status, updating: bool = False) -> None:
+def _rollout_status(msv: ModelServing, deployment: dict[str, Any], st: StatusBuilder, updating: bool = False) -> None:
     status = deployment.get("status") or {}
     dep_spec = deployment.get("spec") or {}
     want = dep_spec.get("replicas", msv.spec.replicas if msv.spec.autoscaling is None else None)
@@ -149,19 +127,19 @@ def _rollout_status(msv: ModelServing, deployment: dict[str, Any], st: _Status, 
               and (want is None or updated >= want) and replicas == updated)
     if want == 0:
         st.condition("Ready", False, "ScaledToZero", "spec.replicas is 0: no replica is running")
-        st.phase(Phase.PENDING, "Scaled to zero replicas")
+        st.set_phase(Phase.PENDING, "Scaled to zero replicas")
     elif ready >= 1 and rolled:
         st.condition("Ready", True, "Available", f"{ready}/{want or replicas} replicas ready")
-        st.phase(Phase.READY, f"Serving {', '.join(st.desired.get('servedModels') or [])} at {st.desired.get('url')}")
+        st.set_phase(Phase.READY, f"Serving {', '.join(st.desired.get('servedModels') or [])} at {st.desired.get('url')}")
     else:
         message = f"{ready}/{want if want is not None else replicas} replicas ready"
         for c in status.get("conditions") or []:
             if c.get("type") == "Progressing" and c.get("status") == "False":
                 message += f"; {c.get('message')}"
         st.condition("Ready", False, "Deploying", message)
-        st.phase(Phase.DEPLOYING, f"Rolling out: {message}")
+        st.set_phase(Phase.DEPLOYING, f"Rolling out: {message}")
 
 
-def _failed(st: _Status, reason: str, message: str) -> None:
+def _failed(st: StatusBuilder, reason: str, message: str) -> None:
     st.condition("Ready", False, reason, message)
-    st.phase(Phase.FAILED, message, warning=True)
+    st.set_phase(Phase.FAILED, message, warning=True)
