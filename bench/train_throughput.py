@@ -62,16 +62,17 @@ def build(folder: Path, n_examples: int) -> None:
 
 def encoded(folder: Path):
     from hone_trainer import contract, models
-    from hone_trainer.chat import ChatFormatter
-    from hone_trainer.data import read_jsonl
+    from hone_trainer.training.formatting import ChatFormatter
+    from hone_trainer.training.data import read_jsonl
 
     tok = models.load_tokenizer(models.resolve(contract.ModelSource(location=str(folder / "model"))))
     return tok, ChatFormatter(tok, 2048).encode(read_jsonl(open(folder / "train.jsonl", "rb")).examples)
 
 
 def run_hone(folder: Path, steps: int) -> dict:
-    from hone_trainer import contract, packing
-    from hone_trainer.train import Trainer
+    from hone_trainer import contract
+    from hone_trainer.training import packing
+    from hone_trainer.training.trainer import Trainer
 
     n = sum(1 for _ in open(folder / "train.jsonl"))
     config = contract.TrainerConfig(

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer")]
 
 from hone_trainer import contract, models  # noqa: E402
-from hone_trainer.chat import ChatFormatter  # noqa: E402
-from hone_trainer.data import read_jsonl  # noqa: E402
-from hone_trainer.validate import count  # noqa: E402
+from hone_trainer.training.formatting import ChatFormatter  # noqa: E402
+from hone_trainer.training.data import read_jsonl  # noqa: E402
+from hone_trainer.training.validate import count  # noqa: E402
 
 WORDS = ("wheel bearing deck truck grip tape return policy warranty shipping size hardness durometer "
          "clean lubricate skate park ramp bowl street cruiser longboard bushing axle nut spacer").split()

@@ -56,7 +56,7 @@ def test_validate_json_is_what_the_operator_stores(model_dir: Path, tmp_path: Pa
     """The same result, through the operator's plan, lands in status exactly as --json prints it."""
     from hone_operator.handlers.finetunejob import Observed, plan
     from hone_trainer import contract, models
-    from hone_trainer.validate import validate
+    from hone_trainer.training.validate import validate
     from tests.conftest import load_sample
 
     data = tmp_path / "train.jsonl"

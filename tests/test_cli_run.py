@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hone_trainer.publish import verify
+from hone_trainer.manifest import verify
 from tests.support.cluster import wait_for
 from tests.support.tiny import make_tiny_llama, make_tokenizer
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hone_trainer import contract
-from hone_trainer.publish import MANIFEST, PublishError, publish, write_manifest
+from hone_trainer.manifest import MANIFEST, PublishError, write_manifest
+from hone_trainer.training.publish import publish
 from hone_trainer.storage import open_binary
 
 from tests.conftest import BUCKET
@@ -61,7 +62,7 @@ def test_an_upload_that_fails_halfway_leaves_no_manifest(s3, tmp_path: Path, mon
 
 def test_training_data_and_validation_read_from_s3(s3, tmp_path: Path) -> None:
     from tests.support.tiny import make_tokenizer
-    from hone_trainer.validate import validate
+    from hone_trainer.training.validate import validate
 
     creds, fs = s3
     lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"},

@@ -300,7 +300,7 @@ def test_fetch_copies_verified_adapters_for_a_runtime_that_reads_files(served, t
     import subprocess
     import sys
 
-    from hone_trainer.publish import verify
+    from hone_trainer.manifest import verify
     from tests.support.serving import env
 
     def fetch(*adapters: str) -> subprocess.CompletedProcess:

@@ -348,6 +348,6 @@ def test_a_modelserving_from_uris_needs_no_finetunejob() -> None:
 def test_status_names_the_base_model_as_the_server_serves_it(uri: str, name: str) -> None:
     _, resolved = build.desired(_msv(fineTuneJobRef=None, baseModel={"uri": uri}), {}, SETTINGS)
     assert resolved.names == [name]
-    from hone_trainer.serving import default_served_name
+    from hone_trainer.serving.loading import default_served_name
 
     assert default_served_name(resolved.config.base_model.location) == name  # what the server answers to

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from hone_trainer import contract
-from hone_trainer.checkpoints import MARKER, CheckpointStore
-from hone_trainer.publish import PublishError, verify
+from hone_trainer.training.checkpoints import MARKER, CheckpointStore
+from hone_trainer.manifest import PublishError, verify
 from tests.support.cluster import wait_for
 from tests.support.tiny import make_tiny_llama, make_tokenizer
 
@@ -93,8 +93,8 @@ def eval_loss_with_peft(base: Path, adapter: Path, data: Path) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hone_trainer.chat import IGNORE_INDEX, ChatFormatter
-    from hone_trainer.data import read_jsonl
+    from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter
+    from hone_trainer.training.data import read_jsonl
 
     tok = AutoTokenizer.from_pretrained(str(adapter))
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True),
@@ -298,7 +298,7 @@ def test_progress_reaches_the_finetunejob_status(tiny: Path, tmp_path: Path, kub
 
 
 def test_publishing_refuses_a_folder_without_manifest(tmp_path: Path) -> None:
-    from hone_trainer.publish import publish
+    from hone_trainer.training.publish import publish
 
     (tmp_path / "staging").mkdir()
     (tmp_path / "staging" / "adapter_model.safetensors").write_bytes(b"x")

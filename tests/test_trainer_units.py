@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from hone_trainer import contract, ds_config, packing
-from hone_trainer.chat import IGNORE_INDEX, ChatFormatter
-from hone_trainer.checkpoints import MARKER, CheckpointStore
-from hone_trainer.data import Example, Message
+from hone_trainer import contract
+from hone_trainer.training import ds_config, packing
+from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter
+from hone_trainer.training.checkpoints import MARKER, CheckpointStore
+from hone_trainer.training.data import Example, Message
 from tests.support.cluster import free_port
 from tests.support.tiny import make_tiny_llama, make_tokenizer
 
@@ -156,7 +157,7 @@ def test_deepspeed_override_is_merged_and_validated() -> None:
 
 
 def test_trainer_metrics_and_structured_logs(capsys, tmp_path: Path) -> None:
-    from hone_trainer.report import Reporter
+    from hone_trainer.training.report import Reporter
 
     port = free_port()
     reporter = Reporter(contract.ProgressReporting(kind="file", path=str(tmp_path / "p.json")), port,

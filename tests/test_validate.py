@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from hone_trainer import contract
-from hone_trainer.chat import IGNORE_INDEX, ChatFormatter
-from hone_trainer.data import Example, Message, read_jsonl
-from hone_trainer.validate import validate
+from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter
+from hone_trainer.training.data import Example, Message, read_jsonl
+from hone_trainer.training.validate import validate
 from tests.support.tiny import make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,7 +312,7 @@ def test_the_operator_reads_the_validators_real_result(tokenizer, tmp_path: Path
 
 
 def test_parallel_counting_equals_serial_counting(tokenizer, monkeypatch) -> None:
-    from hone_trainer import validate as validate_module
+    from hone_trainer.training import validate as validate_module
 
     lines = [chat(f"Question {i} " * (1 + i % 7), f"Answer {i} " * (1 + i % 11)) for i in range(300)]
     read = read_jsonl(io.BytesIO(("\n".join(lines) + "\n").encode()))

@@ -1,3 +1,3 @@
 """Hone's Kubernetes operator, CLI and API types. Never imports torch."""
 
-__version__ = "0.1.0"
+from hone_trainer import __version__  # noqa: F401  (one version for the whole distribution)

@@ -58,8 +58,8 @@ def validate(data: Path, validation: Path | None, model: str, epochs: str, max_s
 
     try:
         from hone_trainer import contract, models
-        from hone_trainer.chat import TemplateError
-        from hone_trainer.validate import validate as run_validation
+        from hone_trainer.training.formatting import TemplateError
+        from hone_trainer.training.validate import validate as run_validation
     except ImportError as exc:
         _fail(f"`hone validate` needs the runtime extra (pip install 'hone[runtime]'): {exc}")
     from hone_operator.handlers.finetunejob import dataset_status, estimate_status
@@ -234,8 +234,8 @@ def run(manifest: Path, workdir: Path) -> None:
 
     try:
         from hone_trainer import contract, models
-        from hone_trainer.chat import TemplateError
-        from hone_trainer.validate import validate as run_validation
+        from hone_trainer.training.formatting import TemplateError
+        from hone_trainer.training.validate import validate as run_validation
     except ImportError as exc:
         _fail(f"`hone run` needs the runtime extra (pip install 'hone[runtime]'): {exc}")
     doc = _first(manifest, "FineTuneJob")
@@ -323,8 +323,8 @@ def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int
     if (manifest is None) == (job_manifest is None):
         _fail("give a ModelServing manifest or --job JOB.yaml (one of them)")
     try:
-        from hone_trainer import serving
-        from hone_trainer.server import serve as run_server
+        from hone_trainer.serving import loading
+        from hone_trainer.serving.app import serve as run_server
     except ImportError as exc:
         _fail(f"`hone serve` needs the runtime extra (pip install 'hone[runtime]'): {exc}")
     if job_manifest is not None:
@@ -345,7 +345,7 @@ def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int
         config = local.server_config(msv, source, workdir, host, port, api_keys_file)
     except local.LocalSpecError as exc:
         _fail(f"{source}: {exc}")
-    except serving.ServingError as exc:
+    except loading.ServingError as exc:
         _fail(f"{source}: {exc}", 5)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     click.echo(f"Loading {config.base_model.location}"

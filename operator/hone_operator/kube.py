@@ -14,6 +14,8 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from hone_trainer import __version__
+
 log = logging.getLogger(__name__)
 
 PLURALS: dict[tuple[str, str], str] = {
@@ -36,7 +38,7 @@ PLURALS: dict[tuple[str, str], str] = {
 }
 
 
-USER_AGENT = "hone-operator/0.1.0"
+USER_AGENT = f"hone-operator/{__version__}"
 
 
 class Conflict(Exception):

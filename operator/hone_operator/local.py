@@ -243,9 +243,9 @@ def server_config(msv: Any, manifest: Path, workdir: Path, host: str, port: int,
     if msv.spec.baseModel is not None:
         base = base_model_source(msv.spec.baseModel, base_dir)
     if base is None:
-        from hone_trainer import serving
+        from hone_trainer.serving import loading
 
-        base = serving.base_from_adapters(adapters)
+        base = loading.base_from_adapters(adapters)
     return contract.ServerConfig(base_model=base, served_model_name=served_name, adapters=adapters, host=host,
                                  port=port, api_keys_file=api_keys_file,
                                  max_concurrent_requests=msv.spec.maxConcurrentRequests)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from hone_trainer import __version__
 from hone_trainer.contract import PriceTable
 
 
@@ -30,7 +31,7 @@ class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HONE_", env_nested_delimiter="__", extra="forbid")
 
     runtime_image: str = Field(
-        "ghcr.io/hone-dev/hone-runtime:0.1.0",
+        f"ghcr.io/hone-dev/hone-runtime:{__version__}",
         description="Image of the trainer/validator/server (torch + DeepSpeed).",
     )
     vllm_image: str = Field(

@@ -56,8 +56,8 @@ def write_result(path: str | None, result: contract.ValidationResult | contract.
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from hone_trainer import models
-    from hone_trainer.chat import TemplateError
-    from hone_trainer.validate import validate
+    from hone_trainer.training.formatting import TemplateError
+    from hone_trainer.training.validate import validate
 
     config = load_config(args.config)
     try:
@@ -77,10 +77,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hone_trainer import ds_config, models
-    from hone_trainer.chat import TemplateError
-    from hone_trainer.publish import PublishError
-    from hone_trainer.train import DataError, Preempted, Trainer
+    from hone_trainer import models
+    from hone_trainer.training import ds_config
+    from hone_trainer.training.formatting import TemplateError
+    from hone_trainer.manifest import PublishError
+    from hone_trainer.training.trainer import DataError, Preempted, Trainer
 
     config = load_config(args.config)
     trainer = Trainer(config)
@@ -117,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def server_config(args: argparse.Namespace) -> contract.ServerConfig:
     """From ``--config`` (the operator's ConfigMap), with command-line flags on top."""
-    from hone_trainer import serving
+    from hone_trainer.serving import loading
 
     data: dict = {}
     if args.config:
@@ -131,24 +132,24 @@ def server_config(args: argparse.Namespace) -> contract.ServerConfig:
              "servedModelName": getattr(args, "served_model_name", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.adapter:
-        data["adapters"] = [a.to_json_dict() for a in serving.adapter_sources_from_args(args.adapter)]
+        data["adapters"] = [a.to_json_dict() for a in loading.adapter_sources_from_args(args.adapter)]
     if args.model:
         data["baseModel"] = {"location": args.model, "trustRemoteCode": bool(getattr(args, "trust_remote_code", False))}
     try:
         if "baseModel" not in data:
             adapters = [contract.AdapterSource.model_validate(a) for a in data.get("adapters", [])]
-            data["baseModel"] = serving.base_from_adapters(adapters).to_json_dict()
+            data["baseModel"] = loading.base_from_adapters(adapters).to_json_dict()
         return contract.ServerConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise SystemExit(_fail(ExitCode.CONFIG_ERROR, f"server config: {where}: {first['msg']}"))
-    except serving.ServingError as exc:
+    except loading.ServingError as exc:
         raise SystemExit(_fail(ExitCode.MODEL_ERROR, str(exc)))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hone_trainer.server import serve
+    from hone_trainer.serving.app import serve
 
     config = server_config(args)
     return serve(config, graceful_seconds=args.graceful_seconds, termination_log=args.termination_log)
@@ -156,15 +157,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Fetch and verify every adapter into TARGET/<i> (the init step of a serving pod)."""
-    from hone_trainer import serving
+    from hone_trainer.serving import loading
 
     config = server_config(args)
     target = Path(args.target)
     try:  # the same checks as the server's: manifest hashes, base model, LoRA adapters, distinct names
-        for i, (name, art) in enumerate(serving.resolve_adapters(config)):
-            serving.fetch_to(art, target / str(i))
+        for i, (name, art) in enumerate(loading.resolve_adapters(config)):
+            loading.fetch_to(art, target / str(i))
             print(json.dumps({"event": "fetched", "adapter": name, "path": str(target / str(i))}), flush=True)
-    except serving.ServingError as exc:
+    except loading.ServingError as exc:
         return _fail(ExitCode.MODEL_ERROR, str(exc))
     return int(ExitCode.OK)
 

@@ -25,6 +25,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hone_trainer import __version__
 from hone_trainer.contract import Progress, ProgressReporting
 from hone_trainer.storage import write_atomically
 
@@ -83,7 +84,7 @@ class Reporter:
         req = urllib.request.Request(url, data=body, method="PATCH", headers={
             "Content-Type": "application/merge-patch+json", "Accept": "application/json",
             "Authorization": f"Bearer {token_file.read_text().strip()}" if token_file.exists() else "",
-            "User-Agent": "hone-trainer/0.1.0"})
+            "User-Agent": f"hone-trainer/{__version__}"})
         context = None
         if api.startswith("https://"):
             ca = SA_DIR / "ca.crt"

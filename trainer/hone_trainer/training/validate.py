@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hone_trainer import contract
-from hone_trainer.chat import ChatFormatter
+from hone_trainer.training.formatting import ChatFormatter
 from hone_trainer.contract import ProblemKind, TrainerConfig, ValidationResult
-from hone_trainer.data import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, Example, FileKind, ReadResult, read_jsonl
+from hone_trainer.training.data import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, Example, FileKind, ReadResult, read_jsonl
 from hone_trainer.storage import open_binary
 
 BATCH = 1000
@@ -88,24 +88,8 @@ def count(formatter: ChatFormatter, read: ReadResult, drop_over_length: bool, wo
     return counts
 
 
-def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
-    """Check the files and count tokens with ``tokenizer`` (the base model's own)."""
-    train = read_file(config.training_data, "training")
-    val = read_file(config.validation_data, "validation") if config.validation_data else None
-    reads = [r for r in (train, val) if r is not None]
-
-    n_train = len(train.examples)
-    if 0 < n_train < MIN_EXAMPLES:
-        train.problem(ProblemKind.TOO_FEW_EXAMPLES,
-                      f"{n_train} valid example(s); fine-tuning needs at least {MIN_EXAMPLES}")
-
-    warnings: list[str] = []
-    if MIN_EXAMPLES <= n_train < RECOMMENDED_EXAMPLES:
-        warnings.append(f"{n_train} examples: at least {RECOMMENDED_EXAMPLES} usually give clearly better results")
-    for r in reads:
-        if r.blank_lines:
-            warnings.append(f"{r.file} file: {r.blank_lines} blank line(s) skipped")
-
+def _repeats(train: ReadResult, val: ReadResult | None, warnings: list[str]) -> tuple[int, int]:
+    """Duplicate training examples, and validation examples that also occur in training."""
     seen: dict[str, int] = {}
     duplicates = 0
     for ex in train.examples:
@@ -120,6 +104,25 @@ def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
     if overlap:
         warnings.append(f"{overlap} validation example(s) also occur in the training file; "
                         "the validation loss will look better than it is")
+    return duplicates, overlap
+
+
+def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
+    """Check the files and count tokens with ``tokenizer`` (the base model's own)."""
+    train = read_file(config.training_data, "training")
+    val = read_file(config.validation_data, "validation") if config.validation_data else None
+    reads = [r for r in (train, val) if r is not None]
+
+    n_train = len(train.examples)
+    if 0 < n_train < MIN_EXAMPLES:
+        train.problem(ProblemKind.TOO_FEW_EXAMPLES,
+                      f"{n_train} valid example(s); fine-tuning needs at least {MIN_EXAMPLES}")
+
+    warnings = [f"{r.file} file: {r.blank_lines} blank line(s) skipped" for r in reads if r.blank_lines]
+    if MIN_EXAMPLES <= n_train < RECOMMENDED_EXAMPLES:
+        warnings.insert(0, f"{n_train} examples: at least {RECOMMENDED_EXAMPLES} usually give clearly better results")
+
+    duplicates, overlap = _repeats(train, val, warnings)
 
     drop = config.over_length == "drop"
     formatter = ChatFormatter(tokenizer, config.max_seq_length)
@@ -136,11 +139,10 @@ def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
         warnings.append("no assistant tokens remain after truncation: raise maxSeqLength")
 
     problem_counts: dict[str, int] = {}
-    problems: list[contract.Problem] = []
     for r in reads:
         for k, v in r.problem_counts.items():
             problem_counts[k] = problem_counts.get(k, 0) + v
-        problems.extend(r.problems)
+    problems = [p for r in reads for p in r.problems]
     ok = not problem_counts and train_counts.examples > 0 and train_counts.trained > 0
 
     hp = contract.resolve_hyperparameters(train_counts.examples, config.epochs, config.batch_size,

@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
@@ -21,15 +20,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from hone_trainer import contract, ds_config, models, packing
-from hone_trainer.chat import IGNORE_INDEX, ChatFormatter, Encoded
-from hone_trainer.checkpoints import CheckpointStore, RemoteMirror, tag
+from hone_trainer import contract, models
+from hone_trainer.training import ds_config, packing
+from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter, Encoded
+from hone_trainer.training.checkpoints import CheckpointStore, RemoteMirror, tag
 from hone_trainer.contract import CheckpointInfo, Progress, TrainerConfig, TrainingResult
-from hone_trainer.data import ReadResult
-from hone_trainer.publish import publish, sha256_stream, write_manifest
-from hone_trainer.report import Reporter
-from hone_trainer.storage import open_binary
-from hone_trainer.validate import read_file
+from hone_trainer.training.data import ReadResult
+from hone_trainer.manifest import write_manifest
+from hone_trainer.training.publish import manifest_info, publish, staging_dir
+from hone_trainer.training.report import Reporter
+from hone_trainer.training.validate import read_file
 
 log = logging.getLogger("hone.trainer")
 
@@ -53,13 +53,6 @@ def _launcher_env() -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def sha256_of(location: contract.DataFile | None) -> str | None:
-    if location is None:
-        return None
-    with open_binary(location.location, location.credentials_dir) as fp:
-        return sha256_stream(fp)
-
-
 class Trainer:
     def __init__(self, config: TrainerConfig):
         self.config = config
@@ -68,6 +61,15 @@ class Trainer:
     # ---- setup -------------------------------------------------------------
 
     def setup(self) -> None:
+        """Everything before the first step, in the order it must happen (torchtune's recipe shape)."""
+        self._setup_distributed()
+        self._setup_data()
+        self._setup_deepspeed_config()
+        self._setup_model()
+        self._setup_checkpoints_and_reporting()
+
+    def _setup_distributed(self) -> None:
+        """torch, DeepSpeed and the process group (gloo on CPU, NCCL on GPUs); the seed."""
         _launcher_env()
         import torch
         import torch.distributed as dist
@@ -82,16 +84,20 @@ class Trainer:
         deepspeed.init_distributed(dist_backend="nccl" if self.gpu else "gloo")
         self.torch, self.dist, self.deepspeed = torch, dist, deepspeed
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if self.gpu:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.local_rank)
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.gpu else torch.device("cpu")
+        self.dtype = torch.bfloat16 if self.gpu else torch.float32
         transformers.set_seed(self.config.seed)
         if self.config.method == "qlora" and not self.gpu:
             raise ds_config.DeepSpeedConfigError("method qlora needs GPUs (4-bit kernels); use method lora on CPU")
 
+    def _setup_data(self) -> None:
+        """The tokenizer, both files encoded with the chat template, and the resolved hyperparameters."""
         cfg = self.config
-        local = models.resolve(cfg.base_model)
-        self.tokenizer = models.load_tokenizer(local, trust_remote_code=cfg.base_model.trust_remote_code)
+        self.local_model = models.resolve(cfg.base_model)
+        self.tokenizer = models.load_tokenizer(self.local_model, trust_remote_code=cfg.base_model.trust_remote_code)
         formatter = ChatFormatter(self.tokenizer, cfg.max_seq_length)
         self.train_data = self._encode(formatter, read_file(cfg.training_data, "training"), "training")
         self.val_data = (self._encode(formatter, read_file(cfg.validation_data, "validation"), "validation")
@@ -101,6 +107,10 @@ class Trainer:
         self.pack_length = cfg.pack_length or min(cfg.max_seq_length, 512)
         self.steps_per_epoch = packing.steps_per_epoch(len(self.train_data), self.hp.batch_size)
         self.total_steps = self.steps_per_epoch * self.hp.epochs
+
+    def _setup_deepspeed_config(self) -> None:
+        """The generated DeepSpeed config; under ZeRO-3 registered before the model is built."""
+        cfg = self.config
         lr = ds_config.BASE_LEARNING_RATE[cfg.method] * self.hp.learning_rate_multiplier
         self.ds = ds_config.build(cfg, world=self.world, gpu=self.gpu, learning_rate=lr, total_steps=self.total_steps)
         self.zero3 = self.ds["zero_optimization"]["stage"] == 3
@@ -109,12 +119,12 @@ class Trainer:
 
             self._hf_ds = HfDeepSpeedConfig(self.ds)  # must stay alive: from_pretrained partitions under it
 
-        self.local_model = local
-        self.dtype = dtype = torch.bfloat16 if self.gpu else torch.float32
-        extra: dict[str, Any] = {}
-        if cfg.method == "qlora":
-            extra = self._qlora_load_options()
-        model = models.load_model(local, dtype, trust_remote_code=cfg.base_model.trust_remote_code, **extra)
+    def _setup_model(self) -> None:
+        """The base model (4-bit for QLoRA), the LoRA adapter on it, and the DeepSpeed engine."""
+        cfg = self.config
+        extra: dict[str, Any] = self._qlora_load_options() if cfg.method == "qlora" else {}
+        model = models.load_model(self.local_model, self.dtype, trust_remote_code=cfg.base_model.trust_remote_code,
+                                  **extra)
         if cfg.method == "qlora":
             from peft import prepare_model_for_kbit_training
 
@@ -128,14 +138,17 @@ class Trainer:
                                                      lora_dropout=cfg.lora.dropout, target_modules=targets,
                                                      task_type="CAUSAL_LM"))
         params = [p for p in model.parameters() if p.requires_grad]
-        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=self.ds)
+        self.engine, _, _, _ = self.deepspeed.initialize(model=model, model_parameters=params, config=self.ds)
+
+    def _setup_checkpoints_and_reporting(self) -> None:
+        """Where checkpoints go (a remote output: the pod's disk, mirrored), progress reports, SIGTERM."""
+        cfg = self.config
         ckpt = cfg.checkpoint_dir.removeprefix("file://")
         self.mirror: RemoteMirror | None = None
         if "://" in ckpt:
             # DeepSpeed writes local files: save to the pod's disk, mirror complete checkpoints remotely.
             self.mirror = RemoteMirror(cfg.checkpoint_dir, cfg.output_credentials_dir)
             ckpt = str(Path(os.environ.get("TMPDIR", "/tmp")) / "hone-checkpoints" / cfg.job.uid)
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.store = CheckpointStore(ckpt, cfg.keep_checkpoints)
         labels = {"namespace": cfg.job.namespace, "finetunejob": cfg.job.name,
                   "base_model": cfg.base_model.location}
@@ -286,18 +299,8 @@ class Trainer:
         checkpoints: list[CheckpointInfo] = []
         self.engine.train()
         while step < self.total_steps:
-            examples = packing.step_examples(len(self.train_data), self.hp.batch_size, cfg.seed, step)
-            rows = packing.pack(examples, self.train_data, self.pack_length)
-            ids, labels, pos = self._batch(packing.rank_rows(rows, self.rank, self.world))
-            local_label_tokens = float((labels[:, 1:] != IGNORE_INDEX).sum())
-            billable = sum(len(self.train_data[i].input_ids) for i in examples)
-            (global_label_tokens,) = self._all_sum(local_label_tokens)
-            loss_sum = self._loss_sum(ids, labels, pos)
-            loss = loss_sum * self.world / max(global_label_tokens, 1.0)
-            self.engine.backward(loss)
-            self.engine.step()
+            step_loss_sum, global_label_tokens, billable, stop = self._loss_step(step)
             step += 1
-            (step_loss_sum, stop) = self._all_sum(float(loss_sum.detach()), 1.0 if self.stop_requested else 0.0)
             interval_loss += step_loss_sum
             interval_tokens += global_label_tokens
             interval_billable += billable
@@ -312,14 +315,8 @@ class Trainer:
             if due_ckpt and self.val_data:
                 val_loss = self.validation_loss()
             if due_report and self.reporter:
-                elapsed = max(now - last_report, 1e-9)
-                eta = datetime.now(timezone.utc) + timedelta(
-                    seconds=(self.total_steps - step) * elapsed / max(interval_steps, 1))
-                self.reporter.report(Progress(step=step, total_steps=self.total_steps,
-                                              epoch=round(step / self.steps_per_epoch, 3), train_loss=train_loss,
-                                              validation_loss=val_loss, trained_tokens=trained_tokens,
-                                              tokens_per_second=round(interval_billable / elapsed, 1),
-                                              estimated_finish=eta.replace(microsecond=0)))
+                self._report(step, max(now - last_report, 1e-9), interval_steps, interval_billable,
+                             train_loss, val_loss, trained_tokens)
             if due_report:
                 last_report, interval_billable, interval_steps = now, 0, 0
             if due_ckpt:
@@ -333,13 +330,44 @@ class Trainer:
         result.initial_validation_loss = initial_val
         return result
 
+    def _loss_step(self, step: int) -> tuple[float, float, int, bool]:
+        """One optimizer step over this step's examples, packed and split across ranks.
+
+        The loss is normalised by the weighted assistant tokens of *all* ranks, so every
+        token counts the same whatever rank it lands on. Returns the step's summed loss
+        and label tokens (over all ranks), its billable tokens, and whether any rank
+        was asked to stop.
+        """
+        examples = packing.step_examples(len(self.train_data), self.hp.batch_size, self.config.seed, step)
+        rows = packing.pack(examples, self.train_data, self.pack_length)
+        ids, labels, pos = self._batch(packing.rank_rows(rows, self.rank, self.world))
+        local_label_tokens = float((labels[:, 1:] != IGNORE_INDEX).sum())
+        billable = sum(len(self.train_data[i].input_ids) for i in examples)
+        (global_label_tokens,) = self._all_sum(local_label_tokens)
+        loss_sum = self._loss_sum(ids, labels, pos)
+        self.engine.backward(loss_sum * self.world / max(global_label_tokens, 1.0))
+        self.engine.step()
+        step_loss_sum, stop = self._all_sum(float(loss_sum.detach()), 1.0 if self.stop_requested else 0.0)
+        return step_loss_sum, global_label_tokens, billable, bool(stop)
+
+    def _report(self, step: int, elapsed: float, interval_steps: int, interval_billable: int,
+                train_loss: float | None, val_loss: float | None, trained_tokens: int) -> None:
+        eta = datetime.now(timezone.utc) + timedelta(
+            seconds=(self.total_steps - step) * elapsed / max(interval_steps, 1))
+        assert self.reporter is not None
+        self.reporter.report(Progress(step=step, total_steps=self.total_steps,
+                                      epoch=round(step / self.steps_per_epoch, 3), train_loss=train_loss,
+                                      validation_loss=val_loss, trained_tokens=trained_tokens,
+                                      tokens_per_second=round(interval_billable / elapsed, 1),
+                                      estimated_finish=eta.replace(microsecond=0)))
+
     # ---- publishing --------------------------------------------------------------
 
     def publish(self, step: int, trained_tokens: int, train_loss: float | None, val_loss: float | None,
                 checkpoints: list[CheckpointInfo]) -> TrainingResult:
         cfg = self.config
         module = self.engine.module
-        staging = self._staging_dir() if self.rank == 0 else None
+        staging = staging_dir(cfg.output_uri) if self.rank == 0 else None
         params = [p for p in module.parameters() if p.requires_grad] if cfg.method != "full" else list(module.parameters())
         # Under ZeRO-3 every rank must take part in gathering the partitioned weights.
         ctx = (self.deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.zero3
@@ -353,21 +381,8 @@ class Trainer:
             self.tokenizer.save_pretrained(str(staging))
             if cfg.merge_weights and cfg.method != "full":
                 self._save_merged(staging)
-            info = {
-                "apiVersion": "hone.dev/v1alpha1", "kind": "HoneModel",
-                "fineTunedModel": cfg.job.fine_tuned_model,
-                "baseModel": {"location": cfg.base_model.location, "revision": cfg.base_model.revision},
-                "method": cfg.method,
-                "dataset": {"trainingSha256": sha256_of(cfg.training_data),
-                            "validationSha256": sha256_of(cfg.validation_data),
-                            "examples": len(self.train_data), "validationExamples": len(self.val_data)},
-                "hyperparameters": self.hp.to_json_dict(),
-                "config": cfg.to_json_dict(),
-                "tokens": {"trained": trained_tokens},
-                "losses": {"train": train_loss, "validation": val_loss},
-                "steps": step,
-                "createdAt": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-            }
+            info = manifest_info(cfg, self.hp, examples=len(self.train_data), validation_examples=len(self.val_data),
+                                 trained_tokens=trained_tokens, train_loss=train_loss, val_loss=val_loss, steps=step)
             manifest_sha = write_manifest(staging, info)
             uri = publish(staging, cfg.output_uri, cfg.output_credentials_dir)
             result = TrainingResult(ok=True, fine_tuned_model=cfg.job.fine_tuned_model, artifact_uri=uri,
@@ -375,18 +390,6 @@ class Trainer:
                                     train_loss=train_loss, validation_loss=val_loss, checkpoints=checkpoints)
         self.dist.barrier()
         return result or TrainingResult(ok=True, steps=step, trained_tokens=trained_tokens)
-
-    def _staging_dir(self) -> Path:
-        """An empty folder to assemble the result in: beside a local output, so that publishing
-        is one atomic rename; for a remote output, in TMPDIR."""
-        out = self.config.output_uri
-        local = "://" not in out or out.startswith("file://")
-        target = Path(out.removeprefix("file://")) if local else Path(os.environ.get("TMPDIR", "/tmp")) / "hone-out"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        return staging
 
     def _save_merged(self, staging: Path) -> None:
         """The base with the adapter folded in, under ``merged/``: loadable without peft.

@@ -17,7 +17,7 @@ from typing import Any
 
 from hone_trainer import models
 from hone_trainer.contract import AdapterSource, ModelSource, ServerConfig, default_served_name, normalise_location
-from hone_trainer.publish import MANIFEST, PublishError, verify
+from hone_trainer.manifest import MANIFEST, PublishError, verify
 
 log = logging.getLogger("hone.serving")
 

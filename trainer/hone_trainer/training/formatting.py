@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hone_trainer.data import Example
+from hone_trainer.training.data import Example
 
 IGNORE_INDEX = -100
 _OPEN, _CLOSE = "\ue000", "\ue001"  # Unicode private use: never in real text

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from hone_trainer.chat import IGNORE_INDEX, Encoded
+from hone_trainer.training.formatting import IGNORE_INDEX, Encoded
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""The trainer config: the one file (``config.json``) a validator or trainer pod reads, also what ``hone run`` writes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from hone_trainer.contract.base import CamelModel
+from hone_trainer.contract.commands import RESULT_PATH_IN_POD
+from hone_trainer.contract.pricing import PriceTable
+
+
+class DataFile(CamelModel):
+    """One JSONL file as the pod sees it: a local path or a remote URI."""
+
+    location: str = Field(
+        description="A path inside the pod (mounted ConfigMap/PVC) or an s3://, "
+        "http(s):// URI the trainer fetches with fsspec."
+    )
+    credentials_dir: str | None = Field(
+        None, description="Directory of the mounted Secret with credentials for the URI."
+    )
+
+
+class ModelSource(CamelModel):
+    location: str = Field(
+        description="A Hugging Face id, a directory inside the pod, an s3:// URI, "
+        "or a .gguf file."
+    )
+    revision: str | None = None
+    trust_remote_code: bool = False
+    credentials_dir: str | None = None
+
+
+class LoraConfig(CamelModel):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["auto"] = "auto"
+
+
+class DeepSpeedSettings(CamelModel):
+    zero_stage: int | Literal["auto"] = "auto"
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    config_override: dict[str, Any] | None = None
+
+
+class ProgressReporting(CamelModel):
+    """Where rank 0 reports progress while training."""
+
+    kind: Literal["kubernetes", "file", "none"] = "none"
+    namespace: str | None = None
+    name: str | None = None
+    path: str | None = Field(None, description="For kind=file: a JSON file rewritten each report.")
+    interval_seconds: float = Field(10.0, gt=0)
+
+
+class JobIdentity(CamelModel):
+    namespace: str
+    name: str
+    uid: str
+    fine_tuned_model: str = Field(description="ft:<base>:<namespace>:<suffix>:<id>")
+
+
+class TrainerConfig(CamelModel):
+    """Everything a validator or trainer process needs, resolved for where it runs."""
+
+    api_version: Literal["hone.dev/v1alpha1"] = "hone.dev/v1alpha1"
+    kind: Literal["TrainerConfig"] = "TrainerConfig"
+    job: JobIdentity
+    base_model: ModelSource
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    training_data: DataFile
+    validation_data: DataFile | None = None
+    epochs: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    max_seq_length: int = Field(2048, ge=16)
+    pack_length: int | None = Field(
+        None, ge=16,
+        description="Tokens per packed row; default min(max_seq_length, 512). Attention in a row costs the "
+        "square of its length even with examples kept apart, so short rows are faster; an example longer "
+        "than this gets a row of its own.")
+    over_length: Literal["truncate", "drop"] = "truncate"
+    seed: int = 42
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
+    output_uri: str = Field(description="Where the adapter/model is published.")
+    output_credentials_dir: str | None = None
+    checkpoint_dir: str = Field(description="Where checkpoints are written and resumed from.")
+    checkpoint_interval_steps: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    merge_weights: bool = False
+    prices: PriceTable = Field(default_factory=PriceTable)
+    progress: ProgressReporting = Field(default_factory=ProgressReporting)
+    metrics_port: int | None = Field(9090, ge=1, le=65535)
+    result_path: str | None = Field(
+        RESULT_PATH_IN_POD, description="Where the result JSON is written at exit."
+    )

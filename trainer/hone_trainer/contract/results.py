@@ -1,0 +1,126 @@
+"""What the runtime reports back: the validation result, training progress and the training result."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from hone_trainer.contract.base import CamelModel
+from hone_trainer.contract.hyperparameters import ResolvedHyperparameters
+
+
+class ProblemKind(str, enum.Enum):
+    """What can be wrong with a line of a chat JSONL file."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_ENCODING = "invalid_encoding"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_MESSAGES = "missing_messages"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_ROLE = "unknown_role"
+    INVALID_CONTENT = "invalid_content"
+    EMPTY_CONTENT = "empty_content"
+    INVALID_WEIGHT = "invalid_weight"
+    NO_ASSISTANT_MESSAGE = "no_assistant_message"
+    LINE_TOO_LONG = "line_too_long"
+    TOO_FEW_EXAMPLES = "too_few_examples"
+    EMPTY_FILE = "empty_file"
+    UNREADABLE_FILE = "unreadable_file"
+
+
+class Problem(CamelModel):
+    file: Literal["training", "validation"] = Field(description="Which file: training or validation.")
+    line: int | None = Field(None, description="1-based line number; absent for whole-file problems.")
+    kind: ProblemKind = Field(description="What kind of problem (invalid_json, unknown_role, ...).")
+    message: str = Field(description="What is wrong and how to fix it.")
+
+
+class ValidationResult(CamelModel):
+    """What the ValidatingFiles step found; the operator copies it into status."""
+
+    ok: bool = Field(description="True when the data is trainable.")
+    examples: int = Field(0, ge=0, description="Valid training examples.")
+    validation_examples: int = Field(0, ge=0)
+    invalid_lines: int = Field(0, ge=0)
+    tokens_per_epoch: int = Field(0, ge=0, description="All tokens of the training examples.")
+    trained_tokens_per_epoch: int = Field(
+        0, ge=0, description="Tokens the loss is computed on (weighted assistant tokens)."
+    )
+    validation_tokens: int = Field(0, ge=0)
+    max_example_tokens: int = Field(0, ge=0)
+    over_length_examples: int = Field(0, ge=0)
+    over_length_action: Literal["truncate", "drop"] = "truncate"
+    duplicate_examples: int = Field(0, ge=0)
+    validation_overlap: int = Field(
+        0, ge=0, description="Validation examples that also occur in the training file."
+    )
+    problem_counts: dict[str, int] = Field(default_factory=dict)
+    problems: list[Problem] = Field(default_factory=list, description="The first problems found.")
+    warnings: list[str] = Field(default_factory=list)
+    hyperparameters: ResolvedHyperparameters | None = None
+    billable_training_tokens: int = Field(0, ge=0, description="tokens_per_epoch x epochs.")
+    estimated_cost_usd: float = Field(0.0, ge=0)
+
+    @property
+    def summary(self) -> str:
+        """One line a person can act on: the first problem, or the counts."""
+        if self.ok:
+            return (
+                f"{self.examples} examples, {self.tokens_per_epoch} tokens per epoch, "
+                f"{self.billable_training_tokens} billable tokens"
+            )
+        if self.problems:
+            p = self.problems[0]
+            where = f"{p.file} file line {p.line}" if p.line is not None else f"{p.file} file"
+            more = sum(self.problem_counts.values()) - 1
+            tail = f" (and {more} more problem(s))" if more > 0 else ""
+            return f"{where}: {p.message}{tail}"
+        return "the data is not trainable"
+
+
+class Progress(CamelModel):
+    """What rank 0 reports while training; lands in ``status.progress``."""
+
+    step: int = Field(0, ge=0, description="Optimizer steps done.")
+    total_steps: int = Field(0, ge=0, description="Optimizer steps in the whole run.")
+    percent: int = Field(0, ge=0, le=100, description="step / totalSteps in percent, for kubectl get.")
+    epoch: float = Field(0.0, ge=0, description="Epochs done, fractional.")
+    train_loss: float | None = Field(None, description="Mean training loss over the last report interval.")
+    validation_loss: float | None = Field(None, description="Latest loss on the validation file.")
+    trained_tokens: int = Field(0, ge=0, description="Billable tokens processed so far.")
+    tokens_per_second: float | None = Field(None, ge=0, description="Training throughput over the last interval.")
+    estimated_finish: datetime | None = Field(None, description="When training should finish at the current rate.")
+    updated_at: datetime | None = Field(None, description="When this report was written.")
+
+    @model_validator(mode="after")
+    def _percent(self) -> "Progress":
+        if self.total_steps:
+            self.percent = min(100, int(100 * self.step / self.total_steps))
+        return self
+
+
+class CheckpointInfo(CamelModel):
+    step: int = Field(ge=0, description="Optimizer step the checkpoint was taken at.")
+    uri: str = Field(description="Where the complete checkpoint lies.")
+    train_loss: float | None = Field(None, description="Training loss at that step.")
+
+
+class TrainingResult(CamelModel):
+    """What rank 0 writes to its result file once the model is published."""
+
+    ok: bool
+    fine_tuned_model: str | None = None
+    artifact_uri: str | None = None
+    manifest_sha256: str | None = None
+    trained_tokens: int = Field(0, ge=0)
+    steps: int = Field(0, ge=0)
+    train_loss: float | None = None
+    validation_loss: float | None = None
+    initial_validation_loss: float | None = Field(
+        None, description="Validation loss of the base model, before the first step.")
+    checkpoints: list[CheckpointInfo] = Field(default_factory=list)
+    error_code: str | None = None
+    message: str | None = None

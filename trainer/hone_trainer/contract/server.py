@@ -1,0 +1,53 @@
+"""The server config: what ``python -m hone_trainer serve --config`` reads, and how served models are named."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from hone_trainer.contract.base import CamelModel
+from hone_trainer.contract.commands import SERVER_PORT
+from hone_trainer.contract.config import ModelSource
+from hone_trainer.contract.pricing import PriceTable
+
+
+class AdapterSource(CamelModel):
+    """A LoRA adapter published by the trainer (its folder holds ``manifest.json``)."""
+
+    name: str | None = Field(None, description="Served model name; default: the manifest's fineTunedModel.")
+    location: str = Field(description="A directory, or s3://bucket/prefix of a published model.")
+    credentials_dir: str | None = None
+
+
+class ServerConfig(CamelModel):
+    """What ``python -m hone_trainer serve --config`` reads (the operator's ConfigMap, or ``hone serve``)."""
+
+    base_model: ModelSource
+    served_model_name: str | None = Field(
+        None, description="Name clients use for the base model; default: its location without a scheme.")
+    adapters: list[AdapterSource] = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = Field(SERVER_PORT, ge=0, le=65535)
+    api_keys_file: str | None = Field(None, description="Accepted API keys, one per line; none: no key needed.")
+    max_concurrent_requests: int = Field(64, ge=1, description="Queued plus running; beyond it: HTTP 429.")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Sequences decoded together in one step.")
+    default_max_tokens: int = Field(512, ge=1, description="Completion limit when a request sets none.")
+    prices: PriceTable = Field(default_factory=PriceTable)
+    metrics_enabled: bool = True
+
+
+def normalise_location(location: str) -> str:
+    """A model location without the schemes that name the same thing (``hf://``, ``file://``)."""
+    return location.removeprefix("hf://").removeprefix("file://").rstrip("/")
+
+
+def default_served_name(location: str) -> str:
+    """How clients name a base model when the config gives no name: its Hugging Face id, the
+    embedded model's name, or the folder (or .gguf file) name of a path or s3:// prefix.
+    The server and the operator's ``status.servedModels`` both use this."""
+    loc = normalise_location(location)
+    if loc.startswith("embedded://"):
+        return loc.removeprefix("embedded://")
+    if loc.startswith("/") or loc.startswith(".") or loc.startswith("s3://"):
+        name = loc.rsplit("/", 1)[-1]
+        return name.removesuffix(".gguf") or loc
+    return loc
