@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from hone_operator.api import crdgen
 from hone_operator.api.v1alpha1 import FineTuneJob, ModelServing
-from hone_operator.handlers.finetunejob import spec_error
+from hone_operator.reconcile.spec import spec_error
 from tests.support.apiserver import error_field, to_jsonschema
 
 ROOT = Path(__file__).resolve().parents[1]

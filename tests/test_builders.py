@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from hone_operator.api.v1alpha1 import FineTuneJob
-from hone_operator.builders import finetunejob as build
-from hone_operator.builders.common import child_name
+from hone_operator.builders import finetunejob as ftj_build
+from hone_operator.builders.common import SpecError, child_name
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -45,13 +45,13 @@ def pod_specs(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("sample", ["finetunejob-minimal.yaml", "finetunejob-complete.yaml"])
 def test_every_object_passes_strict_kubernetes_validation(sample: str) -> None:
-    for obj in build.all_objects(load(sample), SETTINGS):
+    for obj in ftj_build.all_objects(load(sample), SETTINGS):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 def test_strict_validation_would_catch_a_mistake() -> None:
     """A negative control: the validator used above really rejects an unknown field."""
-    job = build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)[-1]
+    job = ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)[-1]
     broken = copy.deepcopy(job)
     broken["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -60,7 +60,7 @@ def test_strict_validation_would_catch_a_mistake() -> None:
 
 @pytest.mark.parametrize("sample", ["finetunejob-minimal.yaml", "finetunejob-complete.yaml"])
 def test_pods_meet_pod_security_restricted(sample: str) -> None:
-    for spec in pod_specs(build.all_objects(load(sample), SETTINGS)):
+    for spec in pod_specs(ftj_build.all_objects(load(sample), SETTINGS)):
         psc = spec["securityContext"]
         assert psc["runAsNonRoot"] is True and psc["runAsUser"] > 0
         assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -81,7 +81,7 @@ def test_pods_meet_pod_security_restricted(sample: str) -> None:
 
 
 def test_only_the_training_pod_gets_an_api_token() -> None:
-    objs = build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)
+    objs = ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)
     validate, train = [o for o in objs if o["kind"] == "Job"]
     assert validate["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     train_pod = train["spec"]["template"]["spec"]
@@ -92,7 +92,7 @@ def test_only_the_training_pod_gets_an_api_token() -> None:
 
 
 def test_trainer_role_reaches_only_its_own_status() -> None:
-    role = next(o for o in build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS) if o["kind"] == "Role")
+    role = next(o for o in ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS) if o["kind"] == "Role")
     assert role["rules"] == [{
         "apiGroups": ["hone.dev"], "resources": ["finetunejobs/status"],
         "resourceNames": ["support-assistant"], "verbs": ["get", "patch"],
@@ -101,8 +101,8 @@ def test_trainer_role_reaches_only_its_own_status() -> None:
 
 def test_children_are_owned_labelled_and_deterministic() -> None:
     ftj = load("finetunejob-minimal.yaml")
-    first = build.all_objects(ftj, SETTINGS)
-    assert first == build.all_objects(ftj, SETTINGS)  # same input, same objects
+    first = ftj_build.all_objects(ftj, SETTINGS)
+    assert first == ftj_build.all_objects(ftj, SETTINGS)  # same input, same objects
     for obj in first:
         meta = obj["metadata"]
         assert meta["namespace"] == "team-a"
@@ -124,13 +124,13 @@ def test_long_names_are_shortened_uniquely() -> None:
         assert len(na) <= 52 and na.endswith(suffix)
         assert na != nb
     ftj = load("finetunejob-minimal.yaml", name="y" * 120)
-    for obj in build.all_objects(ftj, SETTINGS):
+    for obj in ftj_build.all_objects(ftj, SETTINGS):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 def test_single_node_job_runs_torchrun_standalone_with_gpus() -> None:
     ftj = with_spec(load("finetunejob-minimal.yaml"), resources__gpusPerNode=8)
-    job = build.all_objects(ftj, SETTINGS)[-1]
+    job = ftj_build.all_objects(ftj, SETTINGS)[-1]
     assert job["spec"]["completionMode"] == "NonIndexed" and job["spec"]["completions"] == 1
     pod = job["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -145,7 +145,7 @@ def test_single_node_job_runs_torchrun_standalone_with_gpus() -> None:
 
 def test_cpu_training_asks_for_no_gpu() -> None:
     ftj = with_spec(load("finetunejob-minimal.yaml"), resources__gpusPerNode=0)
-    c = build.all_objects(ftj, SETTINGS)[-1]["spec"]["template"]["spec"]["containers"][0]
+    c = ftj_build.all_objects(ftj, SETTINGS)[-1]["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert "--nproc-per-node=1" in c["command"]
     assert {"name": "DS_ACCELERATOR", "value": "cpu"} in c["env"]
@@ -153,7 +153,7 @@ def test_cpu_training_asks_for_no_gpu() -> None:
 
 def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
     ftj = load("finetunejob-complete.yaml")
-    objs = build.all_objects(ftj, SETTINGS)
+    objs = ftj_build.all_objects(ftj, SETTINGS)
     svc = next(o for o in objs if o["kind"] == "Service")
     job = objs[-1]
     assert job["spec"]["completionMode"] == "Indexed"
@@ -173,7 +173,7 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
 
 
 def test_pod_failure_policy_separates_retryable_failures() -> None:
-    job = build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)[-1]
+    job = ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)[-1]
     rules = job["spec"]["podFailurePolicy"]["rules"]
     fail = next(r for r in rules if r["action"] == "FailJob")
     assert fail["onExitCodes"] == {"containerName": "trainer", "operator": "In",
@@ -187,16 +187,16 @@ def test_pod_failure_policy_separates_retryable_failures() -> None:
 
 def test_kueue_label_is_propagated_and_the_job_starts_suspended() -> None:
     ftj = load("finetunejob-complete.yaml")
-    job = build.all_objects(ftj, SETTINGS)[-1]
+    job = ftj_build.all_objects(ftj, SETTINGS)[-1]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-training"
     assert job["spec"]["suspend"] is True
     off = OperatorSettings(kueue_enabled=False)
-    job = build.all_objects(ftj, off)[-1]
+    job = ftj_build.all_objects(ftj, off)[-1]
     assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"] and job["spec"]["suspend"] is False
 
 
 def test_trainer_config_resolves_locations_inside_the_pod() -> None:
-    objs = build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)
+    objs = ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)
     cm = objs[0]
     config = contract.TrainerConfig.model_validate_json(cm["data"]["config.json"])
     assert config.base_model.location == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -216,7 +216,7 @@ def test_trainer_config_resolves_locations_inside_the_pod() -> None:
 
 
 def test_secrets_are_mounted_as_files_never_env() -> None:
-    objs = build.all_objects(load("finetunejob-complete.yaml"), SETTINGS)
+    objs = ftj_build.all_objects(load("finetunejob-complete.yaml"), SETTINGS)
     config = contract.TrainerConfig.model_validate_json(objs[0]["data"]["config.json"])
     assert config.training_data.credentials_dir == "/var/run/secrets/hone/s3-credentials"
     assert config.base_model.credentials_dir == "/var/run/secrets/hone/hf-token"
@@ -234,7 +234,7 @@ def test_secrets_are_mounted_as_files_never_env() -> None:
 def test_inline_data_travels_in_the_config_map() -> None:
     line = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
     ftj = with_spec(load("finetunejob-minimal.yaml"), trainingData={"inline": line})
-    cm = build.all_objects(ftj, SETTINGS)[0]
+    cm = ftj_build.all_objects(ftj, SETTINGS)[0]
     assert cm["data"]["training.jsonl"] == line
     config = contract.TrainerConfig.model_validate_json(cm["data"]["config.json"])
     assert config.training_data.location == "/etc/hone/training.jsonl"
@@ -250,17 +250,17 @@ def test_local_only_locations_are_refused_in_a_cluster(field: str, uri: str) -> 
            "spec.output.uri": "output__uri"}[field]
     value = {"uri": uri} if key == "trainingData" else uri
     ftj = with_spec(load("finetunejob-minimal.yaml"), **{key: value})
-    with pytest.raises(build.SpecError) as info:
-        build.resolve(ftj, SETTINGS)
+    with pytest.raises(SpecError) as info:
+        ftj_build.resolve(ftj, SETTINGS)
     assert info.value.param == field
     assert "hone run" in str(info.value)
 
 
 def test_the_embedded_model_works_in_a_cluster_without_a_hub() -> None:
     ftj = with_spec(load("finetunejob-minimal.yaml"), baseModel__uri="embedded://smollm2-135m-instruct")
-    config, _ = build.resolve(ftj, SETTINGS)
+    config, _ = ftj_build.resolve(ftj, SETTINGS)
     assert config.base_model.location == "embedded://smollm2-135m-instruct"
-    assert build.fine_tuned_model_name(ftj).startswith("ft:smollm2-135m-instruct:")
+    assert ftj_build.fine_tuned_model_name(ftj).startswith("ft:smollm2-135m-instruct:")
 
 
 def test_validator_result_fits_a_termination_message() -> None:

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from hone_operator.api.v1alpha1 import FineTuneJob
-from hone_operator.builders import finetunejob as build
+from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.cli import cli
 from hone_operator.settings import OperatorSettings
 from tests.support.tiny import make_tokenizer
@@ -54,7 +54,7 @@ def test_validate_broken_file_names_lines_and_fails(model_dir: Path, tmp_path: P
 
 def test_validate_json_is_what_the_operator_stores(model_dir: Path, tmp_path: Path) -> None:
     """The same result, through the operator's plan, lands in status exactly as --json prints it."""
-    from hone_operator.handlers.finetunejob import Observed, plan
+    from hone_operator.reconcile.finetunejob import Observed, plan
     from hone_trainer import contract, models
     from hone_trainer.training.validate import validate
     from tests.conftest import load_sample
@@ -98,7 +98,7 @@ def test_render_prints_what_the_operator_creates(tmp_path: Path) -> None:
         kubernetes_validate.validate(obj, "1.33", strict=True)
     body = yaml.safe_load(sample.read_text())
     body["metadata"].update(namespace="team-a", uid="00000000-0000-0000-0000-000000000000")
-    assert objs == build.all_objects(FineTuneJob.model_validate(body), OperatorSettings())
+    assert objs == ftj_build.all_objects(FineTuneJob.model_validate(body), OperatorSettings())
     assert [o["kind"] for o in objs] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Service", "Job"]
 
 
@@ -128,8 +128,8 @@ def test_render_of_a_modelserving_is_what_the_operator_creates_once_its_job_succ
     ftj_body = yaml.safe_load(job.read_text())
     ftj_body["metadata"].update(namespace="team-a", uid=uid)
     ftj = FineTuneJob.model_validate(ftj_body)
-    config, _ = build.resolve(ftj, OperatorSettings())
-    ftj_body["status"] = {"phase": "Succeeded", "fineTunedModel": {"name": build.fine_tuned_model_name(ftj),
+    config, _ = ftj_build.resolve(ftj, OperatorSettings())
+    ftj_body["status"] = {"phase": "Succeeded", "fineTunedModel": {"name": ftj_build.fine_tuned_model_name(ftj),
                                                                     "artifactUri": config.output_uri}}
     msv_body = yaml.safe_load(serving.read_text())
     msv_body["metadata"].update(namespace="team-a", uid=uid)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from hone_operator.handlers.finetunejob import Observed, plan
+from hone_operator.reconcile.finetunejob import Observed, plan
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 from tests.conftest import load_sample

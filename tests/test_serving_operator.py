@@ -16,8 +16,8 @@ import kubernetes_validate
 import pytest
 
 from hone_operator.api.v1alpha1 import FineTuneJob, ModelServing
-from hone_operator.builders import modelserving as build
-from hone_operator.handlers import modelserving as handler
+from hone_operator.builders import modelserving as msv_build
+from hone_operator.reconcile import modelserving as msv_reconcile
 from hone_operator.kube import Kube
 from hone_operator.settings import OperatorSettings
 from tests.conftest import load_sample
@@ -138,7 +138,7 @@ def test_waits_for_the_finetunejob_then_deploys_and_becomes_ready(kube: Kube, op
 
 def test_scale_spec_changes_and_autoscaling_roll_out(kube: Kube, operator: OperatorProcess) -> None:
     serving_ready(kube)
-    first_hash = deployment(kube)["spec"]["template"]["metadata"]["annotations"][build.SPEC_HASH]
+    first_hash = deployment(kube)["spec"]["template"]["metadata"]["annotations"][msv_build.SPEC_HASH]
 
     # kubectl scale msv support-assistant --replicas 3
     scale = kube._call("PATCH", f"/apis/{API}/namespaces/{NS}/modelservings/{NAME}/scale",
@@ -155,7 +155,7 @@ def test_scale_spec_changes_and_autoscaling_roll_out(kube: Kube, operator: Opera
     kube.patch(API, "ModelServing", NS, NAME, {"spec": {"resources": {"cpu": "3", "memory": "6Gi"}}})
     wait_for(lambda: deployment(kube)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
              == "3", what="new resources rolled out")
-    assert deployment(kube)["spec"]["template"]["metadata"]["annotations"][build.SPEC_HASH] != first_hash
+    assert deployment(kube)["spec"]["template"]["metadata"]["annotations"][msv_build.SPEC_HASH] != first_hash
 
     kube.patch(API, "ModelServing", NS, NAME, {"spec": {"autoscaling": {"minReplicas": 2, "maxReplicas": 5}}})
     hpa = wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", NS, NAME), what="HPA")
@@ -237,7 +237,7 @@ def test_vllm_deployment_serves_each_adapter_under_its_fine_tuned_name() -> None
             "returns-bot": _succeeded_ftj("returns-bot", r=48, output="s3://acme-models/hone")}
     spec = dict(runtime="vllm", resources={"gpus": 1, "cpu": "8", "memory": "32Gi"},
                 adapters=[{"fineTuneJobRef": {"name": "returns-bot"}}], apiKeySecret={"name": "llm-keys"})
-    objs = build.all_objects(_msv(**spec), SETTINGS, ftjs)
+    objs = msv_build.all_objects(_msv(**spec), SETTINGS, ftjs)
     for obj in objs:
         kubernetes_validate.validate(obj, K8S, strict=True)
     dep = objs[-1]
@@ -266,14 +266,14 @@ def test_vllm_deployment_serves_each_adapter_under_its_fine_tuned_name() -> None
 def test_adapters_on_different_bases_and_full_fine_tunes_are_refused() -> None:
     ftjs = {"support-assistant": _succeeded_ftj("support-assistant"),
             "other": _succeeded_ftj("other", base="meta-llama/Llama-3.2-1B-Instruct")}
-    plan = handler.plan(_body(adapters=[{"fineTuneJobRef": {"name": "other"}}]),
-                        handler.ObservedServing(ftjs), SETTINGS, "2026-11-21T00:00:00Z")
+    plan = msv_reconcile.plan(_body(adapters=[{"fineTuneJobRef": {"name": "other"}}]),
+                        msv_reconcile.ObservedServing(ftjs), SETTINGS, "2026-11-21T00:00:00Z")
     assert plan.status["phase"] == "Failed" and not plan.apply
     ready = next(c for c in plan.status["conditions"] if c["type"] == "Ready")
     assert "spec.adapters[0].fineTuneJobRef" in ready["message"] and "share one base model" in ready["message"]
 
     full = {"support-assistant": _succeeded_ftj("support-assistant", method="full")}
-    objs, resolved = build.desired(_msv(), full, SETTINGS)
+    objs, resolved = msv_build.desired(_msv(), full, SETTINGS)
     names = resolved.names
     assert resolved.config.adapters == [] and names == [full["support-assistant"]["status"]["fineTunedModel"]["name"]]
     assert resolved.config.base_model.location.endswith("/support-assistant/model")
@@ -282,18 +282,18 @@ def test_adapters_on_different_bases_and_full_fine_tunes_are_refused() -> None:
 def test_converged_plan_is_empty_and_a_changed_spec_is_applied() -> None:
     ftjs = {"support-assistant": _succeeded_ftj("support-assistant")}
     body = _body()
-    first = handler.plan(body, handler.ObservedServing(ftjs), SETTINGS, "2026-11-21T00:00:00Z")
+    first = msv_reconcile.plan(body, msv_reconcile.ObservedServing(ftjs), SETTINGS, "2026-11-21T00:00:00Z")
     dep = copy.deepcopy(first.apply[-1])
     dep["metadata"]["generation"] = 1
     dep["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
     body["status"] = first.status
-    second = handler.plan(body, handler.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:01Z")
+    second = msv_reconcile.plan(body, msv_reconcile.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:01Z")
     assert not second.apply and second.status["phase"] == "Ready"
     body["status"].update(second.status)
-    assert handler.plan(body, handler.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:02Z").empty
+    assert msv_reconcile.plan(body, msv_reconcile.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:02Z").empty
     body["spec"]["maxConcurrentRequests"] = 8
     body["metadata"]["generation"] = 2
-    changed = handler.plan(body, handler.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:03Z")
+    changed = msv_reconcile.plan(body, msv_reconcile.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:03Z")
     assert [o["kind"] for o in changed.apply] == ["ConfigMap", "Service", "Deployment"]
     assert json.loads(changed.apply[0]["data"]["server.json"])["maxConcurrentRequests"] == 8
     assert changed.status["phase"] == "Deploying"
@@ -309,7 +309,7 @@ def _body(**spec: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("runtime", ["hone", "vllm"])
 def test_sample_renders_valid_objects(runtime: str) -> None:
     ftjs = {"support-assistant": _succeeded_ftj("support-assistant")}
-    for obj in build.all_objects(_msv(runtime=runtime, autoscaling={"minReplicas": 1, "maxReplicas": 3}),
+    for obj in msv_build.all_objects(_msv(runtime=runtime, autoscaling={"minReplicas": 1, "maxReplicas": 3}),
                                  SETTINGS, ftjs):
         kubernetes_validate.validate(obj, K8S, strict=True)
 
@@ -319,7 +319,7 @@ def test_a_modelserving_from_uris_needs_no_finetunejob() -> None:
     spec = dict(fineTuneJobRef=None, baseModel={"uri": "pvc://models/smollm2"},
                 adapters=[{"name": "support-v1", "uri": "pvc://hone-models/adapters/team-a/old/model"},
                           {"name": "support-v2", "uri": "s3://acme-models/hone/team-a/new/model"}])
-    objs, resolved = build.desired(_msv(**spec), {}, SETTINGS)
+    objs, resolved = msv_build.desired(_msv(**spec), {}, SETTINGS)
     names = resolved.names
     assert names == ["smollm2", "support-v1", "support-v2"]
     cfg = resolved.config
@@ -331,11 +331,11 @@ def test_a_modelserving_from_uris_needs_no_finetunejob() -> None:
     assert mounts == {"/var/run/hone/pvc/models": True, "/var/run/hone/pvc/hone-models": True}
     for obj in objs:
         kubernetes_validate.validate(obj, K8S, strict=True)
-    plan = handler.plan(_body(**spec), handler.ObservedServing({}), SETTINGS, "2026-11-21T00:00:00Z")
+    plan = msv_reconcile.plan(_body(**spec), msv_reconcile.ObservedServing({}), SETTINGS, "2026-11-21T00:00:00Z")
     assert plan.status["phase"] == "Deploying" and [o["kind"] for o in plan.apply][-1] == "Deployment"
 
     no_base = {k: v for k, v in spec.items() if k != "baseModel"}
-    refused = handler.plan(_body(**no_base), handler.ObservedServing({}), SETTINGS, "2026-11-21T00:00:00Z")
+    refused = msv_reconcile.plan(_body(**no_base), msv_reconcile.ObservedServing({}), SETTINGS, "2026-11-21T00:00:00Z")
     ready = next(c for c in refused.status["conditions"] if c["type"] == "Ready")
     assert refused.status["phase"] == "Failed" and "set spec.baseModel" in ready["message"]
 
@@ -346,7 +346,7 @@ def test_a_modelserving_from_uris_needs_no_finetunejob() -> None:
     ("pvc://models/gguf/smollm2.Q4_1.gguf", "smollm2.Q4_1"),
 ])
 def test_status_names_the_base_model_as_the_server_serves_it(uri: str, name: str) -> None:
-    _, resolved = build.desired(_msv(fineTuneJobRef=None, baseModel={"uri": uri}), {}, SETTINGS)
+    _, resolved = msv_build.desired(_msv(fineTuneJobRef=None, baseModel={"uri": uri}), {}, SETTINGS)
     assert resolved.names == [name]
     from hone_trainer.serving.loading import default_served_name
 

@@ -289,7 +289,7 @@ def test_embedded_smollm2_tokenizer_counts_with_its_own_template(tmp_path: Path)
 
 def test_the_operator_reads_the_validators_real_result(tokenizer, tmp_path: Path) -> None:
     """Both sides of the contract: the validator's output, as a termination message, lands in status."""
-    from hone_operator.handlers.finetunejob import Observed, plan
+    from hone_operator.reconcile.finetunejob import Observed, plan
     from hone_operator.settings import OperatorSettings
     from tests.conftest import load_sample
 

@@ -62,7 +62,7 @@ def validate(data: Path, validation: Path | None, model: str, epochs: str, max_s
         from hone_trainer.training.validate import validate as run_validation
     except ImportError as exc:
         _fail(f"`hone validate` needs the runtime extra (pip install 'hone[runtime]'): {exc}")
-    from hone_operator.handlers.finetunejob import dataset_status, estimate_status
+    from hone_operator.reconcile.finetunejob import dataset_status, estimate_status
     from hone_operator.settings import load
 
     settings = load()
@@ -153,7 +153,7 @@ def _parse(manifest: Path, doc: dict, namespace: str, uid: str | None = None):
     from pydantic import ValidationError
 
     from hone_operator.api.v1alpha1 import FineTuneJob, ModelServing
-    from hone_operator.handlers.finetunejob import spec_error
+    from hone_operator.reconcile.spec import spec_error
 
     model = FineTuneJob if doc["kind"] == "FineTuneJob" else ModelServing
     meta = {"namespace": namespace, **(doc.get("metadata") or {})}
@@ -371,7 +371,7 @@ def chat(model: str, message: str | None, url: str, api_key: str, system_prompt:
     or any OpenAI-compatible endpoint. Prints the answer as it streams, then
     the tokens it used.
     """
-    from hone_operator.chat import ChatError, stream_chat
+    from hone_operator.chat_client import ChatError, stream_chat
 
     history = [{"role": "system", "content": system_prompt}] if system_prompt else []
 

@@ -6,7 +6,7 @@ of the FineTuneJob or ModelServing it belongs to (a FineTuneJob's change also
 queues the ModelServings that serve it). Workers take
 keys off the queue (each key is processed by one worker at a time, and a key
 queued while it is being processed runs once more afterwards), compute a
-:func:`~hone_operator.handlers.finetunejob.plan` from the cached state, and
+:func:`~hone_operator.reconcile.finetunejob.plan` from the cached state, and
 carry it out. Nothing is written when the plan is empty, so a converged
 cluster costs no API writes, and an operator restarted at any point computes
 the same plan from the same objects: names are deterministic and a create
@@ -24,12 +24,13 @@ import time
 from typing import Any
 
 from hone_operator.api.v1alpha1 import API_VERSION, FineTuneJobPhase
-from hone_operator.builders import finetunejob as build
+from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.builders import modelserving as msv_build
 from hone_operator.builders.common import COMPONENT_LABEL
-from hone_operator.handlers import finetunejob as ftj_handler
-from hone_operator.handlers import modelserving as msv_handler
-from hone_operator.handlers.conditions import now
+from hone_operator.cache import ObjectCache
+from hone_operator.reconcile import finetunejob as ftj_reconcile
+from hone_operator.reconcile import modelserving as msv_reconcile
+from hone_operator.reconcile.status import now
 from hone_operator.kube import Conflict, Kube
 from hone_operator.metrics import JobSample, OperatorMetrics
 from hone_operator.settings import OperatorSettings
@@ -38,38 +39,10 @@ log = logging.getLogger("hone.controller")
 
 Key = tuple[str, str]  # (namespace, name)
 WorkKey = tuple[str, str, str]  # (kind, namespace, name)
-FTJ, MSV = build.KIND, msv_build.KIND
+FINETUNEJOB, MODELSERVING = ftj_build.KIND, msv_build.KIND
 
 
-def _rv_newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
-    """Is ``new`` at least as recent as ``old``? resourceVersions are etcd revisions in practice."""
-    if old is None:
-        return True
-    a = (new.get("metadata") or {}).get("resourceVersion")
-    b = (old.get("metadata") or {}).get("resourceVersion")
-    try:
-        return int(a) >= int(b)
-    except (TypeError, ValueError):
-        return True
-
-
-def _keep_newer(cache: dict[Any, dict[str, Any]], key: Any, obj: dict[str, Any], only_known: bool = False) -> bool:
-    """Store ``obj`` under ``key`` unless the cache holds a newer version (or, with ``only_known``,
-    none at all: a write's answer must not bring back an object deleted meanwhile). The caller
-    holds the lock. True when stored."""
-    if (only_known and key not in cache) or not _rv_newer(obj, cache.get(key)):
-        return False
-    cache[key] = obj
-    return True
-
-
-def _drop_if_same(cache: dict[Any, dict[str, Any]], key: Any, obj: dict[str, Any]) -> None:
-    """Forget a deleted object, unless the cache already holds its successor of the same name."""
-    if (cache.get(key) or {}).get("metadata", {}).get("uid") == (obj.get("metadata") or {}).get("uid"):
-        cache.pop(key, None)
-
-
-def _owner(obj: dict[str, Any], kind: str = build.KIND) -> dict[str, Any]:
+def _owner(obj: dict[str, Any], kind: str = ftj_build.KIND) -> dict[str, Any]:
     """The FineTuneJob (or ``kind``) ownerReference of a child object ({} when it has none)."""
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("kind") == kind and ref.get("apiVersion", "").startswith("hone.dev/"):
@@ -83,10 +56,11 @@ class Controller:
         self.kube = kube
         self.metrics = metrics
         self._lock = threading.Lock()
-        self._ftjs: dict[Key, dict[str, Any]] = {}
-        self._jobs: dict[Key, dict[str, dict[str, Any]]] = {}
-        self._msvs: dict[Key, dict[str, Any]] = {}
-        self._deployments: dict[Key, dict[str, Any]] = {}
+        self._ftjs: ObjectCache[Key] = ObjectCache()
+        #: Jobs by (namespace, FineTuneJob, component): the validate and train Jobs of each FineTuneJob.
+        self._jobs: ObjectCache[tuple[str, str, str]] = ObjectCache()
+        self._msvs: ObjectCache[Key] = ObjectCache()
+        self._deployments: ObjectCache[Key] = ObjectCache()
         self._queue: asyncio.Queue[WorkKey] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: set[WorkKey] = set()
@@ -103,16 +77,18 @@ class Controller:
         key = (meta.get("namespace"), meta.get("name"))
         if event_type == "DELETED":
             with self._lock:
-                self._ftjs.pop(key, None)
-                self._jobs.pop(key, None)
+                self._ftjs.forget(key)
+                for job_key in self._jobs:
+                    if job_key[:2] == key:
+                        self._jobs.forget(job_key)
             self.metrics.jobs.forget(meta.get("uid", ""))
             self._enqueue_servings_of(key)
             return
         with self._lock:
-            if not _keep_newer(self._ftjs, key, obj):
+            if not self._ftjs.observed(key, obj, listing=event_type is None):
                 return
         self._observe_metrics(obj)
-        self.enqueue((FTJ, *key))
+        self.enqueue((FINETUNEJOB, *key))
         self._enqueue_servings_of(key)
 
     def _enqueue_servings_of(self, ftj_key: Key) -> None:
@@ -120,33 +96,33 @@ class Controller:
         with self._lock:
             servings = [k for k, body in self._msvs.items() if k[0] == namespace and name in _ftj_refs(body)]
         for key in servings:
-            self.enqueue((MSV, *key))
+            self.enqueue((MODELSERVING, *key))
 
     def on_modelserving(self, event_type: str | None, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
         if event_type == "DELETED":
             with self._lock:
-                self._msvs.pop(key, None)
-                self._deployments.pop(key, None)
+                self._msvs.forget(key)
+                self._deployments.forget(key)
             return
         with self._lock:
-            if not _keep_newer(self._msvs, key, obj):
+            if not self._msvs.observed(key, obj, listing=event_type is None):
                 return
-        self.enqueue((MSV, *key))
+        self.enqueue((MODELSERVING, *key))
 
     def on_deployment(self, event_type: str | None, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        owner = _owner(obj, MSV).get("name")
+        owner = _owner(obj, MODELSERVING).get("name")
         if owner is None:
             return
         key = (meta.get("namespace"), owner)
         with self._lock:
             if event_type == "DELETED":
-                _drop_if_same(self._deployments, key, obj)
-            elif not _keep_newer(self._deployments, key, obj):
+                self._deployments.forget(key, obj)
+            elif not self._deployments.observed(key, obj, listing=event_type is None):
                 return
-        self.enqueue((MSV, *key))
+        self.enqueue((MODELSERVING, *key))
 
     def on_job(self, event_type: str | None, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -157,22 +133,23 @@ class Controller:
         key = (meta.get("namespace"), owner)
         if event_type == "DELETED":
             with self._lock:
-                _drop_if_same(self._jobs.setdefault(key, {}), component, obj)
-        elif not self._cache_job(key, obj):
-            return
-        self.enqueue((FTJ, *key))
+                self._jobs.forget((*key, component), obj)
+        else:
+            with self._lock:
+                if not self._jobs.observed((*key, component), obj, listing=event_type is None):
+                    return
+        self.enqueue((FINETUNEJOB, *key))
 
-    def _cache_job(self, key: Key, obj: dict[str, Any]) -> bool:
-        """Keep ``obj`` as its FineTuneJob's Job of its component, unless the cache holds a newer one."""
-        component = ((obj.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL)
-        if not component:
-            return False
-        with self._lock:
-            return _keep_newer(self._jobs.setdefault(key, {}), component, obj)
+    def _written_job(self, key: Key, obj: dict[str, Any] | None) -> None:
+        """Keep the answer to a create or patch of one of the FineTuneJob's Jobs."""
+        component = (((obj or {}).get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL)
+        if component:
+            with self._lock:
+                self._jobs.written((*key, component), obj)
 
-    def _cache_ftj(self, key: Key, obj: dict[str, Any]) -> None:
+    def _written_ftj(self, key: Key, obj: dict[str, Any]) -> None:
         with self._lock:
-            _keep_newer(self._ftjs, key, obj, only_known=True)
+            self._ftjs.written(key, obj, only_known=True)
         self._observe_metrics(obj)
 
     def _observe_metrics(self, obj: dict[str, Any]) -> None:
@@ -204,7 +181,7 @@ class Controller:
         self._queue = asyncio.Queue()
         self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.settings.reconcile_workers)]
         with self._lock:
-            keys = [(FTJ, *k) for k in self._ftjs] + [(MSV, *k) for k in self._msvs]
+            keys = [(FINETUNEJOB, *k) for k in self._ftjs] + [(MODELSERVING, *k) for k in self._msvs]
         for key in keys:
             self.enqueue(key)
 
@@ -238,7 +215,7 @@ class Controller:
         kind, namespace, name = key
         started = time.monotonic()
         try:
-            if kind == MSV:
+            if kind == MODELSERVING:
                 self.reconcile_serving((namespace, name))
             else:
                 self.reconcile((namespace, name))
@@ -256,7 +233,7 @@ class Controller:
         namespace, name = key
         with self._lock:
             body = self._ftjs.get(key)
-            jobs = dict(self._jobs.get(key, {}))
+            jobs = {component: self._jobs.get((*key, component)) for component in ftj_build.JOB_COMPONENTS}
         if body is None:
             return
         phase = (body.get("status") or {}).get("phase")
@@ -264,24 +241,24 @@ class Controller:
             return
         uid = body["metadata"].get("uid")
         owned = lambda j: j is not None and _owner(j).get("uid") == uid  # noqa: E731
-        observed = ftj_handler.Observed(
+        observed = ftj_reconcile.Observed(
             validation_job=jobs.get("validate") if owned(jobs.get("validate")) else None,
             training_job=jobs.get("train") if owned(jobs.get("train")) else None,
         )
         # A finished Job's pods hold its result: read them fresh, never from a cache.
-        if ftj_handler.job_finished(observed.validation_job):
-            observed.validation_pods = self.kube.list("v1", "Pod", namespace, build.selector(name, "validate"))
-        if ftj_handler.job_finished(observed.training_job):
-            observed.training_pods = self.kube.list("v1", "Pod", namespace, build.selector(name, "train"))
+        if ftj_reconcile.job_finished(observed.validation_job):
+            observed.validation_pods = self.kube.list("v1", "Pod", namespace, ftj_build.selector(name, "validate"))
+        if ftj_reconcile.job_finished(observed.training_job):
+            observed.training_pods = self.kube.list("v1", "Pod", namespace, ftj_build.selector(name, "train"))
 
         if observed.validation_job is None:
             observed.missing = self._missing_references(body, namespace)
-        plan = ftj_handler.plan(body, observed, self.settings, now())
+        plan = ftj_reconcile.plan(body, observed, self.settings, now())
         if plan.empty:
             return
         self._execute(key, body, plan)
         if plan.requeue_after:
-            self._loop.call_soon_threadsafe(self.enqueue, (FTJ, *key), plan.requeue_after)
+            self._loop.call_soon_threadsafe(self.enqueue, (FINETUNEJOB, *key), plan.requeue_after)
 
     def reconcile_serving(self, key: Key) -> None:
         namespace, name = key
@@ -292,10 +269,10 @@ class Controller:
             deployment = self._deployments.get(key)
             ftjs = {ref: self._ftjs.get((namespace, ref)) for ref in _ftj_refs(body)}
         uid = body["metadata"].get("uid")
-        if deployment is not None and _owner(deployment, MSV).get("uid") != uid:
+        if deployment is not None and _owner(deployment, MODELSERVING).get("uid") != uid:
             deployment = None  # left over from an earlier ModelServing of the same name
-        observed = msv_handler.ObservedServing(fine_tune_jobs=ftjs, deployment=deployment)
-        plan = msv_handler.plan(body, observed, self.settings, now())
+        observed = msv_reconcile.ObservedServing(fine_tune_jobs=ftjs, deployment=deployment)
+        plan = msv_reconcile.plan(body, observed, self.settings, now())
         if plan.empty:
             return
         for obj in plan.apply:
@@ -309,27 +286,27 @@ class Controller:
                 log.info("updated %s %s/%s", obj["kind"], namespace, meta["name"])
             if obj["kind"] == "Deployment" and created:
                 with self._lock:
-                    _keep_newer(self._deployments, key, created)
+                    self._deployments.written(key, created)
         for ref in plan.deletes:
             self.kube.delete(ref.api_version, ref.kind, namespace, ref.name)
         if plan.status:
-            updated = self.kube.patch(API_VERSION, MSV, namespace, name, {"status": plan.status},
+            updated = self.kube.patch(API_VERSION, MODELSERVING, namespace, name, {"status": plan.status},
                                       subresource="status")
             with self._lock:
-                _keep_newer(self._msvs, key, updated, only_known=True)
+                self._msvs.written(key, updated, only_known=True)
             if "phase" in plan.status:
                 log.info("ModelServing %s/%s is %s", namespace, name, plan.status["phase"])
         for event in plan.events:
-            self._post_event(body, event, MSV)
+            self._post_event(body, event, MODELSERVING)
 
     def _missing_references(self, body: dict[str, Any], namespace: str) -> list[tuple[str, str]]:
         """Read the ConfigMaps and PVCs the pods will mount; say which are missing."""
         try:
-            ftj = ftj_handler.FineTuneJob.model_validate({**body, "status": {}})
+            ftj = ftj_reconcile.FineTuneJob.model_validate({**body, "status": {}})
         except ValueError:
             return []  # the plan reports the invalid spec
         missing = []
-        for ref in build.references(ftj):
+        for ref in ftj_build.references(ftj):
             obj = self.kube.get(ref.api_version, ref.kind, namespace, ref.name)
             if obj is None:
                 missing.append((ref.param, f"{ref.kind} {ref.name!r} ({ref.param}) does not exist in namespace "
@@ -340,7 +317,7 @@ class Controller:
                                            f"its keys: {keys}"))
         return missing
 
-    def _execute(self, key: Key, body: dict[str, Any], plan: ftj_handler.Plan) -> None:
+    def _execute(self, key: Key, body: dict[str, Any], plan: ftj_reconcile.Plan) -> None:
         namespace, name = key
         for obj in plan.ensure:
             try:
@@ -351,28 +328,29 @@ class Controller:
                 if obj["kind"] == "Job":
                     created = self.kube.get(obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"])
             if created and created.get("kind") == "Job":
-                self._cache_job(key, created)
+                self._written_job(key, created)
         for ref, patch in plan.patches:
             updated = self.kube.patch(ref.api_version, ref.kind, namespace, ref.name, patch)
             if ref.kind == "Job":
-                self._cache_job(key, updated)
+                self._written_job(key, updated)
         for ref in plan.deletes:
             self.kube.delete(ref.api_version, ref.kind, namespace, ref.name)
             if ref.kind == "Job":
                 with self._lock:
-                    for comp, job in list(self._jobs.get(key, {}).items()):
-                        if job["metadata"]["name"] == ref.name:
-                            self._jobs[key].pop(comp, None)
+                    for component in ftj_build.JOB_COMPONENTS:
+                        job = self._jobs.get((*key, component))
+                        if job is not None and job["metadata"]["name"] == ref.name:
+                            self._jobs.forget((*key, component))
         if plan.status:
             updated = self.kube.patch(API_VERSION, "FineTuneJob", namespace, name, {"status": plan.status},
                                       subresource="status")
-            self._cache_ftj(key, updated)
+            self._written_ftj(key, updated)
             if "phase" in plan.status:
                 log.info("FineTuneJob %s/%s is %s", namespace, name, plan.status["phase"])
         for event in plan.events:
             self._post_event(body, event)
 
-    def _post_event(self, body: dict[str, Any], event: ftj_handler.Event, kind: str = FTJ) -> None:
+    def _post_event(self, body: dict[str, Any], event: ftj_reconcile.Event, kind: str = FINETUNEJOB) -> None:
         meta = body["metadata"]
         ts = now()
         obj = {

@@ -1,7 +1,7 @@
 """kopf registration only: ``kopf run -m hone_operator.main`` (or ``python -m hone_operator``).
 
 The handlers here feed the controller's cache and queue; all decisions live
-in :mod:`hone_operator.handlers`, all object shapes in :mod:`hone_operator.builders`.
+in :mod:`hone_operator.reconcile` (pure planners), all object shapes in :mod:`hone_operator.builders`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,8 @@ log = logging.getLogger("hone.operator")
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg = settings_mod.load()
-    settings.persistence.finalizer = cfg.finalizer
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=cfg.storage_prefix)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=cfg.storage_prefix, key="last-handled-configuration"
-    )
+    # Only raw event handlers are registered: kopf adds no finalizer and stores no progress or
+    # diff-base annotations for them, so there is nothing of kopf's persistence to configure.
     settings.watching.server_timeout = cfg.watch_server_timeout
     settings.watching.client_timeout = cfg.watch_client_timeout
     settings.posting.level = logging.WARNING  # Events come from the controller, not kopf's log

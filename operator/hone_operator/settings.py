@@ -69,8 +69,6 @@ class OperatorSettings(BaseSettings):
     trainer_metrics_port: int = Field(9090, description="Port of the trainer's /metrics.")
     progress_interval_seconds: float = Field(15.0, gt=0, description="How often the trainer reports progress.")
     run_as_user: int = Field(10001, ge=1, description="Non-root UID (and GID) of every pod Hone creates; above 10000 to stay clear of host users.")
-    finalizer: str = Field("hone.dev/finalizer", description="kopf finalizer name.")
-    storage_prefix: str = Field("hone.dev", description="Prefix of kopf's annotations.")
     watch_server_timeout: int = Field(300, description="Server-side timeout of watch requests (s).")
     watch_client_timeout: int = Field(330, description="Client-side timeout of watch requests (s).")
     reconcile_workers: int = Field(8, ge=1, le=128, description="Parallel reconciles.")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -45,9 +45,23 @@ class ApiModel(BaseModel):
 
 
 class StatusModel(BaseModel):
-    """Base of status types: fields it does not know (newer versions, kopf) are ignored."""
+    """Base of status types: fields it does not know (newer versions, kopf) are ignored.
+
+    The operator builds its status patches from these types (:meth:`to_status`), so the
+    CRD schema generated from them and what is written into ``status`` cannot drift apart.
+    """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_status(self) -> dict[str, Any]:
+        """The JSON written into ``status``: camelCase, without unset, empty or None fields."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return {k: v for k, v in data.items() if v not in ([], {})}
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """Every status key this type defines, as written in the object."""
+        return tuple(f.alias or name for name, f in cls.model_fields.items())
 
 
 # --------------------------------------------------------------------------
@@ -120,7 +134,7 @@ def _check_quantity(value: str | int | None, field: str) -> str | int | None:
 # --------------------------------------------------------------------------
 
 
-class _NamespacedRef(ApiModel):
+class NamespacedRef(ApiModel):
     namespace: str | None = Field(
         None,
         description="Must be empty or equal to this object's namespace: Hone never reads "
@@ -129,20 +143,20 @@ class _NamespacedRef(ApiModel):
     )
 
 
-class ConfigMapKeyRef(_NamespacedRef):
+class ConfigMapKeyRef(NamespacedRef):
     """A key of a ConfigMap in the same namespace."""
 
     name: str = Field(description="Name of the ConfigMap.", pattern=_DNS_SUBDOMAIN, max_length=253)
     key: str = Field(description="Key inside the ConfigMap that holds the JSONL data.", min_length=1)
 
 
-class SecretRef(_NamespacedRef):
+class SecretRef(NamespacedRef):
     """A Secret in the same namespace; it is mounted as files, never put in env vars."""
 
     name: str = Field(description="Name of the Secret.", pattern=_DNS_SUBDOMAIN, max_length=253)
 
 
-class FineTuneJobRef(_NamespacedRef):
+class FineTuneJobRef(NamespacedRef):
     """A FineTuneJob in the same namespace."""
 
     name: str = Field(description="Name of the FineTuneJob.", pattern=_DNS_SUBDOMAIN, max_length=253)
@@ -451,7 +465,13 @@ class FineTuneJobPhase(str, enum.Enum):
 
     @property
     def terminal(self) -> bool:
+        """Succeeded, Failed and Cancelled are final: a FineTuneJob never leaves them."""
         return self in (FineTuneJobPhase.SUCCEEDED, FineTuneJobPhase.FAILED, FineTuneJobPhase.CANCELLED)
+
+    @classmethod
+    def is_terminal(cls, phase: str | None) -> bool:
+        """Whether a stored ``status.phase`` (possibly absent) is final."""
+        return phase in {p.value for p in cls if p.terminal}
 
 
 class Condition(StatusModel):
@@ -523,6 +543,14 @@ class FineTuneJobStatus(StatusModel):
     error: ErrorStatus | None = Field(None, description="Why the job failed (OpenAI's error object).")
     startTime: datetime | None = Field(None, alias="startTime", description="When training first started.")
     completionTime: datetime | None = Field(None, alias="completionTime", description="When the job reached a final phase.")
+
+    #: Written by the trainer (rank 0, with its own token and Role) while it runs; the operator
+    #: never overwrites it. Every other key is the operator's.
+    TRAINER_OWNED: ClassVar[frozenset[str]] = frozenset({"progress"})
+
+    @classmethod
+    def operator_keys(cls) -> tuple[str, ...]:
+        return tuple(k for k in cls.keys() if k not in cls.TRAINER_OWNED)
 
 
 class ObjectMeta(BaseModel):
@@ -641,7 +669,7 @@ class ModelServingSpec(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _something(self) -> "ModelServingSpec":
+    def _has_something_to_serve(self) -> "ModelServingSpec":
         if self.fineTuneJobRef is None and not self.adapters and self.baseModel is None:
             raise ValueError("set fineTuneJobRef, adapters or baseModel: there is nothing to serve")
         return self

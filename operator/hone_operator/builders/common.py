@@ -106,3 +106,31 @@ def scheduling(resources: Any) -> dict[str, Any]:
     if resources.priorityClassName:
         out["priorityClassName"] = resources.priorityClassName
     return out
+
+
+class SpecError(ValueError):
+    """The spec cannot be turned into objects; ``param`` names the field."""
+
+    def __init__(self, param: str, message: str, reason: str = "InvalidSpec"):
+        super().__init__(message)
+        self.param = param
+        self.reason = reason
+
+
+#: Where the runtime pods keep caches (Hugging Face, torch extensions, Triton); an emptyDir.
+CACHE_DIR = "/var/cache/hone"
+
+
+def env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The environment every runtime container gets: caches under CACHE_DIR, HOME in /tmp."""
+    env = {
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "HF_HOME": f"{CACHE_DIR}/huggingface",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TORCH_EXTENSIONS_DIR": f"{CACHE_DIR}/torch_extensions",
+        "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra or {})
+    return [{"name": k, "value": v} for k, v in env.items()]

@@ -17,47 +17,28 @@ restarted operator finds them instead of creating twins:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hone_operator.api.v1alpha1 import (
-    BaseModelSpec,
-    DataSource,
     FineTuneJob,
-    SecretRef,
     parse_pvc_uri,
     uri_scheme,
 )
 from hone_operator.builders import common
+from hone_operator.builders.storage import Storage, base_model_source, data_location, in_cluster, join_path
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
 KIND = "FineTuneJob"
 TRAINER_CONTAINER = "trainer"
 VALIDATOR_CONTAINER = "validator"
+#: The ``app.kubernetes.io/component`` of the two Jobs a FineTuneJob owns.
+JOB_COMPONENTS = ("validate", "train")
 
-PVC_ROOT = "/var/run/hone/pvc"
-SECRETS_ROOT = "/var/run/secrets/hone"
-DATA_ROOT = "/var/run/hone/data"
-CACHE_DIR = "/var/cache/hone"
 CONFIG_PATH = f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"
-
-#: Schemes that only make sense on the machine `hone run` runs on. (``embedded://``
-#: works in a cluster too: the runtime image ships the embedded model.)
-LOCAL_ONLY_SCHEMES = ("file",)
-
-
-class SpecError(ValueError):
-    """The spec cannot be turned into objects; ``param`` names the field."""
-
-    def __init__(self, param: str, message: str, reason: str = "InvalidSpec"):
-        super().__init__(message)
-        self.param = param
-        self.reason = reason
-
 
 @dataclass(frozen=True)
 class Names:
@@ -109,109 +90,10 @@ def kueue_labels(ftj: FineTuneJob, settings: OperatorSettings) -> dict[str, str]
     return {k: src[k] for k in (common.KUEUE_QUEUE_LABEL, common.KUEUE_PRIORITY_LABEL) if k in src}
 
 
-# --------------------------------------------------------------------------
-# Storage: where data, model and output live inside the pods
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class Storage:
-    """Volumes and mounts collected while resolving the spec's locations."""
-
-    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    mounts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    inline: dict[str, str] = field(default_factory=dict)
-
-    def pvc(self, claim: str, writable: bool) -> str:
-        vol = f"pvc-{_short(claim)}"
-        path = f"{PVC_ROOT}/{claim}"
-        self.volumes[vol] = {"name": vol, "persistentVolumeClaim": {"claimName": claim}}
-        prev = self.mounts.get(vol)
-        read_only = not writable and (prev is None or prev["readOnly"])
-        self.mounts[vol] = {"name": vol, "mountPath": path, "readOnly": read_only}
-        return path
-
-    def pvc_path(self, uri: str, writable: bool = False) -> str:
-        """``pvc://<claim>/<path>`` as the pod sees it, with the claim mounted."""
-        claim, path = parse_pvc_uri(uri)
-        return _join(self.pvc(claim, writable), path)
-
-    def secret(self, ref: SecretRef | None) -> str | None:
-        if ref is None:
-            return None
-        vol = f"secret-{_short(ref.name)}"
-        path = f"{SECRETS_ROOT}/{ref.name}"
-        self.volumes[vol] = {"name": vol, "secret": {"secretName": ref.name, "defaultMode": 0o440}}
-        self.mounts[vol] = {"name": vol, "mountPath": path, "readOnly": True}
-        return path
-
-    def config_map_key(self, which: str, name: str, key: str) -> str:
-        vol = f"data-{which}"
-        self.volumes[vol] = {
-            "name": vol,
-            "configMap": {"name": name, "items": [{"key": key, "path": f"{which}.jsonl"}]},
-        }
-        self.mounts[vol] = {"name": vol, "mountPath": f"{DATA_ROOT}/{which}", "readOnly": True}
-        return f"{DATA_ROOT}/{which}/{which}.jsonl"
-
-
-def _short(name: str) -> str:
-    if len(name) <= 40:
-        return name
-    return f"{name[:31]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
-def _in_cluster(uri: str, param: str) -> None:
-    if uri_scheme(uri) in LOCAL_ONLY_SCHEMES:
-        raise SpecError(
-            param,
-            f"{param} {uri!r} only works with `hone run` on one machine; in a cluster use "
-            "pvc://<claim>/<path>, s3:// or (for models) a Hugging Face id",
-        )
-
-
-def _data_location(src: DataSource, which: str, storage: Storage, param: str) -> contract.DataFile:
-    if src.inline is not None:
-        key = f"{which}.jsonl"
-        storage.inline[key] = src.inline
-        return contract.DataFile(location=f"{contract.CONFIG_MOUNT_PATH}/{key}")
-    if src.configMap is not None:
-        return contract.DataFile(
-            location=storage.config_map_key(which, src.configMap.name, src.configMap.key)
-        )
-    assert src.uri is not None
-    _in_cluster(src.uri, f"{param}.uri")
-    if uri_scheme(src.uri) == "pvc":
-        claim, path = parse_pvc_uri(src.uri)
-        if not path:
-            raise SpecError(f"{param}.uri", f"{param}.uri {src.uri!r} names no file: write pvc://{claim}/<path>.jsonl")
-        return contract.DataFile(location=storage.pvc_path(src.uri))
-    return contract.DataFile(location=src.uri, credentials_dir=storage.secret(src.credentialsSecret))
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
-
-
-def base_model_source(base: BaseModelSpec, storage: Storage, param: str) -> contract.ModelSource:
-    """A base model as its pods see it: the trainer's, and the server's for the adapters it trained
-    (the same location, so the adapters' manifests name the base the server loads)."""
-    uri = base.uri
-    _in_cluster(uri, param)
-    if uri_scheme(uri) == "pvc":
-        location = storage.pvc_path(uri)
-    elif uri_scheme(uri) == "hf" and "://" in uri:
-        location = uri.split("://", 1)[1]
-    else:
-        location = uri
-    return contract.ModelSource(location=location, revision=base.revision, trust_remote_code=base.trustRemoteCode,
-                                credentials_dir=storage.secret(base.credentialsSecret))
-
-
 def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.TrainerConfig, Storage]:
     """The trainer config as the pods see it, and the volumes that make it true.
 
-    Raises :class:`SpecError` naming the field for anything a cluster cannot run.
+    Raises :class:`~hone_operator.builders.common.SpecError` naming the field for anything a cluster cannot run.
     """
     spec = ftj.spec
     storage = Storage()
@@ -219,25 +101,25 @@ def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.Trai
 
     model = base_model_source(spec.baseModel, storage, "spec.baseModel.uri")
 
-    training = _data_location(spec.trainingData, "training", storage, "spec.trainingData")
+    training = data_location(spec.trainingData, "training", storage, "spec.trainingData")
     validation = (
-        _data_location(spec.validationData, "validation", storage, "spec.validationData")
+        data_location(spec.validationData, "validation", storage, "spec.validationData")
         if spec.validationData
         else None
     )
 
     out = spec.output.uri
-    _in_cluster(out, "spec.output.uri")
+    in_cluster(out, "spec.output.uri")
     if uri_scheme(out) == "pvc":
-        job_root = _join(storage.pvc_path(out, writable=True), ns, name)
+        job_root = join_path(storage.pvc_path(out, writable=True), ns, name)
         out_credentials = None
     else:
-        job_root = _join(out, ns, name)
+        job_root = join_path(out, ns, name)
         out_credentials = storage.secret(spec.output.credentialsSecret)
 
     config = trainer_config(
         ftj, settings, base_model=model, training=training, validation=validation,
-        output_uri=_join(job_root, "model"), checkpoint_dir=_join(job_root, "checkpoints"),
+        output_uri=join_path(job_root, "model"), checkpoint_dir=join_path(job_root, "checkpoints"),
         output_credentials_dir=out_credentials,
         progress=contract.ProgressReporting(kind="kubernetes", namespace=ns, name=name,
                                             interval_seconds=settings.progress_interval_seconds),
@@ -395,25 +277,11 @@ def _base_mounts(storage: Storage, shm: bool) -> list[dict[str, Any]]:
     mounts = [
         {"name": "config", "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "cache", "mountPath": common.CACHE_DIR},
     ]
     if shm:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     return mounts + list(storage.mounts.values())
-
-
-def _env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    env = {
-        "HOME": "/tmp",
-        "TMPDIR": "/tmp",
-        "HF_HOME": f"{CACHE_DIR}/huggingface",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TORCH_EXTENSIONS_DIR": f"{CACHE_DIR}/torch_extensions",
-        "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.update(extra or {})
-    return [{"name": k, "value": v} for k, v in env.items()]
 
 
 def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storage) -> dict[str, Any]:
@@ -431,7 +299,7 @@ def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storag
         "image": ftj.spec.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": contract.validate_command(CONFIG_PATH, contract.RESULT_PATH_IN_POD),
-        "env": _env(),
+        "env": common.env(),
         "resources": common.resources(settings.validation_resources.cpu, settings.validation_resources.memory),
         "securityContext": common.container_security_context(),
         "volumeMounts": _base_mounts(storage, shm=False),
@@ -501,7 +369,7 @@ def training_job(
         "image": spec.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": training_command(ftj, settings),
-        "env": _env({"HONE_NODES": str(r.nodes), "DS_ACCELERATOR": "cuda" if r.gpusPerNode else "cpu"}),
+        "env": common.env({"HONE_NODES": str(r.nodes), "DS_ACCELERATOR": "cuda" if r.gpusPerNode else "cpu"}),
         "ports": ports,
         "resources": common.resources(
             r.cpu or settings.training_resources.cpu,

@@ -31,7 +31,8 @@ from hone_operator.api.v1alpha1 import (
     uri_scheme,
 )
 from hone_operator.builders import common
-from hone_operator.builders.finetunejob import CACHE_DIR, SpecError, Storage, _env, _in_cluster, base_model_source
+from hone_operator.builders.common import CACHE_DIR, SpecError
+from hone_operator.builders.storage import Storage, base_model_source, in_cluster
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -148,7 +149,7 @@ def _artifact_location(ftj: FineTuneJob, storage: Storage, param: str) -> tuple[
 
 
 def _uri_location(uri: str, storage: Storage, param: str) -> str:
-    _in_cluster(uri, param)
+    in_cluster(uri, param)
     return storage.pvc_path(uri) if uri_scheme(uri) == "pvc" else uri
 
 
@@ -249,7 +250,7 @@ def _hone_container(msv: ModelServing, settings: OperatorSettings, resolved: Res
         "imagePullPolicy": settings.image_pull_policy,
         "command": [*contract.serve_command(CONFIG_PATH), "--termination-log", contract.RESULT_PATH_IN_POD,
                     "--graceful-seconds", str(settings.serving_graceful_seconds)],
-        "env": _env({"DS_ACCELERATOR": "cuda" if r.gpus else "cpu"}),
+        "env": common.env({"DS_ACCELERATOR": "cuda" if r.gpus else "cpu"}),
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": common.resources(r.cpu or settings.serving_resources.cpu,
                                       r.memory or settings.serving_resources.memory, {r.gpuResourceName: r.gpus}),
@@ -292,7 +293,7 @@ def _vllm_adapter_path(resolved: Resolved, i: int) -> str:
 def _vllm_container(msv: ModelServing, settings: OperatorSettings, resolved: Resolved) -> dict[str, Any]:
     r = msv.spec.resources
     args = vllm_args(resolved)
-    env = _env({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+    env = common.env({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
     token_dir = resolved.config.base_model.credentials_dir
     if token_dir:
         env.append({"name": "HF_TOKEN_PATH", "value": f"{token_dir}/token"})
@@ -328,7 +329,7 @@ def _fetch_container(msv: ModelServing, settings: OperatorSettings, resolved: Re
         "image": settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": contract.fetch_command(CONFIG_PATH, ADAPTERS_DIR),
-        "env": _env(),
+        "env": common.env(),
         "resources": common.resources("1", "2Gi"),
         "securityContext": common.container_security_context(),
         "volumeMounts": _mounts(resolved, fetch=True),

@@ -1,4 +1,4 @@
-"""Kubernetes conditions (metav1.Condition) as plain dicts, and the status a plan builds."""
+"""What a plan says besides objects: Kubernetes conditions, the status patch, Events, and child references."""
 
 from __future__ import annotations
 
@@ -6,6 +6,17 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
+
+from hone_operator.api.v1alpha1 import StatusModel
+
+
+@dataclass
+class ObjectRef:
+    """A child object a plan patches or deletes (in the parent's namespace)."""
+
+    api_version: str
+    kind: str
+    name: str
 
 
 @dataclass
@@ -86,8 +97,10 @@ class StatusBuilder:
     Event (reason: the phase).
     """
 
-    def __init__(self, current: dict[str, Any], owned: Iterable[str], generation: int | None, timestamp: str):
+    def __init__(self, current: dict[str, Any], model: type[StatusModel], owned: Iterable[str],
+                 generation: int | None, timestamp: str):
         self.current = current
+        self.model = model
         self.desired = {k: current[k] for k in owned if k in current}
         self.generation = generation
         self.ts = timestamp
@@ -109,5 +122,10 @@ class StatusBuilder:
         self.desired["phase"] = phase.value
 
     def patch(self) -> dict[str, Any] | None:
+        """The changed keys, checked against the status type (the CRD's schema comes from it)."""
         changed = {k: v for k, v in self.desired.items() if self.current.get(k) != v}
+        unknown = set(changed) - set(self.model.keys())
+        if unknown:
+            raise ValueError(f"{self.model.__name__} has no field(s) {sorted(unknown)}")
+        self.model.model_validate(changed)
         return changed or None

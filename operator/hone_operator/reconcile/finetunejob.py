@@ -1,0 +1,334 @@
+"""The FineTuneJob lifecycle as a pure function of what is observed.
+
+:func:`plan` takes the FineTuneJob as stored and the children the controller
+observed, and returns what to do: objects to create, patches, deletions, the
+status patch and the Events to post. It reads no clock (the timestamp is
+passed in) and touches no cluster, so every transition is unit-testable and a
+restarted operator computes the same plan from the same world (level-based).
+
+Phases: ValidatingFiles -> Queued -> Running -> Succeeded | Failed |
+Cancelled, plus Suspended. Final phases are never left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from hone_operator.api.v1alpha1 import (
+    DatasetStatus,
+    ErrorStatus,
+    EstimateStatus,
+    FineTuneJob,
+    FineTuneJobPhase as Phase,
+    FineTuneJobStatus,
+    FineTunedModel,
+)
+from hone_operator.builders import finetunejob as ftj_build
+from hone_operator.builders.common import SpecError
+from hone_operator.builders.storage import Storage
+from hone_operator.reconcile.pods import last_failure_message, read_result
+from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
+from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder, get_condition, job_condition
+from hone_operator.settings import OperatorSettings
+from hone_trainer import contract
+
+
+@dataclass
+class Observed:
+    """Children of one FineTuneJob as the controller sees them."""
+
+    validation_job: dict[str, Any] | None = None
+    training_job: dict[str, Any] | None = None
+    #: Pods of a *finished* Job, listed fresh from the API (result files).
+    validation_pods: list[dict[str, Any]] = field(default_factory=list)
+    training_pods: list[dict[str, Any]] = field(default_factory=list)
+    #: (field, message) of referenced objects that do not exist (yet).
+    missing: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    ensure: list[dict[str, Any]] = field(default_factory=list)
+    patches: list[tuple[ObjectRef, dict[str, Any]]] = field(default_factory=list)
+    deletes: list[ObjectRef] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    events: list[Event] = field(default_factory=list)
+    #: Look again after this many seconds (something this plan waits for is not watched).
+    requeue_after: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ensure or self.patches or self.deletes or self.status or self.events
+                    or self.requeue_after)
+
+
+def job_finished(job: dict[str, Any] | None) -> bool:
+    return bool(job_condition(job, "Complete") or job_condition(job, "Failed"))
+
+
+class FineTuneJobStatusBuilder(StatusBuilder):
+    """The FineTuneJob's status: a final phase stamps completionTime; failures carry OpenAI's error."""
+
+    def __init__(self, current: dict[str, Any], generation: int | None, timestamp: str):
+        super().__init__(current, FineTuneJobStatus, FineTuneJobStatus.operator_keys(), generation, timestamp)
+
+    def set_phase(self, phase: Phase, message: str, warning: bool = False) -> None:  # type: ignore[override]
+        super().set_phase(phase, message, warning)
+        if phase.terminal:
+            self.desired.setdefault("completionTime", self.ts)
+
+    def fail(self, reason: str, code: str, message: str, param: str | None = None) -> None:
+        self.desired["error"] = ErrorStatus(code=code, message=message, param=param).to_status()
+        self.condition("Failed", True, reason, message)
+        self.condition("Running", False, reason, "")
+        self.set_phase(Phase.FAILED, message, warning=True)
+
+    def validated(self, result: contract.ValidationResult, settings: OperatorSettings) -> None:
+        self.desired["dataset"] = dataset_status(result)
+        if result.ok:
+            self.desired["estimate"] = estimate_status(result, settings)
+            self.condition("FilesValidated", True, "Validated", result.summary)
+        else:
+            self.condition("FilesValidated", False, "InvalidTrainingFile", result.summary)
+            self.fail("InvalidTrainingFile", "invalid_training_file", result.summary, "spec.trainingData")
+
+    def validating(self, job: str) -> None:
+        self.condition("FilesValidated", "Unknown", "Validating", f"Job {job} checks the data")
+        self.set_phase(Phase.VALIDATING_FILES, "Validating the training data")
+
+    def waiting(self, suspended: bool, kueue: bool, job: str) -> None:
+        if suspended:
+            self.condition("Suspended", True, "SuspendedByUser", "spec.suspend is true; set it to false to resume")
+            self.condition("Running", False, "Suspended", "")
+            self.set_phase(Phase.SUSPENDED, "Suspended; training pods removed, checkpoints kept")
+        elif kueue:
+            self.condition("Suspended", False, "Resumed", "")
+            self.condition("Running", False, "WaitingForAdmission", f"Job {job} waits for Kueue to admit it")
+            self.set_phase(Phase.QUEUED, "Queued for admission by Kueue")
+        else:
+            self.condition("Suspended", False, "Resumed", "")
+            self.condition("Running", False, "WaitingForPods", f"Job {job} waits for its pods to start")
+            self.set_phase(Phase.QUEUED, "Queued: waiting for training pods to be scheduled and start")
+
+    def succeeded(self, result: contract.TrainingResult, config: contract.TrainerConfig) -> None:
+        model = FineTunedModel(name=result.fine_tuned_model or config.job.fine_tuned_model,
+                               artifactUri=result.artifact_uri, manifestSha256=result.manifest_sha256)
+        self.desired["fineTunedModel"] = model.to_status()
+        self.desired["trainedTokens"] = result.trained_tokens
+        if result.checkpoints:
+            self.desired["checkpoints"] = [c.to_json_dict() for c in result.checkpoints]
+        self.condition("Running", False, "Completed", "")
+        self.condition("Succeeded", True, "Published", f"published {result.artifact_uri}")
+        self.set_phase(Phase.SUCCEEDED, f"Fine-tuned model {model.name} published")
+
+
+def plan(body: dict[str, Any], observed: Observed, settings: OperatorSettings, timestamp: str) -> Plan:
+    meta = body.get("metadata") or {}
+    stored = body.get("status") or {}
+    if meta.get("deletionTimestamp") or Phase.is_terminal(stored.get("phase")):
+        return Plan()
+    status = FineTuneJobStatusBuilder(stored, meta.get("generation"), timestamp)
+    result = Plan()
+    try:
+        job = _admit(body, settings, status)
+        if job is not None:
+            _Lifecycle(job, observed, settings, status, result).run()
+    finally:
+        result.status = status.patch()
+        result.events = status.events
+    return result
+
+
+@dataclass
+class _Admitted:
+    """A FineTuneJob whose spec parsed, stays in its namespace and resolved into a trainer config."""
+
+    ftj: FineTuneJob
+    config: contract.TrainerConfig
+    storage: Storage
+    names: ftj_build.Names
+
+
+def _admit(body: dict[str, Any], settings: OperatorSettings, status: FineTuneJobStatusBuilder) -> _Admitted | None:
+    """Parse, check namespaces, resolve; on the first problem, fail naming the field and return None."""
+    try:
+        ftj = FineTuneJob.model_validate({**body, "status": {}})
+    except ValidationError as exc:
+        param, message = spec_error(exc)
+        status.fail("InvalidSpec", "invalid_spec", f"{message}; fix the FineTuneJob and apply it again", param)
+        return None
+    namespace = ftj.metadata.namespace or "default"
+    for param, other in cross_namespace_refs(ftj.spec, namespace):
+        status.fail(
+            "CrossNamespaceReference",
+            "cross_namespace_reference",
+            f"{param} points into namespace {other!r}; a FineTuneJob may only use objects in its own "
+            f"namespace {namespace!r}. Copy the object into {namespace!r} and drop the namespace field.",
+            param,
+        )
+        return None
+    try:
+        config, storage = ftj_build.resolve(ftj, settings)
+    except SpecError as exc:
+        status.fail(exc.reason, "invalid_spec", str(exc), exc.param)
+        return None
+    return _Admitted(ftj, config, storage, ftj_build.Names.of(ftj.metadata.name))
+
+
+class _Lifecycle:
+    """The steps of an admitted FineTuneJob, in order; each says whether the next one runs.
+
+    cancel -> ValidatingFiles -> create the training Job -> keep it in step with the spec
+    -> its outcome (Succeeded / Failed) -> Running, Queued or Suspended while it runs.
+    """
+
+    def __init__(self, job: _Admitted, observed: Observed, settings: OperatorSettings,
+                 status: FineTuneJobStatusBuilder, plan: Plan):
+        self.job, self.ftj, self.names = job, job.ftj, job.names
+        self.observed, self.settings, self.status, self.plan = observed, settings, status, plan
+        self.kueue = bool(ftj_build.kueue_labels(self.ftj, settings))
+
+    def run(self) -> None:
+        for step in (self.cancel, self.validate_files, self.create_training_job, self.sync_training_job,
+                     self.training_outcome):
+            if not step():
+                return
+        self.while_training()
+
+    def _config_and_rbac(self) -> list[dict[str, Any]]:
+        return [ftj_build.config_map(self.ftj, self.job.config, self.job.storage), *ftj_build.trainer_rbac(self.ftj)]
+
+    def cancel(self) -> bool:
+        if not self.ftj.spec.cancel:
+            return True
+        for child in (self.observed.validation_job, self.observed.training_job):
+            if child is not None:
+                self.plan.deletes.append(ObjectRef("batch/v1", "Job", child["metadata"]["name"]))
+        self.status.condition("Cancelled", True, "CancelledByUser", "spec.cancel is true; checkpoints are kept")
+        self.status.condition("Running", False, "Cancelled", "")
+        self.status.set_phase(Phase.CANCELLED, "Cancelled by the user; the object and its checkpoints are kept")
+        return False
+
+    def validate_files(self) -> bool:
+        """The ValidatingFiles step: its Job, then its result in status (once; it is never redone)."""
+        if (get_condition(self.status.desired.get("conditions"), "FilesValidated") or {}).get("status") == "True":
+            return True
+        vjob, observed = self.observed.validation_job, self.observed
+        if vjob is None and observed.missing:
+            message = "; ".join(m for _, m in observed.missing) + "; Hone retries until it exists"
+            self.status.condition("FilesValidated", "Unknown", "ReferenceNotFound", message)
+            self.status.set_phase(Phase.VALIDATING_FILES, "Validating the training data")
+            self.plan.requeue_after = self.settings.retry_delay_seconds
+            return False
+        if vjob is None:
+            self.plan.ensure += [*self._config_and_rbac(),
+                                 ftj_build.validation_job(self.ftj, self.settings, self.job.storage)]
+            self.status.validating(self.names.validation_job)
+            return False
+        if not job_finished(vjob):
+            self.status.validating(self.names.validation_job)
+            return False
+        result, _ = read_result(observed.validation_pods, ftj_build.VALIDATOR_CONTAINER, contract.ValidationResult)
+        if isinstance(result, contract.ValidationResult):
+            self.status.validated(result, self.settings)
+            return result.ok
+        failed = job_condition(vjob, "Failed")
+        detail = last_failure_message(observed.validation_pods, ftj_build.VALIDATOR_CONTAINER)
+        if failed:
+            msg = f"validation Job {self.names.validation_job} failed ({failed.get('reason')})"
+        else:
+            msg = f"validation Job {self.names.validation_job} finished without writing a result"
+        msg = f"{msg}: {detail}" if detail else msg
+        self.status.condition("FilesValidated", False, "ValidationFailed", msg)
+        self.status.fail("ValidationFailed", "validation_failed", msg)
+        return False
+
+    def create_training_job(self) -> bool:
+        if self.observed.training_job is not None:
+            return True
+        # The config and RBAC were created before the validation Job (same
+        # ensure list, in order), so an existing validation Job proves them.
+        if self.observed.validation_job is None:
+            self.plan.ensure += self._config_and_rbac()
+        if self.ftj.spec.resources.nodes > 1:
+            self.plan.ensure.append(ftj_build.headless_service(self.ftj, self.settings))
+        suspend = self.ftj.spec.suspend or self.kueue
+        self.plan.ensure.append(ftj_build.training_job(self.ftj, self.settings, self.job.storage, suspend=suspend))
+        self.status.waiting(self.ftj.spec.suspend, self.kueue, self.names.training_job)
+        return False
+
+    def sync_training_job(self) -> bool:
+        """spec.suspend and activeDeadlineSeconds follow the FineTuneJob (Kueue owns resuming)."""
+        tjob = self.observed.training_job
+        job_spec = tjob.get("spec") or {}
+        job_suspended = bool(job_spec.get("suspend"))
+        patch: dict[str, Any] = {}
+        if self.ftj.spec.suspend and not job_suspended:
+            patch["suspend"] = True
+        elif not self.ftj.spec.suspend and job_suspended and not self.kueue:
+            patch["suspend"] = False
+        if self.ftj.spec.activeDeadlineSeconds != job_spec.get("activeDeadlineSeconds") and not job_finished(tjob):
+            patch["activeDeadlineSeconds"] = self.ftj.spec.activeDeadlineSeconds
+        if patch:
+            self.plan.patches.append((ObjectRef("batch/v1", "Job", self.names.training_job), {"spec": patch}))
+        return True
+
+    def training_outcome(self) -> bool:
+        """Succeeded with the published result, or Failed with the trainer's own message."""
+        tjob, pods, job_name = self.observed.training_job, self.observed.training_pods, self.names.training_job
+        if job_condition(tjob, "Complete"):
+            result, _ = read_result(pods, ftj_build.TRAINER_CONTAINER, contract.TrainingResult, succeeded=True)
+            if isinstance(result, contract.TrainingResult) and result.ok and result.artifact_uri:
+                self.status.succeeded(result, self.job.config)
+            else:
+                self.status.fail("TrainingFailed", "training_failed",
+                                 f"training Job {job_name} completed but published no result; "
+                                 "the model was not marked as available")
+            return False
+        failed = job_condition(tjob, "Failed")
+        if not failed:
+            return True
+        result, term = read_result(pods, ftj_build.TRAINER_CONTAINER, contract.TrainingResult, succeeded=False)
+        reason = failed.get("reason") or "Failed"
+        if reason == "DeadlineExceeded":
+            self.status.fail("DeadlineExceeded", "deadline_exceeded",
+                             f"training ran longer than activeDeadlineSeconds={self.ftj.spec.activeDeadlineSeconds}; "
+                             "checkpoints are kept", "spec.activeDeadlineSeconds")
+        elif isinstance(result, contract.TrainingResult) and (result.message or result.error_code):
+            self.status.fail("TrainingFailed", result.error_code or "training_failed",
+                             result.message or f"trainer exited with code {term.get('exitCode') if term else '?'}")
+        else:
+            detail = last_failure_message(pods, ftj_build.TRAINER_CONTAINER)
+            msg = f"training Job {job_name} failed ({reason}: {failed.get('message', '')})".rstrip()
+            self.status.fail("TrainingFailed", "training_failed", f"{msg}; last pod: {detail}" if detail else msg)
+        return False
+
+    def while_training(self) -> None:
+        tjob = self.observed.training_job
+        if self.ftj.spec.suspend or (tjob.get("spec") or {}).get("suspend"):
+            self.status.waiting(self.ftj.spec.suspend, self.kueue, self.names.training_job)
+            return
+        job_status = tjob.get("status") or {}
+        if int(job_status.get("ready") or 0) > 0:
+            nodes = self.ftj.spec.resources.nodes
+            self.status.desired.setdefault("startTime", self.status.ts)
+            self.status.condition("Suspended", False, "Resumed", "")
+            self.status.condition("Running", True, "PodsReady", f"{job_status.get('ready')} of {nodes} training pod(s) ready")
+            self.status.set_phase(Phase.RUNNING, f"Training with {nodes} node(s)")
+        else:
+            self.status.waiting(False, False, self.names.training_job)
+
+
+def dataset_status(r: contract.ValidationResult) -> dict[str, Any]:
+    """``status.dataset`` from a validation result (the fields :class:`DatasetStatus` defines)."""
+    return DatasetStatus.model_validate(r.to_json_dict()).to_status()
+
+
+def estimate_status(r: contract.ValidationResult, settings: OperatorSettings) -> dict[str, Any]:
+    price = settings.prices.training
+    return EstimateStatus(billableTrainingTokens=r.billable_training_tokens,
+                          costUsd=contract.cost_usd(r.billable_training_tokens, price),
+                          usdPerMillionTokens=price, hyperparameters=r.hyperparameters).to_status()

@@ -1,0 +1,144 @@
+"""The ModelServing lifecycle as a pure function of what is observed.
+
+Phases: Pending -> Waiting (a FineTuneJob is not Succeeded yet) ->
+Deploying -> Ready, or Failed for a spec that cannot be served. Nothing is
+final: a fixed spec or a FineTuneJob that succeeds later moves it on.
+
+The children are rewritten only when the hash of the desired children
+differs from the one the Deployment carries, so a converged ModelServing
+costs no writes. A FineTuneJob deleted while it is being served does not
+take the endpoint down: the Deployment keeps serving the artifact it
+resolved (the artifact lives on until its storage is cleaned) and a
+condition says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from hone_operator.api.v1alpha1 import ModelServing, ModelServingPhase as Phase, ModelServingStatus
+from hone_operator.builders import modelserving as msv_build
+from hone_operator.builders.common import SpecError
+from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
+from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder
+from hone_operator.settings import OperatorSettings
+
+
+@dataclass
+class ObservedServing:
+    #: FineTuneJobs of the namespace by name, as cached (None: does not exist)
+    fine_tune_jobs: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    deployment: dict[str, Any] | None = None
+
+
+@dataclass
+class ServingPlan:
+    apply: list[dict[str, Any]] = field(default_factory=list)  # create, or merge-patch when present
+    deletes: list[ObjectRef] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.apply or self.deletes or self.status or self.events)
+
+
+def plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSettings, ts: str) -> ServingPlan:
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return ServingPlan()
+    status = StatusBuilder(body.get("status") or {}, ModelServingStatus, ModelServingStatus.keys(),
+                           meta.get("generation"), ts)
+    result = ServingPlan()
+    _plan(body, observed, settings, status, result)
+    result.status = status.patch()
+    result.events = status.events
+    return result
+
+
+def _plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSettings, status: StatusBuilder,
+          result: ServingPlan) -> None:
+    try:
+        msv = ModelServing.model_validate({**body, "status": {}})
+    except ValidationError as exc:
+        param, message = spec_error(exc)
+        _failed(status, "InvalidSpec", f"{message}; fix the ModelServing and apply it again")
+        return
+    namespace = msv.metadata.namespace or "default"
+    for param, other in cross_namespace_refs(msv.spec, namespace):
+        _failed(status, "CrossNamespaceReference", f"{param} points into namespace {other!r}; a ModelServing may only "
+                f"use objects in its own namespace ({namespace!r})")
+        return
+
+    deployment = observed.deployment
+    try:
+        objs, resolved = msv_build.desired(msv, observed.fine_tune_jobs, settings)
+        names = resolved.names
+    except msv_build.Waiting as wait:
+        if deployment is not None and wait.reason == "FineTuneJobNotFound":
+            # Deleted after it was deployed: keep serving what was resolved, and say so.
+            status.condition("Resolved", False, "FineTuneJobDeleted", f"{wait}; the endpoint keeps serving the "
+                         "artifact it loaded before, which stays until its storage is cleaned up")
+            _rollout_status(msv, deployment, status)
+            return
+        status.condition("Resolved", False, wait.reason, str(wait))
+        status.condition("Ready", False, "WaitingForFineTuneJob", str(wait))
+        status.set_phase(Phase.WAITING, str(wait))
+        return
+    except SpecError as exc:
+        _failed(status, exc.reason, f"{exc.param}: {exc}" if not str(exc).startswith(exc.param) else str(exc))
+        return
+
+    status.condition("Resolved", True, "Resolved", f"serving {', '.join(names)}")
+    status.desired["servedModels"] = names
+    status.desired["url"] = msv_build.url(msv)
+    status.desired["selector"] = msv_build.selector(msv)
+    digest = objs[-1]["metadata"]["annotations"][msv_build.SPEC_HASH]
+    current = ((deployment or {}).get("metadata") or {}).get("annotations", {}).get(msv_build.SPEC_HASH)
+    if deployment is None or current != digest:
+        result.apply = objs
+        if msv.spec.autoscaling is None and deployment is not None:
+            result.deletes.append(ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler",
+                                         msv_build.Names.of(msv.metadata.name).hpa))
+        if deployment is None:
+            status.condition("Ready", False, "Deploying", "creating the Deployment")
+            status.set_phase(Phase.DEPLOYING, f"Deploying {', '.join(names)} ({msv.spec.runtime})")
+            return
+        status.events.append(Event("Normal", "Updating", "the spec changed: rolling out the Deployment"))
+    _rollout_status(msv, deployment, status, updating=current != digest)
+
+
+def _rollout_status(msv: ModelServing, deployment: dict[str, Any], status: StatusBuilder,
+                    updating: bool = False) -> None:
+    observed = deployment.get("status") or {}
+    dep_spec = deployment.get("spec") or {}
+    want = dep_spec.get("replicas", msv.spec.replicas if msv.spec.autoscaling is None else None)
+    replicas = int(observed.get("replicas") or 0)
+    ready = int(observed.get("readyReplicas") or 0)
+    updated = int(observed.get("updatedReplicas") or 0)
+    status.desired["replicas"] = replicas
+    status.desired["readyReplicas"] = ready
+    current_gen = (deployment.get("metadata") or {}).get("generation")
+    rolled = (not updating and observed.get("observedGeneration") == current_gen
+              and (want is None or updated >= want) and replicas == updated)
+    if want == 0:
+        status.condition("Ready", False, "ScaledToZero", "spec.replicas is 0: no replica is running")
+        status.set_phase(Phase.PENDING, "Scaled to zero replicas")
+    elif ready >= 1 and rolled:
+        status.condition("Ready", True, "Available", f"{ready}/{want or replicas} replicas ready")
+        status.set_phase(Phase.READY, f"Serving {', '.join(status.desired.get('servedModels') or [])} at {status.desired.get('url')}")
+    else:
+        message = f"{ready}/{want if want is not None else replicas} replicas ready"
+        for c in observed.get("conditions") or []:
+            if c.get("type") == "Progressing" and c.get("status") == "False":
+                message += f"; {c.get('message')}"
+        status.condition("Ready", False, "Deploying", message)
+        status.set_phase(Phase.DEPLOYING, f"Rolling out: {message}")
+
+
+def _failed(status: StatusBuilder, reason: str, message: str) -> None:
+    status.condition("Ready", False, reason, message)
+    status.set_phase(Phase.FAILED, message, warning=True)
