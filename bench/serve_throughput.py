@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "trainer")]
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT / "devtools")]
 
 from stats import percentile  # noqa: E402  (bench/, the script's own folder)
 
@@ -97,7 +97,7 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=8)
     args = parser.parse_args()
 
-    from tests.support.serving import ServerProcess
+    from hone_dev.serving import ServerProcess
 
     requests = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(args.requests)]
     results: dict[str, list[dict[str, float]]] = {}

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "trainer")]
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT / "devtools")]
 
 BATCH = 8
 
@@ -39,7 +39,7 @@ def build(folder: Path, n_examples: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.support.tiny import CORPUS, make_tokenizer
+    from hone_dev.tiny import CORPUS, make_tokenizer
 
     tok = make_tokenizer(folder / "model", vocab_size=1000)
     torch.manual_seed(0)

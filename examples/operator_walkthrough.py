@@ -21,15 +21,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "trainer")]
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT / "devtools")]
 
 import yaml  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
 from hone_operator.kube import Kube  # noqa: E402
 from hone_trainer import contract  # noqa: E402
-from tests.support.apiserver import ApiServerThread  # noqa: E402
-from tests.support.cluster import (  # noqa: E402
+from hone_dev.apiserver import ApiServerThread  # noqa: E402
+from hone_dev.cluster import (  # noqa: E402
     OperatorProcess,
     finish_job,
     get_job,

@@ -7,15 +7,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import yaml
 from kubernetes import client, config
 
+from hone_dev.apiserver import ApiServerThread
+from hone_dev.cluster import OperatorProcess
+from hone_dev.s3 import moto_s3
 from hone_operator.kube import Kube
-from tests.support.apiserver import ApiServerThread
-from tests.support.cluster import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "crds" / "samples"
 
 # Converted tokenizers and fetched models are cached here, not in the user's home.
 os.environ.setdefault("HONE_CACHE", str(ROOT / ".pytest_cache" / "hone-cache"))
@@ -48,38 +47,8 @@ def operator(kubeconfig: Path, tmp_path: Path) -> Iterator[OperatorProcess]:
         proc.stop()
 
 
-def load_sample(name: str) -> dict:
-    return yaml.safe_load((SAMPLES / name).read_text())
-
-
-BUCKET = "hone-models"
-
-
 @pytest.fixture
 def s3(tmp_path: Path) -> Iterator[tuple[str, object]]:
     """A moto S3 server on loopback and a Secret-style credentials folder for it."""
-    from moto.server import ThreadedMotoServer
-
-    from hone_trainer.storage import filesystem
-    from tests.support.cluster import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    import urllib.request
-
-    # moto keeps its state per process, across servers: start every test from an empty store.
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"))
-    creds = tmp_path / "s3-credentials"
-    creds.mkdir()
-    for key, value in {"access-key-id": "testing", "secret-access-key": "testing",
-                       "endpoint-url": f"http://127.0.0.1:{port}", "region": "eu-west-1"}.items():
-        (creds / key).write_text(value + "\n")
-    fs, _ = filesystem("s3://x", str(creds))
-    fs.mkdir(BUCKET)
-    try:
-        yield str(creds), fs
-    finally:
-        server.stop()
-
-
+    with moto_s3(tmp_path) as served:
+        yield served

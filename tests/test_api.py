@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -14,22 +13,11 @@ from pydantic import ValidationError
 from hone_operator.api import crdgen
 from hone_operator.api.v1alpha1 import FineTuneJob, ModelServing
 from hone_operator.reconcile.spec import spec_error
-from tests.support.apiserver import error_field, to_jsonschema
+from hone_dev.apiserver import error_field
+from hone_dev.repo import crd, schema_of, validator
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "crds" / "samples").glob("*.yaml"))
-
-
-def crd(name: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "crds" / f"{name}.hone.dev.yaml").read_text())
-
-
-def schema_of(name: str) -> dict[str, Any]:
-    return crd(name)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-
-
-def validator(name: str) -> jsonschema.Draft4Validator:
-    return jsonschema.Draft4Validator(to_jsonschema(schema_of(name)))
 
 
 def test_generated_crds_match_the_models() -> None:

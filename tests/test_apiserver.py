@@ -12,8 +12,8 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from hone_operator.kube import Conflict, Kube, NotFound
-from tests.conftest import load_sample
-from tests.support.apiserver import ApiServerThread, label_match
+from hone_dev.repo import load_sample
+from hone_dev.apiserver import ApiServerThread, label_match
 
 API = "hone.dev/v1alpha1"
 

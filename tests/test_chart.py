@@ -16,29 +16,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "charts" / "hone"
+from hone_dev.repo import CHART, ROOT, helm, helm_bin, render
+
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
-
-
-def helm_bin() -> str:
-    found = shutil.which("helm") or (str(ROOT / ".tools/bin/helm") if (ROOT / ".tools/bin/helm").exists() else None)
-    if not found:
-        pytest.skip("helm is not installed: run bash .ci/tools.sh")
-    return found
-
-
-def helm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([helm_bin(), *args], capture_output=True, text=True, timeout=120)
-
-
-def render(values: Path | None = None, *extra: str) -> list[dict[str, Any]]:
-    args = ["template", "hone", str(CHART), "-n", "hone-system", *extra]
-    if values is not None:
-        args += ["-f", str(values)]
-    out = helm(*args)
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 def test_chart_crds_are_the_generated_crds() -> None:

@@ -14,7 +14,7 @@ from hone_operator.api.v1alpha1 import FineTuneJob
 from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.cli import cli
 from hone_operator.settings import OperatorSettings
-from tests.support.tiny import make_tokenizer
+from hone_dev.tiny import make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_validate_json_is_what_the_operator_stores(model_dir: Path, tmp_path: Pa
     from hone_operator.reconcile.finetunejob import Observed, plan
     from hone_trainer import contract, models
     from hone_trainer.training.validate import validate
-    from tests.conftest import load_sample
+    from hone_dev.repo import load_sample
 
     data = tmp_path / "train.jsonl"
     data.write_text(chats(60))
@@ -147,7 +147,7 @@ def test_the_example_applies_with_kustomize_and_renders_valid_objects(tmp_path: 
     import shutil
     import subprocess
 
-    from tests.test_api import validator
+    from hone_dev.repo import validator
 
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from hone_trainer.manifest import verify
-from tests.support.cluster import wait_for
-from tests.support.tiny import make_tiny_llama, make_tokenizer
+from hone_dev.cluster import wait_for
+from hone_dev.tiny import make_tiny_llama, make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_qlora_on_a_cpu_machine_fails_before_anything_runs(project: Path) -> Non
 def test_hone_serve_answers_for_the_job_hone_run_published(project: Path) -> None:
     import openai
 
-    from tests.support.serving import free_port, http
+    from hone_dev.serving import free_port, http
 
     proc = hone(project, "run", "job.yaml")
     out, err = proc.communicate(timeout=300)
@@ -153,7 +153,7 @@ def test_hone_serve_before_hone_run_says_what_to_do(project: Path) -> None:
 
 
 def _ready(url: str) -> bool:
-    from tests.support.serving import http
+    from hone_dev.serving import http
 
     try:
         return http("GET", f"{url}/ready", timeout=2)[0] == 200

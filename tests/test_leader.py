@@ -7,8 +7,8 @@ import urllib.request
 from pathlib import Path
 
 from hone_operator.kube import Kube
-from tests.support.cluster import OperatorProcess, free_port, get_job, wait_for
-from tests.test_operator import NS, apply
+from hone_dev.cluster import OperatorProcess, free_port, get_job, wait_for
+from hone_dev.resources import NS, apply
 
 LEASE = ("coordination.k8s.io/v1", "Lease", "hone-system", "hone-operator")
 

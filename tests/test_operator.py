@@ -8,17 +8,18 @@ metrics.
 
 from __future__ import annotations
 
-import copy
 import time
-from typing import Any
 
 import pytest
 
-from hone_operator.kube import USER_AGENT, Kube
+from hone_operator.kube import Kube
 from hone_trainer import contract
-from tests.conftest import load_sample
-from tests.support.apiserver import ApiServerThread
-from tests.support.cluster import (
+from hone_dev.repo import load_sample
+from hone_dev.resources import (
+    API, NAME, NS, apply, condition, good_validation, operator_writes, patch_spec, published, validate_ok,
+)
+from hone_dev.apiserver import ApiServerThread
+from hone_dev.cluster import (
     OperatorProcess,
     finish_job,
     ftj,
@@ -26,59 +27,11 @@ from tests.support.cluster import (
     jobs,
     make_pod,
     phase,
-    seed_namespace,
     set_job_status,
     terminate_pod,
     wait_for,
     wait_phase,
 )
-
-NS = "team-a"
-NAME = "support-assistant"
-API = "hone.dev/v1alpha1"
-
-
-def apply(kube: Kube, body: dict[str, Any] | None = None, name: str = NAME, namespace: str = NS,
-          **spec: Any) -> dict[str, Any]:
-    seed_namespace(kube, namespace)
-    obj = copy.deepcopy(body or load_sample("finetunejob-minimal.yaml"))
-    obj["metadata"].update(name=name, namespace=namespace)
-    obj["spec"].update(spec)
-    return kube.create(obj)
-
-
-def patch_spec(kube: Kube, name: str = NAME, **spec: Any) -> None:
-    kube.patch(API, "FineTuneJob", NS, name, {"spec": spec})
-
-
-def good_validation(examples: int = 120, tokens: int = 50_000) -> str:
-    hp = contract.resolve_hyperparameters(examples)
-    return contract.to_termination_message(contract.ValidationResult(
-        ok=True, examples=examples, tokens_per_epoch=tokens, trained_tokens_per_epoch=tokens // 2,
-        hyperparameters=hp, billable_training_tokens=tokens * hp.epochs,
-        estimated_cost_usd=contract.cost_usd(tokens * hp.epochs, 25.0)))
-
-
-def published(tokens: int = 150_000, name: str = NAME) -> str:
-    return contract.to_termination_message(contract.TrainingResult(
-        ok=True, artifact_uri=f"pvc://hone-models/adapters/{NS}/{name}/model",
-        manifest_sha256="ab" * 32, trained_tokens=tokens, steps=30, train_loss=0.42,
-        checkpoints=[contract.CheckpointInfo(step=30, uri=f"pvc://hone-models/{name}/ckpt-30", train_loss=0.42)]))
-
-
-def validate_ok(kube: Kube, name: str = NAME) -> None:
-    wait_for(lambda: get_job(kube, NS, f"{name}-validate"), what="validation Job")
-    finish_job(kube, NS, f"{name}-validate", "validator", 0, good_validation())
-    wait_for(lambda: get_job(kube, NS, f"{name}-train"), what="training Job")
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
-
-
-def operator_writes(apiserver: ApiServerThread) -> list[Any]:
-    return apiserver.call(lambda s: s.writes(USER_AGENT))
-
 
 def test_happy_path_from_apply_to_succeeded(kube: Kube, operator: OperatorProcess, apiserver: ApiServerThread) -> None:
     apply(kube)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from hone_operator.cli import cli
 from hone_operator.settings import OperatorSettings
-from tests.support.cluster import free_port, seed_namespace, wait_for, wait_phase
+from hone_dev.cluster import free_port, seed_namespace, wait_for, wait_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")])}

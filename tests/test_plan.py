@@ -8,7 +8,7 @@ from typing import Any
 from hone_operator.reconcile.finetunejob import Observed, plan
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
-from tests.conftest import load_sample
+from hone_dev.repo import load_sample
 
 SETTINGS = OperatorSettings()
 TS = "2026-11-21T10:00:00Z"

@@ -18,11 +18,11 @@ import openai
 import pytest
 import yaml
 
-from tests.support.cluster import OperatorProcess, finish_job, wait_phase
-from tests.support.serving import ServerProcess, free_port, http
-from tests.support.tiny import make_tiny_llama, make_tokenizer
-from tests.test_chart import CHART, helm
-from tests.test_operator import NS, apply, published, validate_ok
+from hone_dev.cluster import OperatorProcess, finish_job, wait_phase
+from hone_dev.serving import ServerProcess, free_port, http
+from hone_dev.tiny import make_tiny_llama, make_tokenizer
+from hone_dev.repo import CHART, helm
+from hone_dev.resources import NS, apply, published, validate_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests" / "prometheus" / "hone-rules.test.yaml"

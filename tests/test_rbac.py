@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from hone_operator.kube import USER_AGENT, Kube
-from tests.support.apiserver import ApiServerThread
-from tests.support.cluster import OperatorProcess, get_job, set_job_status, wait_for, wait_phase
-from tests.test_chart import CHART, render
-from tests.test_operator import NS, apply, patch_spec, validate_ok
-from tests.test_serving_operator import API, serving_ready
+from hone_dev.apiserver import ApiServerThread
+from hone_dev.cluster import OperatorProcess, get_job, set_job_status, wait_for, wait_phase
+from hone_dev.repo import CHART, render
+from hone_dev.resources import NS, apply, patch_spec, validate_ok
+from hone_dev.resources import API, serving_ready
 
 #: Verbs only needed on paths a normal lifecycle does not take, with the reason.
 RARE = {

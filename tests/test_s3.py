@@ -12,7 +12,7 @@ from hone_trainer.manifest import MANIFEST, PublishError, write_manifest
 from hone_trainer.training.publish import publish
 from hone_trainer.storage import open_binary
 
-from tests.conftest import BUCKET
+from hone_dev.s3 import BUCKET
 
 
 def staging_folder(tmp_path: Path, n: int = 4) -> Path:
@@ -61,7 +61,7 @@ def test_an_upload_that_fails_halfway_leaves_no_manifest(s3, tmp_path: Path, mon
 
 
 def test_training_data_and_validation_read_from_s3(s3, tmp_path: Path) -> None:
-    from tests.support.tiny import make_tokenizer
+    from hone_dev.tiny import make_tokenizer
     from hone_trainer.training.validate import validate
 
     creds, fs = s3

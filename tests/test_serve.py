@@ -20,8 +20,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.support.serving import ServerProcess, http, reference_generations, train_adapter
-from tests.support.tiny import make_tiny_llama, make_tokenizer
+from hone_dev.serving import ServerProcess, http, reference_generations, train_adapter
+from hone_dev.tiny import make_tiny_llama, make_tokenizer
 
 KEY = "sk-test-0123456789"
 RETURNS = "Returns are accepted within 30 days."
@@ -301,7 +301,7 @@ def test_fetch_copies_verified_adapters_for_a_runtime_that_reads_files(served, t
     import sys
 
     from hone_trainer.manifest import verify
-    from tests.support.serving import env
+    from hone_dev.serving import env
 
     def fetch(*adapters: str) -> subprocess.CompletedProcess:
         args = [a for adapter in adapters for a in ("--adapter", adapter)]

@@ -20,74 +20,15 @@ from hone_operator.builders import modelserving as msv_build
 from hone_operator.reconcile import modelserving as msv_reconcile
 from hone_operator.kube import Kube
 from hone_operator.settings import OperatorSettings
-from tests.conftest import load_sample
-from tests.support.apiserver import ApiServerThread
-from tests.support.cluster import OperatorProcess, finish_job, seed_namespace, wait_for, wait_phase
-from tests.test_operator import apply as apply_ftj
-from tests.test_operator import condition, operator_writes, published, validate_ok
+from hone_dev.repo import load_sample
+from hone_dev.apiserver import ApiServerThread
+from hone_dev.cluster import OperatorProcess, finish_job, wait_for, wait_phase
+from hone_dev.resources import API, NAME, NS, apply_msv, deployment, msv, roll_out, server_config, serving_ready, succeed_ftj, wait_msv
+from hone_dev.resources import apply as apply_ftj
+from hone_dev.resources import condition, operator_writes
 
-NS = "team-a"
-NAME = "support-assistant"
-API = "hone.dev/v1alpha1"
 K8S = "1.33"
 SETTINGS = OperatorSettings()
-
-
-def apply_msv(kube: Kube, name: str = NAME, **spec: Any) -> dict[str, Any]:
-    seed_namespace(kube, NS)
-    obj = copy.deepcopy(load_sample("modelserving.yaml"))
-    obj["metadata"].update(name=name, namespace=NS)
-    obj["spec"].update(spec)
-    return kube.create(obj)
-
-
-def msv(kube: Kube, name: str = NAME) -> dict[str, Any]:
-    obj = kube.get(API, "ModelServing", NS, name)
-    assert obj is not None
-    return obj
-
-
-def wait_msv(kube: Kube, phase: str, name: str = NAME, timeout: float = 30) -> dict[str, Any]:
-    wait_for(lambda: (msv(kube, name).get("status") or {}).get("phase") == phase, timeout,
-             what=f"ModelServing {name} phase {phase}")
-    return msv(kube, name)
-
-
-def deployment(kube: Kube, name: str = NAME) -> dict[str, Any] | None:
-    return kube.get("apps/v1", "Deployment", NS, name)
-
-
-def roll_out(kube: Kube, name: str = NAME, ready: int | None = None) -> None:
-    """Play the Deployment controller: every replica updated and ready."""
-    dep = deployment(kube, name)
-    assert dep is not None
-    want = dep["spec"].get("replicas", 1)
-    kube.patch("apps/v1", "Deployment", NS, name, {"status": {
-        "observedGeneration": dep["metadata"]["generation"], "replicas": want, "updatedReplicas": want,
-        "readyReplicas": want if ready is None else ready, "availableReplicas": want if ready is None else ready,
-    }}, subresource="status")
-
-
-def succeed_ftj(kube: Kube, name: str = NAME) -> dict[str, Any]:
-    validate_ok(kube, name)
-    finish_job(kube, NS, f"{name}-train", "trainer", 0, published(name=name))
-    return wait_phase(kube, NS, name, "Succeeded")
-
-
-def serving_ready(kube: Kube) -> None:
-    """A Succeeded FineTuneJob served by a ModelServing whose Deployment has rolled out."""
-    apply_ftj(kube)
-    succeed_ftj(kube)
-    apply_msv(kube)
-    wait_for(lambda: deployment(kube), what="Deployment")
-    roll_out(kube)
-    wait_msv(kube, "Ready")
-
-
-def server_config(kube: Kube, name: str = NAME) -> dict[str, Any]:
-    cm = kube.get("v1", "ConfigMap", NS, f"{name}-server")
-    assert cm is not None
-    return json.loads(cm["data"]["server.json"])
 
 
 def test_waits_for_the_finetunejob_then_deploys_and_becomes_ready(kube: Kube, operator: OperatorProcess,

@@ -18,8 +18,8 @@ import pytest
 from hone_trainer import contract
 from hone_trainer.training.checkpoints import MARKER, CheckpointStore
 from hone_trainer.manifest import PublishError, verify
-from tests.support.cluster import wait_for
-from tests.support.tiny import make_tiny_llama, make_tokenizer
+from hone_dev.cluster import wait_for
+from hone_dev.tiny import make_tiny_llama, make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = ["Returns are accepted within 30 days with the receipt.",
@@ -275,7 +275,7 @@ def test_deepspeed_override_is_merged_and_checked(tiny: Path, tmp_path: Path) ->
 
 def test_progress_reaches_the_finetunejob_status(tiny: Path, tmp_path: Path, kube, apiserver) -> None:
     """The trainer patches status.progress through the API server, as its Role allows."""
-    from tests.conftest import load_sample
+    from hone_dev.repo import load_sample
 
     body = load_sample("finetunejob-minimal.yaml")
     body["metadata"]["namespace"] = "team-a"
@@ -330,7 +330,7 @@ def test_embedded_smollm2_trains_a_few_steps(tmp_path: Path) -> None:
 
 def test_checkpoints_on_s3_survive_the_loss_of_the_pod(tiny: Path, tmp_path: Path, s3) -> None:
     """A new pod (new local disk) resumes from the checkpoint mirrored to S3 and publishes there."""
-    from tests.conftest import BUCKET
+    from hone_dev.s3 import BUCKET
 
     creds, fs = s3
     whole = tmp_path / "whole"

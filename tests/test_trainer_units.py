@@ -13,8 +13,8 @@ from hone_trainer.training import ds_config, packing
 from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter
 from hone_trainer.training.checkpoints import MARKER, CheckpointStore
 from hone_trainer.training.data import Example, Message
-from tests.support.cluster import free_port
-from tests.support.tiny import make_tiny_llama, make_tokenizer
+from hone_dev.cluster import free_port
+from hone_dev.tiny import make_tiny_llama, make_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from hone_trainer import contract
 from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter
 from hone_trainer.training.data import Example, Message, read_jsonl
 from hone_trainer.training.validate import validate
-from tests.support.tiny import make_tokenizer
+from hone_dev.tiny import make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -291,7 +291,7 @@ def test_the_operator_reads_the_validators_real_result(tokenizer, tmp_path: Path
     """Both sides of the contract: the validator's output, as a termination message, lands in status."""
     from hone_operator.reconcile.finetunejob import Observed, plan
     from hone_operator.settings import OperatorSettings
-    from tests.conftest import load_sample
+    from hone_dev.repo import load_sample
 
     train = tmp_path / "train.jsonl"
     train.write_text("\n".join(good_lines(60)) + "\n")

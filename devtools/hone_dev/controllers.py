@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Any
 
-from tests.support.apiserver import HoneApiServer
+from hone_dev.apiserver import HoneApiServer
 
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")

@@ -52,7 +52,7 @@ import jsonschema
 import kmock
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from hone_dev import ROOT
 
 GVR = tuple[str, str, str]  # (group, version, plural)
 

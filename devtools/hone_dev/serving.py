@@ -15,9 +15,9 @@ from typing import Any
 import urllib.error
 import urllib.request
 
+from hone_dev import ROOT
 from hone_trainer import contract
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def env() -> dict[str, str]:

@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from hone_dev import ROOT
 from hone_operator.kube import Kube
 
-ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 

@@ -1,0 +1,69 @@
+"""``hone render``: the objects the operator would create, from the operator's own builders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from hone_operator.builders import finetunejob as ftj_build
+from hone_operator.builders import modelserving as msv_build
+from hone_operator.builders.common import SpecError
+from hone_operator.cli.common import documents, fail, parse_manifest
+from hone_operator.settings import OperatorSettings, load
+
+#: Rendered objects are not stored anywhere, so their owners' UIDs are this placeholder.
+PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+
+
+@click.command()
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-n", "--namespace", default="default", show_default=True,
+              help="Namespace to render into when a manifest names none.")
+def render(manifests: tuple[Path, ...], namespace: str) -> None:
+    """Print the Kubernetes objects the operator creates for FineTuneJob and ModelServing manifests.
+
+    Uses the operator's own builders, so a GitOps pull request can show what
+    applying the manifests will run. A ModelServing is rendered as it will be
+    once the FineTuneJobs it serves have Succeeded: give their manifests too
+    (in the same file or as more arguments). Object UIDs are placeholders.
+    """
+    settings = load()
+    parsed = [(m, parse_manifest(m, doc, namespace, PLACEHOLDER_UID)) for m in manifests for doc in documents(m)]
+    jobs = {(o.metadata.namespace, o.metadata.name): o for _, o in parsed if o.kind == "FineTuneJob"}
+    objects = []
+    for manifest, obj in parsed:
+        try:
+            if obj.kind == "FineTuneJob":
+                objects.extend(ftj_build.all_objects(obj, settings))
+            else:
+                objects.extend(msv_build.all_objects(obj, settings, _served_jobs(manifest, obj, jobs, settings)))
+        except (SpecError, msv_build.Waiting) as exc:
+            param = getattr(exc, "param", "")
+            fail(f"{manifest}: {obj.kind} {obj.metadata.name}: {exc}" if not param or str(exc).startswith(param)
+                 else f"{manifest}: {obj.kind} {obj.metadata.name}: {param}: {exc}")
+    click.echo(f"# Objects the Hone operator creates for {', '.join(map(str, manifests))} (UIDs are placeholders)")
+    click.echo(yaml.safe_dump_all(objects, sort_keys=False), nl=False)
+
+
+def _served_jobs(manifest: Path, msv: Any, jobs: dict[tuple[str | None, str], Any],
+                 settings: OperatorSettings) -> dict[str, dict[str, Any]]:
+    """The FineTuneJobs a ModelServing serves, each as it will be stored once it has Succeeded.
+
+    The status is written here, not observed: it names the model and the artifact URI that
+    the job's own trainer config will publish to, which is all a ModelServing reads of it.
+    """
+    succeeded = {}
+    for param, name in msv_build.referenced_jobs(msv):
+        job = jobs.get((msv.metadata.namespace, name))
+        if job is None:
+            fail(f"{manifest}: ModelServing {msv.metadata.name} serves FineTuneJob {name!r} ({param}); "
+                 "give its manifest too so that its published artifact is known")
+        config, _ = ftj_build.resolve(job, settings)
+        body = job.model_dump(by_alias=True, exclude_none=True, mode="json")
+        body["status"] = {"phase": "Succeeded", "fineTunedModel": {
+            "name": ftj_build.fine_tuned_model_name(job), "artifactUri": config.output_uri}}
+        succeeded[name] = body
+    return succeeded
