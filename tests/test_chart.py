@@ -199,6 +199,7 @@ def _scanner(name: str) -> str:
     return found
 
 
+@pytest.mark.slow  # checkov takes seconds a scenario
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.name)
 def test_checkov_finds_nothing_in_the_rendered_chart(values: Path, tmp_path: Path) -> None:
     checkov = _scanner("checkov")
@@ -215,6 +216,7 @@ def test_checkov_finds_nothing_in_the_rendered_chart(values: Path, tmp_path: Pat
     assert summary["failed"] == 0 and summary["passed"] > 50, scan.stdout[-3000:]
 
 
+@pytest.mark.slow  # trivy scans the rendered chart
 @pytest.mark.parametrize("values", [None, CHART / "ci" / "namespaced-values.yaml"], ids=["default", "namespaced"])
 def test_trivy_config_finds_nothing_but_the_reasoned_ignores(values: Path | None) -> None:
     trivy = _scanner("trivy")

@@ -16,6 +16,9 @@ from hone_trainer.manifest import verify
 from hone_dev.cluster import wait_for
 from hone_dev.tiny import make_tiny_llama, make_tokenizer
 
+#: Slow: every test runs the trainer through hone run. `pytest -m "not slow"` is the fast inner loop.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -24,6 +24,9 @@ from hone_dev.tiny import make_tiny_llama, make_tokenizer
 from hone_dev.repo import CHART, helm
 from hone_dev.resources import NS, apply, published, validate_ok
 
+#: Slow: a real Prometheus, promtool and a trained adapter. `pytest -m "not slow"` is the fast inner loop.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests" / "prometheus" / "hone-rules.test.yaml"
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,6 +28,7 @@ def test_first_two_commands_are_the_demo_and_the_tests() -> None:
     assert (ROOT / ".ci" / "run").exists()
 
 
+@pytest.mark.slow  # a real fine-tune of SmolLM2 and a served answer (about 2 minutes)
 def test_the_readme_demo_validates_fine_tunes_serves_and_answers(tmp_path: Path) -> None:
     """The script of the README's first command, on a reduced example (--quick: 12 examples, one epoch)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")]),

@@ -23,6 +23,9 @@ import pytest
 from hone_dev.serving import ServerProcess, http, reference_generations, train_adapter
 from hone_dev.tiny import make_tiny_llama, make_tokenizer
 
+#: Slow: trains two adapters and starts the real server. `pytest -m "not slow"` is the fast inner loop.
+pytestmark = pytest.mark.slow
+
 KEY = "sk-test-0123456789"
 RETURNS = "Returns are accepted within 30 days."
 WHEELS = "Our wheels come in 52mm and 54mm."

