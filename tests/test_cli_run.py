@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from hone_trainer.manifest import verify
+from hone_dev import processes
 from hone_dev.cluster import wait_for
 from hone_dev.tiny import make_tiny_llama, make_tokenizer
 
@@ -70,7 +71,16 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(project: Path) -> No
     proc = hone(project, "run", "job.yaml", start_new_session=True)
     progress = project / ".hone" / "run" / "local" / "shop-assistant" / "progress.json"
     wait_for(lambda: progress.exists() and json.loads(progress.read_text())["step"] >= 6, timeout=180)
+    # Freeze the trainer so that it cannot finish its 40 steps before Ctrl-C reaches it: stop it,
+    # press Ctrl-C, wait until the SIGTERM that `hone run` forwards is pending in it, let it go on.
+    trainer = processes.children(proc.pid)
+    assert trainer, "the trainer finished before it could be interrupted"
+    processes.stop(trainer)
+    wait_for(lambda: all(processes.stopped(p) for p in trainer), what="trainer stopped")
+    assert json.loads(progress.read_text())["step"] < 40
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    wait_for(lambda: processes.signal_pending(trainer[0], signal.SIGTERM), what="SIGTERM forwarded to the trainer")
+    processes.resume(trainer)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
     assert "run the same command again to resume" in err.lower()

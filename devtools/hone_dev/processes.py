@@ -1,0 +1,66 @@
+"""Processes as a test sees them through /proc (Linux): children, stopped state, pending signals.
+
+With these a test can freeze a process, act, and only then let it go on, instead of
+racing it: e.g. stop the trainer, press Ctrl-C on `hone run`, wait until the SIGTERM
+that `hone run` forwards is pending in the trainer, then continue it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may contain spaces
+    return text[text.rindex(")") + 2:].split()
+
+
+def children(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, parents before their children."""
+    by_parent: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None:
+                by_parent.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in sorted(by_parent.get(todo.pop(0), [])):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stopped(pid: int) -> bool:
+    """True when ``pid`` is stopped by a signal (state T), or gone."""
+    fields = _stat(pid)
+    return fields is None or fields[0] in ("T", "t")
+
+
+def signal_pending(pid: int, signum: int) -> bool:
+    """True when ``signum`` waits for delivery to ``pid`` (sent while it was stopped)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return False
+    masks = [int(line.split()[1], 16) for line in lines if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signum - 1)) for mask in masks)
+
+
+def stop(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+
+
+def resume(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
