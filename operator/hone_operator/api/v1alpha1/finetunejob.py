@@ -1,206 +1,31 @@
-"""Hone's API, group ``hone.dev``, version ``v1alpha1``: the one source of truth.
-
-The CRDs in ``crds/`` are generated from these models
-(``python -m hone_operator.api.crdgen``) and the operator parses every object
-it reads into them, so a field exists in exactly one place. Field docstrings
-(``description=``) become ``kubectl explain`` text.
-
-Naming follows Kubernetes: camelCase in YAML, ``spec``/``status``, references
-are ``{name}`` objects in the object's own namespace.
-"""
+"""FineTuneJob (short name ``ftj``): a fine-tuning job, its spec and its status."""
 
 from __future__ import annotations
 
 import enum
-import re
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hone_operator.api.v1alpha1.common import (
+    API_VERSION,
+    ApiModel,
+    StatusModel,
+    AutoOrPositiveInt,
+    AutoOrPositiveNumber,
+    ZeroStage,
+    Quantity,
+    FreeForm,
+    check_quantity,
+    ConfigMapKeyRef,
+    SecretRef,
+    URI_SCHEMES,
+    check_uri,
+    Condition,
+    ObjectMeta,
 )
-from pydantic.alias_generators import to_camel
-
-from hone_trainer.contract import (
-    CheckpointInfo,
-    Problem,
-    Progress,
-    ResolvedHyperparameters,
-)
-
-GROUP = "hone.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-
-
-class ApiModel(BaseModel):
-    """Base of every API type: camelCase aliases, unknown fields rejected."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class StatusModel(BaseModel):
-    """Base of status types: fields it does not know (newer versions, kopf) are ignored.
-
-    The operator builds its status patches from these types (:meth:`to_status`), so the
-    CRD schema generated from them and what is written into ``status`` cannot drift apart.
-    """
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-    def to_status(self) -> dict[str, Any]:
-        """The JSON written into ``status``: camelCase, without unset, empty or None fields."""
-        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return {k: v for k, v in data.items() if v not in ([], {})}
-
-    @classmethod
-    def keys(cls) -> tuple[str, ...]:
-        """Every status key this type defines, as written in the object."""
-        return tuple(f.alias or name for name, f in cls.model_fields.items())
-
-
-# --------------------------------------------------------------------------
-# Value types with a Kubernetes-specific schema
-# --------------------------------------------------------------------------
-
-_AUTO_OR_POSITIVE_INT_SCHEMA = {
-    "x-kubernetes-int-or-string": True,
-    "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": ["auto"]}],
-}
-AutoOrPositiveInt = Annotated[
-    Literal["auto"] | Annotated[int, Field(ge=1)], WithJsonSchema(_AUTO_OR_POSITIVE_INT_SCHEMA)
-]
-
-# A number or "auto". Kubernetes structural schemas have no number-or-string
-# type, so the field is left untyped and constrained by value: "auto", or a
-# number > 0 (a string other than "auto" fails both branches, because no
-# string is both at least 1 and at most 0 characters long).
-_AUTO_OR_POSITIVE_NUMBER_SCHEMA = {
-    "x-kubernetes-preserve-unknown-fields": True,
-    "anyOf": [
-        {"enum": ["auto"]},
-        {"minimum": 0, "exclusiveMinimum": True, "minLength": 1, "maxLength": 0},
-    ],
-}
-AutoOrPositiveNumber = Annotated[
-    Literal["auto"] | Annotated[float, Field(gt=0)], WithJsonSchema(_AUTO_OR_POSITIVE_NUMBER_SCHEMA)
-]
-
-ZeroStage = Annotated[
-    Literal["auto", 0, 1, 2, 3],
-    WithJsonSchema(
-        {
-            "x-kubernetes-int-or-string": True,
-            "anyOf": [{"type": "integer", "enum": [0, 1, 2, 3]}, {"type": "string", "enum": ["auto"]}],
-        }
-    ),
-]
-
-_QUANTITY_RE = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-Quantity = Annotated[
-    str | int,
-    WithJsonSchema(
-        {
-            "x-kubernetes-int-or-string": True,
-            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": _QUANTITY_RE}],
-        }
-    ),
-]
-
-_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-
-FreeForm = Annotated[
-    dict[str, Any],
-    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
-]
-
-
-def _check_quantity(value: str | int | None, field: str) -> str | int | None:
-    if value is None or isinstance(value, int):
-        return value
-    if not re.match(_QUANTITY_RE, value):
-        raise ValueError(f"{field} {value!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
-    return value
-
-
-# --------------------------------------------------------------------------
-# References: always in the object's own namespace
-# --------------------------------------------------------------------------
-
-
-class NamespacedRef(ApiModel):
-    namespace: str | None = Field(
-        None,
-        description="Must be empty or equal to this object's namespace: Hone never reads "
-        "objects from another namespace. Present only so that such an attempt is refused "
-        "with a clear condition instead of being silently ignored.",
-    )
-
-
-class ConfigMapKeyRef(NamespacedRef):
-    """A key of a ConfigMap in the same namespace."""
-
-    name: str = Field(description="Name of the ConfigMap.", pattern=_DNS_SUBDOMAIN, max_length=253)
-    key: str = Field(description="Key inside the ConfigMap that holds the JSONL data.", min_length=1)
-
-
-class SecretRef(NamespacedRef):
-    """A Secret in the same namespace; it is mounted as files, never put in env vars."""
-
-    name: str = Field(description="Name of the Secret.", pattern=_DNS_SUBDOMAIN, max_length=253)
-
-
-class FineTuneJobRef(NamespacedRef):
-    """A FineTuneJob in the same namespace."""
-
-    name: str = Field(description="Name of the FineTuneJob.", pattern=_DNS_SUBDOMAIN, max_length=253)
-
-
-URI_SCHEMES = ("hf", "pvc", "s3", "http", "https", "file", "embedded")
-
-
-def uri_scheme(uri: str) -> str:
-    """The scheme of a model or data location; bare ``org/name`` means ``hf``."""
-    if "://" in uri:
-        return uri.split("://", 1)[0].lower()
-    return "hf"
-
-
-def parse_pvc_uri(uri: str) -> tuple[str, str]:
-    """``pvc://claim/sub/path`` -> ``("claim", "sub/path")``."""
-    rest = uri.split("://", 1)[1]
-    claim, _, path = rest.partition("/")
-    return claim, path.strip("/")
-
-
-def _check_uri(uri: str, allowed: tuple[str, ...], what: str) -> str:
-    scheme = uri_scheme(uri)
-    if scheme not in allowed:
-        raise ValueError(
-            f"{what} {uri!r} has scheme {scheme!r}; use one of "
-            + ", ".join(f"{s}://" for s in allowed)
-        )
-    if scheme == "pvc":
-        claim, _ = parse_pvc_uri(uri)
-        if not re.match(_DNS_SUBDOMAIN, claim):
-            raise ValueError(
-                f"{what} {uri!r}: the PersistentVolumeClaim name {claim!r} is not valid; "
-                "write pvc://<claim-in-this-namespace>/<path>"
-            )
-    if scheme == "hf" and "://" not in uri and not re.match(r"^[\w.-]+(/[\w.-]+)?$", uri):
-        raise ValueError(f"{what} {uri!r} is neither a URI nor a Hugging Face id like org/name")
-    return uri
-
-
-# --------------------------------------------------------------------------
-# FineTuneJob
-# --------------------------------------------------------------------------
+from hone_trainer.contract import CheckpointInfo, Problem, Progress, ResolvedHyperparameters
 
 
 class BaseModelSpec(ApiModel):
@@ -233,7 +58,7 @@ class BaseModelSpec(ApiModel):
     @field_validator("uri")
     @classmethod
     def _uri(cls, v: str) -> str:
-        return _check_uri(v, URI_SCHEMES, "baseModel.uri")
+        return check_uri(v, URI_SCHEMES, "baseModel.uri")
 
 
 class LoraSpec(ApiModel):
@@ -275,7 +100,7 @@ class DataSource(ApiModel):
     def _uri(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        return _check_uri(v, ("pvc", "s3", "http", "https", "file"), "uri")
+        return check_uri(v, ("pvc", "s3", "http", "https", "file"), "uri")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "DataSource":
@@ -356,7 +181,7 @@ class ResourcesSpec(ApiModel):
     @field_validator("cpu", "memory", "sharedMemory")
     @classmethod
     def _quantity(cls, v: str | int | None, info: Any) -> str | int | None:
-        return _check_quantity(v, info.field_name)
+        return check_quantity(v, info.field_name)
 
 
 class DeepSpeedSpec(ApiModel):
@@ -398,7 +223,7 @@ class OutputSpec(ApiModel):
     @field_validator("uri")
     @classmethod
     def _uri(cls, v: str) -> str:
-        return _check_uri(v, ("pvc", "s3", "file"), "output.uri")
+        return check_uri(v, ("pvc", "s3", "file"), "output.uri")
 
 
 class CheckpointingSpec(ApiModel):
@@ -474,17 +299,6 @@ class FineTuneJobPhase(str, enum.Enum):
         return phase in {p.value for p in cls if p.terminal}
 
 
-class Condition(StatusModel):
-    """A Kubernetes condition (metav1.Condition)."""
-
-    type: str = Field(description="Condition type, e.g. Failed, FilesValidated, Running.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(description="CamelCase reason, e.g. InvalidSpec.")
-    message: str = Field("", description="What happened and what to do about it.")
-    lastTransitionTime: datetime | None = Field(None, alias="lastTransitionTime", description="When the status last changed.")
-    observedGeneration: int | None = Field(None, alias="observedGeneration", description="The generation this condition was computed for.")
-
-
 class DatasetStatus(StatusModel):
     """What the ValidatingFiles step found in the data."""
 
@@ -553,20 +367,6 @@ class FineTuneJobStatus(StatusModel):
         return tuple(k for k in cls.keys() if k not in cls.TRAINER_OWNED)
 
 
-class ObjectMeta(BaseModel):
-    """The parts of metadata the operator reads."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-    namespace: str | None = None
-    uid: str | None = None
-    generation: int | None = None
-    labels: dict[str, str] | None = None
-    annotations: dict[str, str] | None = None
-    creationTimestamp: datetime | None = None
-    deletionTimestamp: datetime | None = None
-
-
 class FineTuneJob(BaseModel):
     """A fine-tuning job (short name ftj)."""
 
@@ -576,132 +376,3 @@ class FineTuneJob(BaseModel):
     metadata: ObjectMeta
     spec: FineTuneJobSpec
     status: FineTuneJobStatus = Field(default_factory=FineTuneJobStatus)
-
-
-# --------------------------------------------------------------------------
-# ModelServing
-# --------------------------------------------------------------------------
-
-
-class AdapterSpec(ApiModel):
-    """One LoRA adapter served on the shared base model."""
-
-    name: str | None = Field(
-        None,
-        description="Model name clients request it by (default: the FineTuneJob's fine-tuned model name).",
-        max_length=200,
-    )
-    fineTuneJobRef: FineTuneJobRef | None = Field(
-        None, alias="fineTuneJobRef", description="A Succeeded FineTuneJob in the same namespace."
-    )
-    uri: str | None = Field(None, description="A published adapter: pvc://<claim>/<path> or s3://bucket/prefix.")
-
-    @model_validator(mode="after")
-    def _one(self) -> "AdapterSpec":
-        if (self.fineTuneJobRef is None) == (self.uri is None):
-            raise ValueError("set exactly one of fineTuneJobRef, uri")
-        if self.uri is not None:
-            _check_uri(self.uri, ("pvc", "s3", "file"), "uri")
-        return self
-
-
-class AutoscalingSpec(ApiModel):
-    """Horizontal autoscaling of the inference Deployment."""
-
-    minReplicas: int = Field(1, alias="minReplicas", ge=1, description="Fewest replicas.")
-    maxReplicas: int = Field(alias="maxReplicas", ge=1, description="Most replicas.")
-    targetCPUUtilizationPercentage: int = Field(
-        80, alias="targetCPUUtilizationPercentage", ge=1, le=100, description="Average CPU use to aim for."
-    )
-
-    @model_validator(mode="after")
-    def _bounds(self) -> "AutoscalingSpec":
-        if self.maxReplicas < self.minReplicas:
-            raise ValueError("maxReplicas must be >= minReplicas")
-        return self
-
-
-class ServingResourcesSpec(ApiModel):
-    """Compute for each inference replica."""
-
-    gpus: int = Field(0, ge=0, le=64, description="GPUs per replica.")
-    gpuResourceName: str = Field("nvidia.com/gpu", alias="gpuResourceName", description="Extended resource name of the GPUs.")
-    cpu: Quantity | None = Field(None, description="CPU request and limit per replica.")
-    memory: Quantity | None = Field(None, description="Memory request and limit per replica.")
-    nodeSelector: dict[str, str] | None = Field(None, alias="nodeSelector", description="Node labels the pods must match.")
-    tolerations: list[Toleration] | None = Field(None, description="Taints the pods tolerate.")
-    priorityClassName: str | None = Field(None, alias="priorityClassName", description="PriorityClass of the pods.")
-
-    @field_validator("cpu", "memory")
-    @classmethod
-    def _quantity(cls, v: str | int | None, info: Any) -> str | int | None:
-        return _check_quantity(v, info.field_name)
-
-
-class ModelServingSpec(ApiModel):
-    """An OpenAI-compatible inference endpoint for fine-tuned models."""
-
-    fineTuneJobRef: FineTuneJobRef | None = Field(
-        None, alias="fineTuneJobRef",
-        description="Serve this FineTuneJob's result (same namespace; it must have Succeeded).",
-    )
-    baseModel: BaseModelSpec | None = Field(
-        None, alias="baseModel",
-        description="The base model; default: the base model of the referenced FineTuneJob(s).",
-    )
-    adapters: list[AdapterSpec] | None = Field(
-        None, description="More LoRA adapters served on the same base model, each under its own name."
-    )
-    runtime: Literal["hone", "vllm"] = Field(
-        "hone", description="hone: the built-in server (CPU or GPU); vllm: vLLM with --enable-lora (GPU)."
-    )
-    replicas: int = Field(1, ge=0, le=1000, description="Replicas (also set by `kubectl scale msv`).")
-    autoscaling: AutoscalingSpec | None = Field(None, description="Autoscale replicas with an HPA instead of a fixed count.")
-    resources: ServingResourcesSpec = Field(default_factory=ServingResourcesSpec, description="Compute per replica.")
-    image: str | None = Field(None, description="Runtime image override (default from the operator's settings).")
-    apiKeySecret: SecretRef | None = Field(
-        None, alias="apiKeySecret",
-        description="Secret whose key `api-keys` lists accepted API keys, one per line; mounted as a file.",
-    )
-    maxConcurrentRequests: int = Field(
-        64, alias="maxConcurrentRequests", ge=1,
-        description="Requests queued or running per replica before new ones get HTTP 429.",
-    )
-
-    @model_validator(mode="after")
-    def _has_something_to_serve(self) -> "ModelServingSpec":
-        if self.fineTuneJobRef is None and not self.adapters and self.baseModel is None:
-            raise ValueError("set fineTuneJobRef, adapters or baseModel: there is nothing to serve")
-        return self
-
-
-class ModelServingPhase(str, enum.Enum):
-    PENDING = "Pending"
-    WAITING = "Waiting"
-    DEPLOYING = "Deploying"
-    READY = "Ready"
-    FAILED = "Failed"
-
-
-class ModelServingStatus(StatusModel):
-    """Observed state of a ModelServing."""
-
-    phase: ModelServingPhase | None = Field(None, description="Pending, Waiting (for a FineTuneJob), Deploying, Ready or Failed.")
-    observedGeneration: int | None = Field(None, alias="observedGeneration", description="The spec generation last acted on.")
-    replicas: int | None = Field(None, description="Current replicas (scale subresource).")
-    readyReplicas: int | None = Field(None, alias="readyReplicas", description="Replicas that pass their readiness probe.")
-    selector: str | None = Field(None, description="Label selector of the pods (scale subresource).")
-    url: str | None = Field(None, description="In-cluster base URL of the OpenAI-compatible API (…/v1).")
-    servedModels: list[str] | None = Field(None, alias="servedModels", description="Model names clients can request.")
-    conditions: list[Condition] | None = Field(None, description="Kubernetes conditions, each with observedGeneration.")
-
-
-class ModelServing(BaseModel):
-    """An inference endpoint (short name msv)."""
-
-    model_config = ConfigDict(extra="allow")
-    apiVersion: Literal["hone.dev/v1alpha1"] = API_VERSION
-    kind: Literal["ModelServing"] = "ModelServing"
-    metadata: ObjectMeta
-    spec: ModelServingSpec
-    status: ModelServingStatus = Field(default_factory=ModelServingStatus)

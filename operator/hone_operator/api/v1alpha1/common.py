@@ -1,0 +1,211 @@
+"""What both kinds of ``hone.dev/v1alpha1`` share: base models, Kubernetes value types, references
+in the object's own namespace, URIs, conditions and metadata."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
+from pydantic.alias_generators import to_camel
+
+
+GROUP = "hone.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class ApiModel(BaseModel):
+    """Base of every API type: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class StatusModel(BaseModel):
+    """Base of status types: fields it does not know (newer versions, kopf) are ignored.
+
+    The operator builds its status patches from these types (:meth:`to_status`), so the
+    CRD schema generated from them and what is written into ``status`` cannot drift apart.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_status(self) -> dict[str, Any]:
+        """The JSON written into ``status``: camelCase, without unset, empty or None fields."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return {k: v for k, v in data.items() if v not in ([], {})}
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """Every status key this type defines, as written in the object."""
+        return tuple(f.alias or name for name, f in cls.model_fields.items())
+
+
+# --------------------------------------------------------------------------
+# Value types with a Kubernetes-specific schema
+# --------------------------------------------------------------------------
+
+_AUTO_OR_POSITIVE_INT_SCHEMA = {
+    "x-kubernetes-int-or-string": True,
+    "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": ["auto"]}],
+}
+AutoOrPositiveInt = Annotated[
+    Literal["auto"] | Annotated[int, Field(ge=1)], WithJsonSchema(_AUTO_OR_POSITIVE_INT_SCHEMA)
+]
+
+# A number or "auto". Kubernetes structural schemas have no number-or-string
+# type, so the field is left untyped and constrained by value: "auto", or a
+# number > 0 (a string other than "auto" fails both branches, because no
+# string is both at least 1 and at most 0 characters long).
+_AUTO_OR_POSITIVE_NUMBER_SCHEMA = {
+    "x-kubernetes-preserve-unknown-fields": True,
+    "anyOf": [
+        {"enum": ["auto"]},
+        {"minimum": 0, "exclusiveMinimum": True, "minLength": 1, "maxLength": 0},
+    ],
+}
+AutoOrPositiveNumber = Annotated[
+    Literal["auto"] | Annotated[float, Field(gt=0)], WithJsonSchema(_AUTO_OR_POSITIVE_NUMBER_SCHEMA)
+]
+
+ZeroStage = Annotated[
+    Literal["auto", 0, 1, 2, 3],
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer", "enum": [0, 1, 2, 3]}, {"type": "string", "enum": ["auto"]}],
+        }
+    ),
+]
+
+_QUANTITY_RE = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+Quantity = Annotated[
+    str | int,
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": _QUANTITY_RE}],
+        }
+    ),
+]
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+FreeForm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+def check_quantity(value: str | int | None, field: str) -> str | int | None:
+    if value is None or isinstance(value, int):
+        return value
+    if not re.match(_QUANTITY_RE, value):
+        raise ValueError(f"{field} {value!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
+    return value
+
+
+# --------------------------------------------------------------------------
+# References: always in the object's own namespace
+# --------------------------------------------------------------------------
+
+
+class NamespacedRef(ApiModel):
+    namespace: str | None = Field(
+        None,
+        description="Must be empty or equal to this object's namespace: Hone never reads "
+        "objects from another namespace. Present only so that such an attempt is refused "
+        "with a clear condition instead of being silently ignored.",
+    )
+
+
+class ConfigMapKeyRef(NamespacedRef):
+    """A key of a ConfigMap in the same namespace."""
+
+    name: str = Field(description="Name of the ConfigMap.", pattern=_DNS_SUBDOMAIN, max_length=253)
+    key: str = Field(description="Key inside the ConfigMap that holds the JSONL data.", min_length=1)
+
+
+class SecretRef(NamespacedRef):
+    """A Secret in the same namespace; it is mounted as files, never put in env vars."""
+
+    name: str = Field(description="Name of the Secret.", pattern=_DNS_SUBDOMAIN, max_length=253)
+
+
+class FineTuneJobRef(NamespacedRef):
+    """A FineTuneJob in the same namespace."""
+
+    name: str = Field(description="Name of the FineTuneJob.", pattern=_DNS_SUBDOMAIN, max_length=253)
+
+
+URI_SCHEMES = ("hf", "pvc", "s3", "http", "https", "file", "embedded")
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of a model or data location; bare ``org/name`` means ``hf``."""
+    if "://" in uri:
+        return uri.split("://", 1)[0].lower()
+    return "hf"
+
+
+def parse_pvc_uri(uri: str) -> tuple[str, str]:
+    """``pvc://claim/sub/path`` -> ``("claim", "sub/path")``."""
+    rest = uri.split("://", 1)[1]
+    claim, _, path = rest.partition("/")
+    return claim, path.strip("/")
+
+
+def check_uri(uri: str, allowed: tuple[str, ...], what: str) -> str:
+    scheme = uri_scheme(uri)
+    if scheme not in allowed:
+        raise ValueError(
+            f"{what} {uri!r} has scheme {scheme!r}; use one of "
+            + ", ".join(f"{s}://" for s in allowed)
+        )
+    if scheme == "pvc":
+        claim, _ = parse_pvc_uri(uri)
+        if not re.match(_DNS_SUBDOMAIN, claim):
+            raise ValueError(
+                f"{what} {uri!r}: the PersistentVolumeClaim name {claim!r} is not valid; "
+                "write pvc://<claim-in-this-namespace>/<path>"
+            )
+    if scheme == "hf" and "://" not in uri and not re.match(r"^[\w.-]+(/[\w.-]+)?$", uri):
+        raise ValueError(f"{what} {uri!r} is neither a URI nor a Hugging Face id like org/name")
+    return uri
+
+
+# --------------------------------------------------------------------------
+# Shared by both kinds: conditions and metadata
+# --------------------------------------------------------------------------
+
+
+class Condition(StatusModel):
+    """A Kubernetes condition (metav1.Condition)."""
+
+    type: str = Field(description="Condition type, e.g. Failed, FilesValidated, Running.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason, e.g. InvalidSpec.")
+    message: str = Field("", description="What happened and what to do about it.")
+    lastTransitionTime: datetime | None = Field(None, alias="lastTransitionTime", description="When the status last changed.")
+    observedGeneration: int | None = Field(None, alias="observedGeneration", description="The generation this condition was computed for.")
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    creationTimestamp: datetime | None = None
+    deletionTimestamp: datetime | None = None

@@ -1,0 +1,146 @@
+"""ModelServing (short name ``msv``): an OpenAI-compatible endpoint for fine-tuned models."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hone_operator.api.v1alpha1.common import (
+    API_VERSION,
+    ApiModel,
+    StatusModel,
+    Quantity,
+    check_quantity,
+    SecretRef,
+    FineTuneJobRef,
+    check_uri,
+    Condition,
+    ObjectMeta,
+)
+from hone_operator.api.v1alpha1.finetunejob import BaseModelSpec, Toleration
+
+
+class AdapterSpec(ApiModel):
+    """One LoRA adapter served on the shared base model."""
+
+    name: str | None = Field(
+        None,
+        description="Model name clients request it by (default: the FineTuneJob's fine-tuned model name).",
+        max_length=200,
+    )
+    fineTuneJobRef: FineTuneJobRef | None = Field(
+        None, alias="fineTuneJobRef", description="A Succeeded FineTuneJob in the same namespace."
+    )
+    uri: str | None = Field(None, description="A published adapter: pvc://<claim>/<path> or s3://bucket/prefix.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "AdapterSpec":
+        if (self.fineTuneJobRef is None) == (self.uri is None):
+            raise ValueError("set exactly one of fineTuneJobRef, uri")
+        if self.uri is not None:
+            check_uri(self.uri, ("pvc", "s3", "file"), "uri")
+        return self
+
+
+class AutoscalingSpec(ApiModel):
+    """Horizontal autoscaling of the inference Deployment."""
+
+    minReplicas: int = Field(1, alias="minReplicas", ge=1, description="Fewest replicas.")
+    maxReplicas: int = Field(alias="maxReplicas", ge=1, description="Most replicas.")
+    targetCPUUtilizationPercentage: int = Field(
+        80, alias="targetCPUUtilizationPercentage", ge=1, le=100, description="Average CPU use to aim for."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSpec":
+        if self.maxReplicas < self.minReplicas:
+            raise ValueError("maxReplicas must be >= minReplicas")
+        return self
+
+
+class ServingResourcesSpec(ApiModel):
+    """Compute for each inference replica."""
+
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per replica.")
+    gpuResourceName: str = Field("nvidia.com/gpu", alias="gpuResourceName", description="Extended resource name of the GPUs.")
+    cpu: Quantity | None = Field(None, description="CPU request and limit per replica.")
+    memory: Quantity | None = Field(None, description="Memory request and limit per replica.")
+    nodeSelector: dict[str, str] | None = Field(None, alias="nodeSelector", description="Node labels the pods must match.")
+    tolerations: list[Toleration] | None = Field(None, description="Taints the pods tolerate.")
+    priorityClassName: str | None = Field(None, alias="priorityClassName", description="PriorityClass of the pods.")
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, v: str | int | None, info: Any) -> str | int | None:
+        return check_quantity(v, info.field_name)
+
+
+class ModelServingSpec(ApiModel):
+    """An OpenAI-compatible inference endpoint for fine-tuned models."""
+
+    fineTuneJobRef: FineTuneJobRef | None = Field(
+        None, alias="fineTuneJobRef",
+        description="Serve this FineTuneJob's result (same namespace; it must have Succeeded).",
+    )
+    baseModel: BaseModelSpec | None = Field(
+        None, alias="baseModel",
+        description="The base model; default: the base model of the referenced FineTuneJob(s).",
+    )
+    adapters: list[AdapterSpec] | None = Field(
+        None, description="More LoRA adapters served on the same base model, each under its own name."
+    )
+    runtime: Literal["hone", "vllm"] = Field(
+        "hone", description="hone: the built-in server (CPU or GPU); vllm: vLLM with --enable-lora (GPU)."
+    )
+    replicas: int = Field(1, ge=0, le=1000, description="Replicas (also set by `kubectl scale msv`).")
+    autoscaling: AutoscalingSpec | None = Field(None, description="Autoscale replicas with an HPA instead of a fixed count.")
+    resources: ServingResourcesSpec = Field(default_factory=ServingResourcesSpec, description="Compute per replica.")
+    image: str | None = Field(None, description="Runtime image override (default from the operator's settings).")
+    apiKeySecret: SecretRef | None = Field(
+        None, alias="apiKeySecret",
+        description="Secret whose key `api-keys` lists accepted API keys, one per line; mounted as a file.",
+    )
+    maxConcurrentRequests: int = Field(
+        64, alias="maxConcurrentRequests", ge=1,
+        description="Requests queued or running per replica before new ones get HTTP 429.",
+    )
+
+    @model_validator(mode="after")
+    def _has_something_to_serve(self) -> "ModelServingSpec":
+        if self.fineTuneJobRef is None and not self.adapters and self.baseModel is None:
+            raise ValueError("set fineTuneJobRef, adapters or baseModel: there is nothing to serve")
+        return self
+
+
+class ModelServingPhase(str, enum.Enum):
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    DEPLOYING = "Deploying"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class ModelServingStatus(StatusModel):
+    """Observed state of a ModelServing."""
+
+    phase: ModelServingPhase | None = Field(None, description="Pending, Waiting (for a FineTuneJob), Deploying, Ready or Failed.")
+    observedGeneration: int | None = Field(None, alias="observedGeneration", description="The spec generation last acted on.")
+    replicas: int | None = Field(None, description="Current replicas (scale subresource).")
+    readyReplicas: int | None = Field(None, alias="readyReplicas", description="Replicas that pass their readiness probe.")
+    selector: str | None = Field(None, description="Label selector of the pods (scale subresource).")
+    url: str | None = Field(None, description="In-cluster base URL of the OpenAI-compatible API (…/v1).")
+    servedModels: list[str] | None = Field(None, alias="servedModels", description="Model names clients can request.")
+    conditions: list[Condition] | None = Field(None, description="Kubernetes conditions, each with observedGeneration.")
+
+
+class ModelServing(BaseModel):
+    """An inference endpoint (short name msv)."""
+
+    model_config = ConfigDict(extra="allow")
+    apiVersion: Literal["hone.dev/v1alpha1"] = API_VERSION
+    kind: Literal["ModelServing"] = "ModelServing"
+    metadata: ObjectMeta
+    spec: ModelServingSpec
+    status: ModelServingStatus = Field(default_factory=ModelServingStatus)
