@@ -77,15 +77,8 @@ def _describe_default(node: dict[str, Any]) -> None:
         node["description"] = f"{desc}{sep} Default: {text}.".strip()
 
 
-def _structural(node: Any, path: str, in_junctor: bool = False) -> Any:
-    if isinstance(node, list):
-        return [_structural(n, path, in_junctor) for n in node]
-    if not isinstance(node, dict):
-        return node
-
-    _describe_default(node)
-    node = {k: v for k, v in node.items() if k not in _DROP}
-
+def _openapi_v3(node: dict[str, Any]) -> dict[str, Any]:
+    """One schema node from JSON Schema (pydantic) to the OpenAPI v3 subset a structural schema allows."""
     # Optional fields: anyOf [X, null] -> X + nullable.
     if "anyOf" in node:
         branches = node["anyOf"]
@@ -119,6 +112,20 @@ def _structural(node: Any, path: str, in_junctor: bool = False) -> Any:
     if node.get("additionalProperties") is True:
         del node["additionalProperties"]
         node["x-kubernetes-preserve-unknown-fields"] = True
+    return node
+
+
+def _structural(node: Any, path: str, in_junctor: bool = False) -> Any:
+    """A structural schema (what a CRD requires) from a pydantic JSON Schema, recursively."""
+    if isinstance(node, list):
+        return [_structural(n, path, in_junctor) for n in node]
+    if not isinstance(node, dict):
+        return node
+
+    _describe_default(node)
+    node = {k: v for k, v in node.items() if k not in _DROP}
+
+    node = _openapi_v3(node)
 
     out: dict[str, Any] = {}
     for key, value in node.items():

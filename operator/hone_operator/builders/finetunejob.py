@@ -13,6 +13,9 @@ restarted operator finds them instead of creating twins:
 * ``<name>-validate`` Job: the ValidatingFiles step;
 * ``<name>-train``    Job: torchrun + DeepSpeed (Indexed for several nodes);
 * ``<name>-train``    headless Service for torchrun's rendezvous (several nodes).
+
+This module holds the names, labels, the trainer config a spec resolves to, the
+ConfigMap and the RBAC; :mod:`hone_operator.builders.jobs` the two Jobs and the Service.
 """
 
 from __future__ import annotations
@@ -244,202 +247,14 @@ def trainer_rbac(ftj: FineTuneJob) -> list[dict[str, Any]]:
     ]
 
 
-def _pod_failure_policy(container: str) -> dict[str, Any]:
-    return {
-        "rules": [
-            # Bad config, bad data, unusable model: retrying cannot help.
-            {
-                "action": "FailJob",
-                "onExitCodes": {
-                    "containerName": container,
-                    "operator": "In",
-                    "values": sorted(int(c) for c in contract.NON_RETRYABLE_EXIT_CODES),
-                },
-            },
-            # Preemption, eviction, node drain: not the job's fault, never counted.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]
-    }
-
-
-def _base_volumes(ftj: FineTuneJob, storage: Storage, shm: str | None) -> list[dict[str, Any]]:
-    volumes = [
-        {"name": "config", "configMap": {"name": Names.of(ftj.metadata.name).config}},
-        {"name": "tmp", "emptyDir": {}},
-        {"name": "cache", "emptyDir": {}},
-    ]
-    if shm:
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
-    return volumes + list(storage.volumes.values())
-
-
-def _base_mounts(storage: Storage, shm: bool) -> list[dict[str, Any]]:
-    mounts = [
-        {"name": "config", "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "cache", "mountPath": common.CACHE_DIR},
-    ]
-    if shm:
-        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-    return mounts + list(storage.mounts.values())
-
-
-def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storage) -> dict[str, Any]:
-    """The ValidatingFiles step: counts tokens with the base model's tokenizer.
-
-    The validator writes :class:`hone_trainer.contract.ValidationResult` as
-    its termination message (at most 4 KiB, problem lists shortened to fit),
-    which the operator reads back from the finished pod.
-    """
-    names = Names.of(ftj.metadata.name)
-    ns = ftj.metadata.namespace or "default"
-    lbls = labels(ftj, "validate")
-    container = {
-        "name": VALIDATOR_CONTAINER,
-        "image": ftj.spec.image or settings.runtime_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": contract.validate_command(CONFIG_PATH, contract.RESULT_PATH_IN_POD),
-        "env": common.env(),
-        "resources": common.resources(settings.validation_resources.cpu, settings.validation_resources.memory),
-        "securityContext": common.container_security_context(),
-        "volumeMounts": _base_mounts(storage, shm=False),
-        "terminationMessagePath": contract.RESULT_PATH_IN_POD,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": common.metadata(names.validation_job, ns, lbls, owner(ftj)),
-        "spec": {
-            "backoffLimit": settings.validation_backoff_limit,
-            "activeDeadlineSeconds": 3600,
-            "podFailurePolicy": _pod_failure_policy(VALIDATOR_CONTAINER),
-            "template": {
-                "metadata": {"labels": lbls},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": common.pod_security_context(settings.run_as_user),
-                    "containers": [container],
-                    "volumes": _base_volumes(ftj, storage, shm=None),
-                    **common.scheduling(ftj.spec.resources),
-                },
-            },
-        },
-    }
-
-
-def training_command(ftj: FineTuneJob, settings: OperatorSettings) -> list[str]:
-    r = ftj.spec.resources
-    nproc = r.gpusPerNode or 1
-    trainer = contract.train_module_args(CONFIG_PATH)
-    if r.nodes == 1:
-        return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}", *trainer]
-    names = Names.of(ftj.metadata.name)
-    endpoint = f"{names.training_job}-0.{names.service}:{settings.rendezvous_port}"
-    return [
-        "torchrun",
-        f"--nnodes={r.nodes}",
-        f"--nproc-per-node={nproc}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint}",
-        f"--rdzv-id={ftj.metadata.uid}",
-        "--max-restarts=0",
-        *trainer,
-    ]
-
-
-def training_job(
-    ftj: FineTuneJob, settings: OperatorSettings, storage: Storage, suspend: bool
-) -> dict[str, Any]:
-    """One pod per node running torchrun with one process per GPU, DeepSpeed under it."""
-    spec = ftj.spec
-    r = spec.resources
-    names = Names.of(ftj.metadata.name)
-    ns = ftj.metadata.namespace or "default"
-    lbls = labels(ftj, "train")
-    job_labels = {**lbls, **kueue_labels(ftj, settings)}
-    shm = str(r.sharedMemory or settings.shared_memory)
-    ports = [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}]
-    if r.nodes > 1:
-        ports.append({"name": "rendezvous", "containerPort": settings.rendezvous_port, "protocol": "TCP"})
-    container = {
-        "name": TRAINER_CONTAINER,
-        "image": spec.image or settings.runtime_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": training_command(ftj, settings),
-        "env": common.env({"HONE_NODES": str(r.nodes), "DS_ACCELERATOR": "cuda" if r.gpusPerNode else "cpu"}),
-        "ports": ports,
-        "resources": common.resources(
-            r.cpu or settings.training_resources.cpu,
-            r.memory or settings.training_resources.memory,
-            {r.gpuResourceName: r.gpusPerNode},
-        ),
-        "securityContext": common.container_security_context(),
-        "volumeMounts": _base_mounts(storage, shm=True),
-        "terminationMessagePath": contract.RESULT_PATH_IN_POD,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "serviceAccountName": names.trainer_identity,
-        # The trainer patches this job's status (progress) with this token.
-        "automountServiceAccountToken": True,
-        "enableServiceLinks": False,
-        "securityContext": common.pod_security_context(settings.run_as_user),
-        "containers": [container],
-        "volumes": _base_volumes(ftj, storage, shm=shm),
-        **common.scheduling(ftj.spec.resources),
-    }
-    job_spec: dict[str, Any] = {
-        "completions": r.nodes,
-        "parallelism": r.nodes,
-        "completionMode": "Indexed" if r.nodes > 1 else "NonIndexed",
-        "backoffLimit": settings.backoff_limit,
-        "podFailurePolicy": _pod_failure_policy(TRAINER_CONTAINER),
-        "suspend": suspend,
-        "template": {"metadata": {"labels": lbls}, "spec": pod_spec},
-    }
-    if r.nodes > 1:
-        pod_spec["subdomain"] = names.service
-    if spec.activeDeadlineSeconds:
-        job_spec["activeDeadlineSeconds"] = spec.activeDeadlineSeconds
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": common.metadata(names.training_job, ns, job_labels, owner(ftj)),
-        "spec": job_spec,
-    }
-
-
-def headless_service(ftj: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
-    """Stable DNS names for the pods of a multi-node Indexed Job (rendezvous on pod 0)."""
-    names = Names.of(ftj.metadata.name)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": common.metadata(
-            names.service, ftj.metadata.namespace or "default", labels(ftj, "train"), owner(ftj)
-        ),
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,
-            "selector": {common.FINETUNEJOB_LABEL: labels(ftj, "train")[common.FINETUNEJOB_LABEL],
-                         common.COMPONENT_LABEL: "train"},
-            "ports": [
-                {"name": "rendezvous", "port": settings.rendezvous_port, "targetPort": settings.rendezvous_port,
-                 "protocol": "TCP"},
-            ],
-        },
-    }
-
-
 def all_objects(ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]]:
     """Every object the operator creates for this FineTuneJob over its life (for `hone render`)."""
+    from hone_operator.builders import jobs  # jobs builds on this module's names and labels
+
     config, storage = resolve(ftj, settings)
-    objs = [config_map(ftj, config, storage), *trainer_rbac(ftj), validation_job(ftj, settings, storage)]
+    objs = [config_map(ftj, config, storage), *trainer_rbac(ftj), jobs.validation_job(ftj, settings, storage)]
     if ftj.spec.resources.nodes > 1:
-        objs.append(headless_service(ftj, settings))
-    objs.append(training_job(ftj, settings, storage, suspend=ftj.spec.suspend or bool(kueue_labels(ftj, settings))))
+        objs.append(jobs.headless_service(ftj, settings))
+    suspend = ftj.spec.suspend or bool(kueue_labels(ftj, settings))
+    objs.append(jobs.training_job(ftj, settings, storage, suspend=suspend))
     return objs

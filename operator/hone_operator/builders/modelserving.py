@@ -8,7 +8,7 @@ Children, named deterministically from the ModelServing:
 * ``<name>``         Service (port 80 -> the server's port);
 * ``<name>``         HorizontalPodAutoscaler when ``autoscaling`` is set.
 
-What is served is resolved first (:func:`resolve`): the referenced
+What is served is resolved first (:func:`~hone_operator.builders.served.resolve`): the referenced
 FineTuneJobs' published artifacts, their base model, and the volumes that
 make those paths true inside the pod (a PVC mounted read-only at the same
 path the trainer published to, so the manifest's base model matches).
@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hone_operator.api.v1alpha1 import (
-    FineTuneJob,
-    FineTuneJobPhase,
     ModelServing,
-    parse_pvc_uri,
-    uri_scheme,
 )
 from hone_operator.builders import common
 from hone_operator.builders.common import CACHE_DIR, SpecError
-from hone_operator.builders.storage import Storage, base_model_source, in_cluster
+from hone_operator.builders.served import DEFAULT_URI_ADAPTER_RANK, Resolved, resolve
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -45,16 +41,6 @@ ADAPTERS_DIR = "/var/run/hone/adapters"
 CONFIG_PATH = f"{contract.CONFIG_MOUNT_PATH}/{contract.SERVER_CONFIG_FILE}"
 #: vLLM accepts these LoRA ranks for --max-lora-rank.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-#: Rank assumed for an adapter given by URI (its rank is not in any spec the operator reads).
-DEFAULT_URI_ADAPTER_RANK = 64
-
-
-class Waiting(Exception):
-    """A referenced FineTuneJob is not ready; ``reason`` is the condition reason."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -68,19 +54,6 @@ class Names:
     def of(cls, name: str) -> "Names":
         short = name if len(name) <= 52 else common.child_name(name, "msv")  # Service names must stay short
         return cls(config=common.child_name(name, "server"), deployment=short, service=short, hpa=short)
-
-
-@dataclass
-class Resolved:
-    """What the pods serve, as they see it."""
-
-    config: contract.ServerConfig
-    storage: Storage
-    lora_ranks: list[int] = field(default_factory=list)
-    #: S3 adapters that an init step fetches (vLLM only): index in config.adapters
-    remote_adapters: list[int] = field(default_factory=list)
-    #: model names clients request: the base, then each adapter (status.servedModels)
-    names: list[str] = field(default_factory=list)
 
 
 def labels(msv: ModelServing, component: str = "server") -> dict[str, str]:
@@ -98,127 +71,6 @@ def selector(msv: ModelServing) -> str:
 
 def owner(msv: ModelServing) -> dict[str, Any]:
     return common.owner_reference(KIND, msv.metadata.name, msv.metadata.uid or "")
-
-
-def referenced_jobs(msv: ModelServing) -> list[tuple[str, str]]:
-    """(field, FineTuneJob name) of every FineTuneJob the spec serves."""
-    refs = []
-    if msv.spec.fineTuneJobRef is not None:
-        refs.append(("spec.fineTuneJobRef", msv.spec.fineTuneJobRef.name))
-    for i, a in enumerate(msv.spec.adapters or []):
-        if a.fineTuneJobRef is not None:
-            refs.append((f"spec.adapters[{i}].fineTuneJobRef", a.fineTuneJobRef.name))
-    return refs
-
-
-def _succeeded(param: str, name: str, ftjs: dict[str, dict[str, Any] | None]) -> FineTuneJob:
-    body = ftjs.get(name)
-    if body is None:
-        raise Waiting("FineTuneJobNotFound", f"FineTuneJob {name!r} ({param}) does not exist in this namespace; "
-                                             "the ModelServing waits for it")
-    phase = (body.get("status") or {}).get("phase")
-    if phase in (FineTuneJobPhase.FAILED.value, FineTuneJobPhase.CANCELLED.value):
-        raise Waiting("FineTuneJobFailed", f"FineTuneJob {name!r} ({param}) is {phase}: it has no model to "
-                                           "serve; point the ModelServing at a Succeeded FineTuneJob")
-    if phase != FineTuneJobPhase.SUCCEEDED.value:
-        raise Waiting("FineTuneJobNotSucceeded", f"FineTuneJob {name!r} ({param}) is {phase or 'Pending'}; "
-                                                 "serving starts when it has Succeeded")
-    ftj = FineTuneJob.model_validate(body)
-    if ftj.status.fineTunedModel is None or not ftj.status.fineTunedModel.artifactUri:
-        raise Waiting("FineTuneJobHasNoArtifact", f"FineTuneJob {name!r} ({param}) has Succeeded but records no "
-                                                  "published artifact (status.fineTunedModel.artifactUri)")
-    return ftj
-
-
-def _artifact_location(ftj: FineTuneJob, storage: Storage, param: str) -> tuple[str, str | None]:
-    """Where the pod finds the FineTuneJob's artifact, and the credentials folder for S3."""
-    artifact = ftj.status.fineTunedModel.artifactUri  # type: ignore[union-attr]
-    out = ftj.spec.output.uri
-    if uri_scheme(out) == "pvc":
-        claim, _ = parse_pvc_uri(out)
-        mount = storage.pvc(claim, writable=False)
-        if uri_scheme(artifact) == "pvc" and parse_pvc_uri(artifact)[0] == claim:
-            return storage.pvc_path(artifact), None
-        if not artifact.startswith(mount + "/"):
-            raise SpecError(param, f"FineTuneJob {ftj.metadata.name!r} published to {artifact!r}, outside its "
-                                   f"output claim {claim!r}")
-        return artifact, None
-    if uri_scheme(out) == "s3":
-        return artifact, storage.secret(ftj.spec.output.credentialsSecret)
-    raise SpecError(param, f"FineTuneJob {ftj.metadata.name!r} published to {out!r}, which a cluster cannot read")
-
-
-def _uri_location(uri: str, storage: Storage, param: str) -> str:
-    in_cluster(uri, param)
-    return storage.pvc_path(uri) if uri_scheme(uri) == "pvc" else uri
-
-
-def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings: OperatorSettings) -> Resolved:
-    """The server config as the pods see it. Raises :class:`Waiting` or :class:`SpecError`."""
-    spec = msv.spec
-    storage = Storage()
-    adapters: list[contract.AdapterSource] = []
-    ranks: list[int] = []
-    bases: list[tuple[str, FineTuneJob]] = []
-    adapter_names: list[str] = []  # as the server will name them
-    base: contract.ModelSource | None = None
-    served_name: str | None = None
-
-    if spec.fineTuneJobRef is not None:
-        param = "spec.fineTuneJobRef"
-        ftj = _succeeded(param, spec.fineTuneJobRef.name, ftjs)
-        location, creds = _artifact_location(ftj, storage, param)
-        if ftj.spec.method == "full":
-            if spec.adapters:
-                raise SpecError("spec.adapters", f"FineTuneJob {ftj.metadata.name!r} is a full fine-tune: it is "
-                                "served as the base model and cannot carry adapters")
-            base = contract.ModelSource(location=location, credentials_dir=creds)
-            served_name = ftj.status.fineTunedModel.name  # type: ignore[union-attr]
-        else:
-            adapters.append(contract.AdapterSource(location=location, credentials_dir=creds))
-            adapter_names.append(ftj.status.fineTunedModel.name)  # type: ignore[union-attr]
-            ranks.append(ftj.spec.lora.r)
-            bases.append((param, ftj))
-    for i, a in enumerate(spec.adapters or []):
-        param = f"spec.adapters[{i}]"
-        if a.fineTuneJobRef is not None:
-            ftj = _succeeded(f"{param}.fineTuneJobRef", a.fineTuneJobRef.name, ftjs)
-            if ftj.spec.method == "full":
-                raise SpecError(f"{param}.fineTuneJobRef", f"FineTuneJob {ftj.metadata.name!r} is a full "
-                                "fine-tune, not an adapter: serve it in its own ModelServing")
-            location, creds = _artifact_location(ftj, storage, f"{param}.fineTuneJobRef")
-            adapters.append(contract.AdapterSource(name=a.name, location=location, credentials_dir=creds))
-            adapter_names.append(a.name or ftj.status.fineTunedModel.name)  # type: ignore[union-attr]
-            ranks.append(ftj.spec.lora.r)
-            bases.append((f"{param}.fineTuneJobRef", ftj))
-        else:
-            assert a.uri is not None
-            location = _uri_location(a.uri, storage, f"{param}.uri")
-            adapters.append(contract.AdapterSource(name=a.name, location=location))
-            adapter_names.append(a.name or f"adapter-{len(adapters) - 1}")
-            ranks.append(DEFAULT_URI_ADAPTER_RANK)
-
-    if spec.baseModel is not None:
-        base = base_model_source(spec.baseModel, storage, "spec.baseModel.uri")
-    elif base is None and bases:
-        first_param, first = bases[0]
-        for param, other in bases[1:]:
-            if other.spec.baseModel.uri != first.spec.baseModel.uri:
-                raise SpecError(param, f"{param} was trained on {other.spec.baseModel.uri!r} but {first_param} on "
-                                f"{first.spec.baseModel.uri!r}: adapters on one server share one base model")
-        base = base_model_source(first.spec.baseModel, storage, f"{first_param} baseModel")
-    if base is None:
-        raise SpecError("spec.baseModel", "no base model: set spec.baseModel (adapters given by URI do not say "
-                        "which base they were trained on)")
-
-    keys = storage.secret(spec.apiKeySecret)
-    config = contract.ServerConfig(
-        base_model=base, served_model_name=served_name, adapters=adapters, host="0.0.0.0", port=HTTP_PORT,
-        api_keys_file=f"{keys}/api-keys" if keys else None, max_concurrent_requests=spec.maxConcurrentRequests,
-        prices=settings.prices)
-    remote = [i for i, a in enumerate(adapters) if a.location.startswith("s3://")]
-    names = [served_name or contract.default_served_name(base.location), *adapter_names]
-    return Resolved(config, storage, ranks, remote, names)
 
 
 # --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import yaml
 from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.builders import modelserving as msv_build
 from hone_operator.builders.common import SpecError
+from hone_operator.builders.served import Waiting, referenced_jobs
 from hone_operator.cli.common import documents, fail, parse_manifest
 from hone_operator.settings import OperatorSettings, load
 
@@ -40,7 +41,7 @@ def render(manifests: tuple[Path, ...], namespace: str) -> None:
                 objects.extend(ftj_build.all_objects(obj, settings))
             else:
                 objects.extend(msv_build.all_objects(obj, settings, _served_jobs(manifest, obj, jobs, settings)))
-        except (SpecError, msv_build.Waiting) as exc:
+        except (SpecError, Waiting) as exc:
             param = getattr(exc, "param", "")
             fail(f"{manifest}: {obj.kind} {obj.metadata.name}: {exc}" if not param or str(exc).startswith(param)
                  else f"{manifest}: {obj.kind} {obj.metadata.name}: {param}: {exc}")
@@ -56,7 +57,7 @@ def _served_jobs(manifest: Path, msv: Any, jobs: dict[tuple[str | None, str], An
     the job's own trainer config will publish to, which is all a ModelServing reads of it.
     """
     succeeded = {}
-    for param, name in msv_build.referenced_jobs(msv):
+    for param, name in referenced_jobs(msv):
         job = jobs.get((msv.metadata.namespace, name))
         if job is None:
             fail(f"{manifest}: ModelServing {msv.metadata.name} serves FineTuneJob {name!r} ({param}); "

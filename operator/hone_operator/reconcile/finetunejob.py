@@ -27,6 +27,7 @@ from hone_operator.api.v1alpha1 import (
     FineTunedModel,
 )
 from hone_operator.builders import finetunejob as ftj_build
+from hone_operator.builders import jobs
 from hone_operator.builders.common import SpecError
 from hone_operator.builders.storage import Storage
 from hone_operator.reconcile.pods import last_failure_message, read_result
@@ -225,7 +226,7 @@ class _Lifecycle:
             return False
         if vjob is None:
             self.plan.ensure += [*self._config_and_rbac(),
-                                 ftj_build.validation_job(self.ftj, self.settings, self.job.storage)]
+                                 jobs.validation_job(self.ftj, self.settings, self.job.storage)]
             self.status.validating(self.names.validation_job)
             return False
         if not job_finished(vjob):
@@ -254,9 +255,9 @@ class _Lifecycle:
         if self.observed.validation_job is None:
             self.plan.ensure += self._config_and_rbac()
         if self.ftj.spec.resources.nodes > 1:
-            self.plan.ensure.append(ftj_build.headless_service(self.ftj, self.settings))
+            self.plan.ensure.append(jobs.headless_service(self.ftj, self.settings))
         suspend = self.ftj.spec.suspend or self.kueue
-        self.plan.ensure.append(ftj_build.training_job(self.ftj, self.settings, self.job.storage, suspend=suspend))
+        self.plan.ensure.append(jobs.training_job(self.ftj, self.settings, self.job.storage, suspend=suspend))
         self.status.waiting(self.ftj.spec.suspend, self.kueue, self.names.training_job)
         return False
 

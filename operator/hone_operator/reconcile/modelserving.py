@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from hone_operator.api.v1alpha1 import ModelServing, ModelServingPhase as Phase, ModelServingStatus
 from hone_operator.builders import modelserving as msv_build
 from hone_operator.builders.common import SpecError
+from hone_operator.builders.served import Waiting
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
 from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder
 from hone_operator.settings import OperatorSettings
@@ -77,7 +78,7 @@ def _plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSet
     try:
         objs, resolved = msv_build.desired(msv, observed.fine_tune_jobs, settings)
         names = resolved.names
-    except msv_build.Waiting as wait:
+    except Waiting as wait:
         if deployment is not None and wait.reason == "FineTuneJobNotFound":
             # Deleted after it was deployed: keep serving what was resolved, and say so.
             status.condition("Resolved", False, "FineTuneJobDeleted", f"{wait}; the endpoint keeps serving the "

@@ -1,0 +1,182 @@
+"""What a ModelServing serves: its FineTuneJob and URI references resolved into a server config.
+
+The referenced FineTuneJobs must have Succeeded; their published artifacts
+are mounted where the pod finds them (a PVC read-only at the path the trainer
+published to, so the manifest's base model matches the one served), and all
+adapters on one server must share one base model. Anything else is
+:class:`Waiting` (a job not ready yet) or a :class:`SpecError` naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hone_operator.api.v1alpha1 import FineTuneJob, FineTuneJobPhase, ModelServing, parse_pvc_uri, uri_scheme
+from hone_operator.builders.common import SpecError
+from hone_operator.builders.storage import Storage, base_model_source, in_cluster
+from hone_operator.settings import OperatorSettings
+from hone_trainer import contract
+
+#: Rank assumed for an adapter given by URI (its rank is not in any spec the operator reads).
+DEFAULT_URI_ADAPTER_RANK = 64
+
+
+class Waiting(Exception):
+    """A referenced FineTuneJob is not ready; ``reason`` is the condition reason."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Resolved:
+    """What the pods serve, as they see it."""
+
+    config: contract.ServerConfig
+    storage: Storage
+    lora_ranks: list[int] = field(default_factory=list)
+    #: S3 adapters that an init step fetches (vLLM only): index in config.adapters
+    remote_adapters: list[int] = field(default_factory=list)
+    #: model names clients request: the base, then each adapter (status.servedModels)
+    names: list[str] = field(default_factory=list)
+
+
+def referenced_jobs(msv: ModelServing) -> list[tuple[str, str]]:
+    """(field, FineTuneJob name) of every FineTuneJob the spec serves."""
+    refs = []
+    if msv.spec.fineTuneJobRef is not None:
+        refs.append(("spec.fineTuneJobRef", msv.spec.fineTuneJobRef.name))
+    for i, a in enumerate(msv.spec.adapters or []):
+        if a.fineTuneJobRef is not None:
+            refs.append((f"spec.adapters[{i}].fineTuneJobRef", a.fineTuneJobRef.name))
+    return refs
+
+
+def _succeeded(param: str, name: str, ftjs: dict[str, dict[str, Any] | None]) -> FineTuneJob:
+    body = ftjs.get(name)
+    if body is None:
+        raise Waiting("FineTuneJobNotFound", f"FineTuneJob {name!r} ({param}) does not exist in this namespace; "
+                                             "the ModelServing waits for it")
+    phase = (body.get("status") or {}).get("phase")
+    if phase in (FineTuneJobPhase.FAILED.value, FineTuneJobPhase.CANCELLED.value):
+        raise Waiting("FineTuneJobFailed", f"FineTuneJob {name!r} ({param}) is {phase}: it has no model to "
+                                           "serve; point the ModelServing at a Succeeded FineTuneJob")
+    if phase != FineTuneJobPhase.SUCCEEDED.value:
+        raise Waiting("FineTuneJobNotSucceeded", f"FineTuneJob {name!r} ({param}) is {phase or 'Pending'}; "
+                                                 "serving starts when it has Succeeded")
+    ftj = FineTuneJob.model_validate(body)
+    if ftj.status.fineTunedModel is None or not ftj.status.fineTunedModel.artifactUri:
+        raise Waiting("FineTuneJobHasNoArtifact", f"FineTuneJob {name!r} ({param}) has Succeeded but records no "
+                                                  "published artifact (status.fineTunedModel.artifactUri)")
+    return ftj
+
+
+def _artifact_location(ftj: FineTuneJob, storage: Storage, param: str) -> tuple[str, str | None]:
+    """Where the pod finds the FineTuneJob's artifact, and the credentials folder for S3."""
+    artifact = ftj.status.fineTunedModel.artifactUri  # type: ignore[union-attr]
+    out = ftj.spec.output.uri
+    if uri_scheme(out) == "pvc":
+        claim, _ = parse_pvc_uri(out)
+        mount = storage.pvc(claim, writable=False)
+        if uri_scheme(artifact) == "pvc" and parse_pvc_uri(artifact)[0] == claim:
+            return storage.pvc_path(artifact), None
+        if not artifact.startswith(mount + "/"):
+            raise SpecError(param, f"FineTuneJob {ftj.metadata.name!r} published to {artifact!r}, outside its "
+                                   f"output claim {claim!r}")
+        return artifact, None
+    if uri_scheme(out) == "s3":
+        return artifact, storage.secret(ftj.spec.output.credentialsSecret)
+    raise SpecError(param, f"FineTuneJob {ftj.metadata.name!r} published to {out!r}, which a cluster cannot read")
+
+
+def _uri_location(uri: str, storage: Storage, param: str) -> str:
+    in_cluster(uri, param)
+    return storage.pvc_path(uri) if uri_scheme(uri) == "pvc" else uri
+
+
+@dataclass
+class _Collected:
+    """What a ModelServing's references resolve to, collected in spec order."""
+
+    storage: Storage = field(default_factory=Storage)
+    adapters: list[contract.AdapterSource] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # the adapters' served names, as the server names them
+    ranks: list[int] = field(default_factory=list)
+    trained_on: list[tuple[str, FineTuneJob]] = field(default_factory=list)  # (param, job) of job adapters
+    base: contract.ModelSource | None = None
+    served_name: str | None = None
+
+    def job_adapter(self, param: str, ftj: FineTuneJob, name: str | None = None) -> None:
+        location, creds = _artifact_location(ftj, self.storage, param)
+        self.adapters.append(contract.AdapterSource(name=name, location=location, credentials_dir=creds))
+        self.names.append(name or ftj.status.fineTunedModel.name)  # type: ignore[union-attr]
+        self.ranks.append(ftj.spec.lora.r)
+        self.trained_on.append((param, ftj))
+
+    def uri_adapter(self, param: str, uri: str, name: str | None) -> None:
+        self.adapters.append(contract.AdapterSource(name=name, location=_uri_location(uri, self.storage, param)))
+        self.names.append(name or f"adapter-{len(self.adapters) - 1}")
+        self.ranks.append(DEFAULT_URI_ADAPTER_RANK)
+
+
+def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings: OperatorSettings) -> Resolved:
+    """The server config as the pods see it. Raises :class:`Waiting` or :class:`SpecError`."""
+    spec = msv.spec
+    got = _Collected()
+    if spec.fineTuneJobRef is not None:
+        _fine_tune_job_ref(got, spec.fineTuneJobRef.name, bool(spec.adapters), ftjs)
+    for i, a in enumerate(spec.adapters or []):
+        param = f"spec.adapters[{i}]"
+        if a.fineTuneJobRef is not None:
+            ftj = _succeeded(f"{param}.fineTuneJobRef", a.fineTuneJobRef.name, ftjs)
+            if ftj.spec.method == "full":
+                raise SpecError(f"{param}.fineTuneJobRef", f"FineTuneJob {ftj.metadata.name!r} is a full "
+                                "fine-tune, not an adapter: serve it in its own ModelServing")
+            got.job_adapter(f"{param}.fineTuneJobRef", ftj, a.name)
+        else:
+            assert a.uri is not None
+            got.uri_adapter(f"{param}.uri", a.uri, a.name)
+    base = _base_model(spec, got)
+    keys = got.storage.secret(spec.apiKeySecret)
+    config = contract.ServerConfig(
+        base_model=base, served_model_name=got.served_name, adapters=got.adapters, host="0.0.0.0", port=contract.SERVER_PORT,
+        api_keys_file=f"{keys}/api-keys" if keys else None, max_concurrent_requests=spec.maxConcurrentRequests,
+        prices=settings.prices)
+    remote = [i for i, a in enumerate(got.adapters) if a.location.startswith("s3://")]
+    names = [got.served_name or contract.default_served_name(base.location), *got.names]
+    return Resolved(config, got.storage, got.ranks, remote, names)
+
+
+def _fine_tune_job_ref(got: _Collected, name: str, has_adapters: bool,
+                       ftjs: dict[str, dict[str, Any] | None]) -> None:
+    """spec.fineTuneJobRef: its adapter, or for a full fine-tune the model served as the base."""
+    param = "spec.fineTuneJobRef"
+    ftj = _succeeded(param, name, ftjs)
+    if ftj.spec.method != "full":
+        got.job_adapter(param, ftj)
+        return
+    if has_adapters:
+        raise SpecError("spec.adapters", f"FineTuneJob {ftj.metadata.name!r} is a full fine-tune: it is "
+                        "served as the base model and cannot carry adapters")
+    location, creds = _artifact_location(ftj, got.storage, param)
+    got.base = contract.ModelSource(location=location, credentials_dir=creds)
+    got.served_name = ftj.status.fineTunedModel.name  # type: ignore[union-attr]
+
+
+def _base_model(spec: Any, got: _Collected) -> contract.ModelSource:
+    """spec.baseModel, else the full fine-tune, else the one base every job adapter was trained on."""
+    if spec.baseModel is not None:
+        return base_model_source(spec.baseModel, got.storage, "spec.baseModel.uri")
+    if got.base is not None:
+        return got.base
+    if not got.trained_on:
+        raise SpecError("spec.baseModel", "no base model: set spec.baseModel (adapters given by URI do not say "
+                        "which base they were trained on)")
+    first_param, first = got.trained_on[0]
+    for param, other in got.trained_on[1:]:
+        if other.spec.baseModel.uri != first.spec.baseModel.uri:
+            raise SpecError(param, f"{param} was trained on {other.spec.baseModel.uri!r} but {first_param} on "
+                            f"{first.spec.baseModel.uri!r}: adapters on one server share one base model")
+    return base_model_source(first.spec.baseModel, got.storage, f"{first_param} baseModel")
