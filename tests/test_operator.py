@@ -33,6 +33,7 @@ from hone_dev.cluster import (
     wait_phase,
 )
 
+
 def test_happy_path_from_apply_to_succeeded(kube: Kube, operator: OperatorProcess, apiserver: ApiServerThread) -> None:
     apply(kube)
     obj = wait_phase(kube, NS, NAME, "ValidatingFiles")

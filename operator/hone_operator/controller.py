@@ -377,7 +377,6 @@ class Controller:
             log.warning("could not post Event %s for %s/%s", event.reason, meta["namespace"], meta["name"])
 
 
-
 def _ftj_refs(body: dict[str, Any]) -> set[str]:
     """Names of the FineTuneJobs a ModelServing body refers to (parsed loosely: it may be invalid)."""
     spec = body.get("spec") or {}

@@ -43,6 +43,7 @@ JOB_COMPONENTS = ("validate", "train")
 
 CONFIG_PATH = f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"
 
+
 @dataclass(frozen=True)
 class Names:
     config: str

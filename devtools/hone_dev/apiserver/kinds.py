@@ -1,0 +1,84 @@
+"""The resources the emulator serves, its audit log and its error type."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+
+GVR = tuple[str, str, str]  # (group, version, plural)
+
+
+@dataclasses.dataclass
+class Kind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+    status: bool = False  # has the status subresource
+    scale: dict[str, str] | None = None
+    schema: dict[str, Any] | None = None
+    validator: Any = None
+    short_names: tuple[str, ...] = ()
+
+    @property
+    def gvr(self) -> GVR:
+        return (self.group, self.version, self.plural)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+BUILTINS = [
+    Kind("", "v1", "namespaces", "Namespace", namespaced=False, status=True),
+    Kind("", "v1", "configmaps", "ConfigMap"),
+    Kind("", "v1", "secrets", "Secret"),
+    Kind("", "v1", "serviceaccounts", "ServiceAccount"),
+    Kind("", "v1", "services", "Service", status=True),
+    Kind("", "v1", "pods", "Pod", status=True),
+    Kind("", "v1", "events", "Event"),
+    Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", status=True),
+    Kind("batch", "v1", "jobs", "Job", status=True),
+    Kind("apps", "v1", "deployments", "Deployment", status=True,
+         scale={"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}),
+    Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", status=True),
+    Kind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+    Kind("coordination.k8s.io", "v1", "leases", "Lease"),
+    Kind("events.k8s.io", "v1", "events", "Event"),
+    Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False,
+         status=True),
+]
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Audit:
+    verb: str
+    group: str
+    resource: str
+    subresource: str | None
+    namespace: str | None
+    name: str | None
+    status: int
+    user_agent: str = ""
+    at: float = 0.0  # time.monotonic() when served
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "code": self.code, "reason": self.reason, "message": self.message, "details": self.details}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,55 @@
+"""CRD schemas as JSON Schema: validation messages that name the field, and pruning of unknown fields."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jsonschema
+
+
+def to_jsonschema(node: Any) -> Any:
+    """OpenAPI v3.0 (Kubernetes flavour) -> JSON Schema draft 4."""
+    if isinstance(node, list):
+        return [to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-") and k != "nullable"}
+    if node.get("nullable"):
+        if "type" in out:
+            out["type"] = [out["type"], "null"]
+        else:
+            out = {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+def error_field(err: jsonschema.ValidationError) -> str:
+    """The field an error is about, as the API server names it (required -> the missing child)."""
+    path = ".".join(str(p) for p in err.absolute_path)
+    if err.validator == "required":
+        missing = re.search(r"'([^']+)' is a required property", err.message)
+        if missing:
+            path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+    return path
+
+
+def prune(obj: Any, schema: dict[str, Any], path: str, removed: list[str]) -> Any:
+    """Drop fields the schema does not declare (the API server's pruning)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return obj
+    if isinstance(obj, dict):
+        props = schema.get("properties")
+        addl = schema.get("additionalProperties")
+        if props is not None:
+            for key in list(obj):
+                if key not in props:
+                    removed.append(f"{path}.{key}".lstrip("."))
+                    del obj[key]
+                else:
+                    obj[key] = prune(obj[key], props[key], f"{path}.{key}", removed)
+        elif isinstance(addl, dict):
+            for key in list(obj):
+                obj[key] = prune(obj[key], addl, f"{path}.{key}", removed)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        return [prune(item, schema["items"], f"{path}[{i}]", removed) for i, item in enumerate(obj)]
+    return obj

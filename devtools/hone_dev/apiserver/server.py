@@ -1,0 +1,271 @@
+"""The emulator itself: kmock's HTTP server with Hone's routing, storage, discovery and watches."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonschema
+import kmock
+import yaml
+
+from hone_dev.apiserver.kinds import ApiError, Audit, BUILTINS, GVR, Kind, WRITE_VERBS
+from hone_dev.apiserver.routes import Route, parse_route
+from hone_dev.apiserver.schema import to_jsonschema
+from hone_dev.apiserver.selection import field_match, label_match
+from hone_dev.apiserver.writes import WritePath
+
+from hone_dev import ROOT
+
+
+@attrs.define(kw_only=True)
+class HoneApiServer(WritePath, kmock.KubernetesEmulator):
+    kinds: dict[GVR, Kind] = attrs.field(factory=dict)
+    store: dict[GVR, dict[tuple[str | None, str], dict[str, Any]]] = attrs.field(
+        factory=lambda: collections.defaultdict(dict))
+    rv: int = 0
+    history: dict[GVR, collections.deque] = attrs.field(
+        factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=20000)))
+    watchers: dict[GVR, set[asyncio.Queue]] = attrs.field(factory=lambda: collections.defaultdict(set))
+    audit: list[Audit] = attrs.field(factory=list)
+    _encodings: dict[int, bytes] = attrs.field(factory=dict)
+    #: Seconds added to every resource request, to model a real API server's latency.
+    latency: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for kind in BUILTINS:
+            self.register(dataclasses.replace(kind))
+
+    # ---- registration ------------------------------------------------------
+
+    def register(self, kind: Kind) -> None:
+        self.kinds[kind.gvr] = kind
+        subresources = (["status"] if kind.status else []) + (["scale"] if kind.scale else [])
+        self.resources[f"{kind.api_version}/{kind.plural}"] = kmock.ResourceInfo(
+            kind=kind.kind, namespaced=kind.namespaced, singular=kind.kind.lower(),
+            shortnames=set(kind.short_names), subresources=set(subresources),
+            verbs={"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"},
+        )
+
+    def install_crd(self, crd: dict[str, Any]) -> None:
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            schema = version["schema"]["openAPIV3Schema"]
+            kind = Kind(
+                group=spec["group"], version=version["name"], plural=spec["names"]["plural"],
+                kind=spec["names"]["kind"], namespaced=spec["scope"] == "Namespaced",
+                status="status" in (version.get("subresources") or {}),
+                scale=(version.get("subresources") or {}).get("scale"),
+                schema=schema, validator=jsonschema.Draft4Validator(to_jsonschema(schema)),
+                short_names=tuple(spec["names"].get("shortNames", ())),
+            )
+            self.register(kind)
+        self._put(("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None, copy.deepcopy(crd))
+
+    def install_crds(self, folder: Path = ROOT / "crds") -> None:
+        for path in sorted(folder.glob("*.yaml")):
+            self.install_crd(yaml.safe_load(path.read_text()))
+
+    # ---- HTTP entry --------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        route = parse_route(raw_request.path)
+        if route is None or (route.group, route.version, route.plural) not in self.kinds:
+            if len(raw_request.path) > 1 and raw_request.path.endswith("/"):
+                raw_request = raw_request.clone(rel_url=raw_request.rel_url.with_path(raw_request.path.rstrip("/")))
+            return await super().__call__(raw_request)
+        kind = self.kinds[(route.group, route.version, route.plural)]
+        query = dict(raw_request.query)
+        if self.latency and str(query.get("watch", "")).lower() not in ("true", "1"):
+            await asyncio.sleep(self.latency)
+        method = raw_request.method.upper()
+        verb = self._verb(method, route, query)
+        body_bytes = await raw_request.read()
+        status = 200
+        try:
+            body = json.loads(body_bytes) if body_bytes else None
+            if verb == "watch":
+                self._audit(verb, kind, route, 200, raw_request)
+                return await self._watch(raw_request, kind, route, query)
+            payload, status = self._dispatch(verb, kind, route, query, body, raw_request.headers)
+        except ApiError as exc:
+            self._audit(verb, kind, route, exc.code, raw_request)
+            return aiohttp.web.json_response(exc.body(), status=exc.code)
+        except json.JSONDecodeError as exc:
+            return aiohttp.web.json_response(ApiError(400, "BadRequest", f"invalid JSON: {exc}").body(), status=400)
+        if verb == "create":  # a create names its object in the body, not the path
+            route = dataclasses.replace(route, name=payload["metadata"]["name"])
+        self._audit(verb, kind, route, status, raw_request)
+        return aiohttp.web.json_response(payload, status=status)
+
+    def _verb(self, method: str, route: Route, query: dict[str, str]) -> str:
+        if method == "GET":
+            if str(query.get("watch", "")).lower() in ("true", "1"):
+                return "watch"
+            return "get" if route.name else "list"
+        if method == "POST":
+            return "create"
+        if method == "PUT":
+            return "update"
+        if method == "PATCH":
+            return "patch"
+        if method == "DELETE":
+            return "delete" if route.name else "deletecollection"
+        raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
+
+    def _audit(self, verb: str, kind: Kind, route: Route, status: int, raw: aiohttp.web.BaseRequest) -> None:
+        self.audit.append(Audit(verb, kind.group, kind.plural, route.subresource, route.namespace, route.name,
+                                status, raw.headers.get("User-Agent", ""), time.monotonic()))
+
+    def _dispatch(self, verb: str, kind: Kind, route: Route, query: dict[str, str], body: Any,
+                  headers: Any) -> tuple[Any, int]:
+        ns = route.namespace if kind.namespaced else None
+        if kind.namespaced and route.namespace is None and verb not in ("list",):
+            raise ApiError(404, "NotFound", f"{kind.plural} is namespaced; use /namespaces/<ns>/{kind.plural}")
+        if verb == "list":
+            return self.list(kind, ns, query.get("labelSelector"), query.get("fieldSelector")), 200
+        if verb == "deletecollection":
+            for obj in self._select(kind, ns, query.get("labelSelector"), query.get("fieldSelector")):
+                self.delete(kind, ns, obj["metadata"]["name"], None)
+            return {"kind": "Status", "apiVersion": "v1", "status": "Success"}, 200
+        if verb == "create":
+            if route.name:
+                raise ApiError(405, "MethodNotAllowed", "POST to a named object")
+            return self.create(kind, ns, body, strict=query.get("fieldValidation") == "Strict"), 201
+        assert route.name is not None
+        if verb == "get":
+            obj = self.get(kind, ns, route.name)
+            return (self._scale_of(kind, obj) if route.subresource == "scale" else obj), 200
+        if verb == "delete":
+            return self.delete(kind, ns, route.name, body), 200
+        ctype = (headers.get("Content-Type") or "application/json").split(";")[0].strip()
+        return self.write(kind, ns, route.name, route.subresource, body, ctype, replace=(verb == "update"),
+                          strict=query.get("fieldValidation") == "Strict"), 200
+
+    # ---- storage operations -------------------------------------------------
+
+    def _key(self, kind: Kind, ns: str | None, name: str) -> tuple[str | None, str]:
+        return (ns if kind.namespaced else None, name)
+
+    def _put(self, gvr: GVR, ns: str | None, obj: dict[str, Any], event: str = "ADDED") -> dict[str, Any]:
+        self.rv += 1
+        meta = obj.setdefault("metadata", {})
+        meta["resourceVersion"] = str(self.rv)
+        key = (ns, meta["name"])
+        if event == "DELETED":
+            self.store[gvr].pop(key, None)
+        else:
+            self.store[gvr][key] = obj
+        self._emit(gvr, event, obj)
+        return obj
+
+    def _emit(self, gvr: GVR, event: str, obj: dict[str, Any]) -> None:
+        # Stored objects are never mutated once stored (every write stores a
+        # new dict), so events can share them instead of copying.
+        item = (self.rv, {"type": event, "object": obj})
+        self.history[gvr].append(item)
+        for queue in list(self.watchers[gvr]):
+            queue.put_nowait(item)
+
+    def get(self, kind: Kind, ns: str | None, name: str) -> dict[str, Any]:
+        obj = self.store[kind.gvr].get(self._key(kind, ns, name))
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{kind.plural}.{kind.group or "core"} "{name}" not found',
+                           {"name": name, "kind": kind.plural})
+        return copy.deepcopy(obj)
+
+    def _select(self, kind: Kind, ns: str | None, labels: str | None, fields: str | None) -> list[dict[str, Any]]:
+        out = []
+        for (ons, _), obj in self.store[kind.gvr].items():
+            if ns is not None and ons != ns:
+                continue
+            if label_match(obj.get("metadata", {}).get("labels") or {}, labels) and field_match(obj, fields):
+                out.append(obj)
+        return out
+
+    def list(self, kind: Kind, ns: str | None, labels: str | None = None, fields: str | None = None) -> dict[str, Any]:
+        items = self._select(kind, ns, labels, fields)  # serialised at once, never mutated
+        return {"apiVersion": kind.api_version, "kind": f"{kind.kind}List",
+                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+
+    # ---- watch -----------------------------------------------------------
+
+    async def _watch(self, raw: aiohttp.web.BaseRequest, kind: Kind, route: Route,
+                     query: dict[str, str]) -> aiohttp.web.StreamResponse:
+        ns = route.namespace if kind.namespaced else None
+        labels, fields = query.get("labelSelector"), query.get("fieldSelector")
+        if route.name:
+            fields = ",".join(f for f in (fields, f"metadata.name={route.name}") if f)
+        timeout = float(query.get("timeoutSeconds") or 3600)
+        since = query.get("resourceVersion")
+
+        def matches(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata", {})
+            if ns is not None and meta.get("namespace") != ns:
+                return False
+            return label_match(meta.get("labels") or {}, labels) and field_match(obj, fields)
+
+        queue: asyncio.Queue = asyncio.Queue()
+        self.watchers[kind.gvr].add(queue)
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        try:
+            await response.prepare(raw)
+            # Everything up to this revision is sent from the snapshot below;
+            # the queue (registered first) carries everything after it.
+            sent = self.rv
+            if since in (None, "", "0"):
+                snapshot = self._select(kind, ns, labels, fields)
+                for obj in sorted(snapshot, key=lambda o: int(o["metadata"]["resourceVersion"])):
+                    await response.write(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
+            else:
+                since_rv = int(since)
+                history = self.history[kind.gvr]
+                if history and history[0][0] > since_rv + 1 and len(history) == history.maxlen:
+                    gone = ApiError(410, "Expired", f"too old resource version: {since_rv} ({history[0][0]})").body()
+                    await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
+                    return response
+                for rv, item in list(history):
+                    if since_rv < rv <= sent and matches(item["object"]):
+                        await response.write(self._encoded(rv, item))
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    rv, item = await asyncio.wait_for(queue.get(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    break
+                if rv <= sent or not matches(item["object"]):
+                    continue
+                await response.write(self._encoded(rv, item))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.watchers[kind.gvr].discard(queue)
+        return response
+
+    def _encoded(self, rv: int, item: dict[str, Any]) -> bytes:
+        """One JSON encoding per event, shared by every watcher."""
+        cached = self._encodings.get(rv)
+        if cached is None:
+            cached = json.dumps(item).encode() + b"\n"
+            self._encodings[rv] = cached
+            while len(self._encodings) > 4096:
+                self._encodings.pop(next(iter(self._encodings)))
+        return cached
+
+    # ---- helpers for tests (call from the server's own thread) ------------
+
+    def writes(self, user_agent: str | None = None) -> list[Audit]:
+        return [a for a in self.audit if a.verb in WRITE_VERBS and a.status < 400
+                and (user_agent is None or user_agent in a.user_agent)]

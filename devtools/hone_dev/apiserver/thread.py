@@ -1,0 +1,87 @@
+"""Running the emulator on loopback in a thread of its own, and a kubeconfig for it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+import kmock
+import yaml
+
+from hone_dev.apiserver.server import HoneApiServer
+
+
+class ApiServerThread:
+    """Runs a :class:`HoneApiServer` on loopback in a thread of its own.
+
+    Tests and benchmarks talk to it over HTTP with the real Kubernetes client
+    (through :attr:`kubeconfig`), exactly like they would to a cluster.
+    """
+
+    def __init__(self, crds: Iterable[Path] | None = None, host: str = "127.0.0.1", latency: float = 0.0):
+        self._crds = list(crds) if crds is not None else None
+        self._latency = latency
+        self._host = host
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: HoneApiServer | None = None
+        self.url = ""
+        self._thread = threading.Thread(target=self._run, name="hone-apiserver", daemon=True)
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> "ApiServerThread":
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("emulated API server did not start")
+        if self._error:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.loop and self._stop:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - surfaced in __enter__
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with HoneApiServer(latency=self._latency) as server, kmock.Server(server, host=self._host) as srv:
+            if self._crds is None:
+                server.install_crds()
+            else:
+                for path in self._crds:
+                    server.install_crd(yaml.safe_load(Path(path).read_text()))
+            self.server = server
+            self.url = str(srv.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(server, *args)`` on the server's loop (thread-safe access to its state)."""
+        async def _call() -> Any:
+            return fn(self.server, *args)
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(_call(), self.loop).result(30)
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "emulated", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": "emulated"}}],
+            "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "tester",
+                                                           "namespace": namespace}}],
+            "current-context": "emulated",
+        }
+        path.write_text(yaml.safe_dump(cfg))
+        return path

@@ -1,0 +1,210 @@
+"""The write path: create, update, patch (JSON, merge, strategic merge), scale, delete and garbage
+collection, with the CRD schema applied and resourceVersion preconditions checked."""
+
+from __future__ import annotations
+
+import copy
+import re
+import secrets
+import uuid
+from typing import Any
+
+import jsonpatch
+
+from hone_dev.apiserver.kinds import ApiError, Kind, now
+from hone_dev.apiserver.routes import without, merge_patch
+from hone_dev.apiserver.schema import error_field, prune
+
+
+class WritePath:
+    """Mixed into :class:`~hone_dev.apiserver.server.HoneApiServer`; uses its store, kinds and events."""
+
+    def _check_schema(self, kind: Kind, obj: dict[str, Any], strict: bool) -> None:
+        if kind.schema is None:
+            return
+        removed: list[str] = []
+        prune(obj, kind.schema, "", removed)
+        removed = [r for r in removed if not r.startswith(("apiVersion", "kind", "metadata"))]
+        if strict and removed:
+            raise ApiError(422, "Invalid", f'{kind.kind}.{kind.group} "{obj["metadata"].get("name")}" is invalid: '
+                           + ", ".join(f"{r}: unknown field" for r in removed))
+        errors = sorted(kind.validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+        if errors:
+            causes = []
+            for err in errors[:10]:
+                field = error_field(err)
+                causes.append({"field": field, "message": err.message, "reason": "FieldValueInvalid"})
+            message = "; ".join(f"{c['field']}: Invalid value: {c['message']}" for c in causes)
+            raise ApiError(422, "Invalid", f'{kind.kind}.{kind.group} "{obj["metadata"].get("name")}" is invalid: '
+                           f"{message}", {"name": obj["metadata"].get("name"), "kind": kind.kind, "causes": causes})
+
+    def create(self, kind: Kind, ns: str | None, body: Any, strict: bool = False) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "the body must be an object")
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name"):
+            if meta.get("generateName"):
+                meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+            else:
+                raise ApiError(422, "Invalid", f"{kind.kind}: metadata.name: Required value: name or generateName is required")
+        if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", meta["name"]) or len(meta["name"]) > 253:
+            raise ApiError(422, "Invalid", f'{kind.kind} "{meta["name"]}" is invalid: metadata.name: Invalid value: '
+                           "must be a lowercase RFC 1123 subdomain")
+        if kind.namespaced:
+            if meta.get("namespace") not in (None, ns):
+                raise ApiError(400, "BadRequest", "the namespace of the object does not match the namespace on the request")
+            meta["namespace"] = ns
+        else:
+            meta.pop("namespace", None)
+        key = self._key(kind, ns, meta["name"])
+        if key in self.store[kind.gvr]:
+            raise ApiError(409, "AlreadyExists", f'{kind.plural}.{kind.group or "core"} "{meta["name"]}" already exists',
+                           {"name": meta["name"], "kind": kind.plural})
+        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        if kind.status:
+            obj.pop("status", None)
+        self._check_schema(kind, obj, strict)
+        namespaces = ("", "v1", "namespaces")
+        if kind.namespaced and (None, ns) not in self.store[namespaces]:
+            # Namespaces exist before anything is created in them (an admin made
+            # them); kopf's namespaced mode only watches namespaces that exist.
+            self.create(self.kinds[namespaces], None, {"metadata": {"name": ns}})
+        meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=now())
+        meta.pop("resourceVersion", None)
+        return self._put(kind.gvr, key[0], obj, "ADDED")
+
+    def write(self, kind: Kind, ns: str | None, name: str, sub: str | None, body: Any, ctype: str,
+              replace: bool = False, strict: bool = False) -> dict[str, Any]:
+        key = self._key(kind, ns, name)
+        current = self.store[kind.gvr].get(key)
+        if current is None:
+            raise ApiError(404, "NotFound", f'{kind.plural}.{kind.group or "core"} "{name}" not found',
+                           {"name": name, "kind": kind.plural})
+        if sub not in (None, "status", "scale") or (sub == "status" and not kind.status) or (sub == "scale" and not kind.scale):
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({sub})")
+
+        if sub == "scale":
+            return self._write_scale(kind, key, current, body, ctype, replace)
+
+        # The write's own preconditions.
+        if isinstance(body, dict):
+            want_rv = (body.get("metadata") or {}).get("resourceVersion")
+            if want_rv is not None and want_rv != current["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural}.{kind.group} "{name}": '
+                               "the object has been modified; please apply your changes to the latest version and try again")
+        new = self._patched(current, body, ctype, replace)
+        new = copy.deepcopy(new)
+        if sub == "status":
+            # Only status changes through /status.
+            new = {**without(current, "status"), **({"status": new["status"]} if "status" in new else {})}
+        else:
+            if kind.status:
+                new = {**without(new, "status"), **({"status": current["status"]} if "status" in current else {})}
+            meta = new.setdefault("metadata", {})
+            for immutable in ("name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp"):
+                if immutable in current["metadata"]:
+                    meta[immutable] = current["metadata"][immutable]
+                else:
+                    meta.pop(immutable, None)
+            if current["metadata"].get("deletionTimestamp") and set(meta.get("finalizers") or []) - set(
+                    current["metadata"].get("finalizers") or []):
+                raise ApiError(422, "Forbidden", "no new finalizers can be added if the object is being deleted")
+        new["apiVersion"], new["kind"] = kind.api_version, kind.kind
+        new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        self._check_schema(kind, new, strict)
+
+        if new == current:
+            return current  # a no-op write changes nothing, not even resourceVersion
+        if without(new, "metadata", "status") != without(current, "metadata", "status"):
+            new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
+        meta = new["metadata"]
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self._put(kind.gvr, key[0], new, "DELETED")
+            self._collect_garbage(new)
+            return copy.deepcopy(new)
+        return self._put(kind.gvr, key[0], new, "MODIFIED")
+
+    @staticmethod
+    def _patched(current: dict[str, Any], body: Any, ctype: str, replace: bool) -> dict[str, Any]:
+        """The object after a PUT (``replace``) or a PATCH of the given content type."""
+        try:
+            if replace:
+                if not isinstance(body, dict):
+                    raise ApiError(400, "BadRequest", "PUT needs an object")
+                return copy.deepcopy(body)
+            if ctype == "application/json-patch+json":
+                return jsonpatch.apply_patch(current, body)
+            if ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json",
+                           "application/json"):
+                return merge_patch(current, body)
+            raise ApiError(415, "UnsupportedMediaType", f"{ctype} is not supported")
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            raise ApiError(422, "Invalid", f"the JSON patch could not be applied: {exc}") from exc
+
+    def _scale_of(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+        if not kind.scale:
+            raise ApiError(404, "NotFound", "no scale subresource")
+        def at(path: str | None) -> Any:
+            cur: Any = obj
+            for part in (path or "").strip(".").split("."):
+                cur = cur.get(part) if isinstance(cur, dict) else None
+            return cur
+        status: dict[str, Any] = {"replicas": at(kind.scale.get("statusReplicasPath")) or 0}
+        if kind.scale.get("labelSelectorPath") and at(kind.scale["labelSelectorPath"]):
+            status["selector"] = at(kind.scale["labelSelectorPath"])
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {k: obj["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                                            "creationTimestamp") if k in obj["metadata"]},
+                "spec": {"replicas": at(kind.scale["specReplicasPath"]) or 0}, "status": status}
+
+    def _write_scale(self, kind: Kind, key: tuple[str | None, str], current: dict[str, Any], body: Any,
+                     ctype: str, replace: bool) -> dict[str, Any]:
+        scale = self._scale_of(kind, current)
+        new_scale = copy.deepcopy(body) if replace else (
+            jsonpatch.apply_patch(scale, body) if ctype == "application/json-patch+json" else merge_patch(scale, body))
+        replicas = (new_scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or replicas < 0:
+            raise ApiError(422, "Invalid", "spec.replicas: Invalid value: must be a non-negative integer")
+        path = kind.scale["specReplicasPath"].strip(".").split(".")
+        new = copy.deepcopy(current)
+        cur = new
+        for part in path[:-1]:
+            cur = cur.setdefault(part, {})
+        if cur.get(path[-1]) != replicas:
+            cur[path[-1]] = replicas
+            new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
+            self._check_schema(kind, new, strict=False)
+            self._put(kind.gvr, key[0], new, "MODIFIED")
+        return self._scale_of(kind, self.store[kind.gvr][key])
+
+    def delete(self, kind: Kind, ns: str | None, name: str, options: Any) -> dict[str, Any]:
+        key = self._key(kind, ns, name)
+        current = self.store[kind.gvr].get(key)
+        if current is None:
+            raise ApiError(404, "NotFound", f'{kind.plural}.{kind.group or "core"} "{name}" not found',
+                           {"name": name, "kind": kind.plural})
+        policy = (options or {}).get("propagationPolicy") if isinstance(options, dict) else None
+        if current["metadata"].get("finalizers"):
+            if not current["metadata"].get("deletionTimestamp"):
+                new = copy.deepcopy(current)
+                new["metadata"]["deletionTimestamp"] = now()
+                self._put(kind.gvr, key[0], new, "MODIFIED")
+            return copy.deepcopy(self.store[kind.gvr][key])
+        gone = copy.deepcopy(current)
+        self._put(kind.gvr, key[0], gone, "DELETED")
+        if policy != "Orphan":
+            self._collect_garbage(gone)
+        return gone
+
+    def _collect_garbage(self, owner: dict[str, Any]) -> None:
+        uid = owner["metadata"].get("uid")
+        for gvr, objs in list(self.store.items()):
+            kind = self.kinds.get(gvr)
+            if kind is None:
+                continue
+            for (ns, name), obj in list(objs.items()):
+                refs = obj.get("metadata", {}).get("ownerReferences") or []
+                if any(r.get("uid") == uid for r in refs):
+                    if (ns, name) in objs:
+                        self.delete(kind, ns, name, None)
