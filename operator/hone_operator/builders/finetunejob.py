@@ -112,13 +112,13 @@ def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.Trai
         else None
     )
 
-    out = spec.output.uri
-    in_cluster(out, "spec.output.uri")
-    if uri_scheme(out) == "pvc":
-        job_root = join_path(storage.pvc_path(out, writable=True), ns, name)
+    output = spec.output.uri
+    in_cluster(output, "spec.output.uri")
+    if uri_scheme(output) == "pvc":
+        job_root = join_path(storage.pvc_path(output, writable=True), ns, name)
         out_credentials = None
     else:
-        job_root = join_path(out, ns, name)
+        job_root = join_path(output, ns, name)
         out_credentials = storage.secret(spec.output.credentialsSecret)
 
     config = trainer_config(
