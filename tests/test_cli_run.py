@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from hone_trainer.manifest import verify
+from hone_trainer.training.checkpoints import MARKER
 from hone_dev import processes
 from hone_dev.cluster import wait_for
 from hone_dev.tiny import make_tiny_llama, make_tokenizer
@@ -65,29 +66,59 @@ def test_hone_run_fine_tunes_and_publishes(project: Path) -> None:
     line = next(x for x in out.splitlines() if "validationLoss:" in x)
     before, after = (float(w) for w in line.replace(",", " ").split() if w.replace(".", "").isdigit())
     assert after < before  # fine-tuning did something to held-out loss
+    _assert_loss_curves(project, out)
+
+
+def _assert_loss_curves(project: Path, out: str) -> None:
+    """40 steps (40 examples x 4 epochs / batch 4), evaluated before the first step and every 5."""
+    from PIL import Image
+
+    job_dir = project / ".hone" / "run" / "local" / "shop-assistant"
+    manifest = verify(project / "pvc" / "models" / "adapters" / "local" / "shop-assistant" / "model")
+    result = json.loads((job_dir / "result.json").read_text())
+    progress = json.loads((job_dir / "progress.json").read_text())  # the last report, as status.progress gets it
+    train, validation = progress["trainCurve"], progress["validationCurve"]
+    assert [p["step"] for p in train] == list(range(1, 41))
+    assert [p["step"] for p in validation] == [0, 5, 10, 15, 20, 25, 30, 35, 40]
+    assert validation[0]["loss"] == pytest.approx(result["initialValidationLoss"], rel=1e-5)
+    assert validation[-1]["loss"] == pytest.approx(result["validationLoss"], rel=1e-5)
+    assert manifest["losses"]["trainCurve"] == train and manifest["losses"]["validationCurve"] == validation
+    png = job_dir / "loss.png"
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] >= 400
+        drawn = json.loads(image.text["hone:losses"])
+    assert drawn == {"train": train, "validation": validation}  # the picture shows exactly the reported points
+    assert "Loss curves" in out and str(png) in out
+    assert "40 points" in out and "9 points" in out
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(project: Path) -> None:
     proc = hone(project, "run", "job.yaml", start_new_session=True)
-    progress = project / ".hone" / "run" / "local" / "shop-assistant" / "progress.json"
-    wait_for(lambda: progress.exists() and json.loads(progress.read_text())["step"] >= 6, timeout=180)
-    # Freeze the trainer so that it cannot finish its 40 steps before Ctrl-C reaches it: stop it,
-    # press Ctrl-C, wait until the SIGTERM that `hone run` forwards is pending in it, let it go on.
-    trainer = processes.children(proc.pid)
-    assert trainer, "the trainer finished before it could be interrupted"
-    processes.stop(trainer)
-    wait_for(lambda: all(processes.stopped(p) for p in trainer), what="trainer stopped")
-    assert json.loads(progress.read_text())["step"] < 40
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
-    wait_for(lambda: processes.signal_pending(trainer[0], signal.SIGTERM), what="SIGTERM forwarded to the trainer")
-    processes.resume(trainer)
-    out, err = proc.communicate(timeout=120)
+    job_dir = project / ".hone" / "run" / "local" / "shop-assistant"
+    checkpoints = project / "pvc" / "models" / "adapters" / "local" / "shop-assistant" / "checkpoints"
+    trainer: list[int] = []
+    try:
+        # The 40 steps take well under a second on a quiet machine, faster than any poll: freeze
+        # the trainer as soon as it exists and let it run a few milliseconds at a time until its
+        # first complete checkpoint; it is stopped, mid-run, when Ctrl-C comes.
+        trainer = wait_for(lambda: processes.children(proc.pid), timeout=60, interval=0.001, what="the trainer")
+        processes.stop(trainer)
+        processes.run_in_slices(trainer, lambda: any(checkpoints.glob(f"*/{MARKER}")))
+        assert not (job_dir / "result.json").exists()  # the run is not over
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        wait_for(lambda: processes.signal_pending(trainer[0], signal.SIGTERM), what="SIGTERM forwarded to the trainer")
+        processes.resume(trainer)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        processes.resume(trainer)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, out + err
     assert "run the same command again to resume" in err.lower()
     again = hone(project, "run", "job.yaml")
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, out + err
-    log = (project / ".hone" / "run" / "local" / "shop-assistant" / "trainer.log").read_text()
+    log = (job_dir / "trainer.log").read_text()
     assert "resumed from" in log
 
 

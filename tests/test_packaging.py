@@ -27,7 +27,8 @@ def assert_imports_without(modules: str, forbidden: tuple[str, ...]) -> None:
 
 
 def test_operator_never_imports_torch_or_the_trainer_runtime() -> None:
-    assert_imports_without("hone_operator.main, hone_operator.cli, hone_operator.controller, hone_operator.api.crdgen",
+    assert_imports_without("hone_operator.main, hone_operator.cli, hone_operator.startup, hone_operator.controller, "
+                           "hone_operator.api.crdgen",
                            ("torch", "deepspeed", "transformers", "peft"))
 
 
@@ -36,7 +37,8 @@ def test_trainer_contract_needs_neither_kopf_nor_kubernetes() -> None:
 
 
 def test_trainer_never_imports_kopf_or_the_kubernetes_client() -> None:
-    assert_imports_without("hone_trainer.train, hone_trainer.validate, hone_trainer.report, hone_trainer.__main__",
+    assert_imports_without("hone_trainer.training.trainer, hone_trainer.training.validate, "
+                           "hone_trainer.training.report, hone_trainer.serving.app, hone_trainer.__main__",
                            ("kopf", "kubernetes"))
 
 

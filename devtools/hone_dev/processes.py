@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
+from typing import Callable
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -56,6 +58,25 @@ def signal_pending(pid: int, signum: int) -> bool:
 def stop(pids: list[int]) -> None:
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
+
+
+def run_in_slices(pids: list[int], until: Callable[[], bool], slice_seconds: float = 0.02,
+                  timeout: float = 180.0) -> None:
+    """Let stopped ``pids`` run a few milliseconds at a time until ``until()`` holds; they end stopped.
+
+    Between two slices the processes are stopped, so a condition seen true still holds
+    when this returns: e.g. "a checkpoint exists and the run is not over" cannot be
+    overtaken by the run finishing, however fast it is.
+    """
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s running {pids} in slices")
+        resume(pids)
+        time.sleep(slice_seconds)
+        stop(pids)
+        while not all(stopped(p) for p in pids):
+            time.sleep(0.001)
 
 
 def resume(pids: list[int]) -> None:
