@@ -50,6 +50,45 @@ def test_validate_broken_file_names_lines_and_fails(model_dir: Path, tmp_path: P
     assert "line 21" in result.output and "use one of system, user, assistant" in result.output
     assert "line 22" in result.output and "invalid JSON" in result.output
     assert "not trainable" in result.output
+    assert f"{data} line 21" in result.output  # the file, not just "training line 21"
+    assert "estimated cost" not in result.output  # no price for data that cannot train
+
+
+def test_validate_of_a_manifest_estimates_what_hone_run_trains(model_dir: Path, tmp_path: Path) -> None:
+    """The manifest's hyperparameters, not the JSONL defaults: `hone validate` and `hone run` agree."""
+    (tmp_path / "train.jsonl").write_text(chats(60))
+    manifest = {"apiVersion": "hone.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "shop"},
+                "spec": {"baseModel": {"uri": f"file://{model_dir}"}, "trainingData": {"uri": "file://train.jsonl"},
+                         "hyperparameters": {"epochs": 6, "batchSize": 8, "learningRateMultiplier": 6},
+                         "output": {"uri": "pvc://models/adapters"}}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(manifest))
+    from_manifest = CliRunner().invoke(cli, ["validate", str(tmp_path / "job.yaml")])
+    assert from_manifest.exit_code == 0, from_manifest.output
+    assert "6 / 8 / 6" in from_manifest.output
+    same = CliRunner().invoke(cli, ["validate", str(tmp_path / "train.jsonl"), "--model", str(model_dir),
+                                    "--epochs", "6", "--batch-size", "8", "--learning-rate-multiplier", "6"])
+    assert same.exit_code == 0 and "6 / 8 / 6" in same.output
+    defaults = CliRunner().invoke(cli, ["validate", str(tmp_path / "train.jsonl"), "--model", str(model_dir)])
+    assert "6 / 8 / 6" not in defaults.output  # auto resolves differently: why the manifest matters
+    both = CliRunner().invoke(cli, ["validate", str(tmp_path / "job.yaml"), "--epochs", "3"])
+    assert both.exit_code == 2 and "drop --epochs" in both.output
+
+
+@pytest.mark.parametrize("spec,words", [
+    ({"baseModle": {"uri": "embedded://smollm2-135m-instruct"}}, ["spec.baseModle", "did you mean 'baseModel'"]),
+    ({"hyperparameters": {"learningRateMultiplier": "six"}},
+     ["spec.hyperparameters.learningRateMultiplier", "should be 'auto' or a number, not 'six'"]),
+], ids=["typo", "word-for-number"])
+def test_manifest_mistakes_say_what_to_write(tmp_path: Path, spec: dict, words: list[str]) -> None:
+    body = yaml.safe_load((ROOT / "crds" / "samples" / "finetunejob-minimal.yaml").read_text())
+    if "baseModle" in spec:
+        body["spec"].pop("baseModel")
+    body["spec"].update(spec)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(body))
+    result = CliRunner().invoke(cli, ["render", str(tmp_path / "job.yaml")])
+    assert result.exit_code == 2
+    for w in words:
+        assert w in result.output, result.output
 
 
 def test_validate_json_is_what_the_operator_stores(model_dir: Path, tmp_path: Path) -> None:
@@ -100,6 +139,8 @@ def test_render_prints_what_the_operator_creates(tmp_path: Path) -> None:
     body["metadata"].update(namespace="team-a", uid="00000000-0000-0000-0000-000000000000")
     assert objs == ftj_build.all_objects(FineTuneJob.model_validate(body), OperatorSettings())
     assert [o["kind"] for o in objs] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Service", "Job"]
+    # The trainer config reads as the JSON it is, a line a setting, for review in a GitOps diff.
+    assert "config.json: |" in result.output and '\n      "baseModel": {\n' in result.output
 
 
 def test_render_names_the_file_and_field_of_a_mistake(tmp_path: Path) -> None:

@@ -169,7 +169,14 @@ def test_hone_serve_answers_for_the_job_hone_run_published(project: Path) -> Non
                     "--max-tokens", "12")
         chat_out, chat_err = chat.communicate(timeout=120)
         assert chat.returncode == 0, chat_err
-        assert chat_out.strip() == answer.choices[0].message.content.strip()  # greedy both times
+        cut = " [...]" if answer.choices[0].finish_reason == "length" else ""
+        assert chat_out.strip() == answer.choices[0].message.content.strip() + cut  # greedy both times
+
+        short = hone(project, "chat", name, "Do you ship to Porto? 3", "--url", f"http://127.0.0.1:{port}/v1",
+                     "--max-tokens", "1")
+        short_out, short_err = short.communicate(timeout=120)
+        assert short.returncode == 0 and short_out.rstrip().endswith("[...]")  # an answer cut short says so
+        assert "cut at --max-tokens 1" in short_err
         assert f"{answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} completion tokens" in chat_err
 
         unknown = hone(project, "chat", "no-such-model", "hi", "--url", f"http://127.0.0.1:{port}/v1")
@@ -179,7 +186,7 @@ def test_hone_serve_answers_for_the_job_hone_run_published(project: Path) -> Non
         metrics = http("GET", f"http://127.0.0.1:{port}/metrics")[1]
         prompt_line = f'hone_inference_tokens_total{{model="{name}",type="prompt"}} '
         assert float(next(x for x in metrics.splitlines() if x.startswith(prompt_line)).split()[-1]) == \
-            2 * answer.usage.prompt_tokens
+            3 * answer.usage.prompt_tokens  # the openai call and both chats
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=60)

@@ -403,3 +403,16 @@ def test_missing_references_wait_with_a_clear_condition(kube: Kube, operator: Op
     kube.patch("v1", "ConfigMap", NS, "not-yet", {"data": {"train.jsonl": "{}"}})
     wait_for(lambda: get_job(kube, NS, f"{NAME}-validate"), timeout=10, what="validation Job once data exists")
     assert condition(ftj(kube, NS, NAME), "FilesValidated")["reason"] == "Validating"
+
+
+def test_the_losses_the_trainer_reports_are_exported_per_job(kube: Kube, operator: OperatorProcess) -> None:
+    """The dashboard's loss panel reads these: from status.progress, so no training pod has to be scraped."""
+    apply(kube)
+    validate_ok(kube)
+    progress = contract.Progress(step=20, total_steps=30, train_loss=0.875, validation_loss=1.25,
+                                 train_curve=contract.loss_curve([(s, 2.0 - s / 20) for s in range(1, 21)]))
+    kube.patch(API, "FineTuneJob", NS, NAME, {"status": {"progress": progress.to_json_dict()}}, subresource="status")
+    wait_for(lambda: f'hone_finetunejob_train_loss{{finetunejob="{NAME}",namespace="{NS}"}} 0.875'
+             in operator.metrics(), what="train loss gauge")
+    assert f'hone_finetunejob_validation_loss{{finetunejob="{NAME}",namespace="{NS}"}} 1.25' in operator.metrics()
+    assert len(ftj(kube, NS, NAME)["status"]["progress"]["trainCurve"]) == 20  # the CRD keeps the curve

@@ -4,16 +4,19 @@
 
 Runs the `hone` commands a user would type, on the files in this folder:
 
-1. ``hone validate train.jsonl --validation validation.jsonl``
-2. ``hone run finetunejob.yaml``: fine-tunes SmolLM2-135M-Instruct (embedded, no hub)
-   and prints the held-out validation loss before and after;
+1. ``hone validate finetunejob.yaml``: the data checked and counted with the model's own
+   tokenizer, and the estimate for the manifest's hyperparameters;
+2. ``hone run finetunejob.yaml``: fine-tunes SmolLM2-135M-Instruct (embedded, no hub),
+   prints the held-out validation loss before and after and the loss curves;
 3. ``hone serve modelserving.yaml`` in the background;
 4. ``hone chat``: a held-out question (not in the training data) to the base model and
    to the fine-tuned model, then the token counters from ``/metrics``.
 
 ``--quick`` trains one epoch on a few examples (for the test that keeps this script
-working); the answer then shows the plumbing, not the learning. Results go to
-``.hone/demo`` (run it again and training resumes from its last checkpoint).
+working); the answer then shows the plumbing, not the learning. Results go where `hone`
+itself puts them, ``.hone/run`` and ``.hone/pvc`` (``--workdir`` moves both), so the
+README's next commands (``hone serve examples/skateboard-support/modelserving.yaml``)
+find the model; run it again and training resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ def quick_copy(target: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few examples, one epoch (for tests)")
-    parser.add_argument("--workdir", type=Path, default=Path(".hone/demo"), help="where results go")
+    parser.add_argument("--workdir", type=Path, default=Path(".hone"),
+                        help="where results go: WORKDIR/run and WORKDIR/pvc (default: hone's own .hone)")
     args = parser.parse_args()
 
     workdir = args.workdir.resolve()
@@ -99,14 +103,20 @@ def main() -> int:
     started = time.monotonic()
 
     print("== 1. Validate the data and estimate the cost")
-    hone("validate", str(folder / "train.jsonl"), "--validation", str(folder / "validation.jsonl"), env=env)
+    print("The FineTuneJob names the model, the two files and the hyperparameters; `hone validate` reads them\n"
+          "from it, so the epochs / batch size / multiplier and the cost below are what step 2 trains.\n"
+          "Look at: examples, tokens per epoch, any warnings, the estimated cost.")
+    hone("validate", str(folder / "finetunejob.yaml"), env=env)
 
     print("\n== 2. Fine-tune SmolLM2-135M-Instruct with LoRA (the FineTuneJob YAML you would kubectl apply)")
+    print("The bar first says the model is loading and the base model's validation loss is measured; then\n"
+          "steps, loss and tokens/s. Look at: validationLoss before -> after, and the loss curves.")
     hone("run", str(folder / "finetunejob.yaml"), "--workdir", str(workdir / "run"), env=env)
     result = json.loads((workdir / "run" / "local" / "skateboard-support" / "result.json").read_text())
     fine_tuned = result["fineTunedModel"]
 
     print("\n== 3. Serve it (the ModelServing YAML) with the built-in OpenAI-compatible server")
+    print("It serves the base model and the fine-tune side by side, under their own names.")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"$ hone serve {folder / 'modelserving.yaml'} --port {port} &", flush=True)
@@ -121,6 +131,7 @@ def main() -> int:
         print(f"serving {', '.join(models)} at {url}/v1")
 
         print(f"\n== 4. A question from the held-out validation set: {QUESTION!r}")
+        print("First the base model, then the fine-tuned one; only the training data says how long returns take.")
         answers = {}
         for model in (models[0], fine_tuned):
             proc = hone("chat", model, QUESTION, "--system", SYSTEM, "--url", f"{url}/v1", "--max-tokens", "80",
@@ -147,6 +158,9 @@ def main() -> int:
         if args.quick:
             shutil.rmtree(folder, ignore_errors=True)
     print(f"\nDone in {time.monotonic() - started:.0f}s. Server log: {workdir / 'server.log'}")
+    if not args.quick:
+        print("Next: `hone serve examples/skateboard-support/modelserving.yaml` serves it again; "
+              "`hone chat <model> \"question\"` asks it.")
     return 0
 
 

@@ -14,8 +14,8 @@ class ChatError(RuntimeError):
 
 def stream_chat(url: str, api_key: str, model: str, messages: list[dict[str, str]], max_tokens: int,
                 temperature: float, on_text: Callable[[str], None], timeout: float = 600
-                ) -> tuple[str, dict[str, int] | None]:
-    """POST a streaming chat completion; calls ``on_text`` per piece; returns (answer, usage)."""
+                ) -> tuple[str, dict[str, int] | None, str | None]:
+    """POST a streaming chat completion; calls ``on_text`` per piece; returns (answer, usage, finish_reason)."""
     body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
                        "stream": True, "stream_options": {"include_usage": True}}).encode()
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -28,7 +28,7 @@ def stream_chat(url: str, api_key: str, model: str, messages: list[dict[str, str
         raise ChatError(f"HTTP {exc.code}: {_message(exc.read())}") from exc
     except urllib.error.URLError as exc:
         raise ChatError(f"cannot reach {url}: {exc.reason} (is `hone serve` running?)") from exc
-    answer, usage = [], None
+    answer, usage, finish = [], None, None
     with resp:
         for raw in resp:
             line = raw.decode("utf-8", "replace").strip()
@@ -45,8 +45,9 @@ def stream_chat(url: str, api_key: str, model: str, messages: list[dict[str, str
                 if piece:
                     answer.append(piece)
                     on_text(piece)
+                finish = choice.get("finish_reason") or finish
             usage = chunk.get("usage") or usage
-    return "".join(answer), usage
+    return "".join(answer), usage, finish
 
 
 def _message(raw: bytes) -> str:

@@ -155,11 +155,13 @@ class Controller:
     def _observe_metrics(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         status = obj.get("status") or {}
-        tokens = status.get("trainedTokens") or (status.get("progress") or {}).get("trainedTokens") or 0
+        progress = status.get("progress") or {}
+        tokens = status.get("trainedTokens") or progress.get("trainedTokens") or 0
         base = ((obj.get("spec") or {}).get("baseModel") or {}).get("uri", "")
         self.metrics.jobs.observe(
             meta.get("uid", ""),
-            JobSample(meta.get("namespace", ""), meta.get("name", ""), base, status.get("phase"), int(tokens)),
+            JobSample(meta.get("namespace", ""), meta.get("name", ""), base, status.get("phase"), int(tokens),
+                      progress.get("trainLoss"), progress.get("validationLoss")),
         )
 
     # ---- the work queue ----------------------------------------------------

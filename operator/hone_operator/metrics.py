@@ -9,6 +9,10 @@
 * ``hone_cost_usd_total{namespace,kind="training",finetunejob}``: the same
   tokens at the price table's training price. The per-job label keeps the
   series monotonic when other jobs are deleted; sum by namespace to bill.
+* ``hone_finetunejob_train_loss{namespace,finetunejob}`` and
+  ``hone_finetunejob_validation_loss{namespace,finetunejob}``: the latest losses in
+  ``status.progress`` (gauges), so a job's loss curve is in Prometheus whether or not its
+  training pod was scraped, and stays after the pod is gone.
 * ``hone_reconcile_errors_total{kind}``, ``hone_reconcile_duration_seconds``.
 """
 
@@ -33,6 +37,8 @@ class JobSample:
     base_model: str
     phase: str | None
     trained_tokens: int
+    train_loss: float | None = None
+    validation_loss: float | None = None
 
 
 class FineTuneJobCollector(Collector):
@@ -84,6 +90,13 @@ class FineTuneJobCollector(Collector):
             cost.add_metric([j.namespace, "training", j.name], cost_usd(j.trained_tokens, self.prices.training))
         yield tokens
         yield cost
+        for attr, name, what in (("train_loss", "hone_finetunejob_train_loss", "Latest training loss"),
+                                 ("validation_loss", "hone_finetunejob_validation_loss", "Latest validation loss")):
+            loss = GaugeMetricFamily(name, f"{what} in status.progress.", labels=["namespace", "finetunejob"])
+            for j in jobs:
+                if getattr(j, attr) is not None:
+                    loss.add_metric([j.namespace, j.name], getattr(j, attr))
+            yield loss
 
 
 class OperatorMetrics:

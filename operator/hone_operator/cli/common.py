@@ -56,7 +56,7 @@ def parse_manifest(manifest: Path, doc: dict, namespace: str, uid: str | None = 
     try:
         return model.model_validate({**doc, "metadata": meta, "status": {}})
     except ValidationError as exc:
-        fail(f"{manifest}: {doc['kind']} {meta.get('name')}: {spec_error(exc)[1]}")
+        fail(f"{manifest}: {doc['kind']} {meta.get('name')}: {spec_error(exc, model)[1]}")
 
 
 def require_runtime(command: str) -> None:

@@ -46,7 +46,19 @@ def render(manifests: tuple[Path, ...], namespace: str) -> None:
             fail(f"{manifest}: {obj.kind} {obj.metadata.name}: {exc}" if not param or str(exc).startswith(param)
                  else f"{manifest}: {obj.kind} {obj.metadata.name}: {param}: {exc}")
     click.echo(f"# Objects the Hone operator creates for {', '.join(map(str, manifests))} (UIDs are placeholders)")
-    click.echo(yaml.safe_dump_all(objects, sort_keys=False), nl=False)
+    click.echo(yaml.dump_all(objects, Dumper=_ReviewableDumper, sort_keys=False), nl=False)
+
+
+class _ReviewableDumper(yaml.SafeDumper):
+    """Multi-line strings (the trainer config, the server config) as literal blocks, so that a
+    GitOps diff shows the line that changed instead of one long escaped line."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_ReviewableDumper.add_representer(str, _str)
 
 
 def _served_jobs(manifest: Path, msv: Any, jobs: dict[tuple[str | None, str], Any],

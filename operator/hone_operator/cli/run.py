@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -73,27 +74,43 @@ def _validate(manifest: Path, config: Any, price: float) -> None:
         result = run_validation(config, tokenizer)
     except (models.ModelError, TemplateError) as exc:
         fail(f"{manifest}: spec.baseModel.uri: {exc}", 5)
-    print_validation(Path(config.training_data.location), result, price)
+    print_validation(config, result, price)
     if not result.ok:
         sys.exit(4)
 
 
 def _train(config_path: Path, nproc: int, progress_path: Path) -> int:
-    """The trainer under a live progress bar; returns its exit code."""
+    """The trainer under a live progress bar; returns its exit code.
+
+    Until the first step the bar says what the trainer is doing (loading the model,
+    measuring the base model's validation loss); tokens/s is the run's average since
+    its first reported step, which does not swing with one slow interval.
+    """
+    import time
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from hone_operator import local
     from hone_trainer import contract
 
-    columns = [TextColumn("[bold]training[/bold]"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"), TimeRemainingColumn()]
+    columns = [TextColumn("[bold]training[/bold]"), BarColumn(), TextColumn("{task.fields[steps]}"),
+               TextColumn("{task.fields[detail]}"), TimeRemainingColumn()]
+    first: list[tuple[float, int]] = []  # (time, trained tokens) of the first report with a step
     with Progress(*columns) as bar:
-        task = bar.add_task("train", total=None, loss="-", tps="-")
+        task = bar.add_task("train", total=None, steps="",
+                            detail="loading the model, then the base model's validation loss (first step next)")
 
         def show(p: contract.Progress) -> None:
-            bar.update(task, completed=p.step, total=p.total_steps or None,
-                       loss=f"{p.train_loss:.4f}" if p.train_loss is not None else "-",
-                       tps=f"{p.tokens_per_second:,.0f}" if p.tokens_per_second else "-")
+            if not p.total_steps:
+                return
+            now = time.monotonic()
+            if not first:
+                first.append((now, p.trained_tokens))
+            t0, tokens0 = first[0]
+            rate = (p.trained_tokens - tokens0) / (now - t0) if now - t0 > 1 else p.tokens_per_second
+            loss = f"{p.train_loss:.4f}" if p.train_loss is not None else "-"
+            bar.update(task, completed=p.step, total=p.total_steps, steps=f"step {p.step}/{p.total_steps}",
+                       detail=f"loss {loss}  {rate or 0:,.0f} tok/s")
 
         return local.train(config_path, nproc, progress_path, show)
 
@@ -116,3 +133,24 @@ def _report(job_dir: Path, rc: int, price: float) -> None:
                    f"\n  validationLoss: {trained.initial_validation_loss:.4f} before, "
                    f"{trained.validation_loss:.4f} after fine-tuning"
                    if trained.validation_loss is not None and trained.initial_validation_loss is not None else ""))
+    _curves(job_dir, Path(trained.artifact_uri or ""), trained.fine_tuned_model or "")
+
+
+def _curves(job_dir: Path, artifact: Path, model: str) -> None:
+    """The loss curves the published manifest holds: in the terminal, and as loss.png beside result.json."""
+    from hone_operator.cli import curves
+
+    try:
+        losses = json.loads((artifact / "manifest.json").read_text()).get("losses") or {}
+    except (OSError, ValueError):
+        return
+    train, validation = losses.get("trainCurve") or [], losses.get("validationCurve") or []
+    if not train and not validation:
+        return
+    click.echo("Loss curves\n" + curves.terminal_summary(train, validation))
+    try:
+        png = curves.write_png(job_dir / curves.PNG_NAME, train, validation, model)
+    except ImportError:
+        click.echo("  (install matplotlib for a PNG of the curves)")
+        return
+    click.echo(f"  picture: {png.resolve()}")

@@ -89,14 +89,16 @@ def chat(model: str, message: str | None, url: str, api_key: str, system_prompt:
     def ask(text: str) -> bool:
         history.append({"role": "user", "content": text})
         try:
-            answer, usage = stream_chat(url, api_key, model, history, max_tokens, temperature,
-                                        lambda piece: click.echo(piece, nl=False))
+            answer, usage, finish = stream_chat(url, api_key, model, history, max_tokens, temperature,
+                                                lambda piece: click.echo(piece, nl=False))
         except ChatError as exc:
             click.echo(f"hone: error: {exc}", err=True)
             history.pop()
             return False
         history.append({"role": "assistant", "content": answer})
-        click.echo("")
+        click.echo(" [...]" if finish == "length" else "")
+        if finish == "length":
+            click.echo(f"[the answer was cut at --max-tokens {max_tokens}; raise it for a longer one]", err=True)
         if usage:
             click.echo(f"[{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens]", err=True)
         return True

@@ -1,81 +1,138 @@
-"""``hone validate``: the ValidatingFiles step on this machine, and how its result is printed."""
+"""``hone validate``: the ValidatingFiles step on this machine, and how its result is printed.
+
+Given a FineTuneJob manifest it validates exactly what ``hone run`` (and the cluster) will
+train: the manifest's base model, files and hyperparameters, so both print the same
+estimate. Given a JSONL file it takes the model and hyperparameters from its options.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from hone_operator.cli.common import DEFAULT_MODEL, fail, require_runtime
+from hone_operator.cli.common import DEFAULT_MODEL, fail, first_document, parse_manifest, require_runtime
+
+#: Option defaults; with a manifest, an option that differs from these was given and is refused.
+_DEFAULTS = {"validation": None, "model": DEFAULT_MODEL, "epochs": "auto", "batch_size": "auto",
+             "learning_rate_multiplier": "auto", "max_seq_length": 2048}
 
 
 @click.command()
-@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", metavar="DATA.jsonl|FINETUNEJOB.yaml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--validation", type=click.Path(dir_okay=False, path_type=Path), help="Held-out validation JSONL.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="Base model whose tokenizer and chat template count the tokens: a Hugging Face id, "
                    "a local directory, a .gguf file or embedded://smollm2-135m-instruct.")
-@click.option("--epochs", default="auto", show_default=True, help="Epochs for the cost estimate (a number or auto).")
+@click.option("--epochs", default="auto", show_default=True, help="Epochs for the estimate (a number or auto).")
+@click.option("--batch-size", default="auto", show_default=True, help="Batch size (a number or auto).")
+@click.option("--learning-rate-multiplier", default="auto", show_default=True,
+              help="Learning-rate multiplier (a number or auto).")
 @click.option("--max-seq-length", default=2048, show_default=True, help="Longest example, in tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as the operator stores it in status.")
-def validate(data: Path, validation: Path | None, model: str, epochs: str, max_seq_length: int, as_json: bool) -> None:
-    """Check a chat JSONL file and count its tokens, like the ValidatingFiles step.
+def validate(source: Path, as_json: bool, **options: Any) -> None:
+    """Check chat JSONL data and count its tokens, like the ValidatingFiles step.
 
-    Every problem is reported with its line number; token counts use the base
-    model's own tokenizer and chat template, exactly as training does. Exits 4
-    when the data is not trainable.
+    SOURCE is a JSONL file (then the options say which model and hyperparameters to
+    estimate with) or a FineTuneJob manifest (then its spec does, exactly as `hone run`
+    and the operator read it). Every problem is reported with its file and line; token
+    counts use the base model's own tokenizer and chat template, exactly as training
+    does. Exits 4 when the data is not trainable.
     """
-    import json as jsonlib
-
     require_runtime("validate")
-    from hone_trainer import contract, models
+    from hone_trainer import models
     from hone_trainer.training.formatting import TemplateError
     from hone_trainer.training.validate import validate as run_validation
     from hone_operator.reconcile.finetunejob import dataset_status, estimate_status
     from hone_operator.settings import load
 
     settings = load()
-    for path in (data, validation):
-        if path is not None and not path.exists():
-            fail(f"{path}: no such file")
+    if not source.exists():
+        fail(f"{source}: no such file")
+    if source.suffix in (".yaml", ".yml"):
+        given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v != _DEFAULTS[k]]
+        if given:
+            fail(f"{source} is a manifest: its spec sets the model, files and hyperparameters; "
+                 f"drop {', '.join(given)} (or validate the JSONL file itself)")
+        config, param = _manifest_config(source, settings), "spec.baseModel.uri"
+    else:
+        config, param = _jsonl_config(source, settings, **options), "--model"
     try:
-        epochs_value: int | str = "auto" if epochs == "auto" else int(epochs)
+        tokenizer = models.load_tokenizer(models.resolve(config.base_model),
+                                          trust_remote_code=config.base_model.trust_remote_code)
+        result = run_validation(config, tokenizer)
+    except (models.ModelError, TemplateError) as exc:
+        fail(f"{param} {config.base_model.location}: {exc}", 5)
+    if as_json:
+        status = {"dataset": dataset_status(result)}
+        if result.ok:
+            status["estimate"] = estimate_status(result, settings)
+        click.echo(json.dumps(status, indent=2))
+    else:
+        print_validation(config, result, settings.prices.training)
+    sys.exit(0 if result.ok else 4)
+
+
+def _manifest_config(manifest: Path, settings: Any) -> Any:
+    """The trainer config `hone run` would write for this FineTuneJob (inline data into .hone/validate)."""
+    from hone_operator import local
+
+    doc = first_document(manifest, "FineTuneJob")
+    ftj = parse_manifest(manifest, doc, (doc.get("metadata") or {}).get("namespace") or "local", "local")
+    workdir = Path(".hone/validate") / ftj.metadata.namespace / ftj.metadata.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return local.build_config(ftj, manifest, workdir.resolve(), settings)
+    except local.LocalSpecError as exc:
+        fail(f"{manifest}: {exc}")
+
+
+def _auto_or(value: str, option: str, kind: type) -> Any:
+    if value == "auto":
+        return "auto"
+    try:
+        number = kind(value)
     except ValueError:
-        fail(f"--epochs {epochs!r}: give a whole number or auto")
-    config = contract.TrainerConfig(
+        number = 0
+    if number <= 0:
+        fail(f"{option} {value!r}: give a positive {'whole number' if kind is int else 'number'} or auto")
+    return number
+
+
+def _jsonl_config(data: Path, settings: Any, *, validation: Path | None, model: str, epochs: str, batch_size: str,
+                  learning_rate_multiplier: str, max_seq_length: int) -> Any:
+    from hone_trainer import contract
+
+    if validation is not None and not validation.exists():
+        fail(f"{validation}: no such file")
+    return contract.TrainerConfig(
         job=contract.JobIdentity(namespace="local", name="validate", uid="local", fine_tuned_model="local"),
         base_model=contract.ModelSource(location=model if "://" in model or not Path(model).exists()
                                         else str(Path(model).resolve())),
         training_data=contract.DataFile(location=str(data)),
         validation_data=contract.DataFile(location=str(validation)) if validation else None,
-        epochs=epochs_value, max_seq_length=max_seq_length, prices=settings.prices,
+        epochs=_auto_or(epochs, "--epochs", int), batch_size=_auto_or(batch_size, "--batch-size", int),
+        learning_rate_multiplier=_auto_or(learning_rate_multiplier, "--learning-rate-multiplier", float),
+        max_seq_length=max_seq_length, prices=settings.prices,
         output_uri="unused", checkpoint_dir="unused", result_path=None)
-    try:
-        tokenizer = models.load_tokenizer(models.resolve(config.base_model))
-        result = run_validation(config, tokenizer)
-    except (models.ModelError, TemplateError) as exc:
-        fail(f"--model {model}: {exc}", 5)
-    if as_json:
-        status = {"dataset": dataset_status(result)}
-        if result.ok:
-            status["estimate"] = estimate_status(result, settings)
-        click.echo(jsonlib.dumps(status, indent=2))
-    else:
-        print_validation(data, result, settings.prices.training)
-    sys.exit(0 if result.ok else 4)
 
 
-def print_validation(data: Path, result, price: float) -> None:
+def print_validation(config: Any, result: Any, price: float) -> None:
+    """The counts, problems (each with its file and line) and warnings; the estimate only for trainable data."""
     from rich.console import Console
     from rich.table import Table
 
+    files = {"training": config.training_data.location,
+             "validation": config.validation_data.location if config.validation_data else "validation"}
     console = Console(soft_wrap=True)  # long problem messages stay whole lines (grep, logs)
-    table = Table(title=f"{data}", show_header=False, box=None)
+    table = Table(title=files["training"], show_header=False, box=None)
     rows = [("examples", result.examples), ("validation examples", result.validation_examples),
             ("tokens per epoch", result.tokens_per_epoch), ("trained tokens per epoch", result.trained_tokens_per_epoch),
             ("longest example", result.max_example_tokens), ("invalid lines", result.invalid_lines)]
-    if result.hyperparameters:
+    if result.ok and result.hyperparameters:
         hp = result.hyperparameters
         rows += [("epochs / batch size / lr multiplier",
                   f"{hp.epochs} / {hp.batch_size} / {hp.learning_rate_multiplier:g}"),
@@ -87,8 +144,17 @@ def print_validation(data: Path, result, price: float) -> None:
     for kind, n in sorted(result.problem_counts.items()):
         console.print(f"[red]{n} x {kind}[/red]")
     for p in result.problems:
-        where = f"{p.file} line {p.line}" if p.line else p.file
+        where = f"{files[p.file]} line {p.line}" if p.line else files[p.file]
         console.print(f"  [red]{where}[/red]: {p.message}")
     for w in result.warnings:
         console.print(f"  [yellow]warning[/yellow]: {w}")
-    console.print("[green]trainable[/green]" if result.ok else f"[red]not trainable[/red]: {result.summary}")
+    if result.ok:
+        console.print("[green]trainable[/green]")
+    elif result.problems:
+        p = result.problems[0]
+        more = sum(result.problem_counts.values()) - 1
+        where = f"{files[p.file]} line {p.line}" if p.line else files[p.file]
+        console.print(f"[red]not trainable[/red]: {where}: {p.message}"
+                      + (f" (and {more} more problem(s))" if more > 0 else ""))
+    else:
+        console.print(f"[red]not trainable[/red]: {result.summary}")

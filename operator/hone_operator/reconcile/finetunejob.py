@@ -158,7 +158,7 @@ def _admit(body: dict[str, Any], settings: OperatorSettings, status: FineTuneJob
     try:
         ftj = FineTuneJob.model_validate({**body, "status": {}})
     except ValidationError as exc:
-        param, message = spec_error(exc)
+        param, message = spec_error(exc, FineTuneJob)
         status.fail("InvalidSpec", "invalid_spec", f"{message}; fix the FineTuneJob and apply it again", param)
         return None
     namespace = ftj.metadata.namespace or "default"

@@ -65,7 +65,7 @@ def _plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSet
     try:
         msv = ModelServing.model_validate({**body, "status": {}})
     except ValidationError as exc:
-        param, message = spec_error(exc)
+        param, message = spec_error(exc, ModelServing)
         _failed(status, "InvalidSpec", f"{message}; fix the ModelServing and apply it again")
         return
     namespace = msv.metadata.namespace or "default"

@@ -59,6 +59,9 @@ from hone_trainer.contract.config import (  # noqa: F401
     TrainerConfig,
 )
 from hone_trainer.contract.results import (  # noqa: F401
+    MAX_LOSS_POINTS,
+    LossPoint,
+    loss_curve,
     ProblemKind,
     Problem,
     ValidationResult,

@@ -81,6 +81,25 @@ class ValidationResult(CamelModel):
         return "the data is not trainable"
 
 
+#: Points a loss curve keeps in ``status.progress`` and the manifest (evenly spaced over the run).
+MAX_LOSS_POINTS = 100
+
+
+class LossPoint(CamelModel):
+    """One point of a loss curve."""
+
+    step: int = Field(ge=0, description="Optimizer step (0: the base model, before any training).")
+    loss: float = Field(description="Loss at that step.")
+
+
+def loss_curve(points: list[tuple[int, float]], limit: int = MAX_LOSS_POINTS) -> list[LossPoint]:
+    """At most ``limit`` of ``points`` (step, loss), evenly spaced, the first and the last always kept."""
+    if len(points) > limit:
+        keep = sorted({round(i * (len(points) - 1) / (limit - 1)) for i in range(limit)})
+        points = [points[i] for i in keep]
+    return [LossPoint(step=step, loss=round(loss, 6)) for step, loss in points]
+
+
 class Progress(CamelModel):
     """What rank 0 reports while training; lands in ``status.progress``."""
 
@@ -94,6 +113,10 @@ class Progress(CamelModel):
     tokens_per_second: float | None = Field(None, ge=0, description="Training throughput over the last interval.")
     estimated_finish: datetime | None = Field(None, description="When training should finish at the current rate.")
     updated_at: datetime | None = Field(None, description="When this report was written.")
+    train_curve: list[LossPoint] = Field(
+        default_factory=list, description="Training loss per step (at most 100 points, evenly spaced).")
+    validation_curve: list[LossPoint] = Field(
+        default_factory=list, description="Validation loss at each evaluation, from the base model's at step 0.")
 
     @model_validator(mode="after")
     def _percent(self) -> "Progress":

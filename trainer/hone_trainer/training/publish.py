@@ -76,7 +76,8 @@ def sha256_of(location: contract.DataFile | None) -> str | None:
 
 def manifest_info(cfg: contract.TrainerConfig, hp: contract.ResolvedHyperparameters, *, examples: int,
                   validation_examples: int, trained_tokens: int, train_loss: float | None,
-                  val_loss: float | None, steps: int) -> dict[str, Any]:
+                  val_loss: float | None, steps: int, train_curve: list[contract.LossPoint] = (),
+                  validation_curve: list[contract.LossPoint] = ()) -> dict[str, Any]:
     """What the manifest says of a published model besides its files' hashes."""
     return {
         "apiVersion": "hone.dev/v1alpha1", "kind": "HoneModel",
@@ -89,7 +90,9 @@ def manifest_info(cfg: contract.TrainerConfig, hp: contract.ResolvedHyperparamet
         "hyperparameters": hp.to_json_dict(),
         "config": cfg.to_json_dict(),
         "tokens": {"trained": trained_tokens},
-        "losses": {"train": train_loss, "validation": val_loss},
+        "losses": {"train": train_loss, "validation": val_loss,
+                   "trainCurve": [p.to_json_dict() for p in train_curve],
+                   "validationCurve": [p.to_json_dict() for p in validation_curve]},
         "steps": steps,
         "createdAt": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
     }

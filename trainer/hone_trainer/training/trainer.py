@@ -296,11 +296,17 @@ class Trainer:
         train_loss = state.get("train_loss")
         # The base model's validation loss, to show what fine-tuning changed; kept across resumes.
         initial_val = state.get("initial_validation_loss") if step else self.validation_loss()
+        # Loss per step and per evaluation, for the curves; checkpointed, so a resumed run keeps them.
+        self.train_curve = [(int(s), float(v)) for s, v in state.get("train_curve", [])]
+        self.validation_curve = [(int(s), float(v)) for s, v in state.get("validation_curve", [])]
+        if not step and initial_val is not None:
+            self.validation_curve = [(0, initial_val)]
         checkpoints: list[CheckpointInfo] = []
         self.engine.train()
         while step < self.total_steps:
             step_loss_sum, global_label_tokens, billable, stop = self._loss_step(step)
             step += 1
+            self.train_curve.append((step, step_loss_sum / max(global_label_tokens, 1.0)))
             interval_loss += step_loss_sum
             interval_tokens += global_label_tokens
             interval_billable += billable
@@ -314,6 +320,7 @@ class Trainer:
                 train_loss = interval_loss / interval_tokens if interval_tokens else train_loss
             if due_ckpt and self.val_data:
                 val_loss = self.validation_loss()
+                self.validation_curve.append((step, val_loss))
             if due_report and self.reporter:
                 self._report(step, max(now - last_report, 1e-9), interval_steps, interval_billable,
                              train_loss, val_loss, trained_tokens)
@@ -321,7 +328,8 @@ class Trainer:
                 last_report, interval_billable, interval_steps = now, 0, 0
             if due_ckpt:
                 info = self.save(step, {"trained_tokens": trained_tokens, "train_loss": train_loss,
-                                        "validation_loss": val_loss, "initial_validation_loss": initial_val})
+                                        "validation_loss": val_loss, "initial_validation_loss": initial_val,
+                                        "train_curve": self.train_curve, "validation_curve": self.validation_curve})
                 checkpoints = [info]
                 interval_loss = interval_tokens = 0.0
             if stop and not last:
@@ -359,7 +367,9 @@ class Trainer:
                                       epoch=round(step / self.steps_per_epoch, 3), train_loss=train_loss,
                                       validation_loss=val_loss, trained_tokens=trained_tokens,
                                       tokens_per_second=round(interval_billable / elapsed, 1),
-                                      estimated_finish=eta.replace(microsecond=0)))
+                                      estimated_finish=eta.replace(microsecond=0),
+                                      train_curve=contract.loss_curve(self.train_curve),
+                                      validation_curve=contract.loss_curve(self.validation_curve)))
 
     # ---- publishing --------------------------------------------------------------
 
@@ -382,7 +392,9 @@ class Trainer:
             if cfg.merge_weights and cfg.method != "full":
                 self._save_merged(staging)
             info = manifest_info(cfg, self.hp, examples=len(self.train_data), validation_examples=len(self.val_data),
-                                 trained_tokens=trained_tokens, train_loss=train_loss, val_loss=val_loss, steps=step)
+                                 trained_tokens=trained_tokens, train_loss=train_loss, val_loss=val_loss, steps=step,
+                                 train_curve=contract.loss_curve(self.train_curve),
+                                 validation_curve=contract.loss_curve(self.validation_curve))
             manifest_sha = write_manifest(staging, info)
             uri = publish(staging, cfg.output_uri, cfg.output_credentials_dir)
             result = TrainingResult(ok=True, fine_tuned_model=cfg.job.fine_tuned_model, artifact_uri=uri,
