@@ -51,6 +51,7 @@ def show(kube: Kube) -> None:
 
 
 def main() -> int:
+    """The walkthrough, step by step (one function on purpose: it reads top to bottom as the story)."""
     with ApiServerThread() as srv, tempfile.TemporaryDirectory() as tmp:
         print(f"emulated API server at {srv.url} with CRDs from crds/")
         kubeconfig = srv.write_kubeconfig(Path(tmp) / "kubeconfig")

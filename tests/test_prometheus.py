@@ -87,7 +87,10 @@ def _query(url: str, promql: str) -> list[dict[str, Any]]:
 
 def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Path, kubeconfig: Path, kube) -> None:
     """Scrape a running operator and a running built-in server; compare with the `usage` the client saw,
-    and the training tokens and cost with the FineTuneJob's status."""
+    and the training tokens and cost with the FineTuneJob's status.
+
+    One long test on purpose: starting Prometheus, the operator and a server is most of its cost,
+    and every check reads the same scrape."""
     prometheus = tool("prometheus")
     base = tmp_path / "model"
     make_tokenizer(base)

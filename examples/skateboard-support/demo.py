@@ -89,6 +89,7 @@ def quick_copy(target: Path) -> Path:
 
 
 def main() -> int:
+    """The four steps in order (one function on purpose: it reads top to bottom as the demo runs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few examples, one epoch (for tests)")
     parser.add_argument("--workdir", type=Path, default=Path(".hone"),

@@ -14,14 +14,13 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from hone_trainer import contract, models
-from hone_trainer.training import ds_config, packing
+from hone_trainer.training import distributed, ds_config, packing
 from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter, Encoded
 from hone_trainer.training.checkpoints import CheckpointStore, RemoteMirror, tag
 from hone_trainer.contract import CheckpointInfo, Progress, TrainerConfig, TrainingResult
@@ -42,17 +41,6 @@ class Preempted(RuntimeError):
     """SIGTERM: a checkpoint was saved; the pod should go away and come back."""
 
 
-def _launcher_env() -> None:
-    """A single process without torchrun still needs the variables torch.distributed reads."""
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-
-
 class Trainer:
     def __init__(self, config: TrainerConfig):
         self.config = config
@@ -70,26 +58,10 @@ class Trainer:
 
     def _setup_distributed(self) -> None:
         """torch, DeepSpeed and the process group (gloo on CPU, NCCL on GPUs); the seed."""
-        _launcher_env()
-        import torch
-        import torch.distributed as dist
-
-        self.gpu = torch.cuda.is_available()
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.gpu else "cpu")
-        import deepspeed
-        import transformers
-
-        # The shm all-reduce op is only for inference and JIT-compiles for ~20 s on CPU.
-        getattr(deepspeed.ops, "__compatible_ops__", {})["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend="nccl" if self.gpu else "gloo")
-        self.torch, self.dist, self.deepspeed = torch, dist, deepspeed
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if self.gpu:
-            torch.cuda.set_device(self.local_rank)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if self.gpu else torch.device("cpu")
-        self.dtype = torch.bfloat16 if self.gpu else torch.float32
-        transformers.set_seed(self.config.seed)
+        d = distributed.init(self.config.seed)
+        self.torch, self.dist, self.deepspeed = d.torch, d.dist, d.deepspeed
+        self.rank, self.world, self.local_rank = d.rank, d.world, d.local_rank
+        self.gpu, self.device, self.dtype = d.gpu, d.device, d.dtype
         if self.config.method == "qlora" and not self.gpu:
             raise ds_config.DeepSpeedConfigError("method qlora needs GPUs (4-bit kernels); use method lora on CPU")
 

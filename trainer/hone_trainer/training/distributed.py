@@ -1,0 +1,59 @@
+"""One place for distributed setup: the launcher's variables, the process group, devices and the seed.
+
+Under ``torchrun`` the launcher sets RANK, WORLD_SIZE and the rendezvous address; a single
+process with no launcher (``hone run`` on a laptop) gets the same variables for a group of one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Distributed:
+    torch: Any
+    dist: Any
+    deepspeed: Any
+    rank: int
+    world: int
+    local_rank: int
+    gpu: bool
+    device: Any
+    dtype: Any
+
+
+def launcher_env() -> None:
+    """A single process without torchrun still needs the variables torch.distributed reads."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def init(seed: int) -> Distributed:
+    """Join the process group (gloo on CPU, NCCL on GPUs), pick this rank's device, seed everything."""
+    launcher_env()
+    import torch
+    import torch.distributed as dist
+
+    gpu = torch.cuda.is_available()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if gpu else "cpu")
+    import deepspeed
+    import transformers
+
+    # The shm all-reduce op is only for inference and JIT-compiles for ~20 s on CPU.
+    getattr(deepspeed.ops, "__compatible_ops__", {})["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if gpu:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
+    transformers.set_seed(seed)
+    return Distributed(torch, dist, deepspeed, dist.get_rank(), dist.get_world_size(), local_rank, gpu, device,
+                       torch.bfloat16 if gpu else torch.float32)
