@@ -238,8 +238,7 @@ class Controller:
             jobs = {component: self._jobs.get((*key, component)) for component in ftj_build.JOB_COMPONENTS}
         if body is None:
             return
-        phase = (body.get("status") or {}).get("phase")
-        if phase and FineTuneJobPhase(phase).terminal:
+        if FineTuneJobPhase.is_terminal((body.get("status") or {}).get("phase")):
             return
         uid = body["metadata"].get("uid")
         owned = lambda j: j is not None and _owner(j).get("uid") == uid  # noqa: E731
