@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from hone_operator.cli.common import fail, first_document, parse_manifest, require_runtime
-from hone_operator.cli.validate import print_validation
+from hone_operator.cli.validate import print_validation, validate_config
 
 
 @click.command()
@@ -63,17 +63,8 @@ def _parse_job(manifest: Path) -> Any:
 
 def _validate(manifest: Path, config: Any, price: float) -> None:
     """The ValidatingFiles step, printed; exits 4 when the data is not trainable."""
-    from hone_trainer import models
-    from hone_trainer.training.formatting import TemplateError
-    from hone_trainer.training.validate import validate as run_validation
-
     click.echo(f"Validating {config.training_data.location} with the tokenizer of {config.base_model.location}")
-    try:
-        tokenizer = models.load_tokenizer(models.resolve(config.base_model),
-                                          trust_remote_code=config.base_model.trust_remote_code)
-        result = run_validation(config, tokenizer)
-    except (models.ModelError, TemplateError) as exc:
-        fail(f"{manifest}: spec.baseModel.uri: {exc}", 5)
+    result = validate_config(config, f"{manifest}: spec.baseModel.uri")
     print_validation(config, result, price)
     if not result.ok:
         sys.exit(4)

@@ -43,9 +43,6 @@ def validate(source: Path, as_json: bool, **options: Any) -> None:
     does. Exits 4 when the data is not trainable.
     """
     require_runtime("validate")
-    from hone_trainer import models
-    from hone_trainer.training.formatting import TemplateError
-    from hone_trainer.training.validate import validate as run_validation
     from hone_operator.reconcile.finetunejob import dataset_status, estimate_status
     from hone_operator.settings import load
 
@@ -60,12 +57,7 @@ def validate(source: Path, as_json: bool, **options: Any) -> None:
         config, param = _manifest_config(source, settings), "spec.baseModel.uri"
     else:
         config, param = _jsonl_config(source, settings, **options), "--model"
-    try:
-        tokenizer = models.load_tokenizer(models.resolve(config.base_model),
-                                          trust_remote_code=config.base_model.trust_remote_code)
-        result = run_validation(config, tokenizer)
-    except (models.ModelError, TemplateError) as exc:
-        fail(f"{param} {config.base_model.location}: {exc}", 5)
+    result = validate_config(config, f"{param} {config.base_model.location}")
     if as_json:
         status = {"dataset": dataset_status(result)}
         if result.ok:
@@ -74,6 +66,21 @@ def validate(source: Path, as_json: bool, **options: Any) -> None:
     else:
         print_validation(config, result, settings.prices.training)
     sys.exit(0 if result.ok else 4)
+
+
+def validate_config(config: Any, where: str) -> Any:
+    """The ValidatingFiles step for a trainer config, with the base model's own tokenizer; a model
+    that cannot be loaded fails with exit code 5, naming ``where`` it came from."""
+    from hone_trainer import models
+    from hone_trainer.training.formatting import TemplateError
+    from hone_trainer.training.validate import validate as run_validation
+
+    try:
+        tokenizer = models.load_tokenizer(models.resolve(config.base_model),
+                                          trust_remote_code=config.base_model.trust_remote_code)
+        return run_validation(config, tokenizer)
+    except (models.ModelError, TemplateError) as exc:
+        fail(f"{where}: {exc}", 5)
 
 
 def _manifest_config(manifest: Path, settings: Any) -> Any:
