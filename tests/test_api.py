@@ -207,3 +207,21 @@ def test_auto_and_numbers_are_both_accepted() -> None:
         obj = mutate("spec.hyperparameters.learningRateMultiplier", value)
         assert not list(validator("finetunejobs").iter_errors(obj)), value
         FineTuneJob.model_validate({**obj, "metadata": {**obj["metadata"], "namespace": "d"}})
+
+
+@pytest.mark.parametrize("path,value,field", [
+    ("spec.trainingData.uri", "pvc://data/../../../../etc/passwd", "spec.trainingData.uri"),
+    ("spec.output.uri", "pvc://models/../../../tmp", "spec.output.uri"),
+    ("spec.baseModel.uri", "pvc://models/./base", "spec.baseModel.uri"),
+    ("metadata.name", "../../escape", "metadata.name"),
+    ("metadata.namespace", "../x", "metadata.namespace"),
+], ids=["data", "output", "model", "name", "namespace"])
+def test_paths_that_would_leave_their_root_are_refused_naming_the_field(path: str, value: str, field: str) -> None:
+    """A pvc:// path stays inside its claim; names (from which hone run builds paths) are Kubernetes names."""
+    obj = mutate(path, value)
+    obj["metadata"].setdefault("namespace", "default")
+    with pytest.raises(ValidationError) as info:
+        FineTuneJob.model_validate(obj)
+    param, message = spec_error(info.value, FineTuneJob)
+    assert param == field and value in message, message
+    assert "pvc://" in message or "Kubernetes" in message

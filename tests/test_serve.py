@@ -152,6 +152,23 @@ def test_interleaved_requests_for_different_adapters_never_mix(client, served) -
     assert not wrong
 
 
+def test_a_near_zero_temperature_is_greedy_and_hurts_no_other_request(client, served) -> None:
+    """temperature 1e-300 (and top_p 1e-300) once made the batch's sampling NaN: every request in it got a 500."""
+    refs = served["refs"]
+    jobs = [("wheels", 0, 1e-300, 1.0), ("wheels", 0, 1.0, 1e-300), ("tiny-base", 1, 0.0, 1.0),
+            ("ft:tiny:local:returns:returns", 0, 1e-45, 1.0)] * 3
+
+    def ask(job: tuple[str, int, float, float]) -> tuple[tuple[str, int], str]:
+        model, i, temperature, top_p = job
+        resp = client.chat.completions.create(model=model, messages=PROMPTS[i], max_tokens=MAX_TOKENS,
+                                              temperature=temperature, top_p=top_p, seed=7)
+        return (model, i), resp.choices[0].message.content
+
+    with ThreadPoolExecutor(6) as pool:  # together, so they share batches
+        answers = list(pool.map(ask, jobs))
+    assert [text for _, text in answers] == [refs[key] for key, _ in answers]  # all greedy, none failed
+
+
 def _token_counters(server: ServerProcess) -> Counter:
     out: Counter = Counter()
     for (name, labels), value in server.metrics().items():

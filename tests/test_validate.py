@@ -63,7 +63,23 @@ DEFECTS: list[tuple[bytes, str, str]] = [
     (b"\xff\xfe\x00binary junk\x9c", "invalid_encoding", "not UTF-8"),
     ("café".encode("latin-1"), "invalid_encoding", "save the file as UTF-8"),
     (b"[" * 100_000 + b"]" * 100_000, "invalid_json", "invalid JSON"),
+    # Valid JSON, but no UTF-8 text: it crashed the validator (a traceback, exit 1) before.
+    (b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\\ud800b"}]}',
+     "invalid_content", "messages[1].content has an unpaired surrogate escape (\\ud800) at character 2"),
 ]
+
+
+def test_lines_are_split_at_every_newline_and_across_blocks() -> None:
+    """Many short lines in one block, and lines that straddle the reader's 1 MiB blocks."""
+    import io
+
+    from hone_trainer.training.data import iter_lines
+
+    lines = [b"{}" * (i % 7) for i in range(200_000)] + [b"y" * 1_500_000, b"z"]
+    data = b"\n".join(lines)
+    assert [raw for _, raw in iter_lines(io.BytesIO(data))] == lines
+    assert [(n, raw) for n, raw in iter_lines(io.BytesIO(b"a\n" + b"x" * 5000 + b"\nb"), max_bytes=4096)] == [
+        (1, b"a"), (2, None), (3, b"b")]
 
 
 def test_every_defect_is_reported_with_its_line() -> None:

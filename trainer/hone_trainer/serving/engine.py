@@ -271,7 +271,11 @@ class Engine:
             p = seq.params
             if p.temperature <= 0:
                 continue
-            probs = torch.softmax(logits[i] / p.temperature, dim=-1)
+            # Shifted so that the largest logit is 0 before dividing: however small the temperature
+            # (1e-300 included), nothing overflows to inf, the top token keeps probability > 0, and
+            # the distribution tends to greedy instead of turning into NaN for the whole batch.
+            row = logits[i].double()
+            probs = torch.softmax((row - row.max()) / p.temperature, dim=-1)
             if p.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
                 cut = sorted_probs.cumsum(0) - sorted_probs >= p.top_p  # keep the smallest set reaching top_p

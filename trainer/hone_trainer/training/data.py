@@ -85,20 +85,17 @@ def iter_lines(fp: IO[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple
         block = fp.read(1 << 20)
         if not block:
             break
-        buf += block
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                if len(buf) > max_bytes:
-                    too_long, buf = True, b""
-                break
+        buf += block  # only the unfinished tail of the previous block is carried over
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
             number += 1
-            line, buf = buf[:nl], buf[nl + 1:]
-            if too_long or len(line) > max_bytes:
-                yield number, None
-            else:
-                yield number, line
+            line = buf[start:nl]
+            yield number, None if too_long or len(line) > max_bytes else line
             too_long = False
+            start = nl + 1
+        buf = buf[start:]  # one copy per block, not one per line: linear in the file's size
+        if len(buf) > max_bytes:
+            too_long, buf = True, b""
     if buf or too_long:
         number += 1
         yield number, None if too_long or len(buf) > max_bytes else buf
@@ -141,6 +138,13 @@ def parse_example(obj: Any, line: int, result: ReadResult) -> Example | None:
             return None
         if not content.strip():
             result.problem(ProblemKind.EMPTY_CONTENT, f"{where}.content ({role}) is empty", line)
+            return None
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON allows "\ud800" alone; no tokenizer or UTF-8 file does
+            result.problem(ProblemKind.INVALID_CONTENT,
+                           f"{where}.content has an unpaired surrogate escape (\\u{ord(content[exc.start]):04x}) "
+                           f"at character {exc.start + 1}; write the character itself or remove it", line)
             return None
         weight = m.get("weight", 1)
         if "weight" in m and (role != "assistant" or weight not in (0, 1) or isinstance(weight, bool)):

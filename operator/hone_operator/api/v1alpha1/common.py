@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    field_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -170,11 +171,16 @@ def check_uri(uri: str, allowed: tuple[str, ...], what: str) -> str:
             + ", ".join(f"{s}://" for s in allowed)
         )
     if scheme == "pvc":
-        claim, _ = parse_pvc_uri(uri)
+        claim, path = parse_pvc_uri(uri)
         if not re.match(_DNS_SUBDOMAIN, claim):
             raise ValueError(
                 f"{what} {uri!r}: the PersistentVolumeClaim name {claim!r} is not valid; "
                 "write pvc://<claim-in-this-namespace>/<path>"
+            )
+        if any(part in (".", "..") for part in path.split("/")):
+            raise ValueError(
+                f"{what} {uri!r}: '.' and '..' are not allowed in a pvc:// path, which must stay inside "
+                f"its claim; write the path from the claim's root: pvc://{claim}/<path>"
             )
     if scheme == "hf" and "://" not in uri and not re.match(r"^[\w.-]+(/[\w.-]+)?$", uri):
         raise ValueError(f"{what} {uri!r} is neither a URI nor a Hugging Face id like org/name")
@@ -209,3 +215,15 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] | None = None
     creationTimestamp: datetime | None = None
     deletionTimestamp: datetime | None = None
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _kubernetes_name(cls, value: str | None, info: Any) -> str | None:
+        """Kubernetes' own rule for names; it is also what keeps `hone run`'s paths (which are built
+        from namespace and name) inside their root."""
+        pattern, limit = (_DNS_SUBDOMAIN, 253) if info.field_name == "name" else (_DNS_LABEL, 63)
+        if value is not None and (len(value) > limit or not re.match(pattern, value)):
+            raise ValueError(f"{value!r} is not a valid Kubernetes {info.field_name}: use at most {limit} "
+                             "lowercase letters, digits and '-'" + (" or '.'" if info.field_name == "name" else "")
+                             + ", starting and ending with a letter or digit")
+        return value
