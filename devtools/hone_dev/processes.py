@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from hone_dev.cluster import wait_for
+
 
 def _stat(pid: int) -> list[str] | None:
     try:
@@ -75,8 +77,7 @@ def run_in_slices(pids: list[int], until: Callable[[], bool], slice_seconds: flo
         resume(pids)
         time.sleep(slice_seconds)
         stop(pids)
-        while not all(stopped(p) for p in pids):
-            time.sleep(0.001)
+        wait_for(lambda: all(stopped(p) for p in pids), timeout=30, interval=0.001, what=f"{pids} stopped")
 
 
 def resume(pids: list[int]) -> None:

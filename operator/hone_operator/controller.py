@@ -78,9 +78,8 @@ class Controller:
         if event_type == "DELETED":
             with self._lock:
                 self._ftjs.forget(key)
-                for job_key in self._jobs:
-                    if job_key[:2] == key:
-                        self._jobs.forget(job_key)
+                for component in ftj_build.JOB_COMPONENTS:
+                    self._jobs.forget((*key, component))
             self.metrics.jobs.forget(meta.get("uid", ""))
             self._enqueue_servings_of(key)
             return
@@ -128,7 +127,7 @@ class Controller:
         meta = obj.get("metadata") or {}
         owner = _owner(obj).get("name")
         component = (meta.get("labels") or {}).get(COMPONENT_LABEL)
-        if owner is None or component is None:
+        if owner is None or component not in ftj_build.JOB_COMPONENTS:  # only the Jobs Hone creates
             return
         key = (meta.get("namespace"), owner)
         if event_type == "DELETED":

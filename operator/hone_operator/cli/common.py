@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -59,10 +61,29 @@ def parse_manifest(manifest: Path, doc: dict, namespace: str, uid: str | None = 
         fail(f"{manifest}: {doc['kind']} {meta.get('name')}: {spec_error(exc, model)[1]}")
 
 
-def require_runtime(command: str) -> None:
-    """Fail with the install line when the runtime extra (torch, transformers) is missing."""
+def require_runtime(command: str, module: str) -> None:
+    """Fail with the install line when the runtime extra that ``module`` (what the command runs) needs is missing."""
     try:
-        importlib.import_module("hone_trainer.training.validate")
-        importlib.import_module("hone_trainer.serving.loading")
+        importlib.import_module(module)
     except ImportError as exc:
         fail(f"`hone {command}` needs the runtime extra (pip install 'hone[runtime]'): {exc}")
+
+
+def local_job(manifest: Path) -> Any:
+    """The manifest's FineTuneJob as local mode runs it, with a stable uid: the same manifest resumes
+    the same job and keeps its model name."""
+    doc = first_document(manifest, "FineTuneJob")
+    namespace = (doc.get("metadata") or {}).get("namespace") or "local"
+    key = f"{namespace}/{(doc.get('metadata') or {}).get('name')}"
+    return parse_manifest(manifest, doc, namespace, str(uuid.UUID(hashlib.sha256(key.encode()).hexdigest()[:32])))
+
+
+def local_config(ftj: Any, manifest: Path, job_dir: Path, settings: Any) -> Any:
+    """The trainer config local mode writes for ``ftj`` (inline data goes into ``job_dir``)."""
+    from hone_operator import local
+
+    job_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return local.build_config(ftj, manifest, job_dir.resolve(), settings)
+    except local.LocalSpecError as exc:
+        fail(f"{manifest}: {exc}")

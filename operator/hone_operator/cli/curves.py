@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hone_trainer.contract import evenly_spaced
+
 _BLOCKS = "▁▂▃▄▅▆▇█"
 PNG_NAME = "loss.png"
 PNG_KEY = "hone:losses"
@@ -20,8 +22,7 @@ def sparkline(values: list[float], width: int = 48) -> str:
     """The values as block characters, at most ``width`` of them (evenly chosen), low to high."""
     if not values:
         return ""
-    if len(values) > width:
-        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    values = evenly_spaced(values, width)
     low, high = min(values), max(values)
     span = (high - low) or 1.0
     return "".join(_BLOCKS[min(len(_BLOCKS) - 1, int((v - low) / span * len(_BLOCKS)))] for v in values)

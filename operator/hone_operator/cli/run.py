@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import click
 
-from hone_operator.cli.common import fail, first_document, parse_manifest, require_runtime
+from hone_operator.cli.common import fail, local_config, local_job, require_runtime
 from hone_operator.cli.validate import print_validation, validate_config
 
 
@@ -31,15 +29,11 @@ def run(manifest: Path, workdir: Path) -> None:
     from hone_operator import local
     from hone_operator.settings import load
 
-    require_runtime("run")
-    ftj = _parse_job(manifest)
+    require_runtime("run", "hone_trainer.training.validate")
+    ftj = local_job(manifest)
     settings = load()
     job_dir = workdir / ftj.metadata.namespace / ftj.metadata.name
-    job_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        config = local.build_config(ftj, manifest, job_dir.resolve(), settings)
-    except local.LocalSpecError as exc:
-        fail(f"{manifest}: {exc}")
+    config = local_config(ftj, manifest, job_dir, settings)
     config_path = job_dir / "config.json"
     config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
     (job_dir / "result.json").unlink(missing_ok=True)
@@ -50,15 +44,6 @@ def run(manifest: Path, workdir: Path) -> None:
         click.echo("Interrupted: a checkpoint was saved. Run the same command again to resume.", err=True)
         sys.exit(130)
     _report(job_dir, rc, settings.prices.training)
-
-
-def _parse_job(manifest: Path) -> Any:
-    """The manifest's FineTuneJob, with a stable uid: the same manifest resumes the same job and keeps
-    its model name."""
-    doc = first_document(manifest, "FineTuneJob")
-    namespace = (doc.get("metadata") or {}).get("namespace") or "local"
-    key = f"{namespace}/{(doc.get('metadata') or {}).get('name')}"
-    return parse_manifest(manifest, doc, namespace, str(uuid.UUID(hashlib.sha256(key.encode()).hexdigest()[:32])))
 
 
 def _validate(manifest: Path, config: Any, price: float) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hone_operator.cli.common import fail, first_document, parse_manifest, require_runtime
+from hone_operator.cli.common import fail, first_document, local_job, parse_manifest, require_runtime
 
 
 @click.command()
@@ -35,11 +35,11 @@ def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int
 
     if (manifest is None) == (job_manifest is None):
         fail("give a ModelServing manifest or --job JOB.yaml (one of them)")
-    require_runtime("serve")
+    require_runtime("serve", "hone_trainer.serving.loading")
     from hone_trainer.serving import loading
     from hone_trainer.serving.app import serve as run_server
     if job_manifest is not None:
-        job = parse_manifest(job_manifest, first_document(job_manifest, "FineTuneJob"), "local")
+        job = local_job(job_manifest)
         msv = ModelServing.model_validate({"metadata": {"name": job.metadata.name, "namespace": job.metadata.namespace},
                                            "spec": {"fineTuneJobRef": {"name": job.metadata.name}}})
         source = job_manifest

@@ -14,12 +14,7 @@ from typing import Any
 
 import click
 
-from hone_operator.cli.common import DEFAULT_MODEL, fail, first_document, parse_manifest, require_runtime
-
-#: Option defaults; with a manifest, an option that differs from these was given and is refused.
-_DEFAULTS = {"validation": None, "model": DEFAULT_MODEL, "epochs": "auto", "batch_size": "auto",
-             "learning_rate_multiplier": "auto", "max_seq_length": 2048}
-
+from hone_operator.cli.common import DEFAULT_MODEL, fail, local_config, local_job, require_runtime
 
 @click.command()
 @click.argument("source", metavar="DATA.jsonl|FINETUNEJOB.yaml", type=click.Path(dir_okay=False, path_type=Path))
@@ -42,7 +37,7 @@ def validate(source: Path, as_json: bool, **options: Any) -> None:
     counts use the base model's own tokenizer and chat template, exactly as training
     does. Exits 4 when the data is not trainable.
     """
-    require_runtime("validate")
+    require_runtime("validate", "hone_trainer.training.validate")
     from hone_operator.reconcile.finetunejob import dataset_status, estimate_status
     from hone_operator.settings import load
 
@@ -50,7 +45,9 @@ def validate(source: Path, as_json: bool, **options: Any) -> None:
     if not source.exists():
         fail(f"{source}: no such file")
     if source.suffix in (".yaml", ".yml"):
-        given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v != _DEFAULTS[k]]
+        ctx = click.get_current_context()
+        given = [f"--{k.replace('_', '-')}" for k in options
+                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT]
         if given:
             fail(f"{source} is a manifest: its spec sets the model, files and hyperparameters; "
                  f"drop {', '.join(given)} (or validate the JSONL file itself)")
@@ -85,16 +82,9 @@ def validate_config(config: Any, where: str) -> Any:
 
 def _manifest_config(manifest: Path, settings: Any) -> Any:
     """The trainer config `hone run` would write for this FineTuneJob (inline data into .hone/validate)."""
-    from hone_operator import local
-
-    doc = first_document(manifest, "FineTuneJob")
-    ftj = parse_manifest(manifest, doc, (doc.get("metadata") or {}).get("namespace") or "local", "local")
-    workdir = Path(".hone/validate") / ftj.metadata.namespace / ftj.metadata.name
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        return local.build_config(ftj, manifest, workdir.resolve(), settings)
-    except local.LocalSpecError as exc:
-        fail(f"{manifest}: {exc}")
+    ftj = local_job(manifest)
+    return local_config(ftj, manifest, Path(".hone/validate") / ftj.metadata.namespace / ftj.metadata.name,
+                        settings)
 
 
 def _auto_or(value: str, option: str, kind: type) -> Any:

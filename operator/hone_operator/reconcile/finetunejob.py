@@ -74,7 +74,7 @@ class FineTuneJobStatusBuilder(StatusBuilder):
     """The FineTuneJob's status: a final phase stamps completionTime; failures carry OpenAI's error."""
 
     def __init__(self, current: dict[str, Any], generation: int | None, timestamp: str):
-        super().__init__(current, FineTuneJobStatus, FineTuneJobStatus.operator_keys(), generation, timestamp)
+        super().__init__(current, FineTuneJobStatus, generation, timestamp)
 
     def set_phase(self, phase: Phase, message: str, warning: bool = False) -> None:  # type: ignore[override]
         super().set_phase(phase, message, warning)

@@ -51,8 +51,7 @@ def plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSett
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return ServingPlan()
-    status = StatusBuilder(body.get("status") or {}, ModelServingStatus, ModelServingStatus.keys(),
-                           meta.get("generation"), ts)
+    status = StatusBuilder(body.get("status") or {}, ModelServingStatus, meta.get("generation"), ts)
     result = ServingPlan()
     _plan(body, observed, settings, status, result)
     result.status = status.patch()

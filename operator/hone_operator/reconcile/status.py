@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 from hone_operator.api.v1alpha1 import StatusModel
 
@@ -97,11 +97,10 @@ class StatusBuilder:
     Event (reason: the phase).
     """
 
-    def __init__(self, current: dict[str, Any], model: type[StatusModel], owned: Iterable[str],
-                 generation: int | None, timestamp: str):
+    def __init__(self, current: dict[str, Any], model: type[StatusModel], generation: int | None, timestamp: str):
         self.current = current
         self.model = model
-        self.desired = {k: current[k] for k in owned if k in current}
+        self.desired = {k: current[k] for k in model.operator_keys() if k in current}
         self.generation = generation
         self.ts = timestamp
         self.desired["observedGeneration"] = generation
@@ -122,9 +121,10 @@ class StatusBuilder:
         self.desired["phase"] = phase.value
 
     def patch(self) -> dict[str, Any] | None:
-        """The changed keys; a key the status type (and so the CRD's schema) does not define is a bug."""
+        """The changed keys; a key the status type (and so the CRD's schema) does not define, or one
+        the operator does not own, is a bug."""
         changed = {k: v for k, v in self.desired.items() if self.current.get(k) != v}
-        unknown = set(changed) - set(self.model.keys())
+        unknown = set(changed) - set(self.model.operator_keys())
         if unknown:
             raise ValueError(f"{self.model.__name__} has no field(s) {sorted(unknown)}")
         return changed or None

@@ -61,6 +61,7 @@ from hone_trainer.contract.config import (  # noqa: F401
 from hone_trainer.contract.results import (  # noqa: F401
     MAX_LOSS_POINTS,
     LossPoint,
+    evenly_spaced,
     loss_curve,
     ProblemKind,
     Problem,

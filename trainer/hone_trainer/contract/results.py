@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -92,12 +92,20 @@ class LossPoint(CamelModel):
     loss: float = Field(description="Loss at that step.")
 
 
+T = TypeVar("T")
+
+
+def evenly_spaced(items: list[T], limit: int) -> list[T]:
+    """At most ``limit`` of ``items``, evenly spaced, the first and the last always kept."""
+    if len(items) <= limit:
+        return items
+    keep = sorted({round(i * (len(items) - 1) / (limit - 1)) for i in range(limit)})
+    return [items[i] for i in keep]
+
+
 def loss_curve(points: list[tuple[int, float]], limit: int = MAX_LOSS_POINTS) -> list[LossPoint]:
     """At most ``limit`` of ``points`` (step, loss), evenly spaced, the first and the last always kept."""
-    if len(points) > limit:
-        keep = sorted({round(i * (len(points) - 1) / (limit - 1)) for i in range(limit)})
-        points = [points[i] for i in keep]
-    return [LossPoint(step=step, loss=round(loss, 6)) for step, loss in points]
+    return [LossPoint(step=step, loss=round(loss, 6)) for step, loss in evenly_spaced(points, limit)]
 
 
 class Progress(CamelModel):

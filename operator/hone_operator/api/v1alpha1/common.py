@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -42,10 +42,18 @@ class StatusModel(BaseModel):
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         return {k: v for k, v in data.items() if v not in ([], {})}
 
+    #: Keys written by someone other than the operator, which it never overwrites.
+    NOT_OPERATOR_OWNED: ClassVar[frozenset[str]] = frozenset()
+
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         """Every status key this type defines, as written in the object."""
         return tuple(f.alias or name for name, f in cls.model_fields.items())
+
+    @classmethod
+    def operator_keys(cls) -> tuple[str, ...]:
+        """The keys the operator owns: its status patches read, write and diff only these."""
+        return tuple(k for k in cls.keys() if k not in cls.NOT_OPERATOR_OWNED)
 
 
 # --------------------------------------------------------------------------

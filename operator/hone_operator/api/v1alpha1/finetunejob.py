@@ -360,11 +360,7 @@ class FineTuneJobStatus(StatusModel):
 
     #: Written by the trainer (rank 0, with its own token and Role) while it runs; the operator
     #: never overwrites it. Every other key is the operator's.
-    TRAINER_OWNED: ClassVar[frozenset[str]] = frozenset({"progress"})
-
-    @classmethod
-    def operator_keys(cls) -> tuple[str, ...]:
-        return tuple(k for k in cls.keys() if k not in cls.TRAINER_OWNED)
+    NOT_OPERATOR_OWNED: ClassVar[frozenset[str]] = frozenset({"progress"})
 
 
 class FineTuneJob(BaseModel):
