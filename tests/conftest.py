@@ -39,8 +39,8 @@ def kube(kubeconfig: Path) -> Kube:
 
 
 @pytest.fixture
-def operator(kubeconfig: Path, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig, tmp_path / "operator.log").start()
+def operator(kubeconfig: Path, apiserver: ApiServerThread, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(kubeconfig, tmp_path / "operator.log", apiserver=apiserver).start()
     try:
         yield proc
     finally:

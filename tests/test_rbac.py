@@ -49,7 +49,9 @@ def _allowed(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 def test_chart_rbac_is_exactly_what_the_operator_uses(kube: Kube, kubeconfig: Path, apiserver: ApiServerThread,
                                                      tmp_path: Path, mode: str) -> None:
     env = {"HONE_WATCH_NAMESPACES": json.dumps([NS, "team-b"])} if mode == "namespaced" else {}
-    operator = OperatorProcess(kubeconfig, tmp_path / "operator.log", env).start()
+    for ns in (NS, "team-b"):  # an admin makes the namespaces before installing the operator into them
+        apiserver.call(lambda server: server.make_namespace(ns))
+    operator = OperatorProcess(kubeconfig, tmp_path / "operator.log", env, apiserver).start()
     try:
         _lifecycle(kube)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import secrets
 import signal
@@ -41,10 +42,13 @@ def free_port() -> int:
 class OperatorProcess:
     """``python -m hone_operator`` against a kubeconfig, as a separate process."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None,
+                 apiserver: Any = None):
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_env = env or {}
+        #: With the emulated API server, start() also waits for kopf's watches (see watching()).
+        self.apiserver = apiserver
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -60,11 +64,31 @@ class OperatorProcess:
             **self.extra_env,
         }
         log = open(self.log_path, "ab")
+        since = self.apiserver.call(lambda server: len(server.audit)) if self.apiserver else 0
         self.proc = subprocess.Popen([sys.executable, "-m", "hone_operator"], env=env, stdout=log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
         if wait:
             wait_for(self._ready, timeout=60, interval=0.1, what=f"operator metrics (log: {self.log_path})")
+            if self.apiserver is not None:
+                wait_for(lambda: self.watching(since), timeout=60, interval=0.1,
+                         what=f"kopf watching FineTuneJobs and ModelServings (log: {self.log_path})")
         return self
+
+    def watching(self, since: int = 0) -> bool:
+        """Whether kopf has opened its watches on both kinds in every namespace it serves.
+
+        The positive signal that the operator will see what a test creates next: metrics are
+        served before kopf has discovered its resources and namespaces.
+        """
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        namespaces = json.loads(self.extra_env.get("HONE_WATCH_NAMESPACES", "null")) or [None]
+
+        def seen(server: Any) -> set[tuple[str, str | None]]:
+            return {(a.resource, a.namespace) for a in server.audit[since:]
+                    if a.verb == "watch" and "kopf" in a.user_agent.lower()}
+        opened = self.apiserver.call(seen)
+        return all((plural, ns) in opened for plural in ("finetunejobs", "modelservings") for ns in namespaces)
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -1,41 +1,54 @@
-"""An emulated Kubernetes API server for Hone's tests and benchmarks.
+"""An emulated Kubernetes API server (v1.32) for Hone's tests, benchmarks and ``hone dev-cluster``.
 
-Modules: ``kinds`` (the resources it serves, the audit log, errors), ``schema`` (CRD
-schemas as JSON Schema, pruning), ``selection`` (label and field selectors), ``routes`` (URL paths, merge patch),
-``writes`` (create, update, patch, delete, garbage collection), ``server`` (routing,
-storage, watches) and ``thread`` (running it on loopback, the kubeconfig).
+The real ``kubectl`` (1.32), the Kubernetes Python client and kopf drive it unmodified.
+Modules: ``kinds`` (the resources it serves, the audit log, errors), ``discovery`` (``/version``,
+legacy and aggregated discovery), ``openapi`` (``/openapi/v3``), ``protobuf`` (request bodies
+from kubectl's typed commands), ``tables`` (server-side Tables), ``schema`` (CRD schemas as JSON
+Schema, pruning, kube-apiserver's messages), ``strategic`` (strategic merge patch), ``selection``
+(label and field selectors), ``routes`` (URL paths, merge patch), ``writes`` (create, update,
+patch, delete, garbage collection), ``server`` (routing, storage, watches, dry runs) and
+``thread`` (running it on loopback, the kubeconfig).
 
-Not implemented: etcd or any persistence, admission webhooks, authentication and
-RBAC (every request is allowed), protobuf, server-side apply, OpenAPI documents,
-aggregated discovery and server-side Table output; those are the cluster-path issue's.
+Implemented, as kube-apiserver does it for the requests these clients make:
 
-Built on kmock's :class:`~kmock.KubernetesEmulator` (HTTP server, discovery
-endpoints, Kubernetes-style error bodies), it adds what stock kmock 0.8 lacks
-and a real API server does:
-
-* CRDs from ``crds/`` served as resources, with the CRD's OpenAPI schema
-  applied: unknown fields pruned (or rejected with ``fieldValidation=Strict``)
-  and invalid objects refused with 422 naming the field;
-* ``uid``, ``resourceVersion`` (a global counter), ``generation`` (bumped on
-  spec changes only), ``creationTimestamp``, ``generateName``;
-* 409 on a create of an existing name and on a write with a stale
-  ``resourceVersion``; PUT; JSON, merge and strategic-merge PATCH;
-* the status subresource kept apart: writes to the main resource leave status
-  alone, writes to ``/status`` change nothing else; the scale subresource;
-* Namespaces, created on first use of a namespace (as if an admin had made
-  them; kopf's namespaced mode watches Namespace objects);
+* ``/version`` inside kubectl 1.32's skew; ``/api``, ``/apis`` and per-group-version discovery,
+  legacy and aggregated (``apidiscovery.k8s.io/v2``), subresources listed only as subresources;
+  short names and categories (``kubectl get hone``);
+* ``/openapi/v3``: the official 1.32 definitions of the built-in kinds (from the
+  ``kubernetes-validate`` package) and the installed CRDs' schemas, rebuilt when a CRD changes,
+  with the PATCH operations kubectl looks for (so ``kubectl apply`` validates on the server and
+  ``kubectl explain`` prints the CRD's field docs);
+* protobuf request bodies (``k8s\x00`` + ``runtime.Unknown``) for the built-in kinds typed
+  kubectl commands send; answers are JSON, which every client accepts;
+* CRDs created through the API (``kubectl apply -f crds/``, helm) are served at once and
+  report ``Established``; deleting one deletes its objects;
+* the CRD's OpenAPI schema applied to custom resources: unknown fields pruned, or refused with
+  kube-apiserver's ``strict decoding error`` under ``fieldValidation=Strict`` (kubectl's
+  default), invalid objects refused with 422 and a cause naming each field;
+* ``uid``, ``resourceVersion`` (a global counter), ``generation`` (bumped on spec changes only),
+  ``creationTimestamp``, ``generateName``;
+* 409 on a create of an existing name and on a write with a stale ``resourceVersion``; PUT;
+  JSON patch, JSON merge patch, and strategic merge patch for built-in kinds (merge keys and
+  directives from the official definitions; 415 for custom resources, as the real server);
+* client-side ``kubectl apply`` (the ``last-applied-configuration`` three-way merge), ``diff``
+  and ``--dry-run=server`` (``dryRun=All``: every check, nothing stored, no event);
+* server-side Tables: the CRDs' printer columns, the usual columns of a few built-in kinds;
+* the status subresource kept apart: writes to the main resource leave status alone, writes
+  to ``/status`` change nothing else; the scale subresource (``kubectl scale msv``);
+* Namespaces, created on first use of a namespace (as if an admin had made them);
 * finalizers and ``deletionTimestamp``; garbage collection of dependents by
   ``ownerReferences`` (cascading, unless ``propagationPolicy=Orphan``);
 * label and field selectors on list and watch; watches that resume from a
-  ``resourceVersion`` (410 Gone when it is too old) and honour
-  ``timeoutSeconds``;
-* constant-time reads (kmock's own store replays every object's history on
-  each read and slows to a crawl after a few hundred requests);
-* an audit log of every resource request (verb, resource, namespace, name),
-  used to count API writes and to derive the RBAC the operator really needs.
+  ``resourceVersion`` (410 Gone when it is too old) and honour ``timeoutSeconds``;
+* constant-time reads; an audit log of every resource request (verb, resource, namespace,
+  name), used to count API writes and to derive the RBAC the operator really needs.
 
-Nothing here runs controllers: tests play the Job controller by creating pods
-and patching Job status, as a real cluster's controllers would.
+Not implemented (yet: the cluster-path issue tracks them): authentication and RBAC (every
+request is allowed; ``kubectl auth can-i`` finds no SelfSubjectAccessReview), server-side apply
+and ``managedFields``, CEL validation rules, helm install. Never: etcd or any persistence,
+admission webhooks, API aggregation, protobuf responses, OpenAPI v2 (kubectl 1.32 uses v3).
+Nothing here runs controllers: tests play the Job controller by creating pods and patching Job
+status, as a real cluster's controllers would.
 """
 
 from hone_dev.apiserver.schema import error_field, prune, to_jsonschema  # noqa: F401

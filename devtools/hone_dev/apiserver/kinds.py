@@ -22,10 +22,20 @@ class Kind:
     schema: dict[str, Any] | None = None
     validator: Any = None
     short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    #: Verbs discovery lists (None: the usual eight).
+    verbs: tuple[str, ...] | None = None
+    #: additionalPrinterColumns of a CRD version (the columns of server-side Tables).
+    columns: tuple[dict[str, Any], ...] = ()
 
     @property
     def gvr(self) -> GVR:
         return (self.group, self.version, self.plural)
+
+    @property
+    def qualified(self) -> str:
+        """``finetunejobs.hone.dev``, or ``namespaces`` for the core group (as API errors name resources)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
 
     @property
     def api_version(self) -> str:
@@ -33,25 +43,26 @@ class Kind:
 
 
 BUILTINS = [
-    Kind("", "v1", "namespaces", "Namespace", namespaced=False, status=True),
-    Kind("", "v1", "configmaps", "ConfigMap"),
+    Kind("", "v1", "namespaces", "Namespace", namespaced=False, status=True, short_names=("ns",)),
+    Kind("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     Kind("", "v1", "secrets", "Secret"),
-    Kind("", "v1", "serviceaccounts", "ServiceAccount"),
-    Kind("", "v1", "services", "Service", status=True),
-    Kind("", "v1", "pods", "Pod", status=True),
+    Kind("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
+    Kind("", "v1", "services", "Service", status=True, short_names=("svc",), categories=("all",)),
+    Kind("", "v1", "pods", "Pod", status=True, short_names=("po",), categories=("all",)),
     Kind("", "v1", "events", "Event"),
-    Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", status=True),
-    Kind("batch", "v1", "jobs", "Job", status=True),
-    Kind("apps", "v1", "deployments", "Deployment", status=True,
+    Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", status=True, short_names=("pvc",)),
+    Kind("batch", "v1", "jobs", "Job", status=True, categories=("all",)),
+    Kind("apps", "v1", "deployments", "Deployment", status=True, short_names=("deploy",), categories=("all",),
          scale={"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}),
-    Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", status=True),
+    Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", status=True,
+         short_names=("hpa",), categories=("all",)),
     Kind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
     Kind("events.k8s.io", "v1", "events", "Event"),
     Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False,
-         status=True),
+         status=True, short_names=("crd", "crds")),
 ]
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})

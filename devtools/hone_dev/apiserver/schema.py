@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -31,6 +32,47 @@ def error_field(err: jsonschema.ValidationError) -> str:
         if missing:
             path = f"{path}.{missing.group(1)}" if path else missing.group(1)
     return path
+
+
+def _quoted(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+#: JSON Schema type -> the word kube-apiserver uses.
+_TYPES = {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean", "object": "object",
+          "array": "array"}
+
+
+def error_message(err: jsonschema.ValidationError) -> tuple[str, str]:
+    """(reason, message) for one schema error, worded as kube-apiserver words a cause (the field is apart)."""
+    field = error_field(err)
+    value, schema = err.instance, err.schema
+    if err.validator == "required":
+        return "FieldValueRequired", "Required value"
+    if err.validator == "type":
+        want = schema.get("type")
+        want = next((t for t in want if t != "null"), want) if isinstance(want, list) else want
+        got = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object",
+               list: "array"}.get(type(value), "null")
+        return "FieldValueTypeInvalid", (f'Invalid value: "{got}": {field} in body must be of type '
+                                         f'{_TYPES.get(want, want)}: "{got}"')
+    if err.validator == "enum":
+        allowed = ", ".join(_quoted(v) for v in schema["enum"] if v is not None)
+        return "FieldValueNotSupported", f"Unsupported value: {_quoted(value)}: supported values: {allowed}"
+    if err.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        bound = schema[err.validator]
+        word = {"minimum": "greater than or equal to", "maximum": "less than or equal to",
+                "exclusiveMinimum": "greater than", "exclusiveMaximum": "less than"}[err.validator]
+        return "FieldValueInvalid", f"Invalid value: {_quoted(value)}: {field} in body should be {word} {bound}"
+    if err.validator in ("minLength", "maxLength", "minItems", "maxItems"):
+        unit = "chars long" if "Length" in err.validator else "items"
+        word = "at least" if err.validator.startswith("min") else "at most"
+        return "FieldValueInvalid", (f"Invalid value: {_quoted(value)}: {field} in body should be {word} "
+                                     f"{schema[err.validator]} {unit}")
+    if err.validator == "pattern":
+        return "FieldValueInvalid", (f"Invalid value: {_quoted(value)}: {field} in body should match "
+                                     f"'{schema['pattern']}'")
+    return "FieldValueInvalid", f"Invalid value: {_quoted(value)}: {err.message}"
 
 
 def prune(obj: Any, schema: dict[str, Any], path: str, removed: list[str]) -> Any:

@@ -1,4 +1,4 @@
-"""The emulator itself: kmock's HTTP server with Hone's routing, storage, discovery and watches."""
+"""The emulator itself: routing, storage, watches and dry runs, served over HTTP by kmock's server."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import collections
 import copy
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,18 @@ import jsonschema
 import kmock
 import yaml
 
-from hone_dev.apiserver.kinds import ApiError, Audit, BUILTINS, GVR, Kind, WRITE_VERBS
+from hone_dev.apiserver import discovery, openapi, protobuf, tables
+from hone_dev.apiserver.kinds import ApiError, Audit, BUILTINS, GVR, Kind, WRITE_VERBS, now
 from hone_dev.apiserver.routes import Route, parse_route
 from hone_dev.apiserver.schema import to_jsonschema
 from hone_dev.apiserver.selection import field_match, label_match
 from hone_dev.apiserver.writes import WritePath
 
 from hone_dev import ROOT
+
+
+log = logging.getLogger(__name__)
+CRDS: GVR = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
 @attrs.define(kw_only=True)
@@ -39,6 +45,8 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
     _encodings: dict[int, bytes] = attrs.field(factory=dict)
     #: Seconds added to every resource request, to model a real API server's latency.
     latency: float = 0.0
+    _openapi: dict[str, Any] | None = None
+    _dry: bool = False
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -49,16 +57,14 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
 
     def register(self, kind: Kind) -> None:
         self.kinds[kind.gvr] = kind
-        subresources = (["status"] if kind.status else []) + (["scale"] if kind.scale else [])
-        self.resources[f"{kind.api_version}/{kind.plural}"] = kmock.ResourceInfo(
-            kind=kind.kind, namespaced=kind.namespaced, singular=kind.kind.lower(),
-            shortnames=set(kind.short_names), subresources=set(subresources),
-            verbs={"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"},
-        )
+        self._openapi = None
 
-    def install_crd(self, crd: dict[str, Any]) -> None:
+    def serve_crd(self, crd: dict[str, Any]) -> None:
+        """Serve the resources a stored CRD defines (called on every write of a CRD)."""
         spec = crd["spec"]
         for version in spec["versions"]:
+            if not version.get("served", True):
+                continue
             schema = version["schema"]["openAPIV3Schema"]
             kind = Kind(
                 group=spec["group"], version=version["name"], plural=spec["names"]["plural"],
@@ -67,9 +73,20 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
                 scale=(version.get("subresources") or {}).get("scale"),
                 schema=schema, validator=jsonschema.Draft4Validator(to_jsonschema(schema)),
                 short_names=tuple(spec["names"].get("shortNames", ())),
+                categories=tuple(spec["names"].get("categories", ())),
+                columns=tuple(version.get("additionalPrinterColumns") or ()),
             )
             self.register(kind)
-        self._put(("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None, copy.deepcopy(crd))
+
+    def install_crd(self, crd: dict[str, Any]) -> None:
+        """Install a CRD as an administrator would before anything else runs."""
+        kind = self.kinds[("apiextensions.k8s.io", "v1", "customresourcedefinitions")]
+        existing = self.store[kind.gvr].get((None, crd["metadata"]["name"]))
+        if existing is None:
+            self.create(kind, None, copy.deepcopy(crd))
+        else:
+            self.write(kind, None, crd["metadata"]["name"], None, copy.deepcopy(crd), "application/json",
+                       replace=True)
 
     def install_crds(self, folder: Path = ROOT / "crds") -> None:
         for path in sorted(folder.glob("*.yaml")):
@@ -77,12 +94,62 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
 
     # ---- HTTP entry --------------------------------------------------------
 
+    # ---- non-resource paths: version, discovery, OpenAPI ---------------------
+
+    def _non_resource(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse | None:
+        path = raw.path.rstrip("/") or "/"
+        accept = raw.headers.get("Accept", "")
+        kinds = list(self.kinds.values())
+        if path == "/version":
+            return aiohttp.web.json_response(discovery.VERSION)
+        if path in ("/healthz", "/livez", "/readyz"):
+            return aiohttp.web.Response(text="ok")
+        if path in ("/api", "/apis"):
+            if discovery.wants_aggregated(accept):
+                return aiohttp.web.Response(body=json.dumps(discovery.aggregated(kinds, core=path == "/api")).encode(),
+                                            headers={"Content-Type": discovery.AGGREGATED})
+            body = discovery.core_versions() if path == "/api" else discovery.group_list(kinds)
+            return aiohttp.web.json_response(body)
+        parts = path.strip("/").split("/")
+        if parts[0] == "api" and len(parts) == 2 or parts[0] == "apis" and len(parts) == 3:
+            group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
+            members = [k for k in kinds if (k.group, k.version) == (group, version)]
+            if members:
+                return aiohttp.web.json_response(discovery.resource_list(members, "/".join(parts[1:])))
+        if parts[0] == "apis" and len(parts) == 2:
+            groups = [g for g in discovery.group_list(kinds)["groups"] if g["name"] == parts[1]]
+            if groups:
+                return aiohttp.web.json_response({"kind": "APIGroup", "apiVersion": "v1", **groups[0]})
+        if parts[:2] == ["openapi", "v3"]:
+            docs = self.openapi_documents()
+            if len(parts) == 2:
+                return aiohttp.web.json_response(openapi.index(docs))
+            doc = docs.get("/".join(parts[2:]))
+            if doc is not None:
+                return aiohttp.web.json_response(doc)
+        return None
+
+    def openapi_documents(self) -> dict[str, dict[str, Any]]:
+        if self._openapi is None:
+            self._openapi = openapi.documents(self.kinds.values())
+        return self._openapi
+
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        try:
+            return await self._serve(raw_request)
+        except Exception as exc:  # noqa: BLE001 - a bug in the emulator answers as kube-apiserver's 500 does
+            log.exception("emulated API server: %s %s failed", raw_request.method, raw_request.path_qs)
+            return aiohttp.web.json_response(ApiError(500, "InternalError", f"Internal error occurred: {exc!r}").body(),
+                                             status=500)
+
+    async def _serve(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         route = parse_route(raw_request.path)
         if route is None or (route.group, route.version, route.plural) not in self.kinds:
-            if len(raw_request.path) > 1 and raw_request.path.endswith("/"):
-                raw_request = raw_request.clone(rel_url=raw_request.rel_url.with_path(raw_request.path.rstrip("/")))
-            return await super().__call__(raw_request)
+            answered = self._non_resource(raw_request) if raw_request.method == "GET" else None
+            if answered is not None:
+                return answered
+            return aiohttp.web.json_response(ApiError(404, "NotFound", "the server could not find the requested "
+                                                      "resource").body(), status=404)
         kind = self.kinds[(route.group, route.version, route.plural)]
         query = dict(raw_request.query)
         if self.latency and str(query.get("watch", "")).lower() not in ("true", "1"):
@@ -92,11 +159,19 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         body_bytes = await raw_request.read()
         status = 200
         try:
-            body = json.loads(body_bytes) if body_bytes else None
+            body = self._body(body_bytes, raw_request.headers.get("Content-Type", ""))
             if verb == "watch":
                 self._audit(verb, kind, route, 200, raw_request)
                 return await self._watch(raw_request, kind, route, query)
-            payload, status = self._dispatch(verb, kind, route, query, body, raw_request.headers)
+            if query.get("dryRun") == "All" and verb in WRITE_VERBS:
+                payload, status = self._dry_run(verb, kind, route, query, body, raw_request.headers)
+            else:
+                payload, status = self._dispatch(verb, kind, route, query, body, raw_request.headers)
+            if verb in ("get", "list") and route.subresource is None and tables.wants_table(
+                    raw_request.headers.get("Accept", "")):
+                objs = payload["items"] if verb == "list" else [payload]
+                rv = payload["metadata"]["resourceVersion"]
+                payload = tables.table(kind, objs, rv, query.get("includeObject", "Metadata"))
         except ApiError as exc:
             self._audit(verb, kind, route, exc.code, raw_request)
             return aiohttp.web.json_response(exc.body(), status=exc.code)
@@ -106,6 +181,14 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
             route = dataclasses.replace(route, name=payload["metadata"]["name"])
         self._audit(verb, kind, route, status, raw_request)
         return aiohttp.web.json_response(payload, status=status)
+
+    @staticmethod
+    def _body(data: bytes, content_type: str) -> Any:
+        if not data:
+            return None
+        if content_type.split(";")[0].strip() == protobuf.CONTENT_TYPE:
+            return protobuf.decode(data)
+        return json.loads(data)
 
     def _verb(self, method: str, route: Route, query: dict[str, str]) -> str:
         if method == "GET":
@@ -157,6 +240,8 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         return (ns if kind.namespaced else None, name)
 
     def _put(self, gvr: GVR, ns: str | None, obj: dict[str, Any], event: str = "ADDED") -> dict[str, Any]:
+        if gvr == CRDS:
+            self._crd_changed(obj, event)
         self.rv += 1
         meta = obj.setdefault("metadata", {})
         meta["resourceVersion"] = str(self.rv)
@@ -168,7 +253,53 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         self._emit(gvr, event, obj)
         return obj
 
+    def _crd_changed(self, crd: dict[str, Any], event: str) -> None:
+        """A CRD written through the API is served at once and reports itself Established."""
+        names = crd["spec"]["names"]
+        gone = [gvr for gvr, k in self.kinds.items() if (k.group, k.plural) == (crd["spec"]["group"], names["plural"])]
+        for gvr in gone:
+            self.kinds.pop(gvr)
+        self._openapi = None
+        if event == "DELETED":
+            for gvr in gone:
+                for (ns, name), obj in list(self.store[gvr].items()):
+                    self._put(gvr, ns, obj, "DELETED")
+            return
+        self.serve_crd(crd)
+        accepted = {"plural": names["plural"], "singular": names.get("singular", names["kind"].lower()),
+                    "kind": names["kind"], "listKind": names.get("listKind", names["kind"] + "List"),
+                    **{k: names[k] for k in ("shortNames", "categories") if k in names}}
+        crd["status"] = {
+            "acceptedNames": accepted,
+            "storedVersions": [v["name"] for v in crd["spec"]["versions"] if v.get("storage")],
+            "conditions": [{"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime":
+                            crd.get("metadata", {}).get("creationTimestamp") or now()} for t, r, m in (
+                ("NamesAccepted", "NoConflicts", "no conflicts found"),
+                ("Established", "InitialNamesAccepted", "the initial names have been accepted"))],
+        }
+
+    def _dry_run(self, *args: Any) -> tuple[Any, int]:
+        """``dryRun=All`` (``kubectl diff``, ``--dry-run=server``): every check and default, nothing stored.
+
+        Stored objects are never mutated in place, so shallow copies of the store are a snapshot.
+        """
+        saved_store = {gvr: dict(objs) for gvr, objs in self.store.items()}
+        saved_rv, saved_kinds = self.rv, dict(self.kinds)
+        self._dry = True
+        try:
+            return self._dispatch(*args)
+        finally:
+            self._dry = False
+            self.store.clear()
+            self.store.update(saved_store)
+            self.rv = saved_rv
+            self.kinds.clear()
+            self.kinds.update(saved_kinds)
+            self._openapi = None
+
     def _emit(self, gvr: GVR, event: str, obj: dict[str, Any]) -> None:
+        if self._dry:
+            return
         # Stored objects are never mutated once stored (every write stores a
         # new dict), so events can share them instead of copying.
         item = (self.rv, {"type": event, "object": obj})
@@ -179,7 +310,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
     def get(self, kind: Kind, ns: str | None, name: str) -> dict[str, Any]:
         obj = self.store[kind.gvr].get(self._key(kind, ns, name))
         if obj is None:
-            raise ApiError(404, "NotFound", f'{kind.plural}.{kind.group or "core"} "{name}" not found',
+            raise ApiError(404, "NotFound", f'{kind.qualified} "{name}" not found',
                            {"name": name, "kind": kind.plural})
         return copy.deepcopy(obj)
 
@@ -265,6 +396,12 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         return cached
 
     # ---- helpers for tests (call from the server's own thread) ------------
+
+    def make_namespace(self, name: str) -> None:
+        """Create a Namespace as an administrator would (no-op when it exists)."""
+        kind = self.kinds[("", "v1", "namespaces")]
+        if (None, name) not in self.store[kind.gvr]:
+            self.create(kind, None, {"metadata": {"name": name}})
 
     def writes(self, user_agent: str | None = None) -> list[Audit]:
         return [a for a in self.audit if a.verb in WRITE_VERBS and a.status < 400

@@ -20,10 +20,12 @@ class ApiServerThread:
     (through :attr:`kubeconfig`), exactly like they would to a cluster.
     """
 
-    def __init__(self, crds: Iterable[Path] | None = None, host: str = "127.0.0.1", latency: float = 0.0):
+    def __init__(self, crds: Iterable[Path] | None = None, host: str = "127.0.0.1", latency: float = 0.0,
+                 port: int = 0):
         self._crds = list(crds) if crds is not None else None
         self._latency = latency
         self._host = host
+        self._port = port or None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -55,7 +57,7 @@ class ApiServerThread:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with HoneApiServer(latency=self._latency) as server, kmock.Server(server, host=self._host) as srv:
+        async with HoneApiServer(latency=self._latency) as server, kmock.Server(server, host=self._host, port=self._port) as srv:
             if self._crds is None:
                 server.install_crds()
             else:

@@ -11,9 +11,10 @@ from typing import Any
 
 import jsonpatch
 
+from hone_dev.apiserver import openapi, strategic
 from hone_dev.apiserver.kinds import ApiError, Kind, now
 from hone_dev.apiserver.routes import without, merge_patch
-from hone_dev.apiserver.schema import error_field, prune
+from hone_dev.apiserver.schema import error_field, error_message, prune
 
 
 class WritePath:
@@ -26,17 +27,21 @@ class WritePath:
         prune(obj, kind.schema, "", removed)
         removed = [r for r in removed if not r.startswith(("apiVersion", "kind", "metadata"))]
         if strict and removed:
-            raise ApiError(422, "Invalid", f'{kind.kind}.{kind.group} "{obj["metadata"].get("name")}" is invalid: '
-                           + ", ".join(f"{r}: unknown field" for r in removed))
+            # kube-apiserver refuses unknown fields while decoding the request, before any validation.
+            raise ApiError(400, "BadRequest", f'{kind.kind} in version "{kind.version}" cannot be handled as a '
+                           f"{kind.kind}: strict decoding error: "
+                           + ", ".join(f'unknown field "{r}"' for r in removed))
         errors = sorted(kind.validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
         if errors:
             causes = []
             for err in errors[:10]:
-                field = error_field(err)
-                causes.append({"field": field, "message": err.message, "reason": "FieldValueInvalid"})
-            message = "; ".join(f"{c['field']}: Invalid value: {c['message']}" for c in causes)
-            raise ApiError(422, "Invalid", f'{kind.kind}.{kind.group} "{obj["metadata"].get("name")}" is invalid: '
-                           f"{message}", {"name": obj["metadata"].get("name"), "kind": kind.kind, "causes": causes})
+                reason, message = error_message(err)
+                causes.append({"field": error_field(err), "message": message, "reason": reason})
+            name = obj["metadata"].get("name")
+            message = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+            raise ApiError(422, "Invalid", f'{kind.kind}.{kind.group} "{name}" is invalid: '
+                           + (f"[{message}]" if len(causes) > 1 else message),
+                           {"name": name, "group": kind.group, "kind": kind.kind, "causes": causes})
 
     def create(self, kind: Kind, ns: str | None, body: Any, strict: bool = False) -> dict[str, Any]:
         if not isinstance(body, dict):
@@ -59,7 +64,7 @@ class WritePath:
             meta.pop("namespace", None)
         key = self._key(kind, ns, meta["name"])
         if key in self.store[kind.gvr]:
-            raise ApiError(409, "AlreadyExists", f'{kind.plural}.{kind.group or "core"} "{meta["name"]}" already exists',
+            raise ApiError(409, "AlreadyExists", f'{kind.qualified} "{meta["name"]}" already exists',
                            {"name": meta["name"], "kind": kind.plural})
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         if kind.status:
@@ -79,7 +84,7 @@ class WritePath:
         key = self._key(kind, ns, name)
         current = self.store[kind.gvr].get(key)
         if current is None:
-            raise ApiError(404, "NotFound", f'{kind.plural}.{kind.group or "core"} "{name}" not found',
+            raise ApiError(404, "NotFound", f'{kind.qualified} "{name}" not found',
                            {"name": name, "kind": kind.plural})
         if sub not in (None, "status", "scale") or (sub == "status" and not kind.status) or (sub == "scale" and not kind.scale):
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({sub})")
@@ -93,7 +98,7 @@ class WritePath:
             if want_rv is not None and want_rv != current["metadata"]["resourceVersion"]:
                 raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural}.{kind.group} "{name}": '
                                "the object has been modified; please apply your changes to the latest version and try again")
-        new = self._patched(current, body, ctype, replace)
+        new = self._patched(kind, current, body, ctype, replace)
         new = copy.deepcopy(new)
         if sub == "status":
             # Only status changes through /status.
@@ -126,7 +131,7 @@ class WritePath:
         return self._put(kind.gvr, key[0], new, "MODIFIED")
 
     @staticmethod
-    def _patched(current: dict[str, Any], body: Any, ctype: str, replace: bool) -> dict[str, Any]:
+    def _patched(kind: Kind, current: dict[str, Any], body: Any, ctype: str, replace: bool) -> dict[str, Any]:
         """The object after a PUT (``replace``) or a PATCH of the given content type."""
         try:
             if replace:
@@ -135,8 +140,14 @@ class WritePath:
                 return copy.deepcopy(body)
             if ctype == "application/json-patch+json":
                 return jsonpatch.apply_patch(current, body)
-            if ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json",
-                           "application/json"):
+            if ctype == "application/strategic-merge-patch+json":
+                if kind.schema is not None:
+                    raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                                   "accepted media types include: application/json-patch+json, "
+                                   "application/merge-patch+json, application/apply-patch+yaml")
+                definitions = openapi.builtin_definitions()
+                return strategic.apply(current, body, definitions.get(openapi.schema_name(kind), {}), definitions)
+            if ctype in ("application/merge-patch+json", "application/json"):
                 return merge_patch(current, body)
             raise ApiError(415, "UnsupportedMediaType", f"{ctype} is not supported")
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
@@ -182,7 +193,7 @@ class WritePath:
         key = self._key(kind, ns, name)
         current = self.store[kind.gvr].get(key)
         if current is None:
-            raise ApiError(404, "NotFound", f'{kind.plural}.{kind.group or "core"} "{name}" not found',
+            raise ApiError(404, "NotFound", f'{kind.qualified} "{name}" not found',
                            {"name": name, "kind": kind.plural})
         policy = (options or {}).get("propagationPolicy") if isinstance(options, dict) else None
         if current["metadata"].get("finalizers"):

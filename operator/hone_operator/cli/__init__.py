@@ -5,7 +5,8 @@
 * ``serve`` and ``chat``: the built-in server, and a client for it (:mod:`.serve`);
 * ``render``: the objects the operator creates for manifests (:mod:`.render`);
 * ``crds``: the generated CustomResourceDefinitions;
-* ``operator``: the operator itself (:mod:`hone_operator.startup`).
+* ``operator``: the operator itself (:mod:`hone_operator.startup`);
+* ``dev-cluster``: the emulated API server, from a checkout (:mod:`.devcluster`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import click
 
 from hone_operator import __version__
-from hone_operator.cli import render, run, serve, validate
+from hone_operator.cli import devcluster, render, run, serve, validate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,7 +53,7 @@ def operator(verbose: bool) -> None:
     run_operator(verbose)
 
 
-for command in (validate.validate, run.run, serve.serve, serve.chat, render.render):
+for command in (validate.validate, run.run, serve.serve, serve.chat, render.render, devcluster.dev_cluster):
     cli.add_command(command)
 
 
