@@ -251,3 +251,44 @@ def test_dev_cluster_command_serves_until_sigterm(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert f"Admin kubeconfig: {config}" in err
+
+
+def test_server_side_apply_owns_fields_and_names_conflicts(kubectl, tmp_path: Path) -> None:
+    kubectl("create", "namespace", "team-a")
+    out = kubectl("-n", "team-a", "apply", "--server-side", "-k", str(EXAMPLE)).stdout
+    assert out.count("serverside-applied") == 4
+    get = ("-n", "team-a", "get", "ftj", "skateboard-support", "-o")
+    managed = json.loads(kubectl(*get, "json", "--show-managed-fields").stdout)["metadata"]["managedFields"]
+    assert [(m["manager"], m["operation"]) for m in managed] == [("kubectl", "Apply")]
+    assert managed[0]["fieldsV1"]["f:spec"]["f:hyperparameters"] == {
+        "f:batchSize": {}, "f:epochs": {}, "f:learningRateMultiplier": {}}
+
+    # Another manager changes two applied fields: the next apply names them and that manager.
+    kubectl("-n", "team-a", "patch", "ftj", "skateboard-support", "--type", "merge",
+            "-p", '{"spec":{"suffix":"bob","hyperparameters":{"epochs":4}}}')
+    changed = tmp_path / "finetunejob.yaml"
+    changed.write_text((EXAMPLE / "finetunejob.yaml").read_text().replace("    memory: 6Gi\n", ""))
+    out = kubectl("-n", "team-a", "apply", "--server-side", "-f", str(changed), ok=False)
+    assert out.returncode == 1
+    assert out.stderr.startswith('error: Apply failed with 2 conflicts: conflicts with "kubectl-patch" using '
+                                 "hone.dev/v1alpha1:\n- .spec.hyperparameters.epochs\n- .spec.suffix\n"), out.stderr
+    assert kubectl(*get, "jsonpath={.spec.suffix} {.spec.resources.memory}").stdout == "bob 6Gi"  # nothing applied
+
+    # --force-conflicts takes the fields over; the field dropped from the file is removed.
+    kubectl("-n", "team-a", "apply", "--server-side", "--force-conflicts", "-f", str(changed))
+    assert kubectl(*get, "jsonpath={.spec.suffix} {.spec.hyperparameters.epochs} {.spec.resources}").stdout == \
+        'ollie 6 {"cpu":"2"}'
+    managers = kubectl(*get, "jsonpath={.metadata.managedFields[*].manager}").stdout
+    assert managers == "kubectl"  # kubectl-patch owned nothing else, so its entry is gone
+    rv = kubectl(*get, "jsonpath={.metadata.resourceVersion}").stdout
+    kubectl("-n", "team-a", "apply", "--server-side", "-f", str(changed))
+    assert kubectl(*get, "jsonpath={.metadata.resourceVersion}").stdout == rv  # a no-op apply writes nothing
+
+    # A field co-owned by a second applier survives the first one dropping it.
+    other = tmp_path / "other.yaml"
+    other.write_text("apiVersion: hone.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: skateboard-support}\n"
+                     "spec: {suffix: ollie}\n")
+    kubectl("-n", "team-a", "apply", "--server-side", "--field-manager", "argocd-controller", "-f", str(other))
+    changed.write_text(changed.read_text().replace("  suffix: ollie\n", ""))
+    kubectl("-n", "team-a", "apply", "--server-side", "-f", str(changed))
+    assert kubectl(*get, "jsonpath={.spec.suffix}").stdout == "ollie"

@@ -4,8 +4,8 @@ The real ``kubectl`` (1.32), the Kubernetes Python client and kopf drive it unmo
 Modules: ``kinds`` (the resources it serves, the audit log, errors), ``discovery`` (``/version``,
 legacy and aggregated discovery), ``openapi`` (``/openapi/v3``), ``protobuf`` (request bodies
 from kubectl's typed commands), ``tables`` (server-side Tables), ``schema`` (CRD schemas as JSON
-Schema, pruning, kube-apiserver's messages), ``strategic`` (strategic merge patch), ``selection``
-(label and field selectors), ``routes`` (URL paths, merge patch), ``writes`` (create, update,
+Schema, pruning, kube-apiserver's messages), ``strategic`` (strategic merge patch), ``ssa``
+(server-side apply, ``managedFields``), ``selection`` (label and field selectors), ``routes`` (URL paths, merge patch), ``writes`` (create, update,
 patch, delete, garbage collection), ``server`` (routing, storage, watches, dry runs) and
 ``thread`` (running it on loopback, the kubeconfig).
 
@@ -32,6 +32,10 @@ Implemented, as kube-apiserver does it for the requests these clients make:
   directives from the official definitions; 415 for custom resources, as the real server);
 * client-side ``kubectl apply`` (the ``last-applied-configuration`` three-way merge), ``diff``
   and ``--dry-run=server`` (``dryRun=All``: every check, nothing stored, no event);
+* server-side apply (``kubectl apply --server-side``, Argo CD, Flux, helm 4): ``managedFields``
+  kept on every write, field managers, 409 conflicts naming the fields and the manager,
+  ``force``, fields an applier stops applying removed unless co-owned (see :mod:`.ssa` for the
+  list types it merges by);
 * server-side Tables: the CRDs' printer columns, the usual columns of a few built-in kinds;
 * the status subresource kept apart: writes to the main resource leave status alone, writes
   to ``/status`` change nothing else; the scale subresource (``kubectl scale msv``);
@@ -44,8 +48,8 @@ Implemented, as kube-apiserver does it for the requests these clients make:
   name), used to count API writes and to derive the RBAC the operator really needs.
 
 Not implemented (yet: the cluster-path issue tracks them): authentication and RBAC (every
-request is allowed; ``kubectl auth can-i`` finds no SelfSubjectAccessReview), server-side apply
-and ``managedFields``, CEL validation rules, helm install. Never: etcd or any persistence,
+request is allowed; ``kubectl auth can-i`` finds no SelfSubjectAccessReview), CEL validation
+rules, helm install. Never: etcd or any persistence,
 admission webhooks, API aggregation, protobuf responses, OpenAPI v2 (kubectl 1.32 uses v3).
 Nothing here runs controllers: tests play the Job controller by creating pods and patching Job
 status, as a real cluster's controllers would.

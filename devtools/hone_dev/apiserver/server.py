@@ -18,7 +18,7 @@ import jsonschema
 import kmock
 import yaml
 
-from hone_dev.apiserver import discovery, openapi, protobuf, tables
+from hone_dev.apiserver import discovery, openapi, protobuf, ssa, tables
 from hone_dev.apiserver.kinds import ApiError, Audit, BUILTINS, GVR, Kind, WRITE_VERBS, now
 from hone_dev.apiserver.routes import Route, parse_route
 from hone_dev.apiserver.schema import to_jsonschema
@@ -186,8 +186,14 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
     def _body(data: bytes, content_type: str) -> Any:
         if not data:
             return None
-        if content_type.split(";")[0].strip() == protobuf.CONTENT_TYPE:
+        ctype = content_type.split(";")[0].strip()
+        if ctype == protobuf.CONTENT_TYPE:
             return protobuf.decode(data)
+        if ctype == ssa.APPLY:
+            try:
+                return yaml.safe_load(data)
+            except yaml.YAMLError as exc:
+                raise ApiError(400, "BadRequest", f"error decoding YAML: {exc}") from exc
         return json.loads(data)
 
     def _verb(self, method: str, route: Route, query: dict[str, str]) -> str:
@@ -223,7 +229,8 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         if verb == "create":
             if route.name:
                 raise ApiError(405, "MethodNotAllowed", "POST to a named object")
-            return self.create(kind, ns, body, strict=query.get("fieldValidation") == "Strict"), 201
+            return self.create(kind, ns, body, strict=query.get("fieldValidation") == "Strict",
+                               manager=ssa.manager_of(query, headers.get("User-Agent", ""))), 201
         assert route.name is not None
         if verb == "get":
             obj = self.get(kind, ns, route.name)
@@ -231,8 +238,16 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         if verb == "delete":
             return self.delete(kind, ns, route.name, body), 200
         ctype = (headers.get("Content-Type") or "application/json").split(";")[0].strip()
+        if ctype == ssa.APPLY and not query.get("fieldManager"):
+            raise ApiError(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
+                           "is required for apply patch")
+        status = 200
+        if ctype == ssa.APPLY and route.subresource is None and self._key(kind, ns, route.name) not in self.store[kind.gvr]:
+            status = 201
         return self.write(kind, ns, route.name, route.subresource, body, ctype, replace=(verb == "update"),
-                          strict=query.get("fieldValidation") == "Strict"), 200
+                          strict=query.get("fieldValidation") == "Strict",
+                          manager=ssa.manager_of(query, headers.get("User-Agent", "")),
+                          force=query.get("force") == "true"), status
 
     # ---- storage operations -------------------------------------------------
 

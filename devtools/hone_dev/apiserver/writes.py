@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonpatch
 
-from hone_dev.apiserver import openapi, strategic
+from hone_dev.apiserver import openapi, ssa, strategic
 from hone_dev.apiserver.kinds import ApiError, Kind, now
 from hone_dev.apiserver.routes import without, merge_patch
 from hone_dev.apiserver.schema import error_field, error_message, prune
@@ -43,7 +43,8 @@ class WritePath:
                            + (f"[{message}]" if len(causes) > 1 else message),
                            {"name": name, "group": kind.group, "kind": kind.kind, "causes": causes})
 
-    def create(self, kind: Kind, ns: str | None, body: Any, strict: bool = False) -> dict[str, Any]:
+    def create(self, kind: Kind, ns: str | None, body: Any, strict: bool = False,
+               manager: str = ssa.EMULATOR) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the body must be an object")
         obj = copy.deepcopy(body)
@@ -77,12 +78,21 @@ class WritePath:
             self.create(self.kinds[namespaces], None, {"metadata": {"name": ns}})
         meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=now())
         meta.pop("resourceVersion", None)
+        if not any(e.get("operation") == "Apply" for e in meta.get("managedFields") or []):
+            meta.pop("managedFields", None)
+            ssa.record_update(kind, None, obj, manager, None)
         return self._put(kind.gvr, key[0], obj, "ADDED")
 
     def write(self, kind: Kind, ns: str | None, name: str, sub: str | None, body: Any, ctype: str,
-              replace: bool = False, strict: bool = False) -> dict[str, Any]:
+              replace: bool = False, strict: bool = False, manager: str = ssa.EMULATOR,
+              force: bool = False) -> dict[str, Any]:
         key = self._key(kind, ns, name)
         current = self.store[kind.gvr].get(key)
+        if current is None and ctype == ssa.APPLY and sub is None:
+            # Server-side apply creates what does not exist yet.
+            applied = ssa.apply(kind, None, body, manager, force, None)
+            applied["metadata"].update(name=name, **({"namespace": ns} if kind.namespaced else {}))
+            return self.create(kind, ns, applied, strict=strict, manager=manager)
         if current is None:
             raise ApiError(404, "NotFound", f'{kind.qualified} "{name}" not found',
                            {"name": name, "kind": kind.plural})
@@ -98,8 +108,10 @@ class WritePath:
             if want_rv is not None and want_rv != current["metadata"]["resourceVersion"]:
                 raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural}.{kind.group} "{name}": '
                                "the object has been modified; please apply your changes to the latest version and try again")
-        new = self._patched(kind, current, body, ctype, replace)
-        new = copy.deepcopy(new)
+        if ctype == ssa.APPLY:
+            new = ssa.apply(kind, current, body, manager, force, sub)
+        else:
+            new = copy.deepcopy(self._patched(kind, current, body, ctype, replace))
         if sub == "status":
             # Only status changes through /status.
             new = {**without(current, "status"), **({"status": new["status"]} if "status" in new else {})}
@@ -118,6 +130,8 @@ class WritePath:
         new["apiVersion"], new["kind"] = kind.api_version, kind.kind
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         self._check_schema(kind, new, strict)
+        if ctype != ssa.APPLY:
+            ssa.record_update(kind, current, new, manager, sub)
 
         if new == current:
             return current  # a no-op write changes nothing, not even resourceVersion
