@@ -1,10 +1,12 @@
-"""The real kubectl against the emulated API server: the commands a Hone user types, and what they print.
+"""The real kubectl and helm against the emulated API server: the commands a Hone user types, and what they print.
 
 Each test drives the kubectl binary (1.32 on these machines) through a kubeconfig, exactly as a
 user would against a cluster, and checks its output and exit code: protobuf bodies from the typed
 commands, discovery without short-name warnings, client-side validation through OpenAPI v3,
 server-side Tables with the CRDs' printer columns, client-side apply (three-way strategic merge
-for built-ins, JSON merge for custom resources), ``diff`` and server dry runs, ``explain``.
+for built-ins, JSON merge for custom resources), server-side apply and its conflicts, ``diff``
+and server dry runs, ``explain``, ``describe`` with Events, ``get -w``, ``wait``, cascading
+deletes, and helm install, upgrade, rollback and uninstall of the chart.
 """
 
 from __future__ import annotations
@@ -292,3 +294,100 @@ def test_server_side_apply_owns_fields_and_names_conflicts(kubectl, tmp_path: Pa
     changed.write_text(changed.read_text().replace("  suffix: ollie\n", ""))
     kubectl("-n", "team-a", "apply", "--server-side", "-f", str(changed))
     assert kubectl(*get, "jsonpath={.spec.suffix}").stdout == "ollie"
+
+
+def test_helm_install_upgrade_rollback_uninstall(kubectl, kubeconfig: Path, tmp_path: Path) -> None:
+    from hone_dev.repo import helm_bin
+
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path),
+           "HELM_CACHE_HOME": str(tmp_path / "helm-cache"), "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
+           "HELM_DATA_HOME": str(tmp_path / "helm-data")}
+
+    def helm(*args: str) -> str:
+        out = subprocess.run([helm_bin(), *args, "-n", "hone-system"], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert out.returncode == 0, f"helm {' '.join(args)} failed:\n{out.stderr}"
+        return out.stdout
+
+    chart = str(ROOT / "charts" / "hone")
+    assert "STATUS: deployed" in helm("install", "hone", chart, "--create-namespace")
+    # The CRDs from the chart's crds/ are installed and served; the operator's objects exist.
+    assert kubectl("get", "crd", "-o", "name").stdout.split() == [
+        "customresourcedefinition.apiextensions.k8s.io/finetunejobs.hone.dev",
+        "customresourcedefinition.apiextensions.k8s.io/modelservings.hone.dev"]
+    names = kubectl("-n", "hone-system", "get", "deploy,sa,svc,cm,secret", "-o", "name").stdout.split()
+    assert {"deployment.apps/hone", "serviceaccount/hone", "secret/sh.helm.release.v1.hone.v1"} <= set(names)
+    assert kubectl("get", "clusterrolebinding", "-o", "name").stdout.strip()
+
+    helm("upgrade", "hone", chart, "--set", "replicaCount=2", "--set", "leaderElection.enabled=true")
+    deploy = ("-n", "hone-system", "get", "deploy", "hone", "-o", "jsonpath={.spec.replicas}")
+    assert kubectl(*deploy).stdout == "2"
+    assert kubectl("-n", "hone-system", "get", "pdb,role", "-o", "name").stdout.split() == [
+        "poddisruptionbudget.policy/hone", "role.rbac.authorization.k8s.io/hone-leader"]
+    statuses = [line.split("\t")[2].strip() for line in helm("history", "hone").splitlines()[1:]]
+    assert statuses == ["superseded", "deployed"]
+
+    assert "Rollback was a success" in helm("rollback", "hone", "1")
+    assert kubectl(*deploy).stdout == "1"
+    assert kubectl("-n", "hone-system", "get", "pdb,role", "-o", "name").stdout == ""  # gone with revision 2
+
+    assert 'release "hone" uninstalled' in helm("uninstall", "hone")
+    assert kubectl("-n", "hone-system", "get", "deploy,sa,svc,cm,secret", "-o", "name").stdout == ""
+    assert kubectl("get", "clusterrole,clusterrolebinding", "-o", "name").stdout == ""
+    assert len(kubectl("get", "crd", "-o", "name").stdout.split()) == 2  # helm keeps the CRDs it installed
+
+
+def test_describe_events_watch_wait_and_cascading_delete(kubectl, kubeconfig: Path, tmp_path: Path,
+                                                         apiserver: ApiServerThread) -> None:
+    import threading
+
+    kubectl("create", "namespace", "team-a")
+    kubectl("-n", "team-a", "apply", "-k", str(EXAMPLE))
+    uid = kubectl("-n", "team-a", "get", "ftj", "skateboard-support", "-o", "jsonpath={.metadata.uid}").stdout
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "skateboard-support.1"},
+             "involvedObject": {"apiVersion": "hone.dev/v1alpha1", "kind": "FineTuneJob", "name": "skateboard-support",
+                                "namespace": "team-a", "uid": uid},
+             "reason": "Validated", "message": "1,234 tokens, estimated $0.09", "type": "Normal",
+             "source": {"component": "hone"}, "count": 1}
+    kubectl("-n", "team-a", "apply", "-f", "-", stdin=json.dumps(event))
+    described = kubectl("-n", "team-a", "describe", "ftj", "skateboard-support").stdout
+    assert re.search(r"Normal\s+Validated\s+\S+\s+hone\s+1,234 tokens, estimated \$0\.09", described), described
+
+    # get -w prints the printer columns for every event, the header once.
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
+    watch = subprocess.Popen([_kubectl_bin(), "-n", "team-a", "get", "ftj", "-w", "--output-watch-events"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(watch.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any(line.startswith("ADDED") for line in lines), what="the ADDED event")
+        kubectl("-n", "team-a", "label", "ftj", "skateboard-support", "watched=yes")
+        wait_for(lambda: any(line.startswith("MODIFIED") for line in lines), what="the MODIFIED event")
+    finally:
+        watch.kill()
+        watch.wait(10)
+    assert _rows(lines[0])[0] == ["EVENT", "NAME", "PHASE", "PROGRESS", "TOKENS", "LOSS", "AGE"]
+    assert sum(line.startswith("EVENT") for line in lines) == 1
+
+    # wait --for=condition, once the operator's condition is there.
+    def ready(server) -> None:
+        kind = server.kinds[("hone.dev", "v1alpha1", "modelservings")]
+        server.write(kind, "team-a", "skateboard-support", "status", {"status": {"phase": "Ready", "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Available", "message": "1/1 replicas ready",
+             "lastTransitionTime": "2026-12-01T00:00:00Z"}]}}, "application/merge-patch+json")
+    apiserver.call(ready)
+    assert kubectl("-n", "team-a", "wait", "--for=condition=Ready", "msv/skateboard-support",
+                   "--timeout=10s").stdout.strip() == "modelserving.hone.dev/skateboard-support condition met"
+
+    # Dependents (by ownerReferences) go with their owner, unless the delete orphans them.
+    for owner in ("keep-owner", "gone-owner"):
+        kubectl("-n", "team-a", "create", "configmap", owner)
+        owner_uid = kubectl("-n", "team-a", "get", "cm", owner, "-o", "jsonpath={.metadata.uid}").stdout
+        kubectl("-n", "team-a", "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{owner}-child", "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": owner, "uid": owner_uid}]}}))
+    kubectl("-n", "team-a", "delete", "cm", "keep-owner", "--cascade=orphan")
+    kubectl("-n", "team-a", "delete", "cm", "gone-owner")
+    left = kubectl("-n", "team-a", "get", "cm", "-o", "name").stdout.split()
+    assert "configmap/keep-owner-child" in left and "configmap/gone-owner-child" not in left

@@ -36,7 +36,10 @@ Implemented, as kube-apiserver does it for the requests these clients make:
   kept on every write, field managers, 409 conflicts naming the fields and the manager,
   ``force``, fields an applier stops applying removed unless co-owned (see :mod:`.ssa` for the
   list types it merges by);
-* server-side Tables: the CRDs' printer columns, the usual columns of a few built-in kinds;
+* server-side Tables: the CRDs' printer columns, the usual columns of a few built-in kinds,
+  on get, list and watch (``kubectl get -w``);
+* what ``helm install|upgrade|rollback|uninstall`` of ``charts/hone`` needs (release Secrets,
+  CRDs from the chart's ``crds/``, server-side apply);
 * the status subresource kept apart: writes to the main resource leave status alone, writes
   to ``/status`` change nothing else; the scale subresource (``kubectl scale msv``);
 * Namespaces, created on first use of a namespace (as if an admin had made them);
@@ -48,8 +51,8 @@ Implemented, as kube-apiserver does it for the requests these clients make:
   name), used to count API writes and to derive the RBAC the operator really needs.
 
 Not implemented (yet: the cluster-path issue tracks them): authentication and RBAC (every
-request is allowed; ``kubectl auth can-i`` finds no SelfSubjectAccessReview), CEL validation
-rules, helm install. Never: etcd or any persistence,
+request is allowed; ``kubectl auth can-i`` finds no SelfSubjectAccessReview) and CEL
+validation rules. Never: etcd or any persistence,
 admission webhooks, API aggregation, protobuf responses, OpenAPI v2 (kubectl 1.32 uses v3).
 Nothing here runs controllers: tests play the Job controller by creating pods and patching Job
 status, as a real cluster's controllers would.

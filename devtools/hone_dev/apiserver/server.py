@@ -360,6 +360,20 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
                 return False
             return label_match(meta.get("labels") or {}, labels) and field_match(obj, fields)
 
+        # kubectl get -w asks for Tables: each event's object is a one-row Table, the column
+        # definitions only in the first (as kube-apiserver streams them).
+        as_table = tables.wants_table(raw.headers.get("Accept", ""))
+        headers_sent = False
+
+        def encoded(rv: int, item: dict[str, Any]) -> bytes:
+            nonlocal headers_sent
+            if not as_table:
+                return self._encoded(rv, item)
+            table = tables.table(kind, [item["object"]], str(rv), query.get("includeObject", "Metadata"),
+                                 headers=not headers_sent)
+            headers_sent = True
+            return json.dumps({"type": item["type"], "object": table}).encode() + b"\n"
+
         queue: asyncio.Queue = asyncio.Queue()
         self.watchers[kind.gvr].add(queue)
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
@@ -371,7 +385,8 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
             if since in (None, "", "0"):
                 snapshot = self._select(kind, ns, labels, fields)
                 for obj in sorted(snapshot, key=lambda o: int(o["metadata"]["resourceVersion"])):
-                    await response.write(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
+                    await response.write(encoded(int(obj["metadata"]["resourceVersion"]),
+                                                 {"type": "ADDED", "object": obj}))
             else:
                 since_rv = int(since)
                 history = self.history[kind.gvr]
@@ -381,7 +396,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
                     return response
                 for rv, item in list(history):
                     if since_rv < rv <= sent and matches(item["object"]):
-                        await response.write(self._encoded(rv, item))
+                        await response.write(encoded(rv, item))
             deadline = asyncio.get_running_loop().time() + timeout
             while True:
                 remaining = deadline - asyncio.get_running_loop().time()
@@ -393,7 +408,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
                     break
                 if rv <= sent or not matches(item["object"]):
                     continue
-                await response.write(self._encoded(rv, item))
+                await response.write(encoded(rv, item))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
