@@ -66,7 +66,7 @@ def one_run(n: int, workers: int, quiet: float, rate: float = 0.0, latency: floa
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         kube = Kube(client.ApiClient(cfg))
-        op = OperatorProcess(kubeconfig, Path(tmp) / "operator.log",
+        op = OperatorProcess(srv, Path(tmp) / "operator.log",
                              env={"HONE_RECONCILE_WORKERS": str(workers)}).start()
         try:
             seed_namespace(kube, NS)

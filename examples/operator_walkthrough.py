@@ -58,7 +58,7 @@ def main() -> int:
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         kube = Kube(client.ApiClient(cfg))
-        op = OperatorProcess(kubeconfig, Path(tmp) / "operator.log").start()
+        op = OperatorProcess(srv, Path(tmp) / "operator.log").start()
         try:
             ftj = yaml.safe_load((ROOT / "crds" / "samples" / "finetunejob-minimal.yaml").read_text())
             ftj["metadata"]["namespace"] = NS

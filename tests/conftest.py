@@ -39,8 +39,8 @@ def kube(kubeconfig: Path) -> Kube:
 
 
 @pytest.fixture
-def operator(kubeconfig: Path, apiserver: ApiServerThread, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig, tmp_path / "operator.log", apiserver=apiserver).start()
+def operator(apiserver: ApiServerThread, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(apiserver, tmp_path / "operator.log").start()
     try:
         yield proc
     finally:

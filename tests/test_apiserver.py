@@ -97,10 +97,12 @@ def test_json_patch_with_test_operation(kube: Kube, apiserver: ApiServerThread) 
     url = f"{apiserver.url}/apis/hone.dev/v1alpha1/namespaces/ns/finetunejobs/a"
 
     def jpatch(ops: list[dict[str, Any]]) -> int:
+        token = apiserver.call(lambda server: server.tokens.admin)
         req = urllib.request.Request(url, data=json.dumps(ops).encode(), method="PATCH",
-                                     headers={"Content-Type": "application/json-patch+json"})
+                                     headers={"Content-Type": "application/json-patch+json",
+                                              "Authorization": f"Bearer {token}"})
         try:
-            return urllib.request.urlopen(req).status
+            return urllib.request.urlopen(req, context=apiserver.client_ssl()).status
         except urllib.error.HTTPError as exc:
             return exc.code
 

@@ -317,7 +317,11 @@ def test_helm_install_upgrade_rollback_uninstall(kubectl, kubeconfig: Path, tmp_
         "customresourcedefinition.apiextensions.k8s.io/modelservings.hone.dev"]
     names = kubectl("-n", "hone-system", "get", "deploy,sa,svc,cm,secret", "-o", "name").stdout.split()
     assert {"deployment.apps/hone", "serviceaccount/hone", "secret/sh.helm.release.v1.hone.v1"} <= set(names)
-    assert kubectl("get", "clusterrolebinding", "-o", "name").stdout.strip()
+    chart_rbac = ("get", "clusterrole,clusterrolebinding", "-l", "app.kubernetes.io/instance=hone", "-o", "name")
+    assert kubectl(*chart_rbac).stdout.split() == [
+        "clusterrole.rbac.authorization.k8s.io/hone", "clusterrole.rbac.authorization.k8s.io/hone-cluster-reads",
+        "clusterrolebinding.rbac.authorization.k8s.io/hone",
+        "clusterrolebinding.rbac.authorization.k8s.io/hone-cluster-reads"]
 
     helm("upgrade", "hone", chart, "--set", "replicaCount=2", "--set", "leaderElection.enabled=true")
     deploy = ("-n", "hone-system", "get", "deploy", "hone", "-o", "jsonpath={.spec.replicas}")
@@ -333,7 +337,7 @@ def test_helm_install_upgrade_rollback_uninstall(kubectl, kubeconfig: Path, tmp_
 
     assert 'release "hone" uninstalled' in helm("uninstall", "hone")
     assert kubectl("-n", "hone-system", "get", "deploy,sa,svc,cm,secret", "-o", "name").stdout == ""
-    assert kubectl("get", "clusterrole,clusterrolebinding", "-o", "name").stdout == ""
+    assert kubectl(*chart_rbac).stdout == ""
     assert len(kubectl("get", "crd", "-o", "name").stdout.split()) == 2  # helm keeps the CRDs it installed
 
 

@@ -10,12 +10,13 @@ from hone_operator.kube import Kube
 from hone_dev.cluster import OperatorProcess, free_port, get_job, wait_for
 from hone_dev.resources import NS, apply
 
-LEASE = ("coordination.k8s.io/v1", "Lease", "hone-system", "hone-operator")
+LEASE = ("coordination.k8s.io/v1", "Lease", "hone-system", "hone")
 
 
 def _env(name: str, health_port: int) -> dict[str, str]:
-    return {"HONE_LEADER_ELECTION": "true", "HONE_LEASE_DURATION_SECONDS": "5", "POD_NAMESPACE": "hone-system",
-            "POD_NAME": name, "HONE_HEALTH_PORT": str(health_port)}
+    # The Lease name is the one the chart configures (its leader Role allows only that Lease).
+    return {"HONE_LEADER_ELECTION": "true", "HONE_LEASE_NAME": "hone", "HONE_LEASE_DURATION_SECONDS": "5",
+            "POD_NAMESPACE": "hone-system", "POD_NAME": name, "HONE_HEALTH_PORT": str(health_port)}
 
 
 def _health(port: int) -> dict | None:
@@ -26,10 +27,10 @@ def _health(port: int) -> dict | None:
         return None
 
 
-def test_only_the_leader_reconciles_and_a_standby_takes_over(kubeconfig: Path, kube: Kube, tmp_path: Path) -> None:
+def test_only_the_leader_reconciles_and_a_standby_takes_over(apiserver, kube: Kube, tmp_path: Path) -> None:
     port_a, port_b = free_port(), free_port()
-    a = OperatorProcess(kubeconfig, tmp_path / "a.log", _env("op-a", port_a)).start()
-    b = OperatorProcess(kubeconfig, tmp_path / "b.log", _env("op-b", port_b)).start(wait=False)
+    a = OperatorProcess(apiserver, tmp_path / "a.log", _env("op-a", port_a)).start()
+    b = OperatorProcess(apiserver, tmp_path / "b.log", _env("op-b", port_b)).start(wait=False)
     try:
         assert kube.get(*LEASE)["spec"]["holderIdentity"] == "op-a"
         assert wait_for(lambda: _health(port_b), timeout=30, what="standby /healthz") == {"status": "standby"}

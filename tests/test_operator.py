@@ -321,7 +321,7 @@ def test_multi_node_creates_the_rendezvous_service(kube: Kube, operator: Operato
 def test_operator_killed_mid_lifecycle_converges_without_duplicates(
         kube: Kube, kubeconfig, tmp_path, apiserver: ApiServerThread) -> None:
     names = [f"job-{i}" for i in range(6)]
-    op = OperatorProcess(kubeconfig, tmp_path / "op1.log").start()
+    op = OperatorProcess(apiserver, tmp_path / "op1.log").start()
     try:
         for name in names:
             apply(kube, name=name)
@@ -331,7 +331,7 @@ def test_operator_killed_mid_lifecycle_converges_without_duplicates(
         for name in names[:3]:
             if get_job(kube, NS, f"{name}-validate"):
                 finish_job(kube, NS, f"{name}-validate", "validator", 0, good_validation())
-        op = OperatorProcess(kubeconfig, tmp_path / "op2.log").start()
+        op = OperatorProcess(apiserver, tmp_path / "op2.log").start()
         wait_for(lambda: all(phase(kube, NS, n) in ("Queued", "ValidatingFiles") for n in names), what="restart")
         wait_for(lambda: all(get_job(kube, NS, f"{n}-validate") for n in names), what="all validation Jobs")
         for name in names:
@@ -340,7 +340,7 @@ def test_operator_killed_mid_lifecycle_converges_without_duplicates(
                 finish_job(kube, NS, f"{name}-validate", "validator", 0, good_validation())
         wait_for(lambda: all(get_job(kube, NS, f"{n}-train") for n in names[:1]), what="a training Job")
         op.kill()
-        op = OperatorProcess(kubeconfig, tmp_path / "op3.log").start()
+        op = OperatorProcess(apiserver, tmp_path / "op3.log").start()
         wait_for(lambda: all(phase(kube, NS, n) == "Queued" for n in names), what="all Queued")
         all_jobs = sorted(j["metadata"]["name"] for j in jobs(kube, NS))
         assert all_jobs == sorted([f"{n}-validate" for n in names] + [f"{n}-train" for n in names])

@@ -85,7 +85,7 @@ def _query(url: str, promql: str) -> list[dict[str, Any]]:
     return json.loads(body)["data"]["result"]
 
 
-def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Path, kubeconfig: Path, kube) -> None:
+def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Path, apiserver, kube) -> None:
     """Scrape a running operator and a running built-in server; compare with the `usage` the client saw,
     and the training tokens and cost with the FineTuneJob's status.
 
@@ -96,7 +96,7 @@ def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Pat
     make_tokenizer(base)
     make_tiny_llama(base)
     server = ServerProcess(["--model", str(base), "--served-model-name", "tiny"], cwd=tmp_path)
-    operator = OperatorProcess(kubeconfig, tmp_path / "operator.log").start()
+    operator = OperatorProcess(apiserver, tmp_path / "operator.log").start()
     rules = rendered_rules()
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
     port = free_port()

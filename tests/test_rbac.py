@@ -1,6 +1,10 @@
 """The chart's RBAC is exactly what the operator uses: every API call it makes in a full
 lifecycle is allowed by the chart's rules, and every verb in the rules is used.
 
+The operator runs with the chart's ServiceAccount, roles and bindings, enforced by the emulated
+API server (as in every operator test), so a missing rule already fails the lifecycle; this
+test also fails on a rule the operator never uses.
+
 The calls come from the emulated API server's audit log (user agents of the operator's own
 client and of kopf) while the real operator takes FineTuneJobs and a ModelServing through
 their lifecycles.
@@ -51,7 +55,7 @@ def test_chart_rbac_is_exactly_what_the_operator_uses(kube: Kube, kubeconfig: Pa
     env = {"HONE_WATCH_NAMESPACES": json.dumps([NS, "team-b"])} if mode == "namespaced" else {}
     for ns in (NS, "team-b"):  # an admin makes the namespaces before installing the operator into them
         apiserver.call(lambda server: server.make_namespace(ns))
-    operator = OperatorProcess(kubeconfig, tmp_path / "operator.log", env, apiserver).start()
+    operator = OperatorProcess(apiserver, tmp_path / "operator.log", env).start()
     try:
         _lifecycle(kube)
     finally:

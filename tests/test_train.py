@@ -277,21 +277,45 @@ def test_deepspeed_override_is_merged_and_checked(tiny: Path, tmp_path: Path) ->
 
 
 def test_progress_reaches_the_finetunejob_status(tiny: Path, tmp_path: Path, kube, apiserver) -> None:
-    """The trainer patches status.progress through the API server, as its Role allows."""
+    """The trainer patches status.progress through the API server with the token and Role its pod gets.
+
+    The ServiceAccount, Role and RoleBinding are the operator's own objects, created with the
+    operator's chart RBAC (so RBAC's escalation check applies), and the token is a TokenRequest
+    one, as the training pod's projected volume holds: a verb missing from either fails here.
+    """
+    from kubernetes import client, config as kube_config
+
+    from hone_dev.cluster import install_chart_rbac
     from hone_dev.repo import load_sample
+    from hone_operator.api.v1alpha1 import FineTuneJob
+    from hone_operator.builders.finetunejob import trainer_rbac
+    from hone_operator.kube import Kube
 
     body = load_sample("finetunejob-minimal.yaml")
     body["metadata"]["namespace"] = "team-a"
-    kube.create(body)
+    created = kube.create(body)
+    operator_ns, operator_sa = install_chart_rbac(apiserver)
+    cfg = client.Configuration()
+    kube_config.load_kube_config(config_file=str(apiserver.service_account_kubeconfig(
+        tmp_path / "operator.kubeconfig", operator_ns, operator_sa)), client_configuration=cfg)
+    as_operator = Kube(client.ApiClient(cfg))
+    for obj in trainer_rbac(FineTuneJob.model_validate(created)):
+        as_operator.create(obj)
+    trainer_sa = next(o for o in trainer_rbac(FineTuneJob.model_validate(created)) if o["kind"] == "ServiceAccount")
     token = tmp_path / "token"
-    token.write_text("sa-token")
+    token.write_text(apiserver.call(lambda s: s.service_account_token("team-a", trainer_sa["metadata"]["name"])))
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(apiserver.ca_pem)
     config = make_config(tmp_path, tiny, epochs=1, progress=contract.ProgressReporting(
         kind="kubernetes", namespace="team-a", name="support-assistant", interval_seconds=0.01))
-    os.environ["HONE_KUBERNETES_API"], os.environ["HONE_KUBERNETES_TOKEN_FILE"] = apiserver.url, str(token)
+    env = {"HONE_KUBERNETES_API": apiserver.url, "HONE_KUBERNETES_TOKEN_FILE": str(token),
+           "HONE_KUBERNETES_CA_FILE": str(ca)}
+    os.environ.update(env)
     try:
         proc = run(config)
     finally:
-        del os.environ["HONE_KUBERNETES_API"], os.environ["HONE_KUBERNETES_TOKEN_FILE"]
+        for key in env:
+            del os.environ[key]
     assert proc.returncode == 0, proc.stderr[-2000:]
     status = kube.get("hone.dev/v1alpha1", "FineTuneJob", "team-a", "support-assistant")["status"]
     assert status["progress"]["step"] == status["progress"]["totalSteps"] == 5

@@ -39,16 +39,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class OperatorProcess:
-    """``python -m hone_operator`` against a kubeconfig, as a separate process."""
+#: charts/hone values -> the ServiceAccount, roles and bindings the chart gives the operator.
+_CHART_RBAC: dict[str | None, list[dict[str, Any]]] = {}
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
-    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None,
-                 apiserver: Any = None):
-        self.kubeconfig = kubeconfig
+
+def chart_rbac(values: Path | None = None) -> list[dict[str, Any]]:
+    """The RBAC objects ``helm template charts/hone`` renders with these values (rendered once a process)."""
+    from hone_dev.repo import render
+
+    key = str(values) if values else None
+    if key not in _CHART_RBAC:
+        _CHART_RBAC[key] = [o for o in render(values) if o["kind"] in RBAC_KINDS]
+    return copy.deepcopy(_CHART_RBAC[key])
+
+
+def install_chart_rbac(apiserver: Any, values: Path | None = None) -> tuple[str, str]:
+    """Create the chart's ServiceAccount, roles and bindings as ``helm install`` would; (namespace, name) of the
+    ServiceAccount."""
+    objs = chart_rbac(values)
+
+    def install(server: Any) -> None:
+        for obj in objs:
+            kind = next(k for k in server.kinds.values() if (k.api_version, k.kind) == (obj["apiVersion"], obj["kind"]))
+            ns = obj["metadata"].get("namespace") if kind.namespaced else None
+            if ns:
+                server.make_namespace(ns)
+            if server._key(kind, ns, obj["metadata"]["name"]) not in server.store[kind.gvr]:
+                server.create(kind, ns, obj)
+    apiserver.call(install)
+    account = next(o for o in objs if o["kind"] == "ServiceAccount")
+    return account["metadata"]["namespace"], account["metadata"]["name"]
+
+
+class OperatorProcess:
+    """``python -m hone_operator`` as a separate process, with exactly the RBAC ``charts/hone`` gives it.
+
+    The chart's ServiceAccount, roles and bindings are created in the emulated API server (for
+    the values that match ``env``: namespaced with ``HONE_WATCH_NAMESPACES``, leader election with
+    ``HONE_LEADER_ELECTION``), and the operator authenticates with a token of that ServiceAccount:
+    a call the chart does not allow fails the test, as it would fail on a cluster.
+    """
+
+    def __init__(self, apiserver: Any, log_path: Path, env: dict[str, str] | None = None):
+        from hone_dev.repo import CHART
+
+        self.apiserver = apiserver
         self.log_path = log_path
         self.extra_env = env or {}
-        #: With the emulated API server, start() also waits for kopf's watches (see watching()).
-        self.apiserver = apiserver
+        values = None
+        if "HONE_WATCH_NAMESPACES" in self.extra_env:
+            values = CHART / "ci" / "namespaced-values.yaml"
+        elif self.extra_env.get("HONE_LEADER_ELECTION") == "true":
+            values = CHART / "ci" / "kueue-ha-values.yaml"
+        namespace, account = install_chart_rbac(apiserver, values)
+        self.kubeconfig = apiserver.service_account_kubeconfig(log_path.with_name(log_path.stem + ".kubeconfig"),
+                                                                namespace, account)
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -64,14 +110,13 @@ class OperatorProcess:
             **self.extra_env,
         }
         log = open(self.log_path, "ab")
-        since = self.apiserver.call(lambda server: len(server.audit)) if self.apiserver else 0
+        since = self.apiserver.call(lambda server: len(server.audit))
         self.proc = subprocess.Popen([sys.executable, "-m", "hone_operator"], env=env, stdout=log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
         if wait:
             wait_for(self._ready, timeout=60, interval=0.1, what=f"operator metrics (log: {self.log_path})")
-            if self.apiserver is not None:
-                wait_for(lambda: self.watching(since), timeout=60, interval=0.1,
-                         what=f"kopf watching FineTuneJobs and ModelServings (log: {self.log_path})")
+            wait_for(lambda: self.watching(since), timeout=60, interval=0.1,
+                     what=f"kopf watching FineTuneJobs and ModelServings (log: {self.log_path})")
         return self
 
     def watching(self, since: int = 0) -> bool:

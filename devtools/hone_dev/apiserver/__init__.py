@@ -7,9 +7,17 @@ from kubectl's typed commands), ``tables`` (server-side Tables), ``schema`` (CRD
 Schema, pruning, kube-apiserver's messages), ``strategic`` (strategic merge patch), ``ssa``
 (server-side apply, ``managedFields``), ``selection`` (label and field selectors), ``routes`` (URL paths, merge patch), ``writes`` (create, update,
 patch, delete, garbage collection), ``server`` (routing, storage, watches, dry runs) and
-``thread`` (running it on loopback, the kubeconfig).
+``auth`` and ``auth_reviews`` (tokens, RBAC, the review kinds, TokenRequest), ``tls`` (its
+certificates) and ``thread`` (running it over HTTPS on loopback, kubeconfigs).
 
 Implemented, as kube-apiserver does it for the requests these clients make:
+
+* HTTPS on loopback (clients send bearer tokens only over TLS) with a CA made at start-up;
+  bearer-token authentication (an admin token, ServiceAccount tokens from TokenRequest; 401
+  otherwise) and RBAC from the stored roles and bindings with the bootstrap roles, 403 bodies
+  worded as kube-apiserver words them, RBAC's escalation check on roles and bindings,
+  SelfSubjectAccessReview, SubjectAccessReview, SelfSubjectRulesReview, TokenReview and
+  SelfSubjectReview (``kubectl auth can-i [--list]``, ``auth whoami``, ``create token``);
 
 * ``/version`` inside kubectl 1.32's skew; ``/api``, ``/apis`` and per-group-version discovery,
   legacy and aggregated (``apidiscovery.k8s.io/v2``), subresources listed only as subresources;
@@ -50,9 +58,9 @@ Implemented, as kube-apiserver does it for the requests these clients make:
 * constant-time reads; an audit log of every resource request (verb, resource, namespace,
   name), used to count API writes and to derive the RBAC the operator really needs.
 
-Not implemented (yet: the cluster-path issue tracks them): authentication and RBAC (every
-request is allowed; ``kubectl auth can-i`` finds no SelfSubjectAccessReview) and CEL
-validation rules. Never: etcd or any persistence,
+Not implemented (yet: the cluster-path issue tracks them): CEL validation rules. Left out:
+impersonation (``--as``), client certificates, RBAC aggregation, LocalSubjectAccessReview,
+token expiry and audiences. Never: etcd or any persistence,
 admission webhooks, API aggregation, protobuf responses, OpenAPI v2 (kubectl 1.32 uses v3).
 Nothing here runs controllers: tests play the Job controller by creating pods and patching Job
 status, as a real cluster's controllers would.

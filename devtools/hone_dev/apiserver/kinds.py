@@ -64,6 +64,16 @@ BUILTINS = [
     Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
     Kind("events.k8s.io", "v1", "events", "Event"),
+    # Reviews: created and answered at once, never stored.
+    Kind("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", namespaced=False,
+         verbs=("create",)),
+    Kind("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", namespaced=False,
+         verbs=("create",)),
+    Kind("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", namespaced=False,
+         verbs=("create",)),
+    Kind("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False, verbs=("create",)),
+    Kind("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", namespaced=False,
+         verbs=("create",)),
     Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False,
          status=True, short_names=("crd", "crds")),
 ]
@@ -82,6 +92,7 @@ class Audit:
     status: int
     user_agent: str = ""
     at: float = 0.0  # time.monotonic() when served
+    user: str = ""  # who made it (the authenticated user's name)
 
 
 class ApiError(Exception):

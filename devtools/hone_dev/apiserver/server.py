@@ -18,7 +18,7 @@ import jsonschema
 import kmock
 import yaml
 
-from hone_dev.apiserver import discovery, openapi, protobuf, ssa, tables
+from hone_dev.apiserver import auth, auth_reviews, discovery, openapi, protobuf, ssa, tables
 from hone_dev.apiserver.kinds import ApiError, Audit, BUILTINS, GVR, Kind, WRITE_VERBS, now
 from hone_dev.apiserver.routes import Route, parse_route
 from hone_dev.apiserver.schema import to_jsonschema
@@ -29,6 +29,8 @@ from hone_dev import ROOT
 
 
 log = logging.getLogger(__name__)
+#: The authenticated user's name, kept on the request for the audit log.
+USER = aiohttp.web.RequestKey("hone_user", str)
 CRDS: GVR = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
@@ -47,11 +49,65 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
     latency: float = 0.0
     _openapi: dict[str, Any] | None = None
     _dry: bool = False
+    tokens: auth.Tokens = attrs.field(factory=auth.Tokens)
+    #: Who the request being served is (None: the emulator itself, for a test).
+    _user: auth.User | None = None
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         for kind in BUILTINS:
             self.register(dataclasses.replace(kind))
+        self.authorizer = auth.Authorizer(self._rbac_objects)
+        roles, bindings = self.kinds[(auth.RBAC, "v1", "clusterroles")], self.kinds[(auth.RBAC, "v1",
+                                                                                     "clusterrolebindings")]
+        bootstrap = {"kubernetes.io/bootstrapping": "rbac-defaults"}
+        for kind, objs in ((roles, auth.BOOTSTRAP_CLUSTER_ROLES), (bindings, auth.BOOTSTRAP_BINDINGS)):
+            for obj in copy.deepcopy(objs):
+                obj["metadata"]["labels"] = dict(bootstrap)
+                self.create(kind, None, obj)
+
+    def _rbac_objects(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        objs = self.store[(auth.RBAC, "v1", plural)]
+        return [o for (ns, _), o in objs.items() if namespace is None or ns == namespace]
+
+    def _service_account_uid(self, namespace: str, name: str) -> str | None:
+        return (self.store[("", "v1", "serviceaccounts")].get((namespace, name)) or {}).get("metadata", {}).get("uid")
+
+    def _check_grant(self, kind: Kind, obj: dict[str, Any]) -> None:
+        """RBAC's escalation check: nobody grants (by a role or a binding) what they do not hold."""
+        user = self._user
+        if user is None or kind.group != auth.RBAC:
+            return
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace") if kind.namespaced else None
+        name = meta.get("name", "")
+        if kind.plural in ("roles", "clusterroles"):
+            if self.authorizer.allowed(user, auth.Attributes("escalate", auth.RBAC, kind.plural, "", ns or "", name)):
+                return
+            missing = self.authorizer.covers(user, ns, obj.get("rules") or [])
+        else:
+            ref = obj.get("roleRef") or {}
+            plural = "clusterroles" if ref.get("kind") == "ClusterRole" else "roles"
+            if self.authorizer.allowed(user, auth.Attributes("bind", auth.RBAC, plural, "", ns or "",
+                                                             ref.get("name", ""))):
+                return
+            role = self.store[(auth.RBAC, "v1", plural)].get((ns if plural == "roles" else None, ref.get("name", "")))
+            if role is None:
+                raise ApiError(404, "NotFound", f'{plural}.{auth.RBAC} "{ref.get("name")}" not found')
+            missing = self.authorizer.covers(user, ns, role.get("rules") or [])
+        if missing:
+            groups = " ".join(json.dumps(g) for g in user.groups)
+            raise ApiError(403, "Forbidden", f'{kind.qualified} "{name}" is forbidden: user "{user.name}" '
+                           f"(groups=[{groups}]) is attempting to grant RBAC permissions not currently held:\n"
+                           + "\n".join(missing), {"name": name, "group": auth.RBAC, "kind": kind.plural})
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A token for a ServiceAccount, as TokenRequest issues it (the ServiceAccount must exist)."""
+        uid = self._service_account_uid(namespace, name)
+        if uid is None:
+            raise ApiError(404, "NotFound", f'serviceaccounts "{name}" not found', {"name": name,
+                                                                                   "kind": "serviceaccounts"})
+        return self.tokens.issue(namespace, name, uid)
 
     # ---- registration ------------------------------------------------------
 
@@ -143,8 +199,20 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
                                              status=500)
 
     async def _serve(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        path = raw_request.path.rstrip("/") or "/"
+        user = self.tokens.user(raw_request.headers.get("Authorization"), self._service_account_uid)
+        if user is None and path not in ("/healthz", "/livez", "/readyz"):
+            return aiohttp.web.json_response(auth.UNAUTHORIZED.body(), status=401)
+        if user is not None:
+            raw_request[USER] = user.name
         route = parse_route(raw_request.path)
         if route is None or (route.group, route.version, route.plural) not in self.kinds:
+            if user is not None:
+                attrs = auth.Attributes(verb=raw_request.method.lower().replace("post", "create")
+                                        if raw_request.method != "GET" else "get", path=path)
+                if not self.authorizer.allowed(user, attrs):
+                    error = auth.forbidden(user, attrs, "")
+                    return aiohttp.web.json_response(error.body(), status=403)
             answered = self._non_resource(raw_request) if raw_request.method == "GET" else None
             if answered is not None:
                 return answered
@@ -159,14 +227,20 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         body_bytes = await raw_request.read()
         status = 200
         try:
+            self._authorize(user, verb, kind, route)
             body = self._body(body_bytes, raw_request.headers.get("Content-Type", ""))
             if verb == "watch":
                 self._audit(verb, kind, route, 200, raw_request)
                 return await self._watch(raw_request, kind, route, query)
-            if query.get("dryRun") == "All" and verb in WRITE_VERBS:
-                payload, status = self._dry_run(verb, kind, route, query, body, raw_request.headers)
-            else:
-                payload, status = self._dispatch(verb, kind, route, query, body, raw_request.headers)
+            # Set only while the (synchronous) dispatch runs: other requests interleave at awaits.
+            self._user = user
+            try:
+                if query.get("dryRun") == "All" and verb in WRITE_VERBS:
+                    payload, status = self._dry_run(verb, kind, route, query, body, raw_request.headers)
+                else:
+                    payload, status = self._dispatch(verb, kind, route, query, body, raw_request.headers)
+            finally:
+                self._user = None
             if verb in ("get", "list") and route.subresource is None and tables.wants_table(
                     raw_request.headers.get("Accept", "")):
                 objs = payload["items"] if verb == "list" else [payload]
@@ -177,10 +251,16 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
             return aiohttp.web.json_response(exc.body(), status=exc.code)
         except json.JSONDecodeError as exc:
             return aiohttp.web.json_response(ApiError(400, "BadRequest", f"invalid JSON: {exc}").body(), status=400)
-        if verb == "create":  # a create names its object in the body, not the path
-            route = dataclasses.replace(route, name=payload["metadata"]["name"])
+        if verb == "create" and not route.name:  # a create names its object in the body, not the path
+            route = dataclasses.replace(route, name=(payload.get("metadata") or {}).get("name"))
         self._audit(verb, kind, route, status, raw_request)
         return aiohttp.web.json_response(payload, status=status)
+
+    def _authorize(self, user: auth.User | None, verb: str, kind: Kind, route: Route) -> None:
+        assert user is not None
+        attrs = auth.Attributes(verb=verb, group=kind.group, resource=kind.plural, subresource=route.subresource or "",
+                                namespace=(route.namespace or "") if kind.namespaced else "", name=route.name or "")
+        self.authorizer.check(user, attrs, kind.qualified)
 
     @staticmethod
     def _body(data: bytes, content_type: str) -> Any:
@@ -213,7 +293,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
 
     def _audit(self, verb: str, kind: Kind, route: Route, status: int, raw: aiohttp.web.BaseRequest) -> None:
         self.audit.append(Audit(verb, kind.group, kind.plural, route.subresource, route.namespace, route.name,
-                                status, raw.headers.get("User-Agent", ""), time.monotonic()))
+                                status, raw.headers.get("User-Agent", ""), time.monotonic(), raw.get(USER, "")))
 
     def _dispatch(self, verb: str, kind: Kind, route: Route, query: dict[str, str], body: Any,
                   headers: Any) -> tuple[Any, int]:
@@ -226,6 +306,9 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
             for obj in self._select(kind, ns, query.get("labelSelector"), query.get("fieldSelector")):
                 self.delete(kind, ns, obj["metadata"]["name"], None)
             return {"kind": "Status", "apiVersion": "v1", "status": "Success"}, 200
+        if kind.gvr in auth_reviews.REVIEWS or (verb == "create" and route.subresource == "token"
+                                                 and kind.gvr == ("", "v1", "serviceaccounts")):
+            return auth_reviews.answer(self, kind, ns, route.name, body), 201
         if verb == "create":
             if route.name:
                 raise ApiError(405, "MethodNotAllowed", "POST to a named object")
@@ -339,7 +422,9 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         return out
 
     def list(self, kind: Kind, ns: str | None, labels: str | None = None, fields: str | None = None) -> dict[str, Any]:
-        items = self._select(kind, ns, labels, fields)  # serialised at once, never mutated
+        # In key order (namespace, then name), as etcd lists them; serialised at once, never mutated.
+        items = sorted(self._select(kind, ns, labels, fields),
+                       key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         return {"apiVersion": kind.api_version, "kind": f"{kind.kind}List",
                 "metadata": {"resourceVersion": str(self.rv)}, "items": items}
 

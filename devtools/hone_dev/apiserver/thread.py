@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import ssl
 import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-import kmock
+import aiohttp.web
 import yaml
 
+from hone_dev.apiserver import tls
 from hone_dev.apiserver.server import HoneApiServer
 
 
@@ -33,6 +36,8 @@ class ApiServerThread:
         self.url = ""
         self._thread = threading.Thread(target=self._run, name="hone-apiserver", daemon=True)
         self._error: BaseException | None = None
+        #: The CA that signed the serving certificate (PEM), for clients outside a kubeconfig.
+        self.ca_pem = b""
 
     def __enter__(self) -> "ApiServerThread":
         self._thread.start()
@@ -57,16 +62,31 @@ class ApiServerThread:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with HoneApiServer(latency=self._latency) as server, kmock.Server(server, host=self._host, port=self._port) as srv:
+        self.ca_pem, cert_pem, key_pem = tls.make_pair()
+        async with HoneApiServer(latency=self._latency) as server:
             if self._crds is None:
                 server.install_crds()
             else:
                 for path in self._crds:
                     server.install_crd(yaml.safe_load(Path(path).read_text()))
-            self.server = server
-            self.url = str(srv.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
+            # Stopping cuts open watches and keep-alive connections at once, as a dying API server does.
+            runner = aiohttp.web.ServerRunner(aiohttp.web.Server(server), handle_signals=False, shutdown_timeout=0.5)
+            await runner.setup()
+            site = aiohttp.web.TCPSite(runner, self._host, self._port or 0,
+                                       ssl_context=tls.server_context(cert_pem, key_pem))
+            await site.start()
+            try:
+                port = runner.addresses[0][1]
+                self.server = server
+                self.url = f"https://{self._host}:{port}"
+                self._ready.set()
+                await self._stop.wait()
+            finally:
+                await runner.cleanup()
+
+    def client_ssl(self) -> ssl.SSLContext:
+        """An SSL context that trusts this server's CA (for raw HTTP clients such as urllib)."""
+        return ssl.create_default_context(cadata=self.ca_pem.decode())
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(server, *args)`` on the server's loop (thread-safe access to its state)."""
@@ -75,15 +95,24 @@ class ApiServerThread:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(_call(), self.loop).result(30)
 
-    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+    def write_kubeconfig(self, path: Path, namespace: str = "default", token: str | None = None,
+                         user: str = "admin") -> Path:
+        """A kubeconfig for the admin (``system:masters``), or for whoever ``token`` authenticates."""
+        assert self.server is not None
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "emulated", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "emulated"}}],
-            "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "tester",
+            "clusters": [{"name": "emulated", "cluster": {
+                "server": self.url, "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}}],
+            "users": [{"name": user, "user": {"token": token or self.server.tokens.admin}}],
+            "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": user,
                                                            "namespace": namespace}}],
             "current-context": "emulated",
         }
         path.write_text(yaml.safe_dump(cfg))
         return path
+
+    def service_account_kubeconfig(self, path: Path, namespace: str, name: str) -> Path:
+        """A kubeconfig with a TokenRequest token of an existing ServiceAccount (what its pod would get)."""
+        token = self.call(lambda server: server.service_account_token(namespace, name))
+        return self.write_kubeconfig(path, namespace, token=token, user=f"{namespace}-{name}")

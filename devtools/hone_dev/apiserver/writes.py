@@ -54,7 +54,11 @@ class WritePath:
                 meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
             else:
                 raise ApiError(422, "Invalid", f"{kind.kind}: metadata.name: Required value: name or generateName is required")
-        if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", meta["name"]) or len(meta["name"]) > 253:
+        if kind.group == "rbac.authorization.k8s.io":  # RBAC names are path segments (system:discovery)
+            bad_name = meta["name"] in (".", "..") or any(c in meta["name"] for c in "/%")
+        else:
+            bad_name = not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", meta["name"]) or len(meta["name"]) > 253
+        if bad_name:
             raise ApiError(422, "Invalid", f'{kind.kind} "{meta["name"]}" is invalid: metadata.name: Invalid value: '
                            "must be a lowercase RFC 1123 subdomain")
         if kind.namespaced:
@@ -81,6 +85,7 @@ class WritePath:
         if not any(e.get("operation") == "Apply" for e in meta.get("managedFields") or []):
             meta.pop("managedFields", None)
             ssa.record_update(kind, None, obj, manager, None)
+        self._check_grant(kind, obj)
         return self._put(kind.gvr, key[0], obj, "ADDED")
 
     def write(self, kind: Kind, ns: str | None, name: str, sub: str | None, body: Any, ctype: str,
@@ -135,6 +140,7 @@ class WritePath:
 
         if new == current:
             return current  # a no-op write changes nothing, not even resourceVersion
+        self._check_grant(kind, new)
         if without(new, "metadata", "status") != without(current, "metadata", "status"):
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         meta = new["metadata"]

@@ -87,7 +87,7 @@ class Reporter:
             "User-Agent": f"hone-trainer/{__version__}"})
         context = None
         if api.startswith("https://"):
-            ca = SA_DIR / "ca.crt"
+            ca = Path(os.environ.get("HONE_KUBERNETES_CA_FILE", SA_DIR / "ca.crt"))
             context = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
         with urllib.request.urlopen(req, timeout=10, context=context) as resp:
             resp.read()
