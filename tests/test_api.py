@@ -172,18 +172,40 @@ def test_broken_specs_are_rejected_naming_the_field(path: str, value: Any, field
         assert field in paths or any(p.startswith(field) for p in paths), paths
 
 
-# Refused by the operator (the schema cannot express them) with a message naming the field.
-OPERATOR_ONLY = [
+# Cross-field rules: refused by the models (the operator) and, before any object exists, by the
+# CRDs' CEL rules in the API server, at the same field and with the same message.
+CROSS_FIELD = [
     ({"trainingData": {"uri": "pvc://data/train.jsonl", "inline": "{}"}}, "spec.trainingData",
-     "exactly one of uri, configMap, inline"),
-    ({"trainingData": {}}, "spec.trainingData", "exactly one"),
-    ({"method": "qlora", "resources": {"gpusPerNode": 0}}, "spec", "qlora needs GPUs"),
-    ({"deepspeed": {"zeroStage": 2, "offloadParams": True}}, "spec.deepspeed", "offloadParams needs zeroStage 3"),
+     "set exactly one of uri, configMap, inline (got uri, inline)"),
+    ({"trainingData": {}}, "spec.trainingData", "set exactly one of uri, configMap, inline (got none)"),
+    ({"validationData": {"uri": "pvc://d/v.jsonl", "configMap": {"name": "c", "key": "k"}, "inline": "{}"}},
+     "spec.validationData", "set exactly one of uri, configMap, inline (got uri, configMap, inline)"),
+    ({"method": "qlora", "resources": {"gpusPerNode": 0}}, "spec",
+     "method qlora needs GPUs (4-bit bitsandbytes kernels): set resources.gpusPerNode >= 1 or use method lora"),
+    ({"deepspeed": {"zeroStage": 2, "offloadParams": True}}, "spec.deepspeed",
+     "offloadParams needs zeroStage 3 (or auto)"),
+]
+MSV_CROSS_FIELD = [
+    ({"fineTuneJobRef": None}, "spec", "set fineTuneJobRef, adapters or baseModel: there is nothing to serve"),
+    ({"adapters": [{"name": "a"}]}, "spec.adapters[0]", "set exactly one of fineTuneJobRef, uri"),
+    ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "spec.autoscaling", "maxReplicas must be >= minReplicas"),
+]
+# What each rule allows, it allows in both places too.
+CROSS_FIELD_OK = [
+    {"method": "qlora", "resources": {"gpusPerNode": 1}}, {"method": "qlora"},
+    {"deepspeed": {"zeroStage": 3, "offloadParams": True}}, {"deepspeed": {"offloadParams": True}},
+    {"deepspeed": {"zeroStage": 1}}, {"trainingData": {"inline": "{}"}},
 ]
 
 
-@pytest.mark.parametrize("patch,field,text", OPERATOR_ONLY, ids=[t for _, _, t in OPERATOR_ONLY])
-def test_semantic_errors_name_the_field(patch: dict[str, Any], field: str, text: str) -> None:
+def _cel_causes(name: str, obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    from hone_dev.apiserver import cel
+
+    return cel.validate(schema_of(name), obj, old)
+
+
+@pytest.mark.parametrize("patch,field,text", CROSS_FIELD, ids=[f for _, f, _ in CROSS_FIELD])
+def test_cross_field_rules_agree_in_the_model_and_the_crd(patch: dict[str, Any], field: str, text: str) -> None:
     obj = copy.deepcopy(MINIMAL)
     obj["spec"].update(patch)
     with pytest.raises(ValidationError) as info:
@@ -191,6 +213,43 @@ def test_semantic_errors_name_the_field(patch: dict[str, Any], field: str, text:
     param, message = spec_error(info.value)
     assert param == field
     assert text in message
+    assert validator("finetunejobs").is_valid(obj)  # the OpenAPI schema alone cannot express the rule...
+    causes = _cel_causes("finetunejobs", obj)  # ...its CEL rule does, with the model's words
+    assert [(c["field"], c["message"]) for c in causes] == [(field, f'Invalid value: "object": {text}')]
+
+
+@pytest.mark.parametrize("patch", CROSS_FIELD_OK)
+def test_what_the_model_allows_the_crd_rules_allow(patch: dict[str, Any]) -> None:
+    obj = copy.deepcopy(MINIMAL)
+    obj["spec"].update(patch)
+    if "inline" in patch.get("trainingData", {}):
+        obj["spec"]["trainingData"] = patch["trainingData"]
+    FineTuneJob.model_validate({**obj, "metadata": {**obj["metadata"], "namespace": "default"}})
+    assert _cel_causes("finetunejobs", obj) == []
+
+
+@pytest.mark.parametrize("patch,field,text", MSV_CROSS_FIELD, ids=[f for _, f, _ in MSV_CROSS_FIELD])
+def test_modelserving_cross_field_rules_agree(patch: dict[str, Any], field: str, text: str) -> None:
+    obj = yaml.safe_load((ROOT / "crds" / "samples" / "modelserving.yaml").read_text())
+    obj["spec"].update(patch)
+    obj["spec"] = {k: v for k, v in obj["spec"].items() if v is not None}
+    with pytest.raises(ValidationError) as info:
+        ModelServing.model_validate({**obj, "metadata": {**obj["metadata"], "namespace": "default"}})
+    assert text in str(info.value)
+    causes = _cel_causes("modelservings", obj)
+    assert [(c["field"], c["message"]) for c in causes] == [(field, f'Invalid value: "object": {text}')]
+
+
+def test_the_base_model_of_an_existing_job_cannot_change() -> None:
+    old = copy.deepcopy(MINIMAL)
+    new = copy.deepcopy(MINIMAL)
+    new["spec"]["baseModel"] = {"uri": "org/another-model"}
+    assert _cel_causes("finetunejobs", new) == []  # a transition rule: a create has no old object
+    causes = _cel_causes("finetunejobs", new, old)
+    assert [c["field"] for c in causes] == ["spec.baseModel"]
+    assert "baseModel cannot change once a FineTuneJob exists" in causes[0]["message"]
+    new["spec"]["baseModel"], new["spec"]["suffix"] = old["spec"]["baseModel"], "other"
+    assert _cel_causes("finetunejobs", new, old) == []  # other fields may change
 
 
 def test_unknown_fields_are_named() -> None:

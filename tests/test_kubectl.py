@@ -11,6 +11,7 @@ deletes, and helm install, upgrade, rollback and uninstall of the chart.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -395,3 +396,27 @@ def test_describe_events_watch_wait_and_cascading_delete(kubectl, kubeconfig: Pa
     kubectl("-n", "team-a", "delete", "cm", "gone-owner")
     left = kubectl("-n", "team-a", "get", "cm", "-o", "name").stdout.split()
     assert "configmap/keep-owner-child" in left and "configmap/gone-owner-child" not in left
+
+
+def test_cel_rules_refuse_at_apply_time(kubectl, tmp_path: Path) -> None:
+    kubectl("create", "namespace", "team-a")
+    sample = yaml.safe_load((ROOT / "crds/samples/finetunejob-minimal.yaml").read_text())
+    both = copy.deepcopy(sample)
+    both["spec"]["trainingData"]["uri"] = "pvc://data/train.jsonl"
+    out = kubectl("-n", "team-a", "apply", "-f", "-", stdin=json.dumps(both), ok=False)
+    assert out.returncode == 1
+    assert out.stderr.strip() == ('The FineTuneJob "support-assistant" is invalid: spec.trainingData: Invalid value: '
+                                  '"object": set exactly one of uri, configMap, inline (got uri, configMap)')
+    kubectl("-n", "team-a", "apply", "-f", "-", stdin=json.dumps(sample))
+    moved = copy.deepcopy(sample)
+    moved["spec"]["baseModel"]["uri"] = "org/another-model"
+    out = kubectl("-n", "team-a", "apply", "-f", "-", stdin=json.dumps(moved), ok=False)
+    assert "spec.baseModel: Invalid value: \"object\": baseModel cannot change once a FineTuneJob exists" in out.stderr
+    out = kubectl("-n", "team-a", "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(moved),
+                  ok=False)
+    assert "baseModel cannot change once a FineTuneJob exists" in out.stderr  # a GitOps sync is refused alike
+    msv = yaml.safe_load((ROOT / "crds/samples/modelserving.yaml").read_text())
+    msv["spec"] = {"replicas": 1}
+    out = kubectl("-n", "team-a", "apply", "-f", "-", stdin=json.dumps(msv), ok=False)
+    assert "spec: Invalid value: \"object\": set fineTuneJobRef, adapters or baseModel: there is nothing to serve" \
+        in out.stderr

@@ -271,14 +271,20 @@ def test_invalid_spec_is_rejected_at_apply_or_failed_with_the_field(kube: Kube, 
     with pytest.raises(Exception) as info:
         apply(kube, body, name="bad-epochs")
     assert "spec.hyperparameters.epochs" in str(info.value)
-    # ...and the operator names the field for the rest.
+    # ...its CEL rules refuse the cross-field mistakes, with the models' message...
     body = load_sample("finetunejob-minimal.yaml")
     body["spec"]["trainingData"] = {"configMap": {"name": "chats", "key": "a.jsonl"}, "inline": "{}"}
+    with pytest.raises(Exception) as info:
+        apply(kube, body, name="two-sources")
+    assert "spec.trainingData: Invalid value: \\\"object\\\": set exactly one of uri, configMap, inline" in str(info.value)
+    # ...and the operator names the field for the rest.
+    body = load_sample("finetunejob-minimal.yaml")
+    body["spec"]["trainingData"] = {"uri": "ftp://files.example/train.jsonl"}
     apply(kube, body)
     obj = wait_phase(kube, NS, NAME, "Failed")
     assert obj["status"]["error"]["code"] == "invalid_spec"
-    assert obj["status"]["error"]["param"] == "spec.trainingData"
-    assert "exactly one of uri, configMap, inline" in obj["status"]["error"]["message"]
+    assert obj["status"]["error"]["param"] == "spec.trainingData.uri"
+    assert "ftp" in obj["status"]["error"]["message"]
     assert condition(obj, "Failed")["reason"] == "InvalidSpec"
 
 

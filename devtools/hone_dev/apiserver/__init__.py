@@ -7,7 +7,7 @@ from kubectl's typed commands), ``tables`` (server-side Tables), ``schema`` (CRD
 Schema, pruning, kube-apiserver's messages), ``strategic`` (strategic merge patch), ``ssa``
 (server-side apply, ``managedFields``), ``selection`` (label and field selectors), ``routes`` (URL paths, merge patch), ``writes`` (create, update,
 patch, delete, garbage collection), ``server`` (routing, storage, watches, dry runs) and
-``auth`` and ``auth_reviews`` (tokens, RBAC, the review kinds, TokenRequest), ``tls`` (its
+``cel`` (the CRDs' validation rules), ``auth`` and ``auth_reviews`` (tokens, RBAC, the review kinds, TokenRequest), ``tls`` (its
 certificates) and ``thread`` (running it over HTTPS on loopback, kubeconfigs).
 
 Implemented, as kube-apiserver does it for the requests these clients make:
@@ -32,7 +32,9 @@ Implemented, as kube-apiserver does it for the requests these clients make:
   report ``Established``; deleting one deletes its objects;
 * the CRD's OpenAPI schema applied to custom resources: unknown fields pruned, or refused with
   kube-apiserver's ``strict decoding error`` under ``fieldValidation=Strict`` (kubectl's
-  default), invalid objects refused with 422 and a cause naming each field;
+  default), invalid objects refused with 422 and a cause naming each field; the CRDs' CEL rules
+  (``x-kubernetes-validations``, transition rules with ``oldSelf`` on updates) evaluated the
+  same way, with their ``message``/``messageExpression``;
 * ``uid``, ``resourceVersion`` (a global counter), ``generation`` (bumped on spec changes only),
   ``creationTimestamp``, ``generateName``;
 * 409 on a create of an existing name and on a write with a stale ``resourceVersion``; PUT;
@@ -58,8 +60,8 @@ Implemented, as kube-apiserver does it for the requests these clients make:
 * constant-time reads; an audit log of every resource request (verb, resource, namespace,
   name), used to count API writes and to derive the RBAC the operator really needs.
 
-Not implemented (yet: the cluster-path issue tracks them): CEL validation rules. Left out:
-impersonation (``--as``), client certificates, RBAC aggregation, LocalSubjectAccessReview,
+Left out: CRD defaulting (Hone's CRDs carry no defaults: the models apply them), CEL cost
+limits, impersonation (``--as``), client certificates, RBAC aggregation, LocalSubjectAccessReview,
 token expiry and audiences. Never: etcd or any persistence,
 admission webhooks, API aggregation, protobuf responses, OpenAPI v2 (kubectl 1.32 uses v3).
 Nothing here runs controllers: tests play the Job controller by creating pods and patching Job

@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonpatch
 
-from hone_dev.apiserver import openapi, ssa, strategic
+from hone_dev.apiserver import cel, openapi, ssa, strategic
 from hone_dev.apiserver.kinds import ApiError, Kind, now
 from hone_dev.apiserver.routes import without, merge_patch
 from hone_dev.apiserver.schema import error_field, error_message, prune
@@ -20,7 +20,8 @@ from hone_dev.apiserver.schema import error_field, error_message, prune
 class WritePath:
     """Mixed into :class:`~hone_dev.apiserver.server.HoneApiServer`; uses its store, kinds and events."""
 
-    def _check_schema(self, kind: Kind, obj: dict[str, Any], strict: bool) -> None:
+    def _check_schema(self, kind: Kind, obj: dict[str, Any], strict: bool,
+                      old: dict[str, Any] | None = None) -> None:
         if kind.schema is None:
             return
         removed: list[str] = []
@@ -32,11 +33,13 @@ class WritePath:
                            f"{kind.kind}: strict decoding error: "
                            + ", ".join(f'unknown field "{r}"' for r in removed))
         errors = sorted(kind.validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
-        if errors:
-            causes = []
-            for err in errors[:10]:
-                reason, message = error_message(err)
-                causes.append({"field": error_field(err), "message": message, "reason": reason})
+        causes = []
+        for err in errors[:10]:
+            reason, message = error_message(err)
+            causes.append({"field": error_field(err), "message": message, "reason": reason})
+        if not causes:  # validation rules run on objects that have the schema's shape
+            causes = cel.validate(kind.schema, obj, old)
+        if causes:
             name = obj["metadata"].get("name")
             message = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
             raise ApiError(422, "Invalid", f'{kind.kind}.{kind.group} "{name}" is invalid: '
@@ -134,7 +137,7 @@ class WritePath:
                 raise ApiError(422, "Forbidden", "no new finalizers can be added if the object is being deleted")
         new["apiVersion"], new["kind"] = kind.api_version, kind.kind
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        self._check_schema(kind, new, strict)
+        self._check_schema(kind, new, strict, old=current)
         if ctype != ssa.APPLY:
             ssa.record_update(kind, current, new, manager, sub)
 
@@ -205,7 +208,7 @@ class WritePath:
         if cur.get(path[-1]) != replicas:
             cur[path[-1]] = replicas
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
-            self._check_schema(kind, new, strict=False)
+            self._check_schema(kind, new, strict=False, old=current)
             self._put(kind.gvr, key[0], new, "MODIFIED")
         return self._scale_of(kind, self.store[kind.gvr][key])
 

@@ -55,6 +55,20 @@ def _rows(node: dict[str, Any], path: str, out: list[str]) -> None:
             _rows(target, f"{field}[]" if child.get("type") == "array" else field, out)
 
 
+def _rules(node: dict[str, Any], path: str, out: list[str]) -> None:
+    """The CEL rules (x-kubernetes-validations) under a node, with the field each one guards."""
+    for rule in node.get("x-kubernetes-validations") or []:
+        field = path + rule.get("fieldPath", "")
+        message = rule.get("message") or (
+            rule["messageExpression"].split("'")[1].split(" (got")[0] + ", naming those given")
+        when = " (an update rule: the API server alone checks it)" if "oldSelf" in rule["rule"] else ""
+        out.append(f"| `{field}` | {message}{when} |")
+    for name, child in (node.get("properties") or {}).items():
+        target = child.get("items") if child.get("type") == "array" else child
+        if isinstance(target, dict):
+            _rules(target, f"{path}.{name}" + ("[]" if child.get("type") == "array" else ""), out)
+
+
 def render() -> str:
     parts = [HEADER]
     for crd in (crdgen.finetunejob_crd(), crdgen.modelserving_crd()):
@@ -70,6 +84,12 @@ def render() -> str:
             rows: list[str] = []
             _rows(node, section, rows)
             parts.append(f"\n### `{section}`\n\n| field | type | description |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+        rules: list[str] = []
+        _rules(schema["properties"]["spec"], "spec", rules)
+        if rules:
+            parts.append("\n### Validation rules\n\nChecked by the API server when an object is applied (CEL "
+                         "`x-kubernetes-validations` in the CRD) and by the operator's models:\n\n| field | refused with |\n"
+                         "|---|---|\n" + "\n".join(rules) + "\n")
     return "".join(parts)
 
 

@@ -28,6 +28,16 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
+def cel_rules(*rules: dict[str, str]) -> ConfigDict:
+    """An ApiModel config whose schema carries CEL rules (``x-kubernetes-validations``).
+
+    The API server evaluates them at apply time, so ``kubectl apply`` and a GitOps sync refuse
+    what the model's own validators refuse, with the same message, before any object exists.
+    Each rule restates a ``model_validator`` of the same class; a test checks the two agree.
+    """
+    return ConfigDict(**ApiModel.model_config, json_schema_extra={"x-kubernetes-validations": list(rules)})
+
+
 class StatusModel(BaseModel):
     """Base of status types: fields it does not know (newer versions, kopf) are ignored.
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from hone_operator.api.v1alpha1.common import (
     API_VERSION,
     ApiModel,
+    cel_rules,
     StatusModel,
     AutoOrPositiveInt,
     AutoOrPositiveNumber,
@@ -77,6 +78,16 @@ class LoraSpec(ApiModel):
 
 class DataSource(ApiModel):
     """A chat JSONL file in OpenAI's format. Set exactly one of uri, configMap, inline."""
+
+    model_config = cel_rules({
+        "rule": "[has(self.uri), has(self.configMap), has(self.inline)].filter(x, x).size() == 1",
+        "messageExpression": "'set exactly one of uri, configMap, inline (got ' + "
+                             "(!has(self.uri) && !has(self.configMap) && !has(self.inline) ? 'none' : "
+                             "(has(self.uri) ? 'uri' : '') + (has(self.uri) && has(self.configMap) ? ', ' : '') + "
+                             "(has(self.configMap) ? 'configMap' : '') + "
+                             "((has(self.uri) || has(self.configMap)) && has(self.inline) ? ', ' : '') + "
+                             "(has(self.inline) ? 'inline' : '')) + ')'",
+    })
 
     uri: str | None = Field(
         None,
@@ -187,6 +198,12 @@ class ResourcesSpec(ApiModel):
 class DeepSpeedSpec(ApiModel):
     """DeepSpeed settings; the full config is generated from these."""
 
+    model_config = cel_rules({
+        "rule": "!has(self.offloadParams) || !self.offloadParams || !has(self.zeroStage) || "
+                "self.zeroStage == 'auto' || self.zeroStage == 3",
+        "message": "offloadParams needs zeroStage 3 (or auto)",
+    })
+
     zeroStage: ZeroStage = Field(
         "auto",
         alias="zeroStage",
@@ -233,8 +250,22 @@ class CheckpointingSpec(ApiModel):
     keep: int = Field(2, ge=1, le=100, description="Complete checkpoints to keep (the newest ones).")
 
 
+QLORA_NEEDS_GPUS = ("method qlora needs GPUs (4-bit bitsandbytes kernels): set resources.gpusPerNode >= 1 "
+                    "or use method lora")
+
+
 class FineTuneJobSpec(ApiModel):
     """A fine-tuning job: base model, data, method and hyperparameters."""
+
+    model_config = cel_rules(
+        {"rule": "!has(self.method) || self.method != 'qlora' || !has(self.resources) || "
+                 "!has(self.resources.gpusPerNode) || self.resources.gpusPerNode >= 1",
+         "message": QLORA_NEEDS_GPUS},
+        # A transition rule (the API server alone can check it: it knows the old object). Checkpoints
+        # and the published adapter belong to one base model.
+        {"rule": "self.baseModel == oldSelf.baseModel", "fieldPath": ".baseModel",
+         "message": "baseModel cannot change once a FineTuneJob exists: create a new FineTuneJob"},
+    )
 
     baseModel: BaseModelSpec = Field(alias="baseModel", description="The model to fine-tune.")
     method: Literal["lora", "qlora", "full"] = Field(
@@ -270,10 +301,7 @@ class FineTuneJobSpec(ApiModel):
     @model_validator(mode="after")
     def _consistency(self) -> "FineTuneJobSpec":
         if self.method == "qlora" and self.resources.gpusPerNode == 0:
-            raise ValueError(
-                "method qlora needs GPUs (4-bit bitsandbytes kernels): set resources.gpusPerNode >= 1 "
-                "or use method lora"
-            )
+            raise ValueError(QLORA_NEEDS_GPUS)
         return self
 
 

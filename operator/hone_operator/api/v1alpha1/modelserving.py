@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from hone_operator.api.v1alpha1.common import (
     API_VERSION,
     ApiModel,
+    cel_rules,
     StatusModel,
     Quantity,
     check_quantity,
@@ -24,6 +25,9 @@ from hone_operator.api.v1alpha1.finetunejob import BaseModelSpec, Toleration
 
 class AdapterSpec(ApiModel):
     """One LoRA adapter served on the shared base model."""
+
+    model_config = cel_rules({"rule": "has(self.fineTuneJobRef) != has(self.uri)",
+                              "message": "set exactly one of fineTuneJobRef, uri"})
 
     name: str | None = Field(
         None,
@@ -46,6 +50,9 @@ class AdapterSpec(ApiModel):
 
 class AutoscalingSpec(ApiModel):
     """Horizontal autoscaling of the inference Deployment."""
+
+    model_config = cel_rules({"rule": "self.maxReplicas >= (has(self.minReplicas) ? self.minReplicas : 1)",
+                              "message": "maxReplicas must be >= minReplicas"})
 
     minReplicas: int = Field(1, alias="minReplicas", ge=1, description="Fewest replicas.")
     maxReplicas: int = Field(alias="maxReplicas", ge=1, description="Most replicas.")
@@ -79,6 +86,10 @@ class ServingResourcesSpec(ApiModel):
 
 class ModelServingSpec(ApiModel):
     """An OpenAI-compatible inference endpoint for fine-tuned models."""
+
+    model_config = cel_rules({"rule": "has(self.fineTuneJobRef) || (has(self.adapters) && size(self.adapters) > 0) "
+                                      "|| has(self.baseModel)",
+                              "message": "set fineTuneJobRef, adapters or baseModel: there is nothing to serve"})
 
     fineTuneJobRef: FineTuneJobRef | None = Field(
         None, alias="fineTuneJobRef",
