@@ -205,3 +205,27 @@ def test_audit_records_every_write(kube: Kube, apiserver: ApiServerThread) -> No
     kube.patch(API, "FineTuneJob", "ns", "a", {"status": {"phase": "Running"}}, subresource="status")
     writes = apiserver.call(lambda s: [(w.verb, w.resource, w.subresource, w.name) for w in s.writes()])
     assert writes == [("create", "finetunejobs", None, "a"), ("patch", "finetunejobs", "status", "a")]
+
+
+def test_watch_events_keep_the_object_as_it_was(kube: Kube, apiserver: ApiServerThread) -> None:
+    """An event is a snapshot: a later status write must not change what an earlier event carries.
+
+    (It did once: a status write shared the stored object's metadata and bumped its
+    resourceVersion in place, so a watcher got ADDED with the newer version, cached that, and
+    never saw the status change: an operator stalled when a Job finished before its create returned.)
+    """
+    created = kube.create(ftj())
+    before = created["metadata"]["resourceVersion"]
+    kube.patch(API, "FineTuneJob", "ns", "a", {"status": {"phase": "Running"}}, subresource="status")
+    token = apiserver.call(lambda server: server.tokens.admin)
+    since = int(before) - 1
+    url = (f"{apiserver.url}/apis/hone.dev/v1alpha1/namespaces/ns/finetunejobs?watch=true&resourceVersion={since}"
+           "&timeoutSeconds=1")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, context=apiserver.client_ssl(), timeout=10) as resp:
+        events = [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED"]
+    added, modified = (e["object"] for e in events)
+    assert added["metadata"]["resourceVersion"] == before and "status" not in added
+    assert int(modified["metadata"]["resourceVersion"]) > int(before)
+    assert modified["status"]["phase"] == "Running"

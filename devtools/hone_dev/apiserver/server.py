@@ -450,10 +450,12 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         as_table = tables.wants_table(raw.headers.get("Accept", ""))
         headers_sent = False
 
-        def encoded(rv: int, item: dict[str, Any]) -> bytes:
+        def encoded(rv: int, item: dict[str, Any], snapshot: bool = False) -> bytes:
             nonlocal headers_sent
             if not as_table:
-                return self._encoded(rv, item)
+                # The per-revision cache holds the event that made a revision; a snapshot's ADDED
+                # for an object last modified at that revision is another event.
+                return json.dumps(item).encode() + b"\n" if snapshot else self._encoded(rv, item)
             table = tables.table(kind, [item["object"]], str(rv), query.get("includeObject", "Metadata"),
                                  headers=not headers_sent)
             headers_sent = True
@@ -471,7 +473,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
                 snapshot = self._select(kind, ns, labels, fields)
                 for obj in sorted(snapshot, key=lambda o: int(o["metadata"]["resourceVersion"])):
                     await response.write(encoded(int(obj["metadata"]["resourceVersion"]),
-                                                 {"type": "ADDED", "object": obj}))
+                                                 {"type": "ADDED", "object": obj}, snapshot=True))
             else:
                 since_rv = int(since)
                 history = self.history[kind.gvr]

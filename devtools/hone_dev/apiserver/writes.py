@@ -121,8 +121,9 @@ class WritePath:
         else:
             new = copy.deepcopy(self._patched(kind, current, body, ctype, replace))
         if sub == "status":
-            # Only status changes through /status.
-            new = {**without(current, "status"), **({"status": new["status"]} if "status" in new else {})}
+            # Only status changes through /status. A copy: the stored object (and the events that
+            # carry it) must never change once stored, and metadata is written below.
+            new = {**copy.deepcopy(without(current, "status")), **({"status": new["status"]} if "status" in new else {})}
         else:
             if kind.status:
                 new = {**without(new, "status"), **({"status": current["status"]} if "status" in current else {})}
