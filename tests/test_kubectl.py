@@ -122,6 +122,11 @@ def test_explain_prints_the_field_docs_from_the_crd(kubectl) -> None:
     assert re.search(r"maxSeqLength\s+<integer>\s+Longest example, in tokens", out)
     assert "ObjectMeta" in kubectl("explain", "modelserving.metadata").stdout
     assert "containers" in kubectl("explain", "deployment.spec.template.spec").stdout
+    # The same docs from /openapi/v2 (gnostic protobuf), what older clients read.
+    out = kubectl("explain", "finetunejob.spec.hyperparameters", "--output=plaintext-openapiv2").stdout
+    assert "KIND:     FineTuneJob" in out and re.search(r"maxSeqLength\s+<integer>\s+Longest example, in tokens", out)
+    assert "Number of desired pods" in kubectl("explain", "deployment.spec.replicas",
+                                               "--output=plaintext-openapiv2").stdout
 
 
 def test_apply_refuses_invalid_objects_naming_the_field(kubectl, tmp_path: Path) -> None:

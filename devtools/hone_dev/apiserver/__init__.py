@@ -2,7 +2,7 @@
 
 The real ``kubectl`` (1.32), the Kubernetes Python client and kopf drive it unmodified.
 Modules: ``kinds`` (the resources it serves, the audit log, errors), ``discovery`` (``/version``,
-legacy and aggregated discovery), ``openapi`` (``/openapi/v3``), ``protobuf`` (request bodies
+legacy and aggregated discovery), ``openapi`` (``/openapi/v3``), ``openapi_v2`` (``/openapi/v2``), ``protobuf`` (request bodies
 from kubectl's typed commands), ``tables`` (server-side Tables), ``schema`` (CRD schemas as JSON
 Schema, pruning, kube-apiserver's messages), ``strategic`` (strategic merge patch), ``ssa``
 (server-side apply, ``managedFields``), ``selection`` (label and field selectors), ``routes`` (URL paths, merge patch), ``writes`` (create, update,
@@ -25,7 +25,8 @@ Implemented, as kube-apiserver does it for the requests these clients make:
 * ``/openapi/v3``: the official 1.32 definitions of the built-in kinds (from the
   ``kubernetes-validate`` package) and the installed CRDs' schemas, rebuilt when a CRD changes,
   with the PATCH operations kubectl looks for (so ``kubectl apply`` validates on the server and
-  ``kubectl explain`` prints the CRD's field docs);
+  ``kubectl explain`` prints the CRD's field docs); ``/openapi/v2`` as gnostic protobuf (what
+  client-go asks for) with the same definitions and no paths, for clients without v3;
 * protobuf request bodies (``k8s\x00`` + ``runtime.Unknown``) for the built-in kinds typed
   kubectl commands send; answers are JSON, which every client accepts;
 * CRDs created through the API (``kubectl apply -f crds/``, helm) are served at once and
@@ -63,7 +64,7 @@ Implemented, as kube-apiserver does it for the requests these clients make:
 Left out: CRD defaulting (Hone's CRDs carry no defaults: the models apply them), CEL cost
 limits, impersonation (``--as``), client certificates, RBAC aggregation, LocalSubjectAccessReview,
 token expiry and audiences. Never: etcd or any persistence,
-admission webhooks, API aggregation, protobuf responses, OpenAPI v2 (kubectl 1.32 uses v3).
+admission webhooks, API aggregation, protobuf responses, the paths of OpenAPI v2.
 Nothing here runs controllers: tests play the Job controller by creating pods and patching Job
 status, as a real cluster's controllers would.
 """

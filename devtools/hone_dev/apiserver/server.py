@@ -18,7 +18,7 @@ import jsonschema
 import kmock
 import yaml
 
-from hone_dev.apiserver import auth, auth_reviews, discovery, openapi, protobuf, ssa, tables
+from hone_dev.apiserver import auth, auth_reviews, discovery, openapi, openapi_v2, protobuf, ssa, tables
 from hone_dev.apiserver.kinds import ApiError, Audit, BUILTINS, GVR, Kind, WRITE_VERBS, now
 from hone_dev.apiserver.routes import Route, parse_route
 from hone_dev.apiserver.schema import to_jsonschema
@@ -48,6 +48,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
     #: Seconds added to every resource request, to model a real API server's latency.
     latency: float = 0.0
     _openapi: dict[str, Any] | None = None
+    _openapi_v2: bytes | None = None
     _dry: bool = False
     tokens: auth.Tokens = attrs.field(factory=auth.Tokens)
     #: Who the request being served is (None: the emulator itself, for a test).
@@ -113,7 +114,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
 
     def register(self, kind: Kind) -> None:
         self.kinds[kind.gvr] = kind
-        self._openapi = None
+        self._openapi = self._openapi_v2 = None
 
     def serve_crd(self, crd: dict[str, Any]) -> None:
         """Serve the resources a stored CRD defines (called on every write of a CRD)."""
@@ -176,6 +177,10 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
             groups = [g for g in discovery.group_list(kinds)["groups"] if g["name"] == parts[1]]
             if groups:
                 return aiohttp.web.json_response({"kind": "APIGroup", "apiVersion": "v1", **groups[0]})
+        if parts == ["openapi", "v2"]:
+            if self._openapi_v2 is None:
+                self._openapi_v2 = openapi_v2.document(self.kinds.values())
+            return aiohttp.web.Response(body=self._openapi_v2, headers={"Content-Type": openapi_v2.CONTENT_TYPE})
         if parts[:2] == ["openapi", "v3"]:
             docs = self.openapi_documents()
             if len(parts) == 2:
@@ -357,7 +362,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
         gone = [gvr for gvr, k in self.kinds.items() if (k.group, k.plural) == (crd["spec"]["group"], names["plural"])]
         for gvr in gone:
             self.kinds.pop(gvr)
-        self._openapi = None
+        self._openapi = self._openapi_v2 = None
         if event == "DELETED":
             for gvr in gone:
                 for (ns, name), obj in list(self.store[gvr].items()):
@@ -393,7 +398,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
             self.rv = saved_rv
             self.kinds.clear()
             self.kinds.update(saved_kinds)
-            self._openapi = None
+            self._openapi = self._openapi_v2 = None
 
     def _emit(self, gvr: GVR, event: str, obj: dict[str, Any]) -> None:
         if self._dry:
