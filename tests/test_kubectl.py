@@ -27,16 +27,13 @@ import yaml
 from hone_dev import ROOT
 from hone_dev.apiserver import ApiServerThread
 from hone_dev.cluster import wait_for
+from hone_dev.repo import tool_bin
 
 EXAMPLE = ROOT / "examples" / "skateboard-support"
 
 
 def _kubectl_bin() -> str:
-    found = shutil.which("kubectl") or (str(ROOT / ".tools/bin/kubectl") if (ROOT / ".tools/bin/kubectl").exists()
-                                        else None)
-    if not found:
-        pytest.skip("kubectl is not installed: run bash .ci/tools.sh")
-    return found
+    return tool_bin("kubectl")
 
 
 @pytest.fixture

@@ -35,11 +35,16 @@ def validator(name: str) -> jsonschema.Draft4Validator:
     return jsonschema.Draft4Validator(to_jsonschema(schema_of(name)))
 
 
-def helm_bin() -> str:
-    found = shutil.which("helm") or (str(ROOT / ".tools/bin/helm") if (ROOT / ".tools/bin/helm").exists() else None)
+def tool_bin(name: str) -> str:
+    """A command-line tool from PATH or from .tools/bin (what .ci/tools.sh fetches); skips the test without it."""
+    found = shutil.which(name) or (str(ROOT / ".tools/bin" / name) if (ROOT / ".tools/bin" / name).exists() else None)
     if not found:
-        pytest.skip("helm is not installed: run bash .ci/tools.sh")
+        pytest.skip(f"{name} is not installed: run bash .ci/tools.sh")
     return found
+
+
+def helm_bin() -> str:
+    return tool_bin("helm")
 
 
 def helm(*args: str) -> subprocess.CompletedProcess:

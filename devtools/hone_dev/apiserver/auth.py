@@ -99,7 +99,7 @@ def rule_allows(rule: dict[str, Any], attrs: Attributes) -> bool:
     if not _has(rule.get("verbs"), attrs.verb):
         return False
     if not attrs.is_resource:
-        return any(u == attrs.path or u == "*" or (u.endswith("*") and attrs.path.startswith(u[:-1]))
+        return any(u in (attrs.path, "*") or (u.endswith("*") and attrs.path.startswith(u[:-1]))
                    for u in rule.get("nonResourceURLs") or [])
     if not _has(rule.get("apiGroups"), attrs.group):
         return False
@@ -162,37 +162,19 @@ class Authorizer:
         for rule in rules:
             for verb in rule.get("verbs") or []:
                 for url in rule.get("nonResourceURLs") or []:
-                    if not any(_literal_allows(h, verb, "", url, "", nonresource=True) for h in held):
+                    if not any(rule_allows(h, Attributes(verb=verb, path=url)) for h in held):
                         missing.append(f"{{NonResourceURLs:[{json.dumps(url)}], Verbs:[{json.dumps(verb)}]}}")
                 for group in rule.get("apiGroups") or []:
                     for resource in rule.get("resources") or []:
                         for name in rule.get("resourceNames") or [""]:
-                            if not any(_literal_allows(h, verb, group, resource, name) for h in held):
+                            # A granted "*" is matched only by a held "*", as the literal it is.
+                            plural, _, sub = resource.partition("/")
+                            wanted = Attributes(verb=verb, group=group, resource=plural, subresource=sub, name=name)
+                            if not any(rule_allows(h, wanted) for h in held):
                                 names = f", ResourceNames:[{json.dumps(name)}]" if name else ""
                                 missing.append(f"{{APIGroups:[{json.dumps(group)}], Resources:[{json.dumps(resource)}]"
                                                f"{names}, Verbs:[{json.dumps(verb)}]}}")
         return missing
-
-
-def _literal_allows(held: dict[str, Any], verb: str, group: str, resource: str, name: str,
-                    nonresource: bool = False) -> bool:
-    """Whether a held rule covers one permission being granted; a ``*`` granted needs a ``*`` held."""
-    def covers(values: Iterable[str] | None, want: str) -> bool:
-        values = list(values or [])
-        return "*" in values or want in values
-    if not covers(held.get("verbs"), verb):
-        return False
-    if nonresource:
-        return any(u == resource or u == "*" or (u.endswith("*") and resource.startswith(u[:-1]))
-                   for u in held.get("nonResourceURLs") or [])
-    if not covers(held.get("apiGroups"), group):
-        return False
-    resources = held.get("resources") or []
-    if not ("*" in resources or resource in resources
-            or ("/" in resource and f"*/{resource.split('/', 1)[1]}" in resources)):
-        return False
-    held_names = held.get("resourceNames") or []
-    return not held_names or (name != "" and name in held_names)
 
 
 def forbidden(user: User, attrs: Attributes, qualified: str) -> ApiError:

@@ -1,4 +1,4 @@
-"""The emulator itself: routing, storage, watches and dry runs, served over HTTP by kmock's server."""
+"""The emulator itself: authentication, routing, storage, watches and dry runs (served by :mod:`.thread`)."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
 
     def install_crd(self, crd: dict[str, Any]) -> None:
         """Install a CRD as an administrator would before anything else runs."""
-        kind = self.kinds[("apiextensions.k8s.io", "v1", "customresourcedefinitions")]
+        kind = self.kinds[CRDS]
         existing = self.store[kind.gvr].get((None, crd["metadata"]["name"]))
         if existing is None:
             self.create(kind, None, copy.deepcopy(crd))

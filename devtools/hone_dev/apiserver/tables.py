@@ -120,7 +120,7 @@ BUILTIN: dict[str, tuple[list[tuple[str, str]], Callable[[dict[str, Any]], list[
 def _job_status(job: dict[str, Any]) -> str:
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed", "Suspended"):
-            return {"Complete": "Complete", "Failed": "Failed", "Suspended": "Suspended"}[cond["type"]]
+            return cond["type"]
     return "Running"
 
 
