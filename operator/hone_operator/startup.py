@@ -36,18 +36,28 @@ def run_operator(verbose: bool = False) -> None:
     asyncio.run(lead_then_operate(settings) if settings.leader_election else operate(settings))
 
 
+def own_identity() -> str:
+    """Who this operator is (kopf's peering identity; the lease holder): the pod's name.
+
+    Never derived from the user database: the images run as UID 10001 with no passwd entry
+    (and clusters may pick any UID), where ``getpass.getuser()``, kopf's default, raises.
+    """
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
 async def operate(settings: OperatorSettings) -> None:
     await kopf.operator(
         clusterwide=not settings.watch_namespaces,
         namespaces=settings.watch_namespaces,
         standalone=True,
+        identity=own_identity(),
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
     )
 
 
 async def lead_then_operate(settings: OperatorSettings) -> None:
     namespace = settings.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
-    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    identity = own_identity()
     elector = LeaderElector(Kube(load_api_client(pool_size=2)), namespace, settings.lease_name, identity,
                             settings.lease_duration_seconds)
     leading = asyncio.Event()
