@@ -26,10 +26,11 @@ from typing import Any
 from hone_operator.api.v1alpha1 import API_VERSION, FineTuneJobPhase
 from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.builders import modelserving as msv_build
-from hone_operator.builders.common import COMPONENT_LABEL
+from hone_operator.builders.common import COMPONENT_LABEL, FINETUNEJOB_LABEL
 from hone_operator.cache import ObjectCache
 from hone_operator.reconcile import finetunejob as ftj_reconcile
 from hone_operator.reconcile import modelserving as msv_reconcile
+from hone_operator.reconcile.pods import blocked_pod
 from hone_operator.reconcile.status import now
 from hone_operator.kube import Conflict, Kube
 from hone_operator.metrics import JobSample, OperatorMetrics
@@ -139,6 +140,17 @@ class Controller:
                     return
         self.enqueue((FINETUNEJOB, *key))
 
+    def on_pod(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        """A validation or training pod that cannot start (unschedulable, image pull, bad config) re-plans its
+        FineTuneJob, whose status then says why; a pod that runs shows in its Job's status instead."""
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        owner = labels.get(FINETUNEJOB_LABEL)
+        if event_type == "DELETED" or owner is None or labels.get(COMPONENT_LABEL) not in ftj_build.JOB_COMPONENTS:
+            return
+        if blocked_pod([obj]) is not None:
+            self.enqueue((FINETUNEJOB, meta.get("namespace"), owner))
+
     def _written_job(self, key: Key, obj: dict[str, Any] | None) -> None:
         """Keep the answer to a create or patch of one of the FineTuneJob's Jobs."""
         component = (((obj or {}).get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL)
@@ -245,10 +257,11 @@ class Controller:
             validation_job=jobs.get("validate") if owned(jobs.get("validate")) else None,
             training_job=jobs.get("train") if owned(jobs.get("train")) else None,
         )
-        # A finished Job's pods hold its result: read them fresh, never from a cache.
-        if ftj_reconcile.job_finished(observed.validation_job):
+        # A finished Job's pods hold its result: read them fresh, never from a cache. A Job whose
+        # pods are not running yet: they say why (unschedulable, image pull), so the status can.
+        if ftj_reconcile.job_finished(observed.validation_job) or ftj_reconcile.pods_pending(observed.validation_job):
             observed.validation_pods = self.kube.list("v1", "Pod", namespace, ftj_build.selector(name, "validate"))
-        if ftj_reconcile.job_finished(observed.training_job):
+        if ftj_reconcile.job_finished(observed.training_job) or ftj_reconcile.pods_pending(observed.training_job):
             observed.training_pods = self.kube.list("v1", "Pod", namespace, ftj_build.selector(name, "train"))
 
         if observed.validation_job is None:

@@ -30,7 +30,7 @@ from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.builders import jobs
 from hone_operator.builders.common import SpecError
 from hone_operator.builders.storage import Storage
-from hone_operator.reconcile.pods import last_failure_message, read_result
+from hone_operator.reconcile.pods import blocked_pod, last_failure_message, read_result
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
 from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder, get_condition, job_condition
 from hone_operator.settings import OperatorSettings
@@ -70,6 +70,13 @@ def job_finished(job: dict[str, Any] | None) -> bool:
     return bool(job_condition(job, "Complete") or job_condition(job, "Failed"))
 
 
+def pods_pending(job: dict[str, Any] | None) -> bool:
+    """A Job that runs but none of whose pods is ready (and that is not suspended): its pods may say why."""
+    if job is None or job_finished(job) or (job.get("spec") or {}).get("suspend"):
+        return False
+    return not int((job.get("status") or {}).get("ready") or 0)
+
+
 class FineTuneJobStatusBuilder(StatusBuilder):
     """The FineTuneJob's status: a final phase stamps completionTime; failures carry OpenAI's error."""
 
@@ -96,11 +103,15 @@ class FineTuneJobStatusBuilder(StatusBuilder):
             self.condition("FilesValidated", False, "InvalidTrainingFile", result.summary)
             self.fail("InvalidTrainingFile", "invalid_training_file", result.summary, "spec.trainingData")
 
-    def validating(self, job: str) -> None:
+    def validating(self, job: str, blocked: tuple[str, str] | None = None) -> None:
+        if blocked:
+            self.condition("FilesValidated", "Unknown", blocked[0], f"Job {job} cannot start: {blocked[1]}")
+            self.set_phase(Phase.VALIDATING_FILES, f"Validating the training data: {blocked[1]}")
+            return
         self.condition("FilesValidated", "Unknown", "Validating", f"Job {job} checks the data")
         self.set_phase(Phase.VALIDATING_FILES, "Validating the training data")
 
-    def waiting(self, suspended: bool, kueue: bool, job: str) -> None:
+    def waiting(self, suspended: bool, kueue: bool, job: str, blocked: tuple[str, str] | None = None) -> None:
         if suspended:
             self.condition("Suspended", True, "SuspendedByUser", "spec.suspend is true; set it to false to resume")
             self.condition("Running", False, "Suspended", "")
@@ -109,6 +120,10 @@ class FineTuneJobStatusBuilder(StatusBuilder):
             self.condition("Suspended", False, "Resumed", "")
             self.condition("Running", False, "WaitingForAdmission", f"Job {job} waits for Kueue to admit it")
             self.set_phase(Phase.QUEUED, "Queued for admission by Kueue")
+        elif blocked:
+            self.condition("Suspended", False, "Resumed", "")
+            self.condition("Running", False, blocked[0], f"Job {job} cannot start its pods: {blocked[1]}")
+            self.set_phase(Phase.QUEUED, f"Queued: the training pods cannot start: {blocked[1]}")
         else:
             self.condition("Suspended", False, "Resumed", "")
             self.condition("Running", False, "WaitingForPods", f"Job {job} waits for its pods to start")
@@ -230,7 +245,7 @@ class _Lifecycle:
             self.status.validating(self.names.validation_job)
             return False
         if not job_finished(vjob):
-            self.status.validating(self.names.validation_job)
+            self.status.validating(self.names.validation_job, blocked_pod(observed.validation_pods))
             return False
         result, _ = read_result(observed.validation_pods, ftj_build.VALIDATOR_CONTAINER, contract.ValidationResult)
         if isinstance(result, contract.ValidationResult):
@@ -320,7 +335,7 @@ class _Lifecycle:
             self.status.condition("Running", True, "PodsReady", f"{job_status.get('ready')} of {nodes} training pod(s) ready")
             self.status.set_phase(Phase.RUNNING, f"Training with {nodes} node(s)")
         else:
-            self.status.waiting(False, False, self.names.training_job)
+            self.status.waiting(False, False, self.names.training_job, blocked_pod(self.observed.training_pods))
 
 
 def dataset_status(r: contract.ValidationResult) -> dict[str, Any]:

@@ -53,3 +53,33 @@ def last_failure_message(pods: list[dict[str, Any]], container: str) -> str | No
             tail = msg[-600:] if msg else term.get("reason") or ""
             return f"exit code {term.get('exitCode')}: {tail}".strip()
     return None
+
+
+#: Waiting reasons of a container that will not start by itself: the user has something to fix.
+STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError", "CrashLoopBackOff", "RunContainerError")
+
+
+def blocked_pod(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why a Job's or Deployment's pods do not run, as (reason, message), when one says so.
+
+    The scheduler's ``Unschedulable`` (no node has the GPUs, or matches the nodeSelector) and
+    container waiting reasons such as ``ImagePullBackOff``: without these a job waits for pods
+    that will never start, and its status says nothing.
+    """
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""),
+                      reverse=True):
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        name = meta.get("name", "?")
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+                return "Unschedulable", f"pod {name} cannot be scheduled: {cond.get('message') or cond['reason']}"
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                detail = waiting.get("message") or ""
+                return waiting["reason"], (f"pod {name} container {cs.get('name')}: {waiting['reason']}"
+                                           + (f": {detail}" if detail else ""))
+    return None
