@@ -282,7 +282,7 @@ def test_server_side_apply_owns_fields_and_names_conflicts(kubectl, tmp_path: Pa
     # --force-conflicts takes the fields over; the field dropped from the file is removed.
     kubectl("-n", "team-a", "apply", "--server-side", "--force-conflicts", "-f", str(changed))
     assert kubectl(*get, "jsonpath={.spec.suffix} {.spec.hyperparameters.epochs} {.spec.resources}").stdout == \
-        'ollie 6 {"cpu":"2"}'
+        'ollie 6 {"cpu":"2","gpusPerNode":0}'
     managers = kubectl(*get, "jsonpath={.metadata.managedFields[*].manager}").stdout
     assert managers == "kubectl"  # kubectl-patch owned nothing else, so its entry is gone
     rv = kubectl(*get, "jsonpath={.metadata.resourceVersion}").stdout
