@@ -205,9 +205,10 @@ class Tokens:
 
     def user(self, header: str | None, service_account_uid) -> User | None:
         """The user a request's Authorization header authenticates, or None (401)."""
-        if not header or not header.startswith("Bearer "):
+        scheme, _, token = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 7235); in-cluster clients send "bearer"
             return None
-        token = header[len("Bearer "):].strip()
+        token = token.strip()
         if secrets.compare_digest(token, self.admin):
             return User(ADMIN, (MASTERS, AUTHENTICATED))
         found = self._service_accounts.get(token)

@@ -53,6 +53,10 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
     tokens: auth.Tokens = attrs.field(factory=auth.Tokens)
     #: Who the request being served is (None: the emulator itself, for a test).
     _user: auth.User | None = None
+    #: The Service address range; set when a node is attached (:mod:`.admission` is then active).
+    service_range: Any = None
+    #: ``pods/log``: (namespace, pod, query) -> an async iterator of log bytes; set by an attached node.
+    pod_logs: Any = None
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -237,6 +241,9 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
             if verb == "watch":
                 self._audit(verb, kind, route, 200, raw_request)
                 return await self._watch(raw_request, kind, route, query)
+            if verb == "get" and kind.gvr == ("", "v1", "pods") and route.subresource == "log":
+                self._audit(verb, kind, route, 200, raw_request)
+                return await self._pod_log(raw_request, route, query)
             # Set only while the (synchronous) dispatch runs: other requests interleave at awaits.
             self._user = user
             try:
@@ -260,6 +267,23 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
             route = dataclasses.replace(route, name=(payload.get("metadata") or {}).get("name"))
         self._audit(verb, kind, route, status, raw_request)
         return aiohttp.web.json_response(payload, status=status)
+
+    async def _pod_log(self, raw: aiohttp.web.BaseRequest, route: Route,
+                       query: dict[str, str]) -> aiohttp.web.StreamResponse:
+        """``kubectl logs``: what the node's kubelet kept of a container's output (``follow`` streams it)."""
+        assert route.namespace and route.name
+        self.get(self.kinds[("", "v1", "pods")], route.namespace, route.name)
+        if self.pod_logs is None:
+            raise ApiError(400, "BadRequest", f'pod "{route.name}" is not running on a node: no logs')
+        chunks = self.pod_logs(route.namespace, route.name, query)
+        first = await chunks.__anext__()  # errors (no such container) before the response starts
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(raw)
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     def _authorize(self, user: auth.User | None, verb: str, kind: Kind, route: Route) -> None:
         assert user is not None

@@ -113,8 +113,54 @@ BUILTIN: dict[str, tuple[list[tuple[str, str]], Callable[[dict[str, Any]], list[
             lambda o: [_job_status(o), f"{(o.get('status') or {}).get('succeeded', 0)}/"
                                        f"{(o.get('spec') or {}).get('completions', 1)}"]),
     "Pod": ([("Ready", "string"), ("Status", "string"), ("Restarts", "integer")],
-            lambda o: [_pod_ready(o), (o.get("status") or {}).get("phase", "Pending"), _restarts(o)]),
+            lambda o: [_pod_ready(o), _pod_status(o), _restarts(o)]),
+    "ReplicaSet": ([("Desired", "integer"), ("Current", "integer"), ("Ready", "integer")],
+                   lambda o: [(o.get("spec") or {}).get("replicas", 1), (o.get("status") or {}).get("replicas", 0),
+                              (o.get("status") or {}).get("readyReplicas", 0)]),
+    "Node": ([("Status", "string"), ("Roles", "string"), ("Version", "string")],
+             lambda o: [next((("Ready" if c.get("status") == "True" else "NotReady")
+                              for c in (o.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"),
+                             "Unknown"), "<none>",
+                        ((o.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")]),
+    "Service": ([("Type", "string"), ("Cluster-IP", "string"), ("Ports", "string")],
+                lambda o: [(o.get("spec") or {}).get("type", "ClusterIP"), (o.get("spec") or {}).get("clusterIP", ""),
+                           ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}"
+                                    for p in (o.get("spec") or {}).get("ports") or []) or "<none>"]),
+    "PersistentVolumeClaim": ([("Status", "string"), ("Capacity", "string")],
+                              lambda o: [(o.get("status") or {}).get("phase", "Pending"),
+                                         ((o.get("status") or {}).get("capacity") or {}).get("storage", "")]),
 }
+
+
+def _pod_status(pod: dict[str, Any]) -> str:
+    """The STATUS column as kubectl prints it: a waiting or terminated reason over the phase."""
+    status = pod.get("status") or {}
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return "Terminating"
+    reason = status.get("reason") or status.get("phase", "Pending")
+    inits = status.get("initContainerStatuses") or []
+    for i, cs in enumerate(inits):
+        state = cs.get("state") or {}
+        if "terminated" in state and state["terminated"].get("exitCode") == 0:
+            continue
+        if "terminated" in state:
+            return f"Init:{state['terminated'].get('reason') or 'Error'}"
+        if "waiting" in state and state["waiting"].get("reason") not in (None, "PodInitializing"):
+            return f"Init:{state['waiting']['reason']}"
+        return f"Init:{i}/{len(inits)}"
+    running = False
+    for cs in reversed(status.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        if (state.get("waiting") or {}).get("reason"):
+            reason = state["waiting"]["reason"]
+        elif "terminated" in state:
+            reason = state["terminated"].get("reason") or ("Completed" if state["terminated"].get("exitCode") == 0
+                                                           else "Error")
+        elif "running" in state and cs.get("ready"):
+            running = True
+    if running and reason in ("Completed", "Error"):
+        return "Running"
+    return reason
 
 
 def _job_status(job: dict[str, Any]) -> str:

@@ -24,7 +24,8 @@ class ApiServerThread:
     """
 
     def __init__(self, crds: Iterable[Path] | None = None, host: str = "127.0.0.1", latency: float = 0.0,
-                 port: int = 0):
+                 port: int = 0, san_addresses: tuple[str, ...] = (), san_names: tuple[str, ...] = ()):
+        self._sans = (tuple(san_addresses), tuple(san_names))
         self._crds = list(crds) if crds is not None else None
         self._latency = latency
         self._host = host
@@ -62,7 +63,7 @@ class ApiServerThread:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.ca_pem, cert_pem, key_pem = tls.make_pair()
+        self.ca_pem, cert_pem, key_pem = tls.make_pair(*self._sans)
         async with HoneApiServer(latency=self._latency) as server:
             if self._crds is None:
                 server.install_crds()
@@ -78,6 +79,7 @@ class ApiServerThread:
             try:
                 port = runner.addresses[0][1]
                 self.server = server
+                self.port = port
                 self.url = f"https://{self._host}:{port}"
                 self._ready.set()
                 await self._stop.wait()
@@ -94,6 +96,11 @@ class ApiServerThread:
             return fn(self.server, *args)
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(_call(), self.loop).result(30)
+
+    def call_async(self, fn: Any, *args: Any, timeout: float = 60) -> Any:
+        """Await ``fn(*args)`` (a coroutine function) on the server's loop."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(fn(*args), self.loop).result(timeout)
 
     def write_kubeconfig(self, path: Path, namespace: str = "default", token: str | None = None,
                          user: str = "admin") -> Path:

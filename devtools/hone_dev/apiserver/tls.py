@@ -23,8 +23,9 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def make_pair() -> tuple[bytes, bytes, bytes]:
-    """(CA certificate PEM, server certificate PEM, server key PEM)."""
+def make_pair(addresses: tuple[str, ...] = (), names: tuple[str, ...] = ()) -> tuple[bytes, bytes, bytes]:
+    """(CA certificate PEM, server certificate PEM, server key PEM); the certificate names loopback, and
+    ``addresses`` and ``names`` too (a node's ``kubernetes`` Service address and DNS names)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("hone-dev-ca")).issuer_name(_name("hone-dev-ca"))
@@ -39,9 +40,9 @@ def make_pair() -> tuple[bytes, bytes, bytes]:
     cert = (x509.CertificateBuilder().subject_name(_name("hone-dev-apiserver")).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in ("localhost", *names)]
+                + [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", *addresses)]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM

@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonpatch
 
-from hone_dev.apiserver import cel, openapi, ssa, strategic
+from hone_dev.apiserver import admission, cel, openapi, ssa, strategic
 from hone_dev.apiserver.kinds import ApiError, Kind, now
 from hone_dev.apiserver.routes import without, merge_patch
 from hone_dev.apiserver.schema import error_field, error_message, prune
@@ -84,6 +84,7 @@ class WritePath:
             # them); kopf's namespaced mode only watches namespaces that exist.
             self.create(self.kinds[namespaces], None, {"metadata": {"name": ns}})
         meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=now())
+        admission.admit(self, kind.gvr, obj)
         meta.pop("resourceVersion", None)
         if not any(e.get("operation") == "Apply" for e in meta.get("managedFields") or []):
             meta.pop("managedFields", None)
@@ -148,7 +149,9 @@ class WritePath:
         if without(new, "metadata", "status") != without(current, "metadata", "status"):
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         meta = new["metadata"]
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not (
+                kind.gvr == admission.PODS and meta.get("deletionGracePeriodSeconds")):
+            # The last finalizer is gone (a pod also needs its kubelet's final delete, grace period 0).
             self._put(kind.gvr, key[0], new, "DELETED")
             self._collect_garbage(new)
             return copy.deepcopy(new)
@@ -220,6 +223,10 @@ class WritePath:
             raise ApiError(404, "NotFound", f'{kind.qualified} "{name}" not found',
                            {"name": name, "kind": kind.plural})
         policy = (options or {}).get("propagationPolicy") if isinstance(options, dict) else None
+        if kind.gvr == admission.PODS:
+            if self._graceful(kind, key, current, options):
+                return copy.deepcopy(self.store[kind.gvr][key])
+            current = self.store[kind.gvr][key]
         if current["metadata"].get("finalizers"):
             if not current["metadata"].get("deletionTimestamp"):
                 new = copy.deepcopy(current)
@@ -231,6 +238,38 @@ class WritePath:
         if policy != "Orphan":
             self._collect_garbage(gone)
         return gone
+
+    def _graceful(self, kind: Kind, key: tuple[str | None, str], pod: dict[str, Any], options: Any) -> bool:
+        """Graceful pod deletion: a pod running on a node is marked (deletionTimestamp, and
+        deletionGracePeriodSeconds from the options or the pod's terminationGracePeriodSeconds) for its
+        kubelet to stop; the kubelet then deletes it with a grace period of 0, which (once no finalizer
+        is left) removes it. True when the pod stays, marked."""
+        grace = (options or {}).get("gracePeriodSeconds") if isinstance(options, dict) else None
+        if grace is None or int(grace) < 0:  # kubectl's --grace-period=-1: the pod's own
+            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        grace = int(grace)
+        meta = pod["metadata"]
+        running = (pod.get("spec") or {}).get("nodeName") and (pod.get("status") or {}).get("phase") not in (
+            "Succeeded", "Failed")
+        if not meta.get("deletionTimestamp") and not running:
+            return False
+        if grace > 0:
+            if not running:
+                grace = 0
+            else:
+                current = meta.get("deletionGracePeriodSeconds")
+                if meta.get("deletionTimestamp") and current is not None and current <= grace:
+                    return True  # already being deleted, with no longer a grace period than asked
+                new = copy.deepcopy(pod)
+                new["metadata"].update(deletionTimestamp=meta.get("deletionTimestamp") or now(),
+                                       deletionGracePeriodSeconds=grace)
+                self._put(kind.gvr, key[0], new, "MODIFIED")
+                return True
+        if meta.get("deletionTimestamp") and meta.get("deletionGracePeriodSeconds") != 0:
+            new = copy.deepcopy(pod)
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            self._put(kind.gvr, key[0], new, "MODIFIED")
+        return False
 
     def _collect_garbage(self, owner: dict[str, Any]) -> None:
         uid = owner["metadata"].get("uid")
