@@ -134,8 +134,10 @@ def test_single_node_job_runs_torchrun_standalone_with_gpus() -> None:
     assert job["spec"]["completionMode"] == "NonIndexed" and job["spec"]["completions"] == 1
     pod = job["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert c["command"][:4] == ["torchrun", "--standalone", "--nnodes=1", "--nproc-per-node=8"]
-    assert c["command"][4:] == ["-m", "hone_trainer", "train", "--config", "/etc/hone/config.json"]
+    # torchrun under the launcher that keeps the trainer's exit code for the podFailurePolicy
+    assert c["command"][:7] == ["python", "-m", "hone_trainer", "launch", "--config", "/etc/hone/config.json", "--"]
+    assert c["command"][7:11] == ["torchrun", "--standalone", "--nnodes=1", "--nproc-per-node=8"]
+    assert c["command"][11:] == ["-m", "hone_trainer", "train", "--config", "/etc/hone/config.json"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}

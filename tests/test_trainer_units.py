@@ -171,3 +171,29 @@ def test_trainer_metrics_and_structured_logs(capsys, tmp_path: Path) -> None:
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["event"] == "progress" and line["percent"] == 30 and line["finetunejob"] == "j"
     assert json.loads((tmp_path / "p.json").read_text())["trainLoss"] == 1.25
+
+
+@pytest.mark.parametrize("child, result, code", [
+    # torchrun exits 1 whatever its worker exited with; rank 0's result names the trainer's own code.
+    ("raise SystemExit(1)", {"ok": False, "errorCode": "model_error", "message": "no weights"}, 5),
+    ("raise SystemExit(1)", {"ok": False, "errorCode": "invalid_training_file", "message": "line 3"}, 4),
+    ("raise SystemExit(1)", None, 1),  # a crash: retryable
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", None, 137),
+    ("pass", None, 0),
+])
+def test_launch_exits_with_the_trainers_own_code(tmp_path: Path, child: str, result, code: int) -> None:
+    import subprocess
+    import sys
+
+    result_path = tmp_path / "result.json"
+    config = contract.TrainerConfig(
+        job=contract.JobIdentity(namespace="ns", name="j", uid="u", fine_tuned_model="ft:x:ns:j:1"),
+        base_model=contract.ModelSource(location=str(tmp_path)),
+        training_data=contract.DataFile(location=str(tmp_path / "train.jsonl")),
+        output_uri=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"), result_path=str(result_path))
+    (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
+    if result is not None:
+        result_path.write_text(json.dumps(result))
+    proc = subprocess.run([sys.executable, "-m", "hone_trainer", "launch", "--config", str(tmp_path / "config.json"),
+                           "--", sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr

@@ -2,6 +2,7 @@
 
     python -m hone_trainer validate --config CONFIG --result RESULT
     torchrun ... -m hone_trainer train --config CONFIG
+    python -m hone_trainer launch --config CONFIG -- torchrun ... -m hone_trainer train --config CONFIG
     python -m hone_trainer serve --config SERVER_CONFIG   (or --model/--adapter ...)
     python -m hone_trainer fetch --config SERVER_CONFIG --target DIR
 
@@ -15,6 +16,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,6 +119,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return int(code)
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    """Run the launcher (torchrun) and exit with the trainer's own exit code.
+
+    torchrun turns any worker's failure into exit code 1; rank 0's result names the error
+    (``errorCode``), which maps back to the code the trainer exited with, so the Job's
+    ``podFailurePolicy`` fails at once on a config, data or model error. SIGTERM and SIGINT
+    are passed on (in a pod this process is PID 1, which the kernel sends nothing it has no
+    handler for).
+    """
+    command = args.launcher[1:] if args.launcher[:1] == ["--"] else args.launcher
+    if not command:
+        return _fail(ExitCode.USAGE, "launch: no launcher command after --")
+    config = load_config(args.config)
+    try:
+        proc = subprocess.Popen(command)
+    except OSError as exc:
+        return _fail(ExitCode.CONFIG_ERROR, f"launch: cannot start {command[0]!r}: {exc}")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+    code = proc.wait()
+    if code == 0:
+        return 0
+    if code < 0:
+        return 128 - code
+    try:
+        text = Path(config.result_path).read_text()
+    except OSError:
+        text = ""
+    result = contract.parse_result(text, contract.TrainingResult)
+    if result is not None and not result.ok and result.error_code in contract.EXIT_CODE_OF_ERROR:
+        return int(contract.EXIT_CODE_OF_ERROR[result.error_code])
+    return code
+
+
 def server_config(args: argparse.Namespace) -> contract.ServerConfig:
     """From ``--config`` (the operator's ConfigMap), with command-line flags on top."""
     from hone_trainer.serving import loading
@@ -190,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="fine-tune with DeepSpeed (under torchrun, or as one process)")
     t.add_argument("--config", required=True, help="TrainerConfig JSON file")
     t.set_defaults(func=cmd_train)
+    la = sub.add_parser("launch", help="run torchrun (after --) and exit with the trainer's own exit code")
+    la.add_argument("--config", required=True, help="TrainerConfig JSON file (for its resultPath)")
+    la.add_argument("launcher", nargs=argparse.REMAINDER, help="-- torchrun ... -m hone_trainer train ...")
+    la.set_defaults(func=cmd_launch)
     s = sub.add_parser("serve", help="the OpenAI-compatible inference server (/v1, /health, /ready, /metrics)")
     _serving_args(s)
     s.add_argument("--served-model-name", help="name clients use for the base model")

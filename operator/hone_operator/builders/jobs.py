@@ -120,10 +120,11 @@ def training_command(ftj: FineTuneJob, settings: OperatorSettings) -> list[str]:
     nproc = r.gpusPerNode or 1
     trainer = contract.train_module_args(CONFIG_PATH)
     if r.nodes == 1:
-        return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}", *trainer]
+        return contract.launch_command(CONFIG_PATH, [
+            "torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}", *trainer])
     names = Names.of(ftj.metadata.name)
     endpoint = f"{names.training_job}-0.{names.service}:{settings.rendezvous_port}"
-    return [
+    return contract.launch_command(CONFIG_PATH, [
         "torchrun",
         f"--nnodes={r.nodes}",
         f"--nproc-per-node={nproc}",
@@ -132,7 +133,7 @@ def training_command(ftj: FineTuneJob, settings: OperatorSettings) -> list[str]:
         f"--rdzv-id={ftj.metadata.uid}",
         "--max-restarts=0",
         *trainer,
-    ]
+    ])
 
 
 def _trainer_container(ftj: FineTuneJob, settings: OperatorSettings, storage: Storage) -> dict[str, Any]:

@@ -36,10 +36,12 @@ from hone_trainer.contract.commands import (  # noqa: F401
     SERVER_PORT,
     validate_command,
     train_module_args,
+    launch_command,
     serve_command,
     fetch_command,
     ExitCode,
     NON_RETRYABLE_EXIT_CODES,
+    EXIT_CODE_OF_ERROR,
 )
 from hone_trainer.contract.pricing import (  # noqa: F401
     PriceTable,

@@ -25,6 +25,16 @@ def validate_command(config_path: str, result_path: str) -> list[str]:
     return ["python", "-m", "hone_trainer", "validate", "--config", config_path, "--result", result_path]
 
 
+def launch_command(config_path: str, launcher: list[str]) -> list[str]:
+    """The training pod's command: ``launcher`` (torchrun and its options, then :func:`train_module_args`)
+    under ``python -m hone_trainer launch``, which exits with the trainer's own exit code.
+
+    torchrun exits 1 whatever its workers exited with, so without this the ``podFailurePolicy``
+    never sees a config, data or model error and retries what cannot succeed.
+    """
+    return ["python", "-m", "hone_trainer", "launch", "--config", config_path, "--", *launcher]
+
+
 def train_module_args(config_path: str) -> list[str]:
     """What follows ``torchrun <launcher options>``: one process per GPU runs this.
 
@@ -68,6 +78,13 @@ class ExitCode(enum.IntEnum):
     #: Publishing the result failed in a way retrying cannot fix (permissions).
     OUTPUT_ERROR = 6
 
+
+#: A TrainingResult's ``errorCode`` -> the exit code the trainer exited with for it.
+EXIT_CODE_OF_ERROR: dict[str, ExitCode] = {
+    "invalid_config": ExitCode.CONFIG_ERROR,
+    "invalid_training_file": ExitCode.DATA_ERROR,
+    "model_error": ExitCode.MODEL_ERROR,
+}
 
 NON_RETRYABLE_EXIT_CODES: tuple[int, ...] = (
     ExitCode.USAGE,
