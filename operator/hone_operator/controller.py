@@ -26,7 +26,7 @@ from typing import Any
 from hone_operator.api.v1alpha1 import API_VERSION, FineTuneJobPhase
 from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.builders import modelserving as msv_build
-from hone_operator.builders.common import COMPONENT_LABEL, FINETUNEJOB_LABEL
+from hone_operator.builders.common import COMPONENT_LABEL, FINETUNEJOB_LABEL, MODELSERVING_LABEL
 from hone_operator.cache import ObjectCache
 from hone_operator.reconcile import finetunejob as ftj_reconcile
 from hone_operator.reconcile import modelserving as msv_reconcile
@@ -141,15 +141,17 @@ class Controller:
         self.enqueue((FINETUNEJOB, *key))
 
     def on_pod(self, event_type: str | None, obj: dict[str, Any]) -> None:
-        """A validation or training pod that cannot start (unschedulable, image pull, bad config) re-plans its
-        FineTuneJob, whose status then says why; a pod that runs shows in its Job's status instead."""
+        """A validation, training or server pod that cannot start (unschedulable, image pull, bad config)
+        re-plans its FineTuneJob or ModelServing, whose status then says why; a pod that runs shows in
+        its Job's or Deployment's status instead."""
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
-        owner = labels.get(FINETUNEJOB_LABEL)
-        if event_type == "DELETED" or owner is None or labels.get(COMPONENT_LABEL) not in ftj_build.JOB_COMPONENTS:
+        if event_type == "DELETED" or blocked_pod([obj]) is None:
             return
-        if blocked_pod([obj]) is not None:
-            self.enqueue((FINETUNEJOB, meta.get("namespace"), owner))
+        if labels.get(FINETUNEJOB_LABEL) and labels.get(COMPONENT_LABEL) in ftj_build.JOB_COMPONENTS:
+            self.enqueue((FINETUNEJOB, meta.get("namespace"), labels[FINETUNEJOB_LABEL]))
+        elif labels.get(MODELSERVING_LABEL) and labels.get(COMPONENT_LABEL) == "server":
+            self.enqueue((MODELSERVING, meta.get("namespace"), labels[MODELSERVING_LABEL]))
 
     def _written_job(self, key: Key, obj: dict[str, Any] | None) -> None:
         """Keep the answer to a create or patch of one of the FineTuneJob's Jobs."""
@@ -285,6 +287,11 @@ class Controller:
         if deployment is not None and _owner(deployment, MODELSERVING).get("uid") != uid:
             deployment = None  # left over from an earlier ModelServing of the same name
         observed = msv_reconcile.ObservedServing(fine_tune_jobs=ftjs, deployment=deployment)
+        dep_status = (deployment or {}).get("status") or {}
+        if deployment is not None and int(dep_status.get("readyReplicas") or 0) < int(
+                (deployment.get("spec") or {}).get("replicas") or 0):
+            observed.pods = self.kube.list("v1", "Pod", namespace,
+                                           f"{MODELSERVING_LABEL}={name},{COMPONENT_LABEL}=server")
         plan = msv_reconcile.plan(body, observed, self.settings, now())
         if plan.empty:
             return

@@ -61,6 +61,11 @@ async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_pod(event.get("type"), event["object"])
 
 
+@kopf.on.event("", "v1", "pods", labels={MODELSERVING_LABEL: kopf.PRESENT})
+async def serving_pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_pod(event.get("type"), event["object"])
+
+
 @kopf.on.event(GROUP, VERSION, "modelservings")
 async def modelserving_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_modelserving(event.get("type"), event["object"])

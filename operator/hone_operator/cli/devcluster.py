@@ -29,15 +29,21 @@ def _devtools() -> None:
               help="Write an admin kubeconfig for the emulated cluster here, once it serves.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Port on 127.0.0.1 to serve on; 0 picks a free one.")
-def dev_cluster(kubeconfig: Path, port: int) -> None:
-    """Serve an emulated Kubernetes API (CRDs from crds/ installed) until Ctrl-C.
+@click.option("--node/--no-node", default=True, show_default=True,
+              help="Also run one node that runs the pods (needs root); --no-node serves the API only.")
+@click.option("--state", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The node's folders (pods, PersistentVolumeClaims); default: beside the kubeconfig.")
+def dev_cluster(kubeconfig: Path, port: int, node: bool, state: Path | None) -> None:
+    """Serve an emulated Kubernetes API (CRDs from crds/ installed) and a node until Ctrl-C.
 
-    Point kubectl and helm at it with KUBECONFIG=FILE. Development tooling: nothing
-    runs pods; it is what Hone's own tests run against.
+    Point kubectl and helm at it with KUBECONFIG=FILE. The node runs pods as processes in
+    Linux namespaces from this checkout's installed environment (it stands in for Hone's
+    images); without root it is left out and nothing runs pods. Development tooling: it is
+    what Hone's own tests run against.
     """
     _devtools()
     try:
         from hone_dev.devcluster import serve
     except ImportError as exc:
         fail(f"hone dev-cluster needs the test extra ({exc.name} is missing): pip install -e '.[operator,test]'")
-    serve(kubeconfig, port=port, announce=lambda text: click.echo(text, err=True))
+    serve(kubeconfig, port=port, announce=lambda text: click.echo(text, err=True), node=node, state=state)

@@ -24,6 +24,7 @@ from hone_operator.builders import modelserving as msv_build
 from hone_operator.builders.common import SpecError
 from hone_operator.builders.served import Waiting
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
+from hone_operator.reconcile.pods import blocked_pod
 from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder
 from hone_operator.settings import OperatorSettings
 
@@ -33,6 +34,8 @@ class ObservedServing:
     #: FineTuneJobs of the namespace by name, as cached (None: does not exist)
     fine_tune_jobs: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     deployment: dict[str, Any] | None = None
+    #: The server pods, read while the Deployment is not fully ready (they may say why)
+    pods: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -82,7 +85,7 @@ def _plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSet
             # Deleted after it was deployed: keep serving what was resolved, and say so.
             status.condition("Resolved", False, "FineTuneJobDeleted", f"{wait}; the endpoint keeps serving the "
                          "artifact it loaded before, which stays until its storage is cleaned up")
-            _rollout_status(msv, deployment, status)
+            _rollout_status(msv, deployment, status, pods=observed.pods)
             return
         status.condition("Resolved", False, wait.reason, str(wait))
         status.condition("Ready", False, "WaitingForFineTuneJob", str(wait))
@@ -108,11 +111,11 @@ def _plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSet
             status.set_phase(Phase.DEPLOYING, f"Deploying {', '.join(names)} ({msv.spec.runtime})")
             return
         status.events.append(Event("Normal", "Updating", "the spec changed: rolling out the Deployment"))
-    _rollout_status(msv, deployment, status, updating=current != digest)
+    _rollout_status(msv, deployment, status, updating=current != digest, pods=observed.pods)
 
 
 def _rollout_status(msv: ModelServing, deployment: dict[str, Any], status: StatusBuilder,
-                    updating: bool = False) -> None:
+                    updating: bool = False, pods: list[dict[str, Any]] | None = None) -> None:
     observed = deployment.get("status") or {}
     dep_spec = deployment.get("spec") or {}
     want = dep_spec.get("replicas", msv.spec.replicas if msv.spec.autoscaling is None else None)
@@ -135,7 +138,10 @@ def _rollout_status(msv: ModelServing, deployment: dict[str, Any], status: Statu
         for c in observed.get("conditions") or []:
             if c.get("type") == "Progressing" and c.get("status") == "False":
                 message += f"; {c.get('message')}"
-        status.condition("Ready", False, "Deploying", message)
+        blocked = blocked_pod(pods or [])
+        if blocked:
+            message += f"; {blocked[1]}"
+        status.condition("Ready", False, blocked[0] if blocked else "Deploying", message)
         status.set_phase(Phase.DEPLOYING, f"Rolling out: {message}")
 
 
