@@ -287,7 +287,7 @@ def test_bad_pods_say_why(kubectl) -> None:
     assert get(kubectl, "bad", "pod/elsewhere", "{.status.containerStatuses[0].state.waiting.message}") == \
         'Back-off pulling image "docker.io/library/busybox:latest"'
     events = kubectl("-n", "bad", "get", "events", "-o", "jsonpath={.items[*].message}").stdout
-    assert f'Failed to pull image "docker.io/library/busybox:latest": the node has only' in events
+    assert 'Failed to pull image "docker.io/library/busybox:latest": the node has only' in events
     assert "0/1 nodes are available: 1 Insufficient nvidia.com/gpu." == wait_for(lambda: get(
         kubectl, "bad", "pod/gpu", '{.status.conditions[?(@.type=="PodScheduled")].message}'), what="unschedulable")
     assert wait_phase(kubectl, "bad", "hungry") == "Failed"

@@ -197,3 +197,38 @@ def test_launch_exits_with_the_trainers_own_code(tmp_path: Path, child: str, res
     proc = subprocess.run([sys.executable, "-m", "hone_trainer", "launch", "--config", str(tmp_path / "config.json"),
                            "--", sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
     assert proc.returncode == code, proc.stderr
+
+
+def test_launch_waits_for_the_first_nodes_rendezvous(monkeypatch) -> None:
+    """A replacement pod of node 1 waits until node 0's store accepts connections before torchrun joins."""
+    import socket
+    import threading
+    import time
+
+    from hone_trainer.__main__ import _wait_for_rendezvous
+
+    port = free_port()
+    command = ["torchrun", "--nnodes=2", f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "hone_trainer", "train"]
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    started = time.monotonic()
+    _wait_for_rendezvous(command, timeout=30)  # node 0 hosts the store: it never waits
+    assert time.monotonic() - started < 1
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    server = socket.socket()
+    ready = threading.Event()
+
+    def serve_later() -> None:
+        ready.wait()
+        server.bind(("127.0.0.1", port))
+        server.listen()
+    thread = threading.Thread(target=serve_later)
+    thread.start()
+    waiter = threading.Thread(target=_wait_for_rendezvous, args=(command, 30))
+    waiter.start()
+    waiter.join(1.0)
+    assert waiter.is_alive()  # nothing listens yet: still waiting
+    ready.set()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    thread.join()
+    server.close()

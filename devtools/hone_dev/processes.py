@@ -42,9 +42,9 @@ def children(pid: int) -> list[int]:
 
 
 def stopped(pid: int) -> bool:
-    """True when ``pid`` is stopped by a signal (state T), or gone."""
+    """True when ``pid`` is stopped by a signal (state T), or gone (exited: a zombie not reaped yet counts)."""
     fields = _stat(pid)
-    return fields is None or fields[0] in ("T", "t")
+    return fields is None or fields[0] in ("T", "t", "Z", "X")
 
 
 def signal_pending(pid: int, signum: int) -> bool:

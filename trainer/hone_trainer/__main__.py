@@ -119,6 +119,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return int(code)
 
 
+def _wait_for_rendezvous(command: list[str], timeout: float | None = None) -> None:
+    """On a node other than the first of a multi-node run, wait until the rendezvous endpoint (torchrun's
+    store, on the first node's pod) accepts connections.
+
+    The Job replaces a failed pod on its own, so after a node is lost the replacement may start before
+    the first node's new pod serves the store; torchrun would then fail at once (a DNS name with no
+    address yet, or a refused connection) and spend the Job's backoffLimit. Waits at most ``timeout``
+    seconds (``HONE_RENDEZVOUS_WAIT_SECONDS``, default 600), then lets torchrun try anyway.
+    """
+    import socket
+    import time
+
+    endpoint = next((a.split("=", 1)[1] for a in command if a.startswith("--rdzv-endpoint=")), None)
+    if endpoint is None or os.environ.get("JOB_COMPLETION_INDEX", "0") == "0":
+        return
+    host, _, port = endpoint.rpartition(":")
+    timeout = float(os.environ.get("HONE_RENDEZVOUS_WAIT_SECONDS", "600")) if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    said = False
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            return
+        except OSError as exc:
+            if not said:
+                print(f"hone-trainer: waiting for the rendezvous at {endpoint} ({exc})", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(0.5)
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     """Run the launcher (torchrun) and exit with the trainer's own exit code.
 
@@ -132,6 +162,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if not command:
         return _fail(ExitCode.USAGE, "launch: no launcher command after --")
     config = load_config(args.config)
+    _wait_for_rendezvous(command)
     try:
         proc = subprocess.Popen(command)
     except OSError as exc:

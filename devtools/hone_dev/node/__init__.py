@@ -184,12 +184,17 @@ class ServiceRouting:
             host, subdomain, ns = parts
             if (ns, subdomain) not in self.server.store[SERVICES]:
                 return None
+            found: list[str] | None = None
             for (pns, _), pod in self.server.store[PODS].items():
-                spec = pod.get("spec") or {}
+                spec, status = pod.get("spec") or {}, pod.get("status") or {}
                 if pns == ns and spec.get("hostname") == host and spec.get("subdomain") == subdomain:
-                    ip = (pod.get("status") or {}).get("podIP")
-                    return [ip] if ip and not pod["metadata"].get("deletionTimestamp") else []
-            return None
+                    found = found or []
+                    # As the headless Service's endpoints: a finished or deleted pod's address is gone
+                    # (an Indexed Job's replacement has the same hostname).
+                    if status.get("podIP") and status.get("phase") not in ("Succeeded", "Failed") and \
+                            not pod["metadata"].get("deletionTimestamp"):
+                        found.append(status["podIP"])
+            return found
         return None
 
 

@@ -242,7 +242,6 @@ class JobController(Controller):
                          and c["status"] == "True"), None)
         indexed = spec.get("completionMode") == "Indexed"
         completions = spec.get("completions")
-        parallelism = spec.get("parallelism", 1)
 
         # Count every finished pod once, then let it go (the tracking finalizer).
         succeeded_indexes = set(_parse_indexes(status.get("completedIndexes", "")))

@@ -22,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import shutil
 import subprocess
+from pathlib import Path
 from typing import Any, Callable
 
 import dns.flags
@@ -35,6 +38,8 @@ import dns.rrset
 log = logging.getLogger("hone.node")
 
 CLUSTER_DOMAIN = "cluster.local"
+#: Which process owns each node bridge (so a crashed node's bridge can be reclaimed).
+OWNERS = Path("/run/hone-node")
 
 
 class NetworkError(RuntimeError):
@@ -66,13 +71,40 @@ class Bridge:
         self.service_range = ipaddress.ip_network(f"10.{100 + index}.200.0/24")
         self._next_pod = 0
 
+    @property
+    def owner_file(self) -> Path:
+        return OWNERS / f"{self.name}.pid"
+
+    def _stale(self) -> bool:
+        """Whether this bridge was left by a node process that is gone (killed before it cleaned up)."""
+        try:
+            pid = int(self.owner_file.read_text())
+        except (OSError, ValueError):
+            return False
+        try:
+            os.kill(pid, 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+
     @classmethod
     def create(cls) -> "Bridge":
-        """Take the first free index (the bridge's name is the lock: ``ip link add`` fails if it exists)."""
+        """Take the first free index (the bridge's name is the lock: ``ip link add`` fails if it exists).
+
+        A bridge whose owner process is gone is removed (with its pods' namespaces) and reused.
+        """
+        OWNERS.mkdir(parents=True, exist_ok=True)
         for index in range(0, 100):
             bridge = cls(index)
             made = _ip_sync("link", "add", bridge.name, "type", "bridge")
+            if made.returncode and "File exists" in made.stderr and bridge._stale():
+                log.warning("removing %s, left by a node that is gone", bridge.name)
+                bridge.remove()
+                made = _ip_sync("link", "add", bridge.name, "type", "bridge")
             if made.returncode == 0:
+                bridge.owner_file.write_text(str(os.getpid()))
                 for args in (("addr", "add", f"{bridge.gateway}/16", "dev", bridge.name),
                              ("link", "set", bridge.name, "up")):
                     done = _ip_sync(*args)
@@ -86,6 +118,9 @@ class Bridge:
 
     def remove(self) -> None:
         _ip_sync("link", "del", self.name)
+        self.owner_file.unlink(missing_ok=True)
+        for controller in ("memory", "cpu"):
+            shutil.rmtree(Path("/sys/fs/cgroup", controller, self.name), ignore_errors=True)
         for line in _ip_sync("netns", "list").stdout.splitlines():
             name = line.split()[0] if line.split() else ""
             if name.startswith(f"{self.name}-"):
@@ -119,6 +154,9 @@ class PodNetwork:
         return f"/run/netns/{self.netns}"
 
     async def create(self) -> "PodNetwork":
+        # This node holds its bridge's index alone: a link or namespace of these names is a crashed run's.
+        await ip("link", "del", self.veth, check=False)
+        await ip("netns", "del", self.netns, check=False)
         await ip("netns", "add", self.netns)
         await ip("-batch", "-", stdin="\n".join([
             f"link add {self.veth} type veth peer name eth0 netns {self.netns}",

@@ -103,8 +103,14 @@ class FineTuneJobStatusBuilder(StatusBuilder):
             self.condition("FilesValidated", False, "InvalidTrainingFile", result.summary)
             self.fail("InvalidTrainingFile", "invalid_training_file", result.summary, "spec.trainingData")
 
+    def _blocked_event(self, condition: str, blocked: tuple[str, str]) -> None:
+        """A Warning Event the first time a condition turns to why the pods cannot start (kubectl describe)."""
+        if (get_condition(self.current.get("conditions"), condition) or {}).get("reason") != blocked[0]:
+            self.events.append(Event("Warning", blocked[0], blocked[1]))
+
     def validating(self, job: str, blocked: tuple[str, str] | None = None) -> None:
         if blocked:
+            self._blocked_event("FilesValidated", blocked)
             self.condition("FilesValidated", "Unknown", blocked[0], f"Job {job} cannot start: {blocked[1]}")
             self.set_phase(Phase.VALIDATING_FILES, f"Validating the training data: {blocked[1]}")
             return
@@ -121,6 +127,7 @@ class FineTuneJobStatusBuilder(StatusBuilder):
             self.condition("Running", False, "WaitingForAdmission", f"Job {job} waits for Kueue to admit it")
             self.set_phase(Phase.QUEUED, "Queued for admission by Kueue")
         elif blocked:
+            self._blocked_event("Running", blocked)
             self.condition("Suspended", False, "Resumed", "")
             self.condition("Running", False, blocked[0], f"Job {job} cannot start its pods: {blocked[1]}")
             self.set_phase(Phase.QUEUED, f"Queued: the training pods cannot start: {blocked[1]}")

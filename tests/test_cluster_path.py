@@ -1,0 +1,450 @@
+"""The cluster path on one machine: helm install, kubectl apply -k, and the pods Hone creates, run for real.
+
+The emulated API server with its node (hone_dev.node): the operator runs as the chart's pod
+(its real command, settings, ServiceAccount, RBAC), and every pod it creates runs on the
+node: the validation pod and the training pod (torchrun + DeepSpeed on CPU, the real trainer)
+and the ModelServing's server pod, behind its Service. The model is the tiny Llama of
+hone_dev.tiny, put on the claim the example names (the embedded SmolLM2 trains for minutes on
+two cores; the README's section runs it), with fewer epochs; everything else is the example.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from hone_dev import ROOT
+from hone_dev.cluster import wait_for
+from hone_dev.node import LocalCluster, app_version, available
+from hone_dev.processes import stopped
+from hone_dev.repo import tool_bin
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(available() is not None, reason=f"no node here: {available()}")]
+
+EXAMPLE = ROOT / "examples" / "skateboard-support"
+NS = "shop"
+
+
+class Cluster:
+    def __init__(self, node: LocalCluster, home: Path):
+        self.node, self.home = node, home
+        self.kubeconfig = node.write_kubeconfig(home / "kubeconfig")
+        self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HOME": str(home),
+                    "KUBECACHEDIR": str(home / "cache"), "HELM_CACHE_HOME": str(home / "helm-cache"),
+                    "HELM_CONFIG_HOME": str(home / "helm-config"), "HELM_DATA_HOME": str(home / "helm-data")}
+
+    def run(self, tool: str, *args: str, ok: bool = True, timeout: float = 120,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+        out = subprocess.run([tool_bin(tool), *args], capture_output=True, text=True, env=self.env,
+                             timeout=timeout, input=stdin)
+        if ok:
+            assert out.returncode == 0, f"{tool} {' '.join(args)} failed ({out.returncode}):\n{out.stderr}"
+        return out
+
+    def kubectl(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+        return self.run("kubectl", *args, **kw)
+
+    def get(self, what: str, path: str, ns: str = NS) -> str:
+        return self.kubectl("-n", ns, "get", what, "-o", f"jsonpath={path}", ok=False).stdout
+
+    def pods(self, selector: str, ns: str = NS) -> list[dict[str, Any]]:
+        return json.loads(self.kubectl("-n", ns, "get", "pods", "-l", selector, "-o", "json").stdout)["items"]
+
+    def audit(self, fn) -> Any:
+        return self.node.call(lambda server: fn(server.audit))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The node, with charts/hone installed by helm (cluster-wide) and its operator pod ready."""
+    home = tmp_path_factory.mktemp("cluster")
+    with LocalCluster(home / "node", job_backoff=1.0, restart_backoff=1.0) as node:
+        c = Cluster(node, home)
+        values = home / "values.yaml"
+        values.write_text(yaml.safe_dump({"operator": {"extraEnv": [
+            {"name": "HONE_RETRY_DELAY_SECONDS", "value": "1"}]}}))
+        c.run("helm", "install", "hone", str(ROOT / "charts" / "hone"), "-n", "hone-system", "--create-namespace",
+              "-f", str(values))
+        c.kubectl("-n", "hone-system", "rollout", "status", "deployment/hone", "--timeout=120s", timeout=150)
+        yield c
+
+
+def _tiny_model(claim: Path) -> None:
+    from hone_dev.tiny import make_tiny_llama, make_tokenizer
+
+    folder = claim / "base" / "tiny"
+    folder.mkdir(parents=True)
+    make_tokenizer(folder)
+    make_tiny_llama(folder)
+    for path in folder.iterdir():  # safetensors writes 0600; the pods run as another user
+        path.chmod(0o644)
+
+
+def _overlay(home: Path, name: str, epochs: int, interval: int) -> Path:
+    """The example, with the tiny model on its claim and ``epochs``; nothing else changed."""
+    folder = home / f"overlay-{name}"
+    folder.mkdir()
+    patch = [{"op": "replace", "path": "/spec/baseModel/uri", "value": "pvc://hone-models/base/tiny"},
+             {"op": "replace", "path": "/spec/hyperparameters/epochs", "value": epochs},
+             {"op": "replace", "path": "/spec/checkpointing/intervalSteps", "value": interval}]
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(EXAMPLE, folder)],
+        "patches": [{"target": {"kind": "FineTuneJob", "name": "skateboard-support"},
+                     "patch": yaml.safe_dump(patch)}]}))
+    return folder
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_the_operator_runs_as_the_charts_pod(cluster: Cluster) -> None:
+    pod = cluster.pods("app.kubernetes.io/component=operator", ns="hone-system")[0]
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == f"ghcr.io/hone-dev/hone-operator:{app_version()}"
+    assert container["args"] == ["operator"] and "command" not in container  # the image's ENTRYPOINT: hone
+    assert pod["spec"]["serviceAccountName"] == "hone"
+    assert pod["status"]["containerStatuses"][0]["ready"] is True
+    # Its requests come from inside the pod, with the ServiceAccount's token.
+    users = cluster.audit(lambda audit: {a.user for a in audit if "kopf" in a.user_agent.lower()})
+    assert users == {"system:serviceaccount:hone-system:hone"}
+
+
+def test_kubectl_apply_trains_serves_and_meters(cluster: Cluster) -> None:
+    cluster.kubectl("create", "namespace", NS)
+    _tiny_model(cluster.node.state / "volumes" / NS / "hone-models")
+    overlay = _overlay(cluster.home, "main", epochs=2, interval=4)
+    out = cluster.kubectl("-n", NS, "apply", "-k", str(overlay)).stdout
+    assert out.count("created") == 4
+    cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Succeeded", "ftj/skateboard-support",
+                    "--timeout=400s", timeout=420)
+    ftj = json.loads(cluster.kubectl("-n", NS, "get", "ftj", "skateboard-support", "-o", "json").stdout)
+    status = ftj["status"]
+    assert status["dataset"]["examples"] == 62 and status["trainedTokens"] > 0
+    assert status["progress"]["step"] == status["progress"]["totalSteps"] == 16
+    # The trainer patched its progress itself, from its pod, with its own ServiceAccount's token.
+    trainer = f"system:serviceaccount:{NS}:skateboard-support-trainer"
+    calls = cluster.audit(lambda audit: {(a.verb, a.resource, a.subresource, a.name, a.status)
+                                         for a in audit if a.user == trainer})
+    assert calls == {("patch", "finetunejobs", "status", "skateboard-support", 200)}
+    # Every pod ran the image the chart's settings named, and finished as the Job expects.
+    settings = yaml.safe_load(cluster.get("configmap/hone-settings", "{.data.settings\\.yaml}", ns="hone-system"))
+    for component in ("validate", "train"):
+        (pod,) = [p for p in cluster.pods(f"app.kubernetes.io/component={component}")
+                  if p["status"]["phase"] == "Succeeded"]
+        assert pod["status"]["containerStatuses"][0]["image"] == settings["runtimeImage"]
+        assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
+    assert '"event": "published"' in cluster.kubectl("-n", NS, "logs", "job/skateboard-support-train").stdout
+
+    cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Ready", "msv/skateboard-support",
+                    "--timeout=300s", timeout=320)
+    from openai import OpenAI
+
+    address = cluster.get("svc/skateboard-support", "{.spec.clusterIP}")
+    client = OpenAI(base_url=f"http://{address}/v1", api_key="unused", max_retries=0)
+    model = status["fineTunedModel"]["name"]
+    assert model in [m.id for m in client.models.list().data]
+    reply = client.chat.completions.create(model=model, max_tokens=8, temperature=0,
+                                           messages=[{"role": "user", "content": "Do you ship to Porto?"}])
+    assert reply.usage.completion_tokens > 0
+    (server,) = cluster.pods("app.kubernetes.io/component=server")
+    metrics = _metrics(f"http://{server['status']['podIP']}:8000/metrics")
+    assert metrics[("hone_inference_tokens_total", (("model", model), ("type", "prompt")))] == reply.usage.prompt_tokens
+    assert metrics[("hone_inference_tokens_total", (("model", model), ("type", "completion")))] == \
+        reply.usage.completion_tokens
+    # The operator's counter, through its Service, equals what the job reports.
+    operator = _metrics(f"http://{cluster.get('svc/hone-metrics', '{.spec.clusterIP}', ns='hone-system')}:8080/metrics")
+    trained = [v for (name, labels), v in operator.items()
+               if name == "hone_training_tokens_total" and ("finetunejob", "skateboard-support") in labels]
+    assert trained == [status["trainedTokens"]]
+
+    # Deleting the FineTuneJob removes what it made; the claim keeps the adapter and checkpoints.
+    claim = cluster.node.state / "volumes" / NS / "hone-models"
+    checkpoints = sorted(p.name for p in (claim / "adapters").rglob("checkpoint*") if p.is_dir())
+    cluster.kubectl("-n", NS, "delete", "ftj", "skateboard-support", "--timeout=60s")
+    wait_for(lambda: cluster.kubectl("-n", NS, "get", "jobs,cm,sa,role,rolebinding,svc", "-o", "name",
+                                     "-l", "hone.dev/finetunejob=skateboard-support").stdout == "",
+             timeout=60, what="the FineTuneJob's children collected")
+    wait_for(lambda: not cluster.pods("hone.dev/finetunejob=skateboard-support"), timeout=60, what="its pods gone")
+    assert checkpoints and sorted(p.name for p in (claim / "adapters").rglob("checkpoint*") if p.is_dir()) == \
+        checkpoints
+
+
+def _finetunejob(name: str, epochs: int = 4, interval: int = 8, **spec: Any) -> dict[str, Any]:
+    """The example's FineTuneJob under another name, on the tiny model."""
+    ftj = yaml.safe_load((EXAMPLE / "finetunejob.yaml").read_text())
+    ftj["metadata"]["name"] = name
+    ftj["spec"].update(baseModel={"uri": "pvc://hone-models/base/tiny"}, checkpointing={"intervalSteps": interval})
+    ftj["spec"]["hyperparameters"]["epochs"] = epochs
+    for key, value in spec.items():
+        ftj["spec"][key] = {**ftj["spec"].get(key, {}), **value} if isinstance(value, dict) else value
+    return ftj
+
+
+@pytest.fixture(scope="module")
+def shop(cluster: Cluster) -> Path:
+    """The namespace with the example's ConfigMap and claim, and the tiny model on the claim; the claim's folder."""
+    claim = cluster.node.state / "volumes" / NS / "hone-models"
+    if not (claim / "base" / "tiny").exists():
+        cluster.kubectl("create", "namespace", NS, ok=False)
+        _tiny_model(claim)
+    cluster.kubectl("-n", NS, "apply", "-f", str(EXAMPLE / "storage.yaml"))
+    data = cluster.kubectl("-n", NS, "create", "configmap", "skateboard-support-data", "--dry-run=client", "-o",
+                           "yaml", f"--from-file={EXAMPLE / 'train.jsonl'}",
+                           f"--from-file={EXAMPLE / 'validation.jsonl'}").stdout
+    cluster.kubectl("-n", NS, "apply", "-f", "-", stdin=data)
+    return claim
+
+
+def _apply(cluster: Cluster, *objs: dict[str, Any]) -> None:
+    cluster.kubectl("-n", NS, "apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+
+
+def _trainer_pids(cluster: Cluster, pod_name: str) -> set[int]:
+    """Every process of the pod's trainer container, from its memory cgroup (the node's own bookkeeping)."""
+    found = json.loads(cluster.kubectl("-n", NS, "get", "pod", pod_name, "-o", "json", ok=False).stdout or "{}")
+    worker = cluster.node.kubelet.workers.get((found.get("metadata") or {}).get("uid"))
+    pids: set[int] = set()
+    for cgroup in (worker.containers[0].cgroups if worker else []):
+        if cgroup.parent.parent.name == "memory":
+            try:
+                pids |= {int(p) for p in (cgroup / "cgroup.procs").read_text().split()}
+            except OSError:
+                pass
+    return pids
+
+
+def _new_trainer_pod(cluster: Cluster, name: str, exclude: set[str]) -> str:
+    """The next training pod of ``name`` whose container has started (its processes have a cgroup)."""
+    def found() -> str | None:
+        for pod in cluster.pods(f"hone.dev/finetunejob={name},app.kubernetes.io/component=train"):
+            if pod["metadata"]["name"] not in exclude and pod["status"].get("phase") == "Running" and \
+                    _trainer_pids(cluster, pod["metadata"]["name"]):
+                return pod["metadata"]["name"]
+        return None
+    return wait_for(found, timeout=180, interval=0.02, what=f"a new training pod of {name}")
+
+
+def _freeze(cluster: Cluster, pods: list[str]) -> set[int]:
+    """SIGSTOP every process of the pods' trainers, including ones forked meanwhile; returns them."""
+    frozen: set[int] = set()
+    while True:
+        pids = set().union(*(_trainer_pids(cluster, p) for p in pods))
+        for pid in pids - frozen:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        frozen |= pids
+        wait_for(lambda: all(stopped(p) for p in frozen), timeout=30, interval=0.005, what="the trainers stopped")
+        if set().union(*(_trainer_pids(cluster, p) for p in pods)) <= frozen:
+            return {p for p in frozen if Path(f"/proc/{p}").exists()}
+
+
+def _run_until_checkpoint(cluster: Cluster, pods: list[str], claim: Path, name: str, step: int) -> set[int]:
+    """Let the pods' trainers run a few milliseconds at a time, from their start, until the checkpoint of
+    ``step`` (or a later one) is complete; they are left stopped, so it cannot be overtaken by the run's end."""
+    folder = claim / "adapters" / NS / name / "checkpoints"
+
+    def reached() -> bool:
+        return any(int(m.parent.name.split("-")[1]) >= step for m in folder.glob("step-*/hone-complete.json"))
+    deadline = time.monotonic() + 300
+    while True:
+        pids = _freeze(cluster, pods)
+        if reached():
+            return pids
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} in {folder}"
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+
+
+def _last_validation(cluster: Cluster, name: str) -> tuple[int, float]:
+    curve = json.loads(cluster.get(f"ftj/{name}", "{.status.progress.validationCurve}"))
+    return curve[-1]["step"], curve[-1]["loss"]
+
+
+def test_preempted_training_resumes_from_its_checkpoint_with_the_same_loss(cluster: Cluster, shop: Path) -> None:
+    _apply(cluster, _finetunejob("steady"), _finetunejob("preempted"))
+    # A crash: every process of the trainer SIGKILLed right after the step-8 checkpoint completed.
+    first = _new_trainer_pod(cluster, "preempted", set())
+    for pid in _run_until_checkpoint(cluster, [first], shop, "preempted", 8):
+        os.kill(pid, signal.SIGKILL)
+    # A preemption: the next pod, after step 16's checkpoint, deleted with a DisruptionTarget condition.
+    second = _new_trainer_pod(cluster, "preempted", {first})
+    pids = _run_until_checkpoint(cluster, [second], shop, "preempted", 16)
+    assert cluster.get(f"pod/{first}", "{.status.containerStatuses[0].state.terminated.exitCode}") == "137"
+    assert "resumed from" in cluster.kubectl("-n", NS, "logs", second).stdout
+    cluster.kubectl("-n", NS, "patch", "pod", second, "--subresource=status", "--type=strategic", "-p", json.dumps(
+        {"status": {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                                    "message": "preempted by a higher-priority pod"}]}}))
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    cluster.kubectl("-n", NS, "delete", "pod", second, "--wait=false")
+    for name in ("steady", "preempted"):
+        cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Succeeded", f"ftj/{name}",
+                        "--timeout=400s", timeout=420)
+    # The crash counted against backoffLimit, the preemption did not; the run ended as an uninterrupted one.
+    assert cluster.get("job/preempted-train", "{.status.failed}") == "1"
+    left = cluster.pods("hone.dev/finetunejob=preempted,app.kubernetes.io/component=train")
+    assert sorted(p["status"]["phase"] for p in left) == ["Failed", "Succeeded"]  # the deleted one is gone
+    steady, preempted = _last_validation(cluster, "steady"), _last_validation(cluster, "preempted")
+    assert steady[0] == preempted[0] == 32
+    assert preempted[1] == pytest.approx(steady[1], abs=1e-5)
+
+
+def test_errors_fail_at_once_and_stuck_pods_say_why(cluster: Cluster, shop: Path) -> None:
+    # A base model without weights passes validation (its tokenizer counts) and fails training with exit
+    # code 5: the podFailurePolicy fails the Job at once, without retrying it.
+    broken = shop / "base" / "no-weights"
+    broken.mkdir(parents=True, exist_ok=True)
+    for path in (shop / "base" / "tiny").iterdir():
+        if not path.name.endswith(".safetensors"):
+            (broken / path.name).write_bytes(path.read_bytes())
+            (broken / path.name).chmod(0o644)
+    _apply(cluster, {**_finetunejob("no-weights"), "spec": {**_finetunejob("no-weights")["spec"],
+                                                            "baseModel": {"uri": "pvc://hone-models/base/no-weights"}}},
+           _finetunejob("wants-a-gpu", resources={"gpusPerNode": 1}),
+           _finetunejob("elsewhere", image="registry.example/someone-else:1.0"))
+    cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Failed", "ftj/no-weights", "--timeout=300s",
+                    timeout=320)
+    assert cluster.get("ftj/no-weights", "{.status.error.code}") == "model_error"
+    assert "has no *.safetensors weights" in cluster.get("ftj/no-weights", "{.status.error.message}")
+    assert cluster.get("job/no-weights-train", "{.status.failed}") == "1"
+    assert cluster.get("job/no-weights-train", '{.status.conditions[?(@.type=="Failed")].reason}') == \
+        "PodFailurePolicy"
+    # Pods that cannot start: the FineTuneJob says why, where a user looks.
+    running = '{.status.conditions[?(@.type=="Running")]}'
+    wait_for(lambda: "Insufficient nvidia.com/gpu" in cluster.get("ftj/wants-a-gpu", running), timeout=300,
+             what="the GPU job's status")
+    assert json.loads(cluster.get("ftj/wants-a-gpu", running))["reason"] == "Unschedulable"
+    validated = '{.status.conditions[?(@.type=="FilesValidated")]}'
+    wait_for(lambda: "ImagePullBackOff" in cluster.get("ftj/elsewhere", validated), timeout=120,
+             what="the image error in status")
+    assert 'Back-off pulling image "registry.example/someone-else:1.0"' in json.loads(
+        cluster.get("ftj/elsewhere", validated))["message"]
+    events = cluster.kubectl("-n", NS, "get", "events", "--field-selector", "involvedObject.name=wants-a-gpu", "-o",
+                             "jsonpath={.items[*].reason}").stdout.split()
+    assert "Unschedulable" in events
+    cluster.kubectl("-n", NS, "delete", "ftj", "no-weights", "wants-a-gpu", "elsewhere", "--wait=false")
+
+
+def test_a_trainer_reads_only_what_it_was_given(cluster: Cluster, shop: Path) -> None:
+    """The trainer's ServiceAccount: its own job's status, nothing else (RBAC on the real token)."""
+    _apply(cluster, _finetunejob("guarded", epochs=1))
+    wait_for(lambda: cluster.kubectl("-n", NS, "get", "sa", "guarded-trainer", ok=False).returncode == 0,
+             what="the trainer's ServiceAccount")
+    kubectl_code = ("import json, os, ssl, urllib.request, urllib.error\n"
+                    "sa = '/var/run/secrets/kubernetes.io/serviceaccount'\n"
+                    "ctx = ssl.create_default_context(cafile=sa + '/ca.crt')\n"
+                    "base = 'https://' + os.environ['KUBERNETES_SERVICE_HOST']\n"
+                    "for path in ['/api/v1/namespaces/shop/configmaps/steady-config', '/api/v1/namespaces/shop/secrets',\n"
+                    "             '/apis/hone.dev/v1alpha1/namespaces/shop/finetunejobs/steady']:\n"
+                    "    req = urllib.request.Request(base + path, headers={'Authorization': 'Bearer ' + open(sa + '/token').read()})\n"
+                    "    try:\n        urllib.request.urlopen(req, context=ctx); print(path, 200)\n"
+                    "    except urllib.error.HTTPError as e:\n        print(path, e.code, json.load(e)['message'])\n")
+    probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nosy"}, "spec": {
+        "serviceAccountName": "guarded-trainer", "automountServiceAccountToken": True, "restartPolicy": "Never",
+        "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True},
+        "containers": [{"name": "main", "image": f"ghcr.io/hone-dev/hone-runtime:{app_version()}",
+                        "command": ["python", "-c", kubectl_code]}]}}
+    _apply(cluster, probe)
+    phase = wait_for(lambda: cluster.get("pod/nosy", "{.status.phase}") in ("Succeeded", "Failed") and
+                     cluster.get("pod/nosy", "{.status.phase}"), timeout=120, what="the probe ran")
+    lines = cluster.kubectl("-n", NS, "logs", "nosy").stdout.splitlines()
+    assert phase == "Succeeded", lines
+    assert len(lines) == 3 and all(" 403 " in line for line in lines), lines
+    assert 'User "system:serviceaccount:shop:guarded-trainer" cannot get resource "configmaps"' in lines[0]
+    cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Succeeded", "ftj/guarded", "--timeout=300s",
+                    timeout=320)
+    cluster.kubectl("-n", NS, "delete", "pod", "nosy", "--wait=false")
+
+
+def test_two_nodes_train_one_adapter_through_the_headless_service(cluster: Cluster, shop: Path) -> None:
+    """resources.nodes: 2: two pods in two network namespaces, torchrun's rendezvous on pod 0 by its DNS name."""
+    _apply(cluster, _finetunejob("pair", epochs=2, interval=4, resources={"nodes": 2, "cpu": "1"}))
+    selector = "hone.dev/finetunejob=pair,app.kubernetes.io/component=train"
+
+    def both_running() -> list[str] | None:
+        pods = [p["metadata"]["name"] for p in cluster.pods(selector) if p["status"].get("phase") == "Running"]
+        return pods if len(pods) == 2 and all(_trainer_pids(cluster, p) for p in pods) else None
+    first = wait_for(both_running, timeout=240, interval=0.02, what="both pods running")
+    addresses = {cluster.get(f"pod/{name}", "{.status.podIP}") for name in first}
+    assert len(addresses) == 2  # two network namespaces
+    index = {cluster.get(f"pod/{n}", "{.metadata.annotations.batch\\.kubernetes\\.io/job-completion-index}"): n
+             for n in first}
+    # After the step-4 checkpoint, pod 1's processes die: pod 0 fails too (its peer is gone), and the Job's
+    # retry brings both back, resuming from that checkpoint.
+    pids = _run_until_checkpoint(cluster, first, shop, "pair", 4)
+    victims = _trainer_pids(cluster, index["1"])
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL if pid in victims else signal.SIGCONT)
+    cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Succeeded", "ftj/pair", "--timeout=400s",
+                    timeout=420)
+    assert int(cluster.get("job/pair-train", "{.status.failed}")) >= 1
+    assert cluster.get("job/pair-train", "{.status.completedIndexes}") == "0-1"
+    again = [p for p in cluster.pods(selector) if p["metadata"]["name"] not in first
+             and p["status"].get("phase") == "Succeeded"]
+    assert len(again) == 2
+    rank0 = next(p["metadata"]["name"] for p in again
+                 if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0")
+    assert "step-00000004" in cluster.kubectl("-n", NS, "logs", rank0).stdout
+    assert cluster.get("ftj/pair", "{.status.progress.step}") == "16"
+
+
+def test_namespaced_install_with_leader_election(cluster: Cluster, shop: Path) -> None:
+    """helm install with watchNamespaces and two replicas: one leads (the Lease names its pod), serves one
+    namespace with a Role there, and a ModelServing whose image cannot be pulled says so."""
+    cluster.run("helm", "uninstall", "hone", "-n", "hone-system")
+    wait_for(lambda: not cluster.pods("app.kubernetes.io/component=operator", ns="hone-system"), timeout=120,
+             what="the cluster-wide operator gone")
+    cluster.kubectl("create", "namespace", "team-b")
+    values = cluster.home / "namespaced.yaml"
+    values.write_text(yaml.safe_dump({"watchNamespaces": ["team-b"], "replicaCount": 2,
+                                      "leaderElection": {"enabled": True},
+                                      "operator": {"extraEnv": [{"name": "HONE_RETRY_DELAY_SECONDS", "value": "1"}]}}))
+    cluster.run("helm", "install", "hone-b", str(ROOT / "charts" / "hone"), "-n", "hone-b", "--create-namespace",
+                "-f", str(values))
+    # Only the leader is ready (its health endpoint serves once it leads).
+    leader = wait_for(lambda: cluster.get("lease/hone-b", "{.spec.holderIdentity}", ns="hone-b"), timeout=120,
+                      what="a leader")
+    pods = {p["metadata"]["name"] for p in cluster.pods("app.kubernetes.io/component=operator", ns="hone-b")}
+    assert leader in pods and len(pods) == 2
+    cluster_roles = [r for r in json.loads(cluster.kubectl("get", "clusterrole", "-o", "json").stdout)["items"]
+                     if r["metadata"]["name"].startswith("hone-b")]
+    assert {res for r in cluster_roles for rule in r["rules"] for res in rule["resources"]} <= {
+        "customresourcedefinitions", "namespaces"}  # cluster-wide only what discovery needs
+    assert "role.rbac.authorization.k8s.io/hone-b" in cluster.kubectl("-n", "team-b", "get", "role", "-o",
+                                                                      "name").stdout
+    msv = yaml.safe_load((EXAMPLE / "modelserving.yaml").read_text())
+    msv["spec"] = {"baseModel": {"uri": "embedded://smollm2-135m-instruct"}, "runtime": "hone",
+                   "image": "registry.example/someone-else:1.0", "replicas": 1}
+    msv["metadata"]["name"] = "elsewhere"
+    cluster.kubectl("-n", "team-b", "apply", "-f", "-", stdin=yaml.safe_dump(msv))
+    wait_for(lambda: "registry.example/someone-else:1.0" in cluster.get(
+        "msv/elsewhere", '{.status.conditions[?(@.type=="Ready")].message}', ns="team-b"), timeout=120,
+        what="the image error in the ModelServing's status")
+    assert cluster.get("msv/elsewhere", '{.status.conditions[?(@.type=="Ready")].reason}', ns="team-b") in (
+        "ErrImagePull", "ImagePullBackOff")
+    # Every request its ServiceAccount made stayed in its namespaces (team-b, and its own for the Lease).
+    namespaces = cluster.audit(lambda audit: {a.namespace for a in audit
+                                              if a.user == "system:serviceaccount:hone-b:hone-b"})
+    assert namespaces <= {"team-b", "hone-b", None} and "team-b" in namespaces
