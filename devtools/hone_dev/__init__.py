@@ -6,6 +6,9 @@ on ``sys.path`` themselves). It works from a checkout: it reads ``crds/`` and ``
 
 * :mod:`.apiserver`: an emulated Kubernetes API server (what it implements and what it
   does not is in its docstring);
+* :mod:`.node`: a node that runs the pods for real (processes in Linux namespaces), with the
+  Job, ReplicaSet and Deployment controllers, cluster DNS and Service addresses;
+  :mod:`.devcluster` serves both for ``hone dev-cluster``;
 * :mod:`.cluster`: the real operator as a subprocess, and the Job controller played by hand;
 * :mod:`.resources`: FineTuneJobs and ModelServings as the operator tests apply them, with
   their Jobs finished and Deployments rolled out by hand;

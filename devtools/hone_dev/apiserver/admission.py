@@ -23,12 +23,7 @@ import ipaddress
 import secrets
 from typing import Any
 
-from hone_dev.apiserver.kinds import ApiError
-
-PODS = ("", "v1", "pods")
-SERVICES = ("", "v1", "services")
-SERVICE_ACCOUNTS = ("", "v1", "serviceaccounts")
-JOBS = ("batch", "v1", "jobs")
+from hone_dev.apiserver.kinds import JOBS, PODS, SERVICE_ACCOUNTS, SERVICES, ApiError
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 ROOT_CA = "kube-root-ca.crt"
 

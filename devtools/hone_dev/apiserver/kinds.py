@@ -9,6 +9,20 @@ from typing import Any
 
 GVR = tuple[str, str, str]  # (group, version, plural)
 
+# The built-in resources the emulator's own admission, node and controllers work on.
+PODS: GVR = ("", "v1", "pods")
+NODES: GVR = ("", "v1", "nodes")
+NAMESPACES: GVR = ("", "v1", "namespaces")
+SERVICES: GVR = ("", "v1", "services")
+SERVICE_ACCOUNTS: GVR = ("", "v1", "serviceaccounts")
+CONFIGMAPS: GVR = ("", "v1", "configmaps")
+SECRETS: GVR = ("", "v1", "secrets")
+PVCS: GVR = ("", "v1", "persistentvolumeclaims")
+JOBS: GVR = ("batch", "v1", "jobs")
+REPLICASETS: GVR = ("apps", "v1", "replicasets")
+DEPLOYMENTS: GVR = ("apps", "v1", "deployments")
+MERGE = "application/merge-patch+json"
+
 
 @dataclasses.dataclass
 class Kind:

@@ -44,8 +44,9 @@ from hone_dev.node import network
 from hone_dev.node.controllers import (DeploymentController, JobController, NamespaceDefaultsController,
                                        ReplicaSetController)
 from hone_dev.node.images import hone_images
-from hone_dev.node.controllers import _ready
-from hone_dev.node.kubelet import Kubelet, PODS, SERVICES
+from hone_dev.apiserver.kinds import PODS, SERVICES
+from hone_dev.node.controllers import is_ready
+from hone_dev.node.kubelet import Kubelet
 
 log = logging.getLogger("hone.node")
 
@@ -142,7 +143,7 @@ class ServiceRouting:
             if pns != ns or any(labels.get(k) != v for k, v in selector.items()):
                 continue
             ip = (pod.get("status") or {}).get("podIP")
-            if ip and (unready or _ready(pod)) and not pod["metadata"].get("deletionTimestamp") and \
+            if ip and (unready or is_ready(pod)) and not pod["metadata"].get("deletionTimestamp") and \
                     pod["status"].get("phase") not in ("Succeeded", "Failed"):
                 found.append(pod)
         return sorted(found, key=lambda p: p["metadata"]["name"])

@@ -38,19 +38,12 @@ import logging
 import secrets
 from typing import Any, Callable
 
-from hone_dev.apiserver.kinds import ApiError, now
+from hone_dev.apiserver.kinds import (CONFIGMAPS, DEPLOYMENTS, JOBS, MERGE, NAMESPACES, PODS, REPLICASETS,
+                                      SERVICE_ACCOUNTS, ApiError, now)
 from hone_dev.node.kubelet import emit_event
 
 log = logging.getLogger("hone.node")
 
-PODS = ("", "v1", "pods")
-JOBS = ("batch", "v1", "jobs")
-REPLICASETS = ("apps", "v1", "replicasets")
-DEPLOYMENTS = ("apps", "v1", "deployments")
-NAMESPACES = ("", "v1", "namespaces")
-SERVICE_ACCOUNTS = ("", "v1", "serviceaccounts")
-CONFIGMAPS = ("", "v1", "configmaps")
-MERGE = "application/merge-patch+json"
 TRACKING = "batch.kubernetes.io/job-tracking"
 INDEX = "batch.kubernetes.io/job-completion-index"
 
@@ -70,7 +63,7 @@ def _terminal(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
-def _ready(pod: dict[str, Any]) -> bool:
+def is_ready(pod: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
 
@@ -84,6 +77,8 @@ class Controller:
     """Watches ``gvrs``; ``keys(gvr, obj)`` maps an event to the keys to reconcile."""
 
     watches: tuple[tuple[str, str, str], ...] = ()
+    #: The kind of owner whose key an event on a dependent (the second watch) queues.
+    owner_kind = ""
 
     def __init__(self, server: Any):
         self.server = server
@@ -138,7 +133,10 @@ class Controller:
                 self.enqueue_after(key, 5.0)
 
     def keys(self, gvr: tuple[str, str, str], obj: dict[str, Any]) -> list[Any]:
-        raise NotImplementedError
+        """The object's own key for the first watch, its controlling owner's for the others."""
+        if gvr == self.watches[0]:
+            return [(obj["metadata"]["namespace"], obj["metadata"]["name"])]
+        return self.owner_keys(obj, self.owner_kind)
 
     def reconcile(self, key: Any) -> None:
         raise NotImplementedError
@@ -327,7 +325,7 @@ class JobController(Controller):
         if status.get("completionTime") is None:
             status.pop("completionTime", None)
         status["active"] = len([p for p in live if not _terminal(p)])
-        status["ready"] = len([p for p in live if _ready(p)])
+        status["ready"] = len([p for p in live if is_ready(p)])
         status["terminating"] = len(terminating)
         status.setdefault("succeeded", 0)
         status.setdefault("failed", 0)
@@ -443,12 +441,8 @@ def _format_indexes(indexes: set[int]) -> str:
 
 class ReplicaSetController(Controller):
     watches = (REPLICASETS, PODS)
+    owner_kind = "ReplicaSet"
     component = "replicaset-controller"
-
-    def keys(self, gvr: tuple[str, str, str], obj: dict[str, Any]) -> list[Any]:
-        if gvr == REPLICASETS:
-            return [(obj["metadata"]["namespace"], obj["metadata"]["name"])]
-        return self.owner_keys(obj, "ReplicaSet")
 
     def reconcile(self, key: tuple[str, str]) -> None:
         rs = self.server.store[REPLICASETS].get(key)
@@ -467,10 +461,10 @@ class ReplicaSetController(Controller):
                 live.append(pod)
         if len(live) > want:
             # Not ready first, then the newest.
-            for pod in sorted(live, key=lambda p: (_ready(p), p["metadata"]["creationTimestamp"]))[: len(live) - want]:
+            for pod in sorted(live, key=lambda p: (is_ready(p), p["metadata"]["creationTimestamp"]))[: len(live) - want]:
                 self.delete_pod(pod)
                 live.remove(pod)
-        ready = [p for p in live if _ready(p)]
+        ready = [p for p in live if is_ready(p)]
         self.write_status(REPLICASETS, rs, {
             "replicas": len(live), "fullyLabeledReplicas": len(live), "readyReplicas": len(ready),
             "availableReplicas": len(ready), "observedGeneration": rs["metadata"].get("generation", 1)})
@@ -485,12 +479,8 @@ def template_hash(template: dict[str, Any]) -> str:
 
 class DeploymentController(Controller):
     watches = (DEPLOYMENTS, REPLICASETS)
+    owner_kind = "Deployment"
     component = "deployment-controller"
-
-    def keys(self, gvr: tuple[str, str, str], obj: dict[str, Any]) -> list[Any]:
-        if gvr == DEPLOYMENTS:
-            return [(obj["metadata"]["namespace"], obj["metadata"]["name"])]
-        return self.owner_keys(obj, "Deployment")
 
     def reconcile(self, key: tuple[str, str]) -> None:
         deploy = self.server.store[DEPLOYMENTS].get(key)

@@ -59,20 +59,12 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from hone_dev import ROOT
-from hone_dev.apiserver import admission
-from hone_dev.apiserver.kinds import ApiError, now
+from hone_dev.apiserver.kinds import CONFIGMAPS, MERGE, NODES, PODS, PVCS, SECRETS, ApiError, now
 from hone_dev.node import network
 from hone_dev.node.images import Image
 
 log = logging.getLogger("hone.node")
 
-PODS = ("", "v1", "pods")
-NODES = ("", "v1", "nodes")
-CONFIGMAPS = ("", "v1", "configmaps")
-SECRETS = ("", "v1", "secrets")
-PVCS = ("", "v1", "persistentvolumeclaims")
-SERVICES = ("", "v1", "services")
-MERGE = "application/merge-patch+json"
 #: Conditions the kubelet owns; others (DisruptionTarget) are kept as they are.
 KUBELET_CONDITIONS = ("PodScheduled", "Initialized", "ContainersReady", "Ready", "PodReadyToStartContainers")
 EXTENDED_FREE = ("cpu", "memory", "ephemeral-storage", "pods")
@@ -1093,6 +1085,3 @@ def emit_event(server: Any, obj: dict[str, Any], reason: str, message: str, comp
     except ApiError:
         pass
 
-
-#: What admission adds where the pod's token lives (re-exported for tests).
-TOKEN_DIR = admission.TOKEN_DIR
