@@ -799,6 +799,7 @@ class PodWorker:
             "hostname": hostname[:63],
             "environment": self.kubelet.environment,
             "traversable": self.kubelet.traversable,
+            "expose": self.kubelet.traversable,
             "mask": [str(self.kubelet.state)],
             "mounts": mounts,
             "readOnlyRoot": bool(ctx.get("readOnlyRootFilesystem")),

@@ -11,7 +11,8 @@ stdout and stderr. In order:
    is also bound at the image's ``/opt/hone``) and whose upper layer is a tmpfs, so nothing
    the container writes reaches the host; ``/tmp``, ``/run``, ``/dev/shm`` and the node's own
    state folder are fresh tmpfs (a pod never sees another pod's volumes or the host's temp
-   files); every volume is bind-mounted at its ``mountPath`` (read-only where asked); the root
+   files), except that the environment and the checkout stay visible, read-only, where they
+   are (``expose``); every volume is bind-mounted at its ``mountPath`` (read-only where asked); the root
    is made read-only for ``readOnlyRootFilesystem``;
 4. forks the container's process, PID 1 of its PID namespace (so, as in a container, a SIGTERM
    it installed no handler for is ignored, and when it exits everything it started dies), which
@@ -137,7 +138,15 @@ def build_root(spec: dict[str, Any]) -> Path:
     _devices(root / "dev")
     mount("/sys", str(root / "sys"), None, MS_BIND | MS_REC)
     mount(None, str(root / "sys"), None, MS_BIND | MS_REMOUNT | MS_RDONLY)
-    for masked in ("/tmp", "/run", "/dev/shm", *spec.get("mask", [])):
+    fresh = ("/tmp", "/run", "/dev/shm")
+    for masked in fresh:
+        tmpfs(inside(root, masked))
+    # What stands in for the image (the venv, the checkout it was installed from, the interpreter)
+    # stays visible where it lives, even under /tmp (a CI checkout may be there).
+    for path in spec.get("expose", []):
+        if any(Path(path).is_relative_to(m) for m in fresh):
+            bind(path, inside(root, path), read_only=True)
+    for masked in spec.get("mask", []):
         tmpfs(inside(root, masked))
     bind(spec["environment"], inside(root, "/opt/hone"), read_only=True)
     for m in spec["mounts"]:
@@ -167,7 +176,10 @@ def _traversable(root: Path, path: Path) -> None:
         except OSError:
             return
         if not mode & 0o001:
-            os.chmod(there, mode | 0o055)
+            try:
+                os.chmod(there, mode | 0o055)
+            except OSError:  # on a read-only bind (an exposed path): the host's modes hold
+                pass
 
 
 def enter_cgroups(paths: list[str]) -> None:
