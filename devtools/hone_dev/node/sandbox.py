@@ -141,13 +141,6 @@ def build_root(spec: dict[str, Any]) -> Path:
     fresh = ("/tmp", "/run", "/dev/shm")
     for masked in fresh:
         tmpfs(inside(root, masked))
-    # What stands in for the image (the venv, the checkout it was installed from, the interpreter)
-    # stays visible where it lives, even under /tmp (a CI checkout may be there).
-    for path in spec.get("expose", []):
-        if any(Path(path).is_relative_to(m) for m in fresh):
-            bind(path, inside(root, path), read_only=True)
-    for masked in spec.get("mask", []):
-        tmpfs(inside(root, masked))
     bind(spec["environment"], inside(root, "/opt/hone"), read_only=True)
     for m in spec["mounts"]:
         target = inside(root, m["target"])
@@ -155,6 +148,15 @@ def build_root(spec: dict[str, Any]) -> Path:
             tmpfs(target, m.get("size"))
         else:
             bind(m["source"], target, m.get("readOnly", False))
+    # What stands in for the image (the venv, the checkout it was installed from, the interpreter)
+    # stays visible where it lives, even under /tmp or a volume mounted there (a CI checkout may be in
+    # /tmp, and Hone's pods mount an emptyDir at /tmp); then the node's own folders are hidden.
+    covering = [*fresh, *(m["target"] for m in spec["mounts"])]
+    for path in spec.get("expose", []):
+        if any(Path(path).is_relative_to(m) for m in covering):
+            bind(path, inside(root, path), read_only=True)
+    for masked in spec.get("mask", []):
+        tmpfs(inside(root, masked))
     (root / "proc").mkdir(exist_ok=True)
     for path in spec.get("traversable", []):
         _traversable(root, Path(path))
