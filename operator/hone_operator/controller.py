@@ -290,8 +290,7 @@ class Controller:
         dep_status = (deployment or {}).get("status") or {}
         if deployment is not None and int(dep_status.get("readyReplicas") or 0) < int(
                 (deployment.get("spec") or {}).get("replicas") or 0):
-            observed.pods = self.kube.list("v1", "Pod", namespace,
-                                           f"{MODELSERVING_LABEL}={name},{COMPONENT_LABEL}=server")
+            observed.pods = self.kube.list("v1", "Pod", namespace, msv_build.server_selector(name))
         plan = msv_reconcile.plan(body, observed, self.settings, now())
         if plan.empty:
             return

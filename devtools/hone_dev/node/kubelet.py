@@ -127,6 +127,8 @@ class Container:
         self.cgroups: list[Path] = []
         self.log_path: Path | None = None
         self.exited = asyncio.Event()
+        #: Set when this run's startup probe passed (readiness and liveness probes wait for it).
+        self.started_up = asyncio.Event()
 
     def status(self) -> dict[str, Any]:
         image = self.spec.get("image", "")
@@ -322,6 +324,7 @@ class PodWorker:
         run_dir = spec_path.parent
         container.log_path = run_dir / "log"
         container.exited.clear()
+        container.started_up.clear()
         with open(container.log_path, "ab") as out:
             container.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hone_dev.node.sandbox", str(spec_path), stdout=out, stderr=out,
@@ -385,8 +388,7 @@ class PodWorker:
         if not probe:
             return
         if kind != "startupProbe" and container.spec.get("startupProbe"):
-            while not getattr(container, "startup_passed", False):
-                await asyncio.sleep(0.2)
+            await container.started_up.wait()
         await asyncio.sleep(float(probe.get("initialDelaySeconds", 0)))
         period = float(probe.get("periodSeconds", 10))
         failures = successes = 0
@@ -402,7 +404,7 @@ class PodWorker:
                                        f"{message}", warning=True)
             if kind == "startupProbe":
                 if ok:
-                    container.startup_passed = True  # type: ignore[attr-defined]
+                    container.started_up.set()
                     if not container.spec.get("readinessProbe"):
                         container.ready = True
                         self._readiness()
@@ -786,7 +788,7 @@ class PodWorker:
                 if not source.resolve().is_relative_to((self.dir if "persistentVolumeClaim" not in volume else
                                                         source.parent).resolve()):
                     raise ConfigFailure(f"subPath {m['subPath']!r} leaves the volume")
-                source.mkdir(parents=True, exist_ok=True) if not source.exists() else None
+                source.mkdir(parents=True, exist_ok=True)
             mounts.append({"source": str(source), "target": m["mountPath"], "readOnly": read_only})
         for name in ("hosts", "resolv.conf", "hostname"):
             mounts.append({"source": str(run_dir / name), "target": f"/etc/{name}", "readOnly": True})

@@ -66,7 +66,12 @@ def selector_labels(msv: ModelServing) -> dict[str, str]:
 
 
 def selector(msv: ModelServing) -> str:
-    return ",".join(f"{k}={v}" for k, v in selector_labels(msv).items())
+    return server_selector(msv.metadata.name)
+
+
+def server_selector(name: str) -> str:
+    """Label selector of a ModelServing's server pods, from its name (as :func:`selector_labels` labels them)."""
+    return f"{common.MODELSERVING_LABEL}={name[:63].rstrip('-.')},{common.COMPONENT_LABEL}=server"
 
 
 def owner(msv: ModelServing) -> dict[str, Any]:
