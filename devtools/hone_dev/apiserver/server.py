@@ -19,7 +19,7 @@ import kmock
 import yaml
 
 from hone_dev.apiserver import auth, auth_reviews, discovery, openapi, openapi_v2, protobuf, ssa, tables
-from hone_dev.apiserver.kinds import ApiError, Audit, BUILTINS, GVR, Kind, WRITE_VERBS, now
+from hone_dev.apiserver.kinds import ApiError, Audit, BUILTINS, GVR, PODS, Kind, WRITE_VERBS, now
 from hone_dev.apiserver.routes import Route, parse_route
 from hone_dev.apiserver.schema import to_jsonschema
 from hone_dev.apiserver.selection import field_match, label_match
@@ -241,7 +241,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
             if verb == "watch":
                 self._audit(verb, kind, route, 200, raw_request)
                 return await self._watch(raw_request, kind, route, query)
-            if verb == "get" and kind.gvr == ("", "v1", "pods") and route.subresource == "log":
+            if verb == "get" and kind.gvr == PODS and route.subresource == "log":
                 self._audit(verb, kind, route, 200, raw_request)
                 return await self._pod_log(raw_request, route, query)
             # Set only while the (synchronous) dispatch runs: other requests interleave at awaits.
@@ -272,7 +272,7 @@ class HoneApiServer(WritePath, kmock.KubernetesEmulator):
                        query: dict[str, str]) -> aiohttp.web.StreamResponse:
         """``kubectl logs``: what the node's kubelet kept of a container's output (``follow`` streams it)."""
         assert route.namespace and route.name
-        self.get(self.kinds[("", "v1", "pods")], route.namespace, route.name)
+        self.get(self.kinds[PODS], route.namespace, route.name)
         if self.pod_logs is None:
             raise ApiError(400, "BadRequest", f'pod "{route.name}" is not running on a node: no logs')
         chunks = self.pod_logs(route.namespace, route.name, query)
