@@ -27,6 +27,7 @@ from hone_dev.cluster import wait_for
 from hone_dev.node import LocalCluster, app_version, available
 from hone_dev.processes import stopped
 from hone_dev.repo import tool_bin
+from hone_operator.builders.modelserving import server_selector
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(available() is not None, reason=f"no node here: {available()}")]
@@ -345,6 +346,41 @@ def test_errors_fail_at_once_and_stuck_pods_say_why(cluster: Cluster, shop: Path
                              "jsonpath={.items[*].reason}").stdout.split()
     assert "Unschedulable" in events
     cluster.kubectl("-n", NS, "delete", "ftj", "no-weights", "wants-a-gpu", "elsewhere", "--wait=false")
+
+
+def test_a_server_that_hangs_fails_its_rollout_and_recovers(cluster: Cluster, shop: Path) -> None:
+    """A server pod that never passes its readiness probe (its processes stopped before it listens): the
+    ModelServing names the pod and the probe, is Failed once startupTimeoutSeconds passes, and is Ready
+    as soon as the server gets going again."""
+    msv = yaml.safe_load((EXAMPLE / "modelserving.yaml").read_text())
+    msv["metadata"]["name"] = "stalled"
+    msv["spec"] = {"baseModel": {"uri": "pvc://hone-models/base/tiny"}, "replicas": 1, "startupTimeoutSeconds": 10}
+    _apply(cluster, msv)
+
+    def started() -> str | None:
+        for pod in cluster.pods(server_selector("stalled")):
+            if pod["status"].get("phase") == "Running" and _trainer_pids(cluster, pod["metadata"]["name"]):
+                return pod["metadata"]["name"]
+        return None
+    pod = wait_for(started, timeout=120, interval=0.02, what="the server's container started")
+    pids = _freeze(cluster, [pod])
+    ready = '{.status.conditions[?(@.type=="Ready")]}'
+    wait_for(lambda: cluster.get("msv/stalled", "{.status.phase}") == "Failed", timeout=120,
+             what="the roll-out failed")
+    condition = json.loads(cluster.get("msv/stalled", ready))
+    assert condition["reason"] == "ProgressDeadlineExceeded"
+    assert condition["message"].startswith("no new replica became ready within spec.startupTimeoutSeconds (10s): "
+                                           f"0/1 replicas ready; pod {pod} container server has run since ")
+    assert "without passing its readiness probe (GET /ready on port http)" in condition["message"]
+    events = cluster.kubectl("-n", NS, "get", "events", "--field-selector", f"involvedObject.name={pod}", "-o",
+                             "jsonpath={.items[*].message}").stdout
+    assert "Readiness probe failed" in events
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Ready", "msv/stalled", "--timeout=120s",
+                    timeout=140)
+    assert cluster.get(f"pod/{pod}", "{.status.containerStatuses[0].restartCount}") == "0"  # the same process
+    cluster.kubectl("-n", NS, "delete", "msv", "stalled", "--wait=false")
 
 
 def test_a_trainer_reads_only_what_it_was_given(cluster: Cluster, shop: Path) -> None:

@@ -240,6 +240,46 @@ def test_converged_plan_is_empty_and_a_changed_spec_is_applied() -> None:
     assert changed.status["phase"] == "Deploying"
 
 
+def test_a_replica_that_never_gets_ready_fails_the_rollout_and_says_why() -> None:
+    """A server that hangs while loading stays Running and unready: the status names the pod and its probe,
+    and once spec.startupTimeoutSeconds passes without a ready replica (the Deployment's
+    progressDeadlineSeconds) the ModelServing is Failed; a replica that gets ready after all makes it Ready."""
+    ftjs = {"support-assistant": _succeeded_ftj("support-assistant")}
+    body = _body(startupTimeoutSeconds=120)
+    first = msv_reconcile.plan(body, msv_reconcile.ObservedServing(ftjs), SETTINGS, "2026-11-21T00:00:00Z")
+    dep = copy.deepcopy(first.apply[-1])
+    assert dep["spec"]["progressDeadlineSeconds"] == 120
+    body["status"] = first.status
+    dep["metadata"]["generation"] = 1
+    dep["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0}
+    pod = {"metadata": {"name": "support-assistant-server-7d9-x2", "creationTimestamp": "2026-11-21T00:00:01Z"},
+           "spec": dep["spec"]["template"]["spec"],
+           "status": {"phase": "Running", "containerStatuses": [{
+               "name": "server", "ready": False, "restartCount": 1,
+               "lastState": {"terminated": {"exitCode": 137, "reason": "Error"}},
+               "state": {"running": {"startedAt": "2026-11-21T00:00:05Z"}}}]}}
+    observed = msv_reconcile.ObservedServing(ftjs, dep, [pod])
+    loading = msv_reconcile.plan(body, observed, SETTINGS, "2026-11-21T00:00:30Z")
+    ready = next(c for c in loading.status["conditions"] if c["type"] == "Ready")
+    assert body["status"]["phase"] == "Deploying" and "phase" not in loading.status and ready["reason"] == "NotReady"
+    assert ("pod support-assistant-server-7d9-x2 container server has run since 2026-11-21T00:00:05Z without "
+            "passing its readiness probe (GET /ready on port http); restarted 1 time, last exit code 137") \
+        in ready["message"]
+    body["status"].update(loading.status)
+    dep["status"]["conditions"] = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                    "message": 'ReplicaSet "support-assistant-server-7d9" has timed out progressing.'}]
+    failed = msv_reconcile.plan(body, observed, SETTINGS, "2026-11-21T00:02:05Z")
+    ready = next(c for c in failed.status["conditions"] if c["type"] == "Ready")
+    assert failed.status["phase"] == "Failed" and ready["reason"] == "ProgressDeadlineExceeded"
+    assert ready["message"].startswith("no new replica became ready within spec.startupTimeoutSeconds (120s): "
+                                       "0/1 replicas ready; pod support-assistant-server-7d9-x2 container server")
+    assert [(e.type, e.reason) for e in failed.events] == [("Warning", "Failed")]
+    body["status"].update(failed.status)
+    dep["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    later = msv_reconcile.plan(body, msv_reconcile.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:03:00Z")
+    assert later.status["phase"] == "Ready"
+
+
 def _body(**spec: Any) -> dict[str, Any]:
     body = copy.deepcopy(load_sample("modelserving.yaml"))
     body["metadata"].update(namespace=NS, uid="msv-uid", generation=1)

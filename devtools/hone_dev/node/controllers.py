@@ -559,13 +559,22 @@ class DeploymentController(Controller):
             progressing = condition("Progressing", True, "NewReplicaSetAvailable",
                                     f'ReplicaSet "{rs_name}" has successfully progressed.')
         else:
-            # No progress (counts unchanged) for progressDeadlineSeconds: the rollout has failed.
+            # As kube-controller-manager: progress is a new spec, more updated, ready or available
+            # replicas, or fewer old ones. None for progressDeadlineSeconds fails the roll-out, and it
+            # stays failed until there is progress again.
             was = prior.get("Progressing")
-            moved = any(previous.get(k) != v for k, v in counts.items()) or was is None or \
-                was.get("reason") == "NewReplicaSetAvailable"
+
+            def grew(key: str) -> bool:
+                return int(counts[key]) > int(previous.get(key) or 0)
+            moved = was is None or was.get("reason") == "NewReplicaSetAvailable" or any(map(grew, (
+                "observedGeneration", "updatedReplicas", "readyReplicas", "availableReplicas"))) or \
+                counts["replicas"] - counts["updatedReplicas"] < \
+                int(previous.get("replicas") or 0) - int(previous.get("updatedReplicas") or 0)
             deadline = spec.get("progressDeadlineSeconds", 600)
             since = _parse_time(was["lastUpdateTime"]) if was and not moved else _now()
-            if _now() - since >= deadline:
+            if not moved and was.get("reason") == "ProgressDeadlineExceeded":
+                progressing = was
+            elif _now() - since >= deadline:
                 progressing = condition("Progressing", False, "ProgressDeadlineExceeded",
                                         f'ReplicaSet "{rs_name}" has timed out progressing.')
             else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,7 +172,8 @@ def _vllm_container(msv: ModelServing, settings: OperatorSettings, resolved: Res
         "resources": common.resources(r.cpu or settings.serving_resources.cpu,
                                       r.memory or settings.serving_resources.memory, {r.gpuResourceName: r.gpus}),
         "securityContext": common.container_security_context(),
-        "startupProbe": _probe("/health", 10, 60),  # vLLM binds only after loading: allow 10 minutes
+        # vLLM binds only after loading: allow what the roll-out allows.
+        "startupProbe": _probe("/health", 10, math.ceil(msv.spec.startupTimeoutSeconds / 10)),
         "livenessProbe": _probe("/health", 10, 6),
         "readinessProbe": _probe("/health", 5, 2),
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
@@ -241,6 +243,7 @@ def deployment(msv: ModelServing, settings: OperatorSettings, resolved: Resolved
         "selector": {"matchLabels": selector_labels(msv)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "revisionHistoryLimit": 3,
+        "progressDeadlineSeconds": spec.startupTimeoutSeconds,
         "template": {
             "metadata": {
                 "labels": lbls,

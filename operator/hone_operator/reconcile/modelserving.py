@@ -1,8 +1,10 @@
 """The ModelServing lifecycle as a pure function of what is observed.
 
 Phases: Pending -> Waiting (a FineTuneJob is not Succeeded yet) ->
-Deploying -> Ready, or Failed for a spec that cannot be served. Nothing is
-final: a fixed spec or a FineTuneJob that succeeds later moves it on.
+Deploying -> Ready, or Failed for a spec that cannot be served or a roll-out
+with no replica ready within spec.startupTimeoutSeconds. Nothing is
+final: a fixed spec, a FineTuneJob that succeeds later or a replica that
+gets ready after all moves it on.
 
 The children are rewritten only when the hash of the desired children
 differs from the one the Deployment carries, so a converged ModelServing
@@ -24,7 +26,7 @@ from hone_operator.builders import modelserving as msv_build
 from hone_operator.builders.common import SpecError
 from hone_operator.builders.served import Waiting
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
-from hone_operator.reconcile.pods import blocked_pod
+from hone_operator.reconcile.pods import blocked_pod, unready_pod
 from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder
 from hone_operator.settings import OperatorSettings
 
@@ -135,13 +137,20 @@ def _rollout_status(msv: ModelServing, deployment: dict[str, Any], status: Statu
         status.set_phase(Phase.READY, f"Serving {', '.join(status.desired.get('servedModels') or [])} at {status.desired.get('url')}")
     else:
         message = f"{ready}/{want if want is not None else replicas} replicas ready"
-        for c in observed.get("conditions") or []:
-            if c.get("type") == "Progressing" and c.get("status") == "False":
-                message += f"; {c.get('message')}"
-        blocked = blocked_pod(pods or [])
-        if blocked:
-            message += f"; {blocked[1]}"
-        status.condition("Ready", False, blocked[0] if blocked else "Deploying", message)
+        why = blocked_pod(pods or []) or unready_pod(pods or [])
+        if why:
+            message += f"; {why[1]}"
+        stalled = any(c.get("type") == "Progressing" and c.get("status") == "False"
+                      and c.get("reason") == "ProgressDeadlineExceeded" for c in observed.get("conditions") or [])
+        if stalled:
+            # Kubernetes keeps trying; the ModelServing says the roll-out failed, and turns Ready if a
+            # replica gets ready after all.
+            _failed(status, "ProgressDeadlineExceeded",
+                    f"no new replica became ready within spec.startupTimeoutSeconds "
+                    f"({dep_spec.get('progressDeadlineSeconds', msv.spec.startupTimeoutSeconds)}s): {message}; "
+                    "fix what the pod says, or raise startupTimeoutSeconds if loading the model takes longer")
+            return
+        status.condition("Ready", False, why[0] if why else "Deploying", message)
         status.set_phase(Phase.DEPLOYING, f"Rolling out: {message}")
 
 

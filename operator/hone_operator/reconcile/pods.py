@@ -83,3 +83,43 @@ def blocked_pod(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                 return waiting["reason"], (f"pod {name} container {cs.get('name')}: {waiting['reason']}"
                                            + (f": {detail}" if detail else ""))
     return None
+
+
+def _probe_text(probe: dict[str, Any]) -> str:
+    if "httpGet" in probe:
+        get = probe["httpGet"]
+        return f"GET {get.get('path', '/')} on port {get.get('port')}"
+    if "tcpSocket" in probe:
+        return f"a TCP connection to port {probe['tcpSocket'].get('port')}"
+    return "its probe"
+
+
+def unready_pod(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """A pod that runs but whose container has not passed its readiness probe, as (reason, message).
+
+    A server that hangs while loading, or answers its readiness probe with an error, stays Running
+    and unready: without this its ModelServing only says "0/1 replicas ready". The message names
+    the pod, the probe and since when it has run, and how often the container restarted (a liveness
+    probe that fails restarts it: kubelet's events say so, ``kubectl describe pod``).
+    """
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""),
+                      reverse=True):
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("phase") != "Running":
+            continue
+        specs = {c.get("name"): c for c in (pod.get("spec") or {}).get("containers") or []}
+        for cs in status.get("containerStatuses") or []:
+            running = (cs.get("state") or {}).get("running")
+            if cs.get("ready") or running is None:
+                continue
+            probe = (specs.get(cs.get("name")) or {}).get("readinessProbe")
+            what = f"its readiness probe ({_probe_text(probe)})" if probe else "readiness"
+            message = (f"pod {meta.get('name', '?')} container {cs.get('name')} has run since "
+                       f"{running.get('startedAt', '?')} without passing {what}")
+            restarts = int(cs.get("restartCount") or 0)
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            if restarts:
+                message += (f"; restarted {restarts} time{'s' if restarts > 1 else ''}"
+                            + (f", last exit code {last['exitCode']}" if "exitCode" in last else ""))
+            return "NotReady", message + f"; kubectl describe pod {meta.get('name', '?')} shows the probe's events"
+    return None

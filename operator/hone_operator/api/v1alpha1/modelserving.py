@@ -117,6 +117,13 @@ class ModelServingSpec(ApiModel):
         64, alias="maxConcurrentRequests", ge=1,
         description="Requests queued or running per replica before new ones get HTTP 429.",
     )
+    startupTimeoutSeconds: int = Field(
+        600, alias="startupTimeoutSeconds", ge=10, le=86400,
+        description="How long a roll-out may go without a replica becoming ready (loading the model, passing "
+                    "its readiness probe) before the ModelServing is Failed with reason ProgressDeadlineExceeded "
+                    "(the Deployment's progressDeadlineSeconds; for vLLM also its startup probe). The "
+                    "Deployment keeps trying: a replica that becomes ready later makes it Ready.",
+    )
 
     @model_validator(mode="after")
     def _has_something_to_serve(self) -> "ModelServingSpec":
