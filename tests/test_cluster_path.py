@@ -384,7 +384,8 @@ def test_a_server_that_hangs_fails_its_rollout_and_recovers(cluster: Cluster, sh
 
 
 def test_a_trainer_reads_only_what_it_was_given(cluster: Cluster, shop: Path) -> None:
-    """The trainer's ServiceAccount: its own job's status, nothing else (RBAC on the real token)."""
+    """The trainer's ServiceAccount: its own job's status, nothing else (RBAC on the real token); a trainer
+    that may not even do that fails its job at once, saying why."""
     # The ServiceAccount of the steady job of the preemption test (made again when run alone).
     if cluster.kubectl("-n", NS, "get", "ftj", "steady", ok=False).returncode:
         _apply(cluster, _finetunejob("steady"))
@@ -412,6 +413,26 @@ def test_a_trainer_reads_only_what_it_was_given(cluster: Cluster, shop: Path) ->
     assert len(lines) == 3 and all(" 403 " in line for line in lines), lines
     assert 'User "system:serviceaccount:shop:steady-trainer" cannot get resource "configmaps"' in lines[0]
     cluster.kubectl("-n", NS, "delete", "pod", "nosy", "--wait=false")
+
+    # A trainer whose Role was cut down (here by hand, before its training pod started) fails at once,
+    # before loading the model, and its FineTuneJob says why.
+    _apply(cluster, _finetunejob("locked", suspend=True))
+    cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Suspended", "ftj/locked", "--timeout=120s",
+                    timeout=140)
+    cluster.kubectl("-n", NS, "patch", "role", "locked-trainer", "--type=json", "-p", json.dumps(
+        [{"op": "replace", "path": "/rules/0/verbs", "value": ["get"]}]))
+    cluster.kubectl("-n", NS, "patch", "ftj", "locked", "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Failed", "ftj/locked", "--timeout=180s",
+                    timeout=200)
+    assert cluster.get("ftj/locked", "{.status.error.code}") == "permission_denied"
+    failed = json.loads(cluster.get("ftj/locked", '{.status.conditions[?(@.type=="Failed")]}'))
+    assert failed["message"].startswith("the trainer may not report progress: PATCH finetunejobs/locked/status in "
+                                        "namespace shop answered 403: ")
+    assert 'User "system:serviceaccount:shop:locked-trainer" cannot patch resource "finetunejobs/status"' in \
+        failed["message"]
+    assert cluster.get("job/locked-train", "{.status.failed}") == "1"  # exit code 3: not retried
+    assert "progress access check: 403" in cluster.kubectl("-n", NS, "logs", "job/locked-train").stdout
+    cluster.kubectl("-n", NS, "delete", "ftj", "locked", "--wait=false")
 
 
 def test_two_nodes_train_one_adapter_through_the_headless_service(cluster: Cluster, shop: Path) -> None:

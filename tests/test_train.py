@@ -73,12 +73,17 @@ def make_config(folder: Path, model: Path, **overrides: Any) -> Path:
     return path
 
 
-def run(config: Path, nproc: int = 1, timeout: float = 300, **popen: Any) -> subprocess.CompletedProcess:
+def run(config: Path, nproc: int = 1, timeout: float = 300, launch: bool = False,
+        **popen: Any) -> subprocess.CompletedProcess:
+    """The trainer; ``nproc`` > 1: under torchrun, and with ``launch`` as the training pod runs it (the
+    wrapper that exits with the trainer's own code)."""
     if nproc == 1:
         cmd = [sys.executable, "-m", "hone_trainer", "train", "--config", str(config)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "hone_trainer", "train", "--config", str(config)]
+        if launch:
+            cmd = [sys.executable, "-m", "hone_trainer", "launch", "--config", str(config), "--", *cmd]
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=config.parent)
 
 
@@ -322,6 +327,27 @@ def test_progress_reaches_the_finetunejob_status(tiny: Path, tmp_path: Path, kub
     assert status["progress"]["percent"] == 100 and status["progress"]["trainedTokens"] > 0
     writes = apiserver.call(lambda s: {(w.verb, w.resource, w.subresource) for w in s.writes("hone-trainer")})
     assert writes == {("patch", "finetunejobs", "status")}  # nothing but its own status
+
+    # Another job's trainer may not: it fails at once, before loading the model, and says why.
+    kube.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": "other-job-trainer", "namespace": "team-a"}})
+    other = tmp_path / "other-token"
+    other.write_text(apiserver.call(lambda s: s.service_account_token("team-a", "other-job-trainer")))
+    os.environ.update({**env, "HONE_KUBERNETES_TOKEN_FILE": str(other), "HONE_ACCESS_CHECK_SECONDS": "1"})
+    try:
+        proc = run(config, nproc=2, launch=True)
+    finally:
+        for key in [*env, "HONE_ACCESS_CHECK_SECONDS"]:
+            del os.environ[key]
+    assert proc.returncode == contract.ExitCode.CONFIG_ERROR, proc.stderr[-2000:]
+    result = result_of(tmp_path)
+    assert result.error_code == "permission_denied"
+    assert result.message.startswith("the trainer may not report progress: PATCH finetunejobs/support-assistant/"
+                                     "status in namespace team-a answered 403: ")
+    assert 'User "system:serviceaccount:team-a:other-job-trainer" cannot patch resource "finetunejobs/status"' \
+        in result.message
+    assert "loading" not in proc.stderr.lower() and status == kube.get(
+        "hone.dev/v1alpha1", "FineTuneJob", "team-a", "support-assistant")["status"]  # nothing written
 
 
 def test_publishing_refuses_a_folder_without_manifest(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hone_trainer.training import ds_config
     from hone_trainer.training.formatting import TemplateError
     from hone_trainer.manifest import PublishError
+    from hone_trainer.training.report import ReportingForbidden
     from hone_trainer.training.trainer import DataError, Preempted, Trainer
 
     config = load_config(args.config)
@@ -97,6 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         code = 143  # 128 + SIGTERM: the pod was asked to go; the next one resumes
     except ds_config.DeepSpeedConfigError as exc:
         code, result = ExitCode.CONFIG_ERROR, contract.TrainingResult(ok=False, error_code="invalid_config",
+                                                                       message=str(exc))
+    except ReportingForbidden as exc:
+        code, result = ExitCode.CONFIG_ERROR, contract.TrainingResult(ok=False, error_code="permission_denied",
                                                                        message=str(exc))
     except DataError as exc:
         code, result = ExitCode.DATA_ERROR, contract.TrainingResult(ok=False, error_code="invalid_training_file",

@@ -69,7 +69,8 @@ class ExitCode(enum.IntEnum):
     RETRYABLE = 1
     #: Command-line usage error (argparse's own code).
     USAGE = 2
-    #: The trainer config is invalid or asks for something impossible here.
+    #: The trainer config is invalid or asks for something impossible here, or the trainer's
+    #: ServiceAccount may not report progress.
     CONFIG_ERROR = 3
     #: The training or validation data is not trainable.
     DATA_ERROR = 4
@@ -82,6 +83,7 @@ class ExitCode(enum.IntEnum):
 #: A TrainingResult's ``errorCode`` -> the exit code the trainer exited with for it.
 EXIT_CODE_OF_ERROR: dict[str, ExitCode] = {
     "invalid_config": ExitCode.CONFIG_ERROR,
+    "permission_denied": ExitCode.CONFIG_ERROR,
     "invalid_training_file": ExitCode.DATA_ERROR,
     "model_error": ExitCode.MODEL_ERROR,
 }

@@ -11,7 +11,11 @@
   sum over both never counts a token twice).
 
 A report that cannot be delivered is logged and dropped: progress reporting
-never stops training.
+never stops training. Before training starts, :func:`check_access` proves the
+one permission the trainer has (an empty merge patch of its status, which
+changes nothing): a ServiceAccount the API server refuses (401, 403) fails the
+run at once with :class:`ReportingForbidden`, naming the request and the
+server's answer, instead of training for hours with no progress shown.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import logging
 import os
 import ssl
 import sys
+import time
+import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +37,51 @@ from hone_trainer.storage import write_atomically
 
 log = logging.getLogger("hone.trainer.report")
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+#: How long a refused access check is retried (``HONE_ACCESS_CHECK_SECONDS``): RBAC the operator just
+#: created may take a moment to reach every API server of an HA control plane.
+ACCESS_RETRY_SECONDS = 10.0
+
+
+class ReportingForbidden(RuntimeError):
+    """The API server refuses the trainer's status patch: its ServiceAccount cannot report progress."""
+
+
+def check_access(settings: ProgressReporting, retry_seconds: float | None = None) -> None:
+    """With ``kind: kubernetes``: an empty JSON merge patch of the FineTuneJob's status, the request every
+    report makes, with nothing in it. 401 and 403 raise :class:`ReportingForbidden` once ``retry_seconds``
+    have passed; any other failure (the API server unreachable for now) is logged, and reports go on trying."""
+    if settings.kind != "kubernetes":
+        return
+    if retry_seconds is None:
+        retry_seconds = float(os.environ.get("HONE_ACCESS_CHECK_SECONDS", ACCESS_RETRY_SECONDS))
+    deadline = time.monotonic() + retry_seconds
+    delay = 0.5
+    while True:
+        try:
+            _patch_status(settings, {})
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (401, 403):
+                log.warning("progress access check: HTTP %s %s", exc.code, exc.reason)
+                return
+            try:
+                detail = json.loads(exc.read() or b"{}").get("message") or exc.reason
+            except ValueError:
+                detail = exc.reason
+            if time.monotonic() >= deadline:
+                raise ReportingForbidden(
+                    f"the trainer may not report progress: PATCH finetunejobs/{settings.name}/status in namespace "
+                    f"{settings.namespace} answered {exc.code}: {detail}. The operator gives each job's trainer a "
+                    "ServiceAccount with a Role that allows exactly this (kubectl get sa,role,rolebinding -l "
+                    f"hone.dev/finetunejob={settings.name}); check that they exist unchanged and that no policy "
+                    "strips the pod's token") from None
+            print(f"hone-trainer: progress access check: {exc.code} {detail}; trying again", file=sys.stderr,
+                  flush=True)
+        except (OSError, KeyError) as exc:  # unreachable for now, or no API server named (not in a pod)
+            log.warning("progress access check: %s (reports will keep trying)", exc)
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 4.0)
 
 
 class Reporter:
@@ -68,26 +119,27 @@ class Reporter:
                     self._gauges[key].labels(**self.labels).set(value)
         try:
             if self.settings.kind == "kubernetes":
-                self._patch_status(data)
+                _patch_status(self.settings, {"status": {"progress": data}})
             elif self.settings.kind == "file" and self.settings.path:
                 write_atomically(Path(self.settings.path), json.dumps(data), durable=False)
         except Exception as exc:  # never let reporting stop training
             log.warning("could not report progress: %s", exc)
 
-    def _patch_status(self, progress: dict) -> None:
-        s = self.settings
-        api = os.environ.get("HONE_KUBERNETES_API") or (
-            f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}")
-        token_file = Path(os.environ.get("HONE_KUBERNETES_TOKEN_FILE", SA_DIR / "token"))
-        url = f"{api}/apis/hone.dev/v1alpha1/namespaces/{s.namespace}/finetunejobs/{s.name}/status"
-        body = json.dumps({"status": {"progress": progress}}).encode()
-        req = urllib.request.Request(url, data=body, method="PATCH", headers={
-            "Content-Type": "application/merge-patch+json", "Accept": "application/json",
-            "Authorization": f"Bearer {token_file.read_text().strip()}" if token_file.exists() else "",
-            "User-Agent": f"hone-trainer/{__version__}"})
-        context = None
-        if api.startswith("https://"):
-            ca = Path(os.environ.get("HONE_KUBERNETES_CA_FILE", SA_DIR / "ca.crt"))
-            context = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
-        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
-            resp.read()
+
+def _patch_status(s: ProgressReporting, patch: dict) -> None:
+    """A JSON merge patch of the FineTuneJob's status subresource, with the pod's ServiceAccount token."""
+    api = os.environ.get("HONE_KUBERNETES_API") or (
+        f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}")
+    token_file = Path(os.environ.get("HONE_KUBERNETES_TOKEN_FILE", SA_DIR / "token"))
+    url = f"{api}/apis/hone.dev/v1alpha1/namespaces/{s.namespace}/finetunejobs/{s.name}/status"
+    body = json.dumps(patch).encode()
+    req = urllib.request.Request(url, data=body, method="PATCH", headers={
+        "Content-Type": "application/merge-patch+json", "Accept": "application/json",
+        "Authorization": f"Bearer {token_file.read_text().strip()}" if token_file.exists() else "",
+        "User-Agent": f"hone-trainer/{__version__}"})
+    context = None
+    if api.startswith("https://"):
+        ca = Path(os.environ.get("HONE_KUBERNETES_CA_FILE", SA_DIR / "ca.crt"))
+        context = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
+    with urllib.request.urlopen(req, timeout=10, context=context) as resp:
+        resp.read()

@@ -27,7 +27,7 @@ from hone_trainer.contract import CheckpointInfo, Progress, TrainerConfig, Train
 from hone_trainer.training.data import ReadResult
 from hone_trainer.manifest import write_manifest
 from hone_trainer.training.publish import manifest_info, publish, staging_dir
-from hone_trainer.training.report import Reporter
+from hone_trainer.training.report import Reporter, ReportingForbidden, check_access
 from hone_trainer.training.validate import read_file
 
 log = logging.getLogger("hone.trainer")
@@ -51,6 +51,7 @@ class Trainer:
     def setup(self) -> None:
         """Everything before the first step, in the order it must happen (torchtune's recipe shape)."""
         self._setup_distributed()
+        self._check_reporting()
         self._setup_data()
         self._setup_deepspeed_config()
         self._setup_model()
@@ -64,6 +65,23 @@ class Trainer:
         self.gpu, self.device, self.dtype = d.gpu, d.device, d.dtype
         if self.config.method == "qlora" and not self.gpu:
             raise ds_config.DeepSpeedConfigError("method qlora needs GPUs (4-bit kernels); use method lora on CPU")
+
+    def _check_reporting(self) -> None:
+        """Rank 0 proves it may report progress before anything is loaded; every rank learns the answer,
+        so that all of them stop together."""
+        error: ReportingForbidden | None = None
+        if self.rank == 0:
+            try:
+                check_access(self.config.progress)
+            except ReportingForbidden as exc:
+                error = exc
+        if self.world > 1:
+            flag = self.torch.tensor([1 if error else 0], device=self.device)
+            self.dist.all_reduce(flag, op=self.dist.ReduceOp.MAX)
+            if flag.item() and error is None:
+                error = ReportingForbidden("rank 0 may not report progress (its log says why)")
+        if error is not None:
+            raise error
 
     def _setup_data(self) -> None:
         """The tokenizer, both files encoded with the chat template, and the resolved hyperparameters."""
