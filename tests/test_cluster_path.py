@@ -324,7 +324,8 @@ def test_errors_fail_at_once_and_stuck_pods_say_why(cluster: Cluster, shop: Path
     _apply(cluster, {**_finetunejob("no-weights"), "spec": {**_finetunejob("no-weights")["spec"],
                                                             "baseModel": {"uri": "pvc://hone-models/base/no-weights"}}},
            _finetunejob("wants-a-gpu", resources={"gpusPerNode": 1}),
-           _finetunejob("elsewhere", image="registry.example/someone-else:1.0"))
+           _finetunejob("elsewhere", image="registry.example/someone-else:1.0"),
+           _finetunejob("cramped", resources={"memory": "300Mi"}))
     cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Failed", "ftj/no-weights", "--timeout=300s",
                     timeout=320)
     assert cluster.get("ftj/no-weights", "{.status.error.code}") == "model_error"
@@ -345,7 +346,15 @@ def test_errors_fail_at_once_and_stuck_pods_say_why(cluster: Cluster, shop: Path
     events = cluster.kubectl("-n", NS, "get", "events", "--field-selector", "involvedObject.name=wants-a-gpu", "-o",
                              "jsonpath={.items[*].reason}").stdout.split()
     assert "Unschedulable" in events
-    cluster.kubectl("-n", NS, "delete", "ftj", "no-weights", "wants-a-gpu", "elsewhere", "--wait=false")
+    # A training pod over its memory limit is OOM-killed; retried like any crash, then failed, naming the field.
+    cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Failed", "ftj/cramped", "--timeout=300s",
+                    timeout=320)
+    assert cluster.get("ftj/cramped", "{.status.error.code}") == "out_of_memory"
+    assert cluster.get("ftj/cramped", "{.status.error.param}") == "spec.resources.memory"
+    assert "(OOMKilled: it used more memory than its limit)" in cluster.get("ftj/cramped", "{.status.error.message}")
+    assert cluster.get("job/cramped-train", '{.status.conditions[?(@.type=="Failed")].reason}') == \
+        "BackoffLimitExceeded"
+    cluster.kubectl("-n", NS, "delete", "ftj", "no-weights", "wants-a-gpu", "elsewhere", "cramped", "--wait=false")
 
 
 def test_a_server_that_hangs_fails_its_rollout_and_recovers(cluster: Cluster, shop: Path) -> None:
@@ -355,11 +364,14 @@ def test_a_server_that_hangs_fails_its_rollout_and_recovers(cluster: Cluster, sh
     msv = yaml.safe_load((EXAMPLE / "modelserving.yaml").read_text())
     msv["metadata"]["name"] = "stalled"
     msv["spec"] = {"baseModel": {"uri": "pvc://hone-models/base/tiny"}, "replicas": 1, "startupTimeoutSeconds": 10}
-    _apply(cluster, msv)
+    # And one whose server exits (no model where it points): it crash-loops, and says what it last said.
+    missing = {**msv, "metadata": {**msv["metadata"], "name": "missing"},
+               "spec": {"baseModel": {"uri": "pvc://hone-models/base/none"}, "replicas": 1}}
+    _apply(cluster, msv, missing)
 
     def started() -> str | None:
         for pod in cluster.pods(server_selector("stalled")):
-            if pod["status"].get("phase") == "Running" and _trainer_pids(cluster, pod["metadata"]["name"]):
+            if (pod.get("status") or {}).get("phase") == "Running" and _trainer_pids(cluster, pod["metadata"]["name"]):
                 return pod["metadata"]["name"]
         return None
     pod = wait_for(started, timeout=120, interval=0.02, what="the server's container started")
@@ -380,7 +392,11 @@ def test_a_server_that_hangs_fails_its_rollout_and_recovers(cluster: Cluster, sh
     cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Ready", "msv/stalled", "--timeout=120s",
                     timeout=140)
     assert cluster.get(f"pod/{pod}", "{.status.containerStatuses[0].restartCount}") == "0"  # the same process
-    cluster.kubectl("-n", NS, "delete", "msv", "stalled", "--wait=false")
+    crashing = wait_for(lambda: "CrashLoopBackOff" in cluster.get("msv/missing", ready) and json.loads(
+        cluster.get("msv/missing", ready)), timeout=120, what="the crash loop in the status")
+    assert crashing["reason"] == "CrashLoopBackOff"
+    assert "; last run: exit code 5: base model '/var/run/hone/pvc/hone-models/base/none': " in crashing["message"]
+    cluster.kubectl("-n", NS, "delete", "msv", "stalled", "missing", "--wait=false")
 
 
 def test_a_trainer_reads_only_what_it_was_given(cluster: Cluster, shop: Path) -> None:

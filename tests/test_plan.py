@@ -99,6 +99,15 @@ def test_training_job_failure_reports_the_last_pods_output() -> None:
     assert p.status["error"]["code"] == "training_failed"
     assert "illegal memory access" in p.status["error"]["message"]
     assert "exit code 1" in p.status["error"]["message"]
+    # Killed for memory (torchrun's worker: torchrun itself exits 1): the field to change is named.
+    oom = pod("trainer", 1, "[rank0]: loading the model")
+    oom["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    p = plan(b, Observed(training_job=job("t", "Failed"), training_pods=[oom]), SETTINGS, TS)
+    assert p.status["error"] == {
+        "code": "out_of_memory", "param": "spec.resources.memory",
+        "message": "training Job support-assistant-train failed (X); last pod: exit code 1 (OOMKilled: it used "
+                   "more memory than its limit): [rank0]: loading the model; the training pod's memory limit is "
+                   f"{SETTINGS.training_resources.memory}: raise spec.resources.memory"}
 
 
 def test_lost_condition_history_is_rebuilt_not_duplicated() -> None:

@@ -9,7 +9,8 @@ Active once a node is attached (:attr:`HoneApiServer.service_range` set), as in 
   volume (token, ``ca.crt`` from ``kube-root-ca.crt``, ``namespace``) mounted read-only at
   ``/var/run/secrets/kubernetes.io/serviceaccount`` in every container;
 * pod defaults: ``restartPolicy: Always``, ``terminationGracePeriodSeconds: 30``,
-  ``dnsPolicy: ClusterFirst``, ``schedulerName: default-scheduler``;
+  ``dnsPolicy: ClusterFirst``, ``schedulerName: default-scheduler``, and the status the pod
+  registry starts every pod with: ``phase: Pending`` and its ``qosClass``;
 * Job defaults (the Job registry's): ``selector`` on the generated ``batch.kubernetes.io/controller-uid``
   label (added to the template with ``job-name``), ``completions``/``parallelism`` 1,
   ``backoffLimit`` 6, ``completionMode`` NonIndexed, ``suspend`` false;
@@ -61,6 +62,7 @@ def _admit_pod(server: Any, pod: dict[str, Any]) -> None:
     spec.setdefault("terminationGracePeriodSeconds", 30)
     spec.setdefault("dnsPolicy", "ClusterFirst")
     spec.setdefault("schedulerName", "default-scheduler")
+    pod["status"] = {"phase": "Pending", "qosClass": qos_class(spec)}
     name = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
     spec["serviceAccountName"] = spec["serviceAccount"] = name
     account = server.store[SERVICE_ACCOUNTS].get((ns, name))
@@ -83,6 +85,22 @@ def _admit_pod(server: Any, pod: dict[str, Any]) -> None:
         mounts = container.setdefault("volumeMounts", [])
         if not any(m.get("mountPath") == TOKEN_DIR for m in mounts):
             mounts.append({"name": volume, "mountPath": TOKEN_DIR, "readOnly": True})
+
+
+def qos_class(spec: dict[str, Any]) -> str:
+    """Guaranteed: every container limits CPU and memory, with requests equal (or unset); BestEffort: none
+    sets either; else Burstable (init containers count too)."""
+    containers = [*spec.get("initContainers", []), *spec.get("containers", [])]
+    resources = [c.get("resources") or {} for c in containers]
+    if not any((r.get("requests") or {}).get(k) or (r.get("limits") or {}).get(k)
+               for r in resources for k in ("cpu", "memory")):
+        return "BestEffort"
+    for r in resources:
+        limits, requests = r.get("limits") or {}, r.get("requests") or {}
+        for key in ("cpu", "memory"):
+            if key not in limits or str(requests.get(key, limits[key])) != str(limits[key]):
+                return "Burstable"
+    return "Guaranteed"
 
 
 def _allocate_cluster_ip(server: Any, svc: dict[str, Any]) -> None:

@@ -183,7 +183,7 @@ class PodWorker:
             "conditions": list(self.conditions.values()) + foreign,
             "hostIP": str(self.kubelet.bridge.gateway), "hostIPs": [{"ip": str(self.kubelet.bridge.gateway)}],
             "startTime": current.get("startTime") or now(),
-            "qosClass": "Guaranteed",
+            "qosClass": current.get("qosClass") or "BestEffort",
             "containerStatuses": [c.status() for c in self.containers],
         }
         if self.init_containers:

@@ -325,8 +325,15 @@ class _Lifecycle:
                              result.message or f"trainer exited with code {term.get('exitCode') if term else '?'}")
         else:
             detail = last_failure_message(pods, ftj_build.TRAINER_CONTAINER)
-            msg = f"training Job {job_name} failed ({reason}: {failed.get('message', '')})".rstrip()
-            self.status.fail("TrainingFailed", "training_failed", f"{msg}; last pod: {detail}" if detail else msg)
+            why = f"{reason}: {failed['message']}" if failed.get("message") else reason
+            msg = f"training Job {job_name} failed ({why})"
+            msg = f"{msg}; last pod: {detail}" if detail else msg
+            if detail and "(OOMKilled" in detail:
+                limit = self.ftj.spec.resources.memory or self.settings.training_resources.memory
+                self.status.fail("TrainingFailed", "out_of_memory", f"{msg}; the training pod's memory limit is "
+                                 f"{limit}: raise spec.resources.memory", "spec.resources.memory")
+            else:
+                self.status.fail("TrainingFailed", "training_failed", msg)
         return False
 
     def while_training(self) -> None:

@@ -46,12 +46,24 @@ def read_result(pods: list[dict[str, Any]], container: str, model: type[BaseMode
     return None, None
 
 
+#: What a container's termination reason means, where its exit code alone does not say.
+REASON_TEXT = {"OOMKilled": "OOMKilled: it used more memory than its limit",
+               "StartError": "StartError: its command could not be started"}
+
+
+def _termination_text(term: dict[str, Any]) -> str:
+    """``exit code N (reason): message tail``, the reason only where it says more than the code."""
+    msg = (term.get("message") or "").strip()
+    reason = REASON_TEXT.get(term.get("reason") or "")
+    head = f"exit code {term.get('exitCode')}" + (f" ({reason})" if reason else "")
+    tail = msg[-600:] if msg else ("" if reason else term.get("reason") or "")
+    return f"{head}: {tail}" if tail else head
+
+
 def last_failure_message(pods: list[dict[str, Any]], container: str) -> str | None:
     for _, term in _results(pods, container):
         if term.get("exitCode", 0) != 0:
-            msg = (term.get("message") or "").strip()
-            tail = msg[-600:] if msg else term.get("reason") or ""
-            return f"exit code {term.get('exitCode')}: {tail}".strip()
+            return _termination_text(term)
     return None
 
 
@@ -80,6 +92,9 @@ def blocked_pod(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_REASONS:
                 detail = waiting.get("message") or ""
+                last = (cs.get("lastState") or {}).get("terminated")
+                if last and waiting["reason"] == "CrashLoopBackOff":  # why it keeps exiting
+                    detail += f"; last run: {_termination_text(last)}"
                 return waiting["reason"], (f"pod {name} container {cs.get('name')}: {waiting['reason']}"
                                            + (f": {detail}" if detail else ""))
     return None
