@@ -218,7 +218,17 @@ def test_merged_weights_load_without_peft_and_match_the_adapter(tiny: Path, tmp_
     assert float(diff) < 1e-4
 
 
-def test_an_interrupted_save_is_never_loaded(tiny: Path, tmp_path: Path) -> None:
+class _Payload:
+    """Unpickling this runs a shell command: what a tampered checkpoint would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_an_interrupted_or_tampered_save_is_never_loaded(tiny: Path, tmp_path: Path) -> None:
     config = make_config(tmp_path, tiny, epochs=1)  # 5 steps: checkpoints at 3 and 5
     assert run(config).returncode == 0
     store = CheckpointStore(tmp_path / "ckpt", 2)
@@ -236,6 +246,22 @@ def test_an_interrupted_save_is_never_loaded(tiny: Path, tmp_path: Path) -> None
     assert "removed interrupted checkpoint" in proc.stderr and "step-00000006" in proc.stderr
     assert "(step 5 of 10)" in proc.stderr
     assert result_of(tmp_path).steps == 10
+    # A checkpoint someone changed to run code when loaded (the folder is on a shared volume or bucket):
+    # resuming refuses it, runs nothing, keeps it for inspection, and fails without a retry.
+    import torch
+
+    from hone_trainer.training.checkpoints import safe_load
+
+    states = tmp_path / "ckpt" / "step-00000010" / "mp_rank_00_model_states.pt"
+    tampered = {**safe_load(states), "extra": _Payload(tmp_path / "pwned")}
+    torch.save(tampered, states)
+    proc = run(make_config(tmp_path, tiny, epochs=3))
+    assert proc.returncode == contract.ExitCode.OUTPUT_ERROR, proc.stderr[-3000:]
+    result = result_of(tmp_path)
+    assert result.error_code == "unsafe_checkpoint"
+    assert result.message.startswith(f"checkpoint file {states} holds objects that loading would run code for "
+                                     "(posix.system); it was not loaded")
+    assert not (tmp_path / "pwned").exists() and states.exists()
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(tiny: Path, tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hone_trainer.training import ds_config
     from hone_trainer.training.formatting import TemplateError
     from hone_trainer.manifest import PublishError
+    from hone_trainer.training.checkpoints import UnsafeCheckpoint
     from hone_trainer.training.report import ReportingForbidden
     from hone_trainer.training.trainer import DataError, Preempted, Trainer
 
@@ -108,6 +109,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (models.ModelError, TemplateError) as exc:
         code, result = ExitCode.MODEL_ERROR, contract.TrainingResult(ok=False, error_code="model_error",
                                                                       message=str(exc))
+    except UnsafeCheckpoint as exc:  # loading it would run code: a retry would meet it again
+        code, result = ExitCode.OUTPUT_ERROR, contract.TrainingResult(ok=False, error_code="unsafe_checkpoint",
+                                                                       message=str(exc))
     except PublishError as exc:  # e.g. the object store is unreachable: the retry resumes at the end
         code = ExitCode.RETRYABLE
         print(f"hone-trainer: publishing failed: {exc}", file=sys.stderr)

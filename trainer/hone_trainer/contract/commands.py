@@ -76,7 +76,8 @@ class ExitCode(enum.IntEnum):
     DATA_ERROR = 4
     #: The base model cannot be loaded (missing, not safetensors, remote code).
     MODEL_ERROR = 5
-    #: Publishing the result failed in a way retrying cannot fix (permissions).
+    #: Publishing the result failed in a way retrying cannot fix (permissions), or a checkpoint in the
+    #: output holds code (loading it would run it).
     OUTPUT_ERROR = 6
 
 
@@ -84,6 +85,7 @@ class ExitCode(enum.IntEnum):
 EXIT_CODE_OF_ERROR: dict[str, ExitCode] = {
     "invalid_config": ExitCode.CONFIG_ERROR,
     "permission_denied": ExitCode.CONFIG_ERROR,
+    "unsafe_checkpoint": ExitCode.OUTPUT_ERROR,
     "invalid_training_file": ExitCode.DATA_ERROR,
     "model_error": ExitCode.MODEL_ERROR,
 }

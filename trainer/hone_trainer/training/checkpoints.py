@@ -12,6 +12,14 @@ crash, a SIGKILL, a lost node): resume ignores it and rank 0 deletes it.
 The previous complete checkpoint is only pruned after the new one is
 complete, so a good checkpoint always exists. LoRA checkpoints leave out the
 frozen base model.
+
+Loading never unpickles code. DeepSpeed's own loader calls ``torch.load`` with
+``weights_only=False``, so whoever can write to the checkpoint folder (the
+output PVC, or the bucket it is mirrored to) could run code in the trainer pod,
+which holds the output's credentials. :class:`SafeCheckpointEngine` replaces it:
+``weights_only=True`` with an allow-list of the four DeepSpeed classes its
+optimizer states hold (:data:`DEEPSPEED_STATE_CLASSES`); anything else is
+refused with :class:`UnsafeCheckpoint`, naming the file and the globals.
 """
 
 from __future__ import annotations
@@ -27,6 +35,60 @@ from typing import Any
 from hone_trainer.storage import filesystem, upload_tree, write_atomically
 
 MARKER = "hone-complete.json"
+
+
+class UnsafeCheckpoint(RuntimeError):
+    """A checkpoint file holds objects that loading would have to run code for: it is not loaded."""
+
+
+def deepspeed_state_classes() -> list[type]:
+    """The classes DeepSpeed puts in optimizer states (loss scalers, the ZeRO stage, fragment maps):
+    plain data, rebuilt by setting attributes (no ``__reduce__`` of their own)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: str | Path, map_location: Any = None) -> Any:
+    """``torch.load`` with ``weights_only=True`` and DeepSpeed's state classes allowed, and nothing else."""
+    import pickle
+
+    import torch
+
+    allowed = deepspeed_state_classes()
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        try:
+            names = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+                           - {f"{c.__module__}.{c.__qualname__}" for c in allowed})
+        except Exception:  # noqa: BLE001 - not a readable archive: say what torch said
+            names = []
+        what = ", ".join(names) if names else str(exc).splitlines()[0]
+        raise UnsafeCheckpoint(
+            f"checkpoint file {path} holds objects that loading would run code for ({what}); it was not "
+            "loaded. Hone's checkpoints hold only tensors and plain data, so someone who can write to the "
+            "checkpoint folder changed it: find out who, and delete that checkpoint folder to resume from "
+            "the one before it") from None
+
+
+def safe_checkpoint_engine(engine: Any) -> None:
+    """Make a DeepSpeed engine load its checkpoints with :func:`safe_load` (saving is unchanged)."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    current = getattr(engine, "checkpoint_engine", None)
+    if not isinstance(current, TorchCheckpointEngine):
+        raise RuntimeError(f"unexpected DeepSpeed checkpoint engine {type(current).__name__}: cannot make its "
+                           "loads safe, so it is not used")
+
+    class SafeCheckpointEngine(type(current)):  # type: ignore[misc]
+        def load(self, path: str, map_location: Any = None) -> Any:
+            return safe_load(path, map_location)
+
+    current.__class__ = SafeCheckpointEngine
 _TAG = re.compile(r"^step-(\d{8})$")
 
 

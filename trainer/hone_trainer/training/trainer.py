@@ -22,7 +22,7 @@ from typing import Any
 from hone_trainer import contract, models
 from hone_trainer.training import distributed, ds_config, packing
 from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter, Encoded
-from hone_trainer.training.checkpoints import CheckpointStore, RemoteMirror, tag
+from hone_trainer.training.checkpoints import CheckpointStore, RemoteMirror, safe_checkpoint_engine, tag
 from hone_trainer.contract import CheckpointInfo, Progress, TrainerConfig, TrainingResult
 from hone_trainer.training.data import ReadResult
 from hone_trainer.manifest import write_manifest
@@ -129,6 +129,7 @@ class Trainer:
                                                      task_type="CAUSAL_LM"))
         params = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = self.deepspeed.initialize(model=model, model_parameters=params, config=self.ds)
+        safe_checkpoint_engine(self.engine)  # resuming never unpickles code
 
     def _setup_checkpoints_and_reporting(self) -> None:
         """Where checkpoints go (a remote output: the pod's disk, mirrored), progress reports, SIGTERM."""
