@@ -943,7 +943,7 @@ class Kubelet:
         self.server.watchers[PODS].add(queue)
         try:
             for pod in list(self.server.store[PODS].values()):
-                self.sync(pod)
+                self._sync_safely(pod)
             while True:
                 _, item = await queue.get()
                 if item["type"] == "DELETED":
@@ -951,9 +951,19 @@ class Kubelet:
                     if worker is not None:
                         asyncio.ensure_future(self._forget(worker))
                 else:
-                    self.sync(item["object"])
+                    self._sync_safely(item["object"])
         finally:
             self.server.watchers[PODS].discard(queue)
+
+    def _sync_safely(self, pod: dict[str, Any]) -> None:
+        """One pod's event never stops the node: a write that races the pod's deletion (404, 409) is
+        the next event's to settle, and anything else is logged."""
+        try:
+            self.sync(pod)
+        except ApiError as exc:
+            log.debug("pod %s/%s: %s", pod["metadata"].get("namespace"), pod["metadata"].get("name"), exc)
+        except Exception:  # noqa: BLE001 - the node goes on with every other pod
+            log.exception("pod %s/%s: sync failed", pod["metadata"].get("namespace"), pod["metadata"].get("name"))
 
     def sync(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod.get("spec") or {}
