@@ -252,7 +252,7 @@ def _freeze(cluster: Cluster, pods: list[str]) -> set[int]:
             except ProcessLookupError:
                 pass
         frozen |= pids
-        wait_for(lambda: all(stopped(p) for p in frozen), timeout=30, interval=0.005, what="the trainers stopped")
+        wait_for(lambda: all(stopped(p) for p in frozen), timeout=120, interval=0.005, what="the trainers stopped")
         if set().union(*(_trainer_pids(cluster, p) for p in pods)) <= frozen:
             return {p for p in frozen if Path(f"/proc/{p}").exists()}
 
