@@ -79,6 +79,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def _training_error(error_code: str, exc: Exception) -> tuple[ExitCode, contract.TrainingResult]:
+    """A failed run's result, and the exit code :data:`contract.EXIT_CODE_OF_ERROR` gives its error."""
+    return contract.EXIT_CODE_OF_ERROR[error_code], contract.TrainingResult(ok=False, error_code=error_code,
+                                                                             message=str(exc))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from hone_trainer import models
     from hone_trainer.training import ds_config
@@ -98,20 +104,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"hone-trainer: {exc}", file=sys.stderr)
         code = 143  # 128 + SIGTERM: the pod was asked to go; the next one resumes
     except ds_config.DeepSpeedConfigError as exc:
-        code, result = ExitCode.CONFIG_ERROR, contract.TrainingResult(ok=False, error_code="invalid_config",
-                                                                       message=str(exc))
+        code, result = _training_error("invalid_config", exc)
     except ReportingForbidden as exc:
-        code, result = ExitCode.CONFIG_ERROR, contract.TrainingResult(ok=False, error_code="permission_denied",
-                                                                       message=str(exc))
+        code, result = _training_error("permission_denied", exc)
     except DataError as exc:
-        code, result = ExitCode.DATA_ERROR, contract.TrainingResult(ok=False, error_code="invalid_training_file",
-                                                                     message=str(exc))
+        code, result = _training_error("invalid_training_file", exc)
     except (models.ModelError, TemplateError) as exc:
-        code, result = ExitCode.MODEL_ERROR, contract.TrainingResult(ok=False, error_code="model_error",
-                                                                      message=str(exc))
+        code, result = _training_error("model_error", exc)
     except UnsafeCheckpoint as exc:  # loading it would run code: a retry would meet it again
-        code, result = ExitCode.OUTPUT_ERROR, contract.TrainingResult(ok=False, error_code="unsafe_checkpoint",
-                                                                       message=str(exc))
+        code, result = _training_error("unsafe_checkpoint", exc)
     except PublishError as exc:  # e.g. the object store is unreachable: the retry resumes at the end
         code = ExitCode.RETRYABLE
         print(f"hone-trainer: publishing failed: {exc}", file=sys.stderr)

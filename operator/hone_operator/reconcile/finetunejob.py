@@ -30,7 +30,8 @@ from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.builders import jobs
 from hone_operator.builders.common import SpecError
 from hone_operator.builders.storage import Storage
-from hone_operator.reconcile.pods import blocked_pod, last_failure_message, read_result
+from hone_operator.reconcile.pods import (blocked_pod, last_failure, last_failure_message, read_result,
+                                          termination_text)
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
 from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder, get_condition, job_condition
 from hone_operator.settings import OperatorSettings
@@ -324,11 +325,12 @@ class _Lifecycle:
             self.status.fail("TrainingFailed", result.error_code or "training_failed",
                              result.message or f"trainer exited with code {term.get('exitCode') if term else '?'}")
         else:
-            detail = last_failure_message(pods, ftj_build.TRAINER_CONTAINER)
+            last = last_failure(pods, ftj_build.TRAINER_CONTAINER) or {}
+            detail = termination_text(last) if last else None
             why = f"{reason}: {failed['message']}" if failed.get("message") else reason
             msg = f"training Job {job_name} failed ({why})"
             msg = f"{msg}; last pod: {detail}" if detail else msg
-            if detail and "(OOMKilled" in detail:
+            if last.get("reason") == "OOMKilled":
                 limit = self.ftj.spec.resources.memory or self.settings.training_resources.memory
                 self.status.fail("TrainingFailed", "out_of_memory", f"{msg}; the training pod's memory limit is "
                                  f"{limit}: raise spec.resources.memory", "spec.resources.memory")

@@ -25,11 +25,21 @@ def _is_rank0_pod(pod: dict[str, Any]) -> bool:
     return ((pod.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX, "0") == "0"
 
 
+def _newest_first(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""), reverse=True)
+
+
+def _live(pods: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Pods newest first, without those being deleted or already finished."""
+    for pod in _newest_first(pods):
+        if not (pod.get("metadata") or {}).get("deletionTimestamp") and \
+                (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            yield pod
+
+
 def _results(pods: list[dict[str, Any]], container: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Terminated ``container`` states: rank 0's pods first, newest first within each group."""
-    newest_first = sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""),
-                          reverse=True)
-    for pod in sorted(newest_first, key=lambda p: not _is_rank0_pod(p)):  # a stable sort keeps newest first
+    for pod in sorted(_newest_first(pods), key=lambda p: not _is_rank0_pod(p)):  # a stable sort keeps newest first
         term = _terminated(pod, container)
         if term is not None:
             yield pod, term
@@ -51,7 +61,7 @@ REASON_TEXT = {"OOMKilled": "OOMKilled: it used more memory than its limit",
                "StartError": "StartError: its command could not be started"}
 
 
-def _termination_text(term: dict[str, Any]) -> str:
+def termination_text(term: dict[str, Any]) -> str:
     """``exit code N (reason): message tail``, the reason only where it says more than the code."""
     msg = (term.get("message") or "").strip()
     reason = REASON_TEXT.get(term.get("reason") or "")
@@ -60,11 +70,14 @@ def _termination_text(term: dict[str, Any]) -> str:
     return f"{head}: {tail}" if tail else head
 
 
+def last_failure(pods: list[dict[str, Any]], container: str) -> dict[str, Any] | None:
+    """The terminated state of ``container``'s newest failed run (rank 0 first)."""
+    return next((term for _, term in _results(pods, container) if term.get("exitCode", 0) != 0), None)
+
+
 def last_failure_message(pods: list[dict[str, Any]], container: str) -> str | None:
-    for _, term in _results(pods, container):
-        if term.get("exitCode", 0) != 0:
-            return _termination_text(term)
-    return None
+    term = last_failure(pods, container)
+    return termination_text(term) if term else None
 
 
 #: Waiting reasons of a container that will not start by itself: the user has something to fix.
@@ -79,11 +92,8 @@ def blocked_pod(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     container waiting reasons such as ``ImagePullBackOff``: without these a job waits for pods
     that will never start, and its status says nothing.
     """
-    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""),
-                      reverse=True):
+    for pod in _live(pods):
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
-            continue
         name = meta.get("name", "?")
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
@@ -94,7 +104,7 @@ def blocked_pod(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                 detail = waiting.get("message") or ""
                 last = (cs.get("lastState") or {}).get("terminated")
                 if last and waiting["reason"] == "CrashLoopBackOff":  # why it keeps exiting
-                    detail += f"; last run: {_termination_text(last)}"
+                    detail += f"; last run: {termination_text(last)}"
                 return waiting["reason"], (f"pod {name} container {cs.get('name')}: {waiting['reason']}"
                                            + (f": {detail}" if detail else ""))
     return None
@@ -117,10 +127,9 @@ def unready_pod(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     the pod, the probe and since when it has run, and how often the container restarted (a liveness
     probe that fails restarts it: kubelet's events say so, ``kubectl describe pod``).
     """
-    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""),
-                      reverse=True):
+    for pod in _live(pods):
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        if meta.get("deletionTimestamp") or status.get("phase") != "Running":
+        if status.get("phase") != "Running":
             continue
         specs = {c.get("name"): c for c in (pod.get("spec") or {}).get("containers") or []}
         for cs in status.get("containerStatuses") or []:

@@ -16,10 +16,11 @@ frozen base model.
 Loading never unpickles code. DeepSpeed's own loader calls ``torch.load`` with
 ``weights_only=False``, so whoever can write to the checkpoint folder (the
 output PVC, or the bucket it is mirrored to) could run code in the trainer pod,
-which holds the output's credentials. :class:`SafeCheckpointEngine` replaces it:
-``weights_only=True`` with an allow-list of the four DeepSpeed classes its
-optimizer states hold (:data:`DEEPSPEED_STATE_CLASSES`); anything else is
-refused with :class:`UnsafeCheckpoint`, naming the file and the globals.
+which holds the output's credentials. :func:`safe_checkpoint_engine` makes the
+engine load with :func:`safe_load` instead: ``weights_only=True`` with an
+allow-list of the four DeepSpeed classes its optimizer states hold
+(:func:`deepspeed_state_classes`); anything else is refused with
+:class:`UnsafeCheckpoint`, naming the file and the globals.
 """
 
 from __future__ import annotations
@@ -84,11 +85,9 @@ def safe_checkpoint_engine(engine: Any) -> None:
         raise RuntimeError(f"unexpected DeepSpeed checkpoint engine {type(current).__name__}: cannot make its "
                            "loads safe, so it is not used")
 
-    class SafeCheckpointEngine(type(current)):  # type: ignore[misc]
-        def load(self, path: str, map_location: Any = None) -> Any:
-            return safe_load(path, map_location)
+    current.load = safe_load  # every load of DeepSpeed's (model, optimizer, ZeRO states) goes through it
 
-    current.__class__ = SafeCheckpointEngine
+
 _TAG = re.compile(r"^step-(\d{8})$")
 
 
