@@ -106,8 +106,11 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(project: Path) -> No
         processes.run_in_slices(trainer, lambda: any(checkpoints.glob(f"*/{MARKER}")))
         assert not (job_dir / "result.json").exists()  # the run is not over
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
-        wait_for(lambda: processes.signal_pending(trainer[0], signal.SIGTERM), timeout=120,
-                 what="SIGTERM forwarded to the trainer")
+        try:
+            wait_for(lambda: processes.signal_pending(trainer[0], signal.SIGTERM), timeout=120,
+                     what="SIGTERM forwarded to the trainer")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{processes.describe([proc.pid, *processes.children(proc.pid)])}") from None
         processes.resume(trainer)
         out, err = proc.communicate(timeout=120)
     finally:

@@ -25,7 +25,7 @@ import yaml
 from hone_dev import ROOT
 from hone_dev.cluster import wait_for
 from hone_dev.node import LocalCluster, app_version, available
-from hone_dev.processes import stopped
+from hone_dev.processes import describe, stopped
 from hone_dev.repo import tool_bin
 from hone_operator.builders.modelserving import server_selector
 
@@ -252,7 +252,10 @@ def _freeze(cluster: Cluster, pods: list[str]) -> set[int]:
             except ProcessLookupError:
                 pass
         frozen |= pids
-        wait_for(lambda: all(stopped(p) for p in frozen), timeout=120, interval=0.005, what="the trainers stopped")
+        try:
+            wait_for(lambda: all(stopped(p) for p in frozen), timeout=120, interval=0.005, what="the trainers stopped")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{describe(sorted(frozen))}") from None
         if set().union(*(_trainer_pids(cluster, p) for p in pods)) <= frozen:
             return {p for p in frozen if Path(f"/proc/{p}").exists()}
 

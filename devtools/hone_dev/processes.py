@@ -57,6 +57,24 @@ def signal_pending(pid: int, signum: int) -> bool:
     return any(mask & (1 << (signum - 1)) for mask in masks)
 
 
+def describe(pids: list[int]) -> str:
+    """One line per pid for a failure message: its state, where the kernel has it waiting, its signals."""
+    lines = []
+    for pid in pids:
+        try:
+            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if ":\t" in line)
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+        except OSError:
+            lines.append(f"{pid}: gone")
+            continue
+        signals = " ".join(f"{k}={status.get(k, '?').strip()}" for k in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"))
+        lines.append(f"{pid} ppid={status.get('PPid', '?').strip()} state={status.get('State', '?').strip()} "
+                     f"wchan={wchan or '-'} {signals} {cmd}")
+    return "\n".join(lines)
+
+
 def stop(pids: list[int]) -> None:
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
