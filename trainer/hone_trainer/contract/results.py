@@ -26,6 +26,7 @@ class ProblemKind(str, enum.Enum):
     INVALID_WEIGHT = "invalid_weight"
     NO_ASSISTANT_MESSAGE = "no_assistant_message"
     LINE_TOO_LONG = "line_too_long"
+    SPECIAL_TOKEN_IN_CONTENT = "special_token_in_content"
     TOO_FEW_EXAMPLES = "too_few_examples"
     EMPTY_FILE = "empty_file"
     UNREADABLE_FILE = "unreadable_file"

@@ -26,10 +26,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hone_trainer import templating
 from hone_trainer.training.data import Example
 
 IGNORE_INDEX = -100
-_OPEN, _CLOSE = "\ue000", "\ue001"  # Unicode private use: never in real text
 _PROBES = [
     [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": " Hi there "},
      {"role": "assistant", "content": " Hello!\n"}, {"role": "user", "content": "More?"},
@@ -68,6 +68,7 @@ class ChatFormatter:
         self.max_seq_length = max_seq_length
         self._template = _compile_jinja_template(tokenizer.chat_template)
         self._special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+        self._specials = templating.special_tokens(tokenizer)
         self._turn_end = self._probe_turn_end()
 
     def _exact_spans(self, messages: list[dict[str, str]], trained: list[int], text: str,
@@ -85,28 +86,7 @@ class ChatFormatter:
 
     def _marked(self, messages: list[dict[str, str]], trained: list[int]) -> tuple[str, list[tuple[int, int]]] | None:
         """One render with markers: (text, content spans), or None if the markers did not survive intact."""
-        marked = [dict(m) for m in messages]
-        for i in trained:
-            marked[i]["content"] = _OPEN + marked[i]["content"] + _CLOSE
-        raw = self.render(marked)
-        parts, spans, pos, cursor = [], [], 0, 0
-        while True:
-            a = raw.find(_OPEN, cursor)
-            if a < 0:
-                break
-            b = raw.find(_CLOSE, a + 1)
-            if b < 0 or _OPEN in raw[a + 1:b]:
-                return None
-            parts.append(raw[cursor:a])
-            pos += a - cursor
-            spans.append((pos, pos + (b - a - 1)))
-            parts.append(raw[a + 1:b])
-            pos += b - a - 1
-            cursor = b + 1
-        parts.append(raw[cursor:])
-        if len(spans) != len(trained) or _CLOSE in raw[cursor:]:
-            return None
-        return "".join(parts), spans
+        return templating.render_marked(self.render, messages, trained)
 
     def _probe_turn_end(self) -> str | None:
         """The text a template puts after every assistant reply, if the fast path is exact for it."""
@@ -135,8 +115,7 @@ class ChatFormatter:
         """The rendered conversation and the character spans the loss is computed on."""
         messages = example.as_dicts()
         trained = [i for i, m in enumerate(example.messages) if m.role == "assistant" and m.weight]
-        if self._turn_end is not None and not any(_OPEN in m["content"] or _CLOSE in m["content"]
-                                                  for m in messages):
+        if self._turn_end is not None:
             marked = self._marked(messages, trained)
             if marked is not None:
                 text, spans = marked
@@ -146,13 +125,41 @@ class ChatFormatter:
         text = self.render(messages)
         return text, self._exact_spans(messages, trained, text, example.line)
 
+    def literal_spans(self, example: Example, text: str) -> list[tuple[int, int]] | None:
+        """The spans of ``text`` (this example rendered) holding message content with a special token's
+        text, to be tokenized as plain text: [] when there is none, None when the template does not keep
+        that content verbatim (then it cannot be kept apart from the template's own tokens)."""
+        messages = example.as_dicts()
+        hits = [i for i, m in enumerate(messages) if templating.special_in(m["content"], self._specials)]
+        if not hits:
+            return []
+        marked = templating.render_marked(self.render, messages, hits)
+        if marked is None or marked[0] != text:
+            return None
+        return marked[1]
+
     def encode(self, examples: Sequence[Example], truncate: bool = True) -> list[Encoded]:
-        """Token ids and labels for each example; batched through the Rust tokenizer."""
+        """Token ids and labels for each example; batched through the Rust tokenizer. Content holding a
+        special token's text is tokenized as plain text (:mod:`hone_trainer.templating`)."""
         rendered = [self.text_and_spans(e) for e in examples]
-        batch = self.tokenizer([t for t, _ in rendered], add_special_tokens=False,
-                               return_offsets_mapping=True, return_attention_mask=False)
+        literal = [self.literal_spans(e, text) for e, (text, _) in zip(examples, rendered)]
+        for e, spans in zip(examples, literal):
+            if spans is None:
+                raise TemplateError(f"line {e.line}: a message holds a special token's text and this chat "
+                                    "template does not keep message content verbatim, so it cannot be trained "
+                                    "as text; remove it from the content")
+        plain = [i for i, spans in enumerate(literal) if not spans]
+        batch = self.tokenizer([rendered[i][0] for i in plain], add_special_tokens=False,
+                               return_offsets_mapping=True, return_attention_mask=False) if plain else None
+        tokens: dict[int, tuple[list[int], list[tuple[int, int]]]] = {}
+        for k, i in enumerate(plain):
+            tokens[i] = batch["input_ids"][k], batch["offset_mapping"][k]  # type: ignore[index]
+        for i, spans in enumerate(literal):
+            if spans:
+                tokens[i] = templating.encode(self.tokenizer, rendered[i][0], spans, offsets=True)
         out = []
-        for (text, spans), ids, offsets in zip(rendered, batch["input_ids"], batch["offset_mapping"]):
+        for i, (text, spans) in enumerate(rendered):
+            ids, offsets = tokens[i]
             ids_arr = np.asarray(ids, dtype=np.int64)
             off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
             if spans:

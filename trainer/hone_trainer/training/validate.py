@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from hone_trainer import contract
+from hone_trainer import contract, templating
 from hone_trainer.training.formatting import ChatFormatter
 from hone_trainer.contract import ProblemKind, TrainerConfig, ValidationResult
 from hone_trainer.training.data import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, Example, FileKind, ReadResult, read_jsonl
@@ -107,6 +107,35 @@ def _repeats(train: ReadResult, val: ReadResult | None, warnings: list[str]) -> 
     return duplicates, overlap
 
 
+def _special_tokens(formatter: ChatFormatter, read: ReadResult, warnings: list[str]) -> None:
+    """Content that holds a special token's text (``<|im_end|>``...): trained as the plain text it is, with
+    a warning, since as tokens it would forge turns of the chat template; a problem (and the example left
+    out) where the template does not keep the content verbatim, so it cannot be kept apart."""
+    specials = templating.special_tokens(formatter.tokenizer)
+    lines: list[str] = []
+    keep = []
+    for ex in read.examples:
+        found = next((f"message {i} holds {s!r}" for i, m in enumerate(ex.messages)
+                      if (s := templating.special_in(m.content, specials))), None)
+        if found is None:
+            keep.append(ex)
+            continue
+        text, _ = formatter.text_and_spans(ex)
+        if formatter.literal_spans(ex, text) is None:
+            read.problem(ProblemKind.SPECIAL_TOKEN_IN_CONTENT,
+                         f"{found}, a special token's text, and this model's chat template does not keep message "
+                         "content verbatim, so it cannot be trained as plain text: remove it", ex.line)
+            read.invalid_lines += 1
+            continue
+        keep.append(ex)
+        lines.append(f"line {ex.line} ({found})")
+    read.examples = keep
+    if lines:
+        warnings.append(f"{read.file} file: {len(lines)} example(s) hold the text of a special token of the "
+                        f"tokenizer, e.g. {'; '.join(lines[:3])}: it is trained as plain text, as the server "
+                        "reads it, not as the token (which would forge a turn of the chat template)")
+
+
 def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
     """Check the files and count tokens with ``tokenizer`` (the base model's own)."""
     train = read_file(config.training_data, "training")
@@ -126,6 +155,8 @@ def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
 
     drop = config.over_length == "drop"
     formatter = ChatFormatter(tokenizer, config.max_seq_length)
+    for r in reads:
+        _special_tokens(formatter, r, warnings)
     train_counts = count(formatter, train, drop)
     val_counts = count(formatter, val, drop) if val else Counts()
     if train_counts.over_length:
