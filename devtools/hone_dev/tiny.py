@@ -44,13 +44,13 @@ def make_tokenizer(folder: Path, vocab_size: int = 400):
     return fast
 
 
-def make_tiny_llama(folder: Path, vocab_size: int = 400, seed: int = 0):
+def make_tiny_llama(folder: Path, vocab_size: int = 400, seed: int = 0, context: int = 512):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                          pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     model.save_pretrained(str(folder), safe_serialization=True)

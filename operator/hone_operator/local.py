@@ -248,4 +248,5 @@ def server_config(msv: Any, manifest: Path, workdir: Path, host: str, port: int,
         base = loading.base_from_adapters(adapters)
     return contract.ServerConfig(base_model=base, served_model_name=served_name, adapters=adapters, host=host,
                                  port=port, api_keys_file=api_keys_file,
-                                 max_concurrent_requests=msv.spec.maxConcurrentRequests)
+                                 max_concurrent_requests=msv.spec.maxConcurrentRequests,
+                                 special_tokens_in_content=msv.spec.specialTokensInContent)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from hone_trainer.contract.base import CamelModel
@@ -31,6 +33,15 @@ class ServerConfig(CamelModel):
     max_concurrent_requests: int = Field(64, ge=1, description="Queued plus running; beyond it: HTTP 429.")
     max_batch_size: int = Field(8, ge=1, le=256, description="Sequences decoded together in one step.")
     default_max_tokens: int = Field(512, ge=1, description="Completion limit when a request sets none.")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024,
+                                   description="Largest request body, in bytes; beyond it: HTTP 413.")
+    max_sequences_per_request: int = Field(
+        16, ge=1, le=1024, description="Prompts times n of one request (the sequences it decodes); beyond it: HTTP 400.")
+    max_messages: int = Field(2048, ge=1, description="Messages in one chat request; beyond it: HTTP 400.")
+    special_tokens_in_content: Literal["text", "reject", "parse"] = Field(
+        "text", description="A special token's text (e.g. <|im_end|>) inside a message or prompt: `text` reads it "
+        "as plain text, so content cannot forge a turn of the chat template; `reject` answers HTTP 400 naming "
+        "the message; `parse` makes it the special token (trusted callers only).")
     prices: PriceTable = Field(default_factory=PriceTable)
     metrics_enabled: bool = True
 

@@ -8,10 +8,12 @@ Endpoints:
   adapter are loaded), ``GET /metrics`` (Prometheus).
 
 Every response carries ``usage`` counted with the model's tokenizer, and the
-``hone_inference_tokens_total`` counters move by exactly those numbers: both
-come from the same place, the moment a request ends. Errors use OpenAI's
-error object and status codes (400 names the field, 401, 404 for an unknown
-model, 429 when the queue is full, 503 while loading).
+``hone_inference_tokens_total`` counters move by what the client was sent:
+a 200's ``usage``, nothing for a failed request or one whose client left, a
+stream's delivered chunks (:mod:`~hone_trainer.serving.generation`). Errors
+use OpenAI's error object and status codes, for every route (400 names the
+field, 401, 404 for an unknown model or URL, 405, 413 for a body over
+``max_request_bytes``, 429 when the queue is full, 503 while loading).
 
 The model loads in the background after the port opens, so liveness probes
 pass at once and readiness turns true when loading is done. A model that
@@ -38,10 +40,12 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from hone_trainer import templating
 from hone_trainer.contract import ServerConfig
 from hone_trainer.serving import routes
 from hone_trainer.serving.auth import ApiKeys
@@ -68,6 +72,7 @@ def create_app(config: ServerConfig, *, load: bool = True, on_load_error: Any = 
         yield
         if state.engine is not None:
             state.engine.stop()
+        state.tokenizer_thread.shutdown(wait=False)
 
     def v1(endpoint: str, handler: Any) -> Any:
         return functools.partial(_guard, state, endpoint=endpoint, handler=handler)
@@ -81,6 +86,17 @@ def create_app(config: ServerConfig, *, load: bool = True, on_load_error: Any = 
     async def metrics(request: Request) -> Response:
         return _metrics(state)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """404 and 405 as OpenAI's error object, like every other error of this server."""
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return ApiError(404, f"Invalid URL ({request.method} {request.url.path})").response()
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            return ApiError(405, f"{request.method} is not allowed on {request.url.path}" +
+                            (f"; use {allowed}" if allowed else ""), headers=dict(exc.headers or {})).response()
+        return ApiError(exc.status_code, str(exc.detail)).response()
+
     app = Starlette(routes=[
         Route("/health", health),
         Route("/ready", ready),
@@ -89,7 +105,7 @@ def create_app(config: ServerConfig, *, load: bool = True, on_load_error: Any = 
         Route("/v1/models/{model:path}", v1("models", routes.get_model)),
         Route("/v1/chat/completions", v1("chat", routes.chat_completions), methods=["POST"]),
         Route("/v1/completions", v1("completions", routes.completions), methods=["POST"]),
-    ], lifespan=lifespan)  # type: ignore[arg-type]
+    ], lifespan=lifespan, exception_handlers={HTTPException: http_error})  # type: ignore[arg-type]
     app.state.hone = state
     return app
 
@@ -115,6 +131,7 @@ def load_models(state: State, on_load_error: Any = None) -> None:
     engine = Engine(served.model, served.tokenizer, max_batch_size=state.config.max_batch_size, adapters=adapters,
                     eos_token_ids=served.eos_token_ids)
     engine.start()
+    state.specials = templating.special_tokens(served.tokenizer)
     state.served, state.engine = served, engine
     if state.metrics:
         for name, internal in served.names.items():

@@ -25,8 +25,8 @@ empty.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -54,6 +54,7 @@ class GenerationEvent:
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "error" | "cancelled"
     error: str | None = None
+    tokens: int = 0  # the sequence's generated tokens this event accounts for (all of them when finished)
 
 
 @dataclass(eq=False)
@@ -151,7 +152,8 @@ class Engine:
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         self.eos = set(int(t) for t in eos_token_ids)
         self.can_join = _full_attention_only(config)
-        self._pending: "queue.Queue[SequenceState]" = queue.Queue()
+        self._pending: deque[SequenceState] = deque()
+        self._pending_lock = threading.Lock()
         self._batch = _Batch()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -170,18 +172,29 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return self._pending.qsize()
+        return len(self._pending)
 
     @property
     def running(self) -> int:
         return len(self._batch)
 
-    def submit(self, seq: SequenceState) -> None:
-        if seq.adapter != BASE_ADAPTER and seq.adapter not in self.adapters:
-            raise KeyError(seq.adapter)
-        if seq.params.seed is not None:
-            seq.generator = torch.Generator(device="cpu").manual_seed(seq.params.seed)
-        self._pending.put(seq)
+    def submit(self, seqs: Sequence[SequenceState]) -> None:
+        """Queue a request's sequences, all or none: anything wrong with one (an unknown adapter, a seed
+        out of range) raises before any of them is queued, so no sequence runs for a request that failed."""
+        for seq in seqs:
+            if seq.adapter != BASE_ADAPTER and seq.adapter not in self.adapters:
+                raise KeyError(seq.adapter)
+            if seq.params.seed is not None:
+                seq.generator = torch.Generator(device="cpu").manual_seed(seq.params.seed)
+        with self._pending_lock:
+            self._pending.extend(seqs)
+        self._wake.set()
+
+    def cancel(self, seqs: Sequence[SequenceState]) -> None:
+        """Stop these sequences: a waiting one ends at once, a running one after the step in progress;
+        each then gets its finished event (reason ``cancelled``), unless it had finished already."""
+        for seq in seqs:
+            seq.cancel()
         self._wake.set()
 
     # ---- the loop ----------------------------------------------------------------
@@ -189,7 +202,7 @@ class Engine:
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:
-            if self._stop.is_set() and not len(self._batch) and self._pending.empty():
+            if self._stop.is_set() and not len(self._batch) and not self._pending:
                 return
             admitted = self._admit()
             if not admitted and not len(self._batch):
@@ -210,20 +223,14 @@ class Engine:
                 self._batch = _Batch()
 
     def _admit(self) -> list[SequenceState]:
-        if len(self._batch) and not self.can_join:
-            return []
-        room = self.max_batch_size - len(self._batch)
-        out: list[SequenceState] = []
-        while room > 0:
-            try:
-                seq = self._pending.get_nowait()
-            except queue.Empty:
-                break
-            if seq.cancelled:
-                self._finish(seq, "cancelled")
-                continue
-            out.append(seq)
-            room -= 1
+        """The waiting sequences that join the batch now; cancelled ones end here, batch full or not."""
+        with self._pending_lock:
+            if any(s.cancelled for s in self._pending):
+                for seq in [s for s in self._pending if s.cancelled]:
+                    self._finish(seq, "cancelled")
+                self._pending = deque(s for s in self._pending if not s.cancelled)
+            room = self.max_batch_size - len(self._batch) if (self.can_join or not len(self._batch)) else 0
+            out = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
         return out
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
@@ -251,9 +258,10 @@ class Engine:
         for s in seqs:
             s.prefilled = True
         new = _Batch()
-        new.rows, new.cache, new.mask, new.next_tokens = seqs, cache, mask, self._sample(logits, seqs)
+        tokens, failed = self._sample(logits, seqs)
+        new.rows, new.cache, new.mask, new.next_tokens = seqs, cache, mask, tokens
         self._batch.join(new)
-        self._after_step(offset=len(self._batch) - len(seqs))
+        self._after_step(offset=len(self._batch) - len(seqs), failed=failed)
 
     def _decode(self) -> None:
         batch = self._batch
@@ -262,37 +270,51 @@ class Engine:
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
         logits, batch.cache = self._forward(batch.next_tokens[:, None], mask, positions, batch.cache, batch.rows)
         batch.mask = mask
-        batch.next_tokens = self._sample(logits, batch.rows)
-        self._after_step(offset=0)
+        batch.next_tokens, failed = self._sample(logits, batch.rows)
+        self._after_step(offset=0, failed=failed)
 
-    def _sample(self, logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, rows: list[SequenceState]) -> tuple[torch.Tensor, dict[int, str]]:
+        """The next token of each row, and the rows whose sampling failed (index -> why): one row's
+        failure ends that row alone, never the others in the batch."""
         tokens = logits.argmax(dim=-1)
+        failed: dict[int, str] = {}
         for i, seq in enumerate(rows):
-            p = seq.params
-            if p.temperature <= 0:
+            if seq.params.temperature <= 0:
                 continue
-            # Shifted so that the largest logit is 0 before dividing: however small the temperature
-            # (1e-300 included), nothing overflows to inf, the top token keeps probability > 0, and
-            # the distribution tends to greedy instead of turning into NaN for the whole batch.
-            row = logits[i].double()
-            probs = torch.softmax((row - row.max()) / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                cut = sorted_probs.cumsum(0) - sorted_probs >= p.top_p  # keep the smallest set reaching top_p
-                sorted_probs[cut] = 0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            tokens[i] = torch.multinomial(probs.cpu(), 1, generator=seq.generator).to(tokens.device)[0]
-        return tokens
+            try:
+                tokens[i] = self._sample_row(logits[i], seq)
+            except Exception as exc:  # noqa: BLE001 - this row's error, reported to its request
+                log.exception("sampling failed for one sequence")
+                failed[i] = f"sampling failed: {exc}"
+        return tokens, failed
 
-    def _after_step(self, offset: int) -> None:
+    @staticmethod
+    def _sample_row(logits: torch.Tensor, seq: SequenceState) -> torch.Tensor:
+        p = seq.params
+        # Shifted so that the largest logit is 0 before dividing: however small the temperature
+        # (1e-300 included), nothing overflows to inf, the top token keeps probability > 0, and
+        # the distribution tends to greedy instead of turning into NaN for the whole batch.
+        row = logits.double()
+        probs = torch.softmax((row - row.max()) / p.temperature, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            cut = sorted_probs.cumsum(0) - sorted_probs >= p.top_p  # keep the smallest set reaching top_p
+            sorted_probs[cut] = 0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return torch.multinomial(probs.cpu(), 1, generator=seq.generator).to(logits.device)[0]
+
+    def _after_step(self, offset: int, failed: dict[int, str]) -> None:
         """Record the new token of each row from ``offset`` on (the rows that just stepped),
-        stream their text, and drop the rows that finished."""
+        stream their text, and drop the rows that finished (or whose sampling failed)."""
         batch = self._batch
         assert batch.next_tokens is not None and batch.mask is not None
         new_tokens = batch.next_tokens.tolist()
         cached = batch.mask.sum(1).tolist()  # tokens in each row's cache
         keep: list[int] = list(range(offset))
         for i, seq in enumerate(batch.rows[offset:], start=offset):
+            if i - offset in failed:
+                self._finish(seq, "error", error=failed[i - offset])
+                continue
             token = new_tokens[i]
             seq.generated.append(token)
             reason = self._stream(seq, token)
@@ -328,7 +350,7 @@ class Engine:
                         break
             text = text[:safe]
         if len(text) > seq.emitted_chars:
-            seq.emit(GenerationEvent(text=text[seq.emitted_chars:]))
+            seq.emit(GenerationEvent(text=text[seq.emitted_chars:], tokens=len(seq.generated)))
             seq.emitted_chars = len(text)
         return reason
 
@@ -336,7 +358,7 @@ class Engine:
         if seq.finished:
             return
         seq.finished = True
-        seq.emit(GenerationEvent(finished=True, finish_reason=reason, error=error))
+        seq.emit(GenerationEvent(finished=True, finish_reason=reason, error=error, tokens=len(seq.generated)))
 
 
 def _full_attention_only(config: Any) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
+from hone_trainer import templating
 from hone_trainer.serving.generation import respond
 from hone_trainer.serving.protocol import ApiError, ChatRequest, CompletionRequest, SamplingRequest
 from hone_trainer.serving.state import RequestContext, State
@@ -54,17 +55,68 @@ def completion_budget(ctx: RequestContext, prompt_len: int, req: SamplingRequest
     return limit
 
 
+def _sequences(ctx: RequestContext, prompts: int, n: int, param: str) -> None:
+    limit = ctx.state.config.max_sequences_per_request
+    if prompts * n > limit:
+        raise ApiError(400, f"{param}: this request asks for {prompts * n} sequences ({prompts} prompt(s) x n={n}); "
+                       f"this server decodes at most {limit} per request", param=param)
+
+
+def chat_prompt(state: State, messages: list[dict[str, str]]) -> list[int]:
+    """The prompt's token ids: the chat template rendered, content read as text (no forged turns)."""
+    tokenizer = state.served.tokenizer
+
+    def render(msgs: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+    try:
+        text = render(messages)
+    except Exception as exc:  # noqa: BLE001 - templates raise for e.g. roles out of order
+        raise ApiError(400, f"messages: the model's chat template refused them: {exc}", param="messages") from exc
+    policy = state.config.special_tokens_in_content
+    hits = [(i, s) for i, m in enumerate(messages) if (s := templating.special_in(m["content"], state.specials))]
+    if not hits or policy == "parse":
+        return templating.encode(tokenizer, text)[0]
+    i, special = hits[0]
+    param = f"messages[{i}].content"
+    if policy == "reject":
+        raise ApiError(400, f"{param}: holds {special!r}, the text of a special token of this model's tokenizer; "
+                       "this server refuses it (special_tokens_in_content: reject)", param=param,
+                       code="special_token_in_content")
+    marked = templating.render_marked(render, messages, [i for i, _ in hits])
+    if marked is None or marked[0] != text:
+        raise ApiError(400, f"{param}: holds {special!r}, the text of a special token, and this model's chat "
+                       "template does not keep message content verbatim, so it cannot be read as plain text; "
+                       "remove it", param=param, code="special_token_in_content")
+    return templating.encode(tokenizer, text, marked[1])[0]
+
+
+def completion_prompts(state: State, texts: list[str]) -> list[list[int]]:
+    """Each prompt's token ids, with the tokenizer's special tokens at the start as it adds them."""
+    tokenizer = state.served.tokenizer
+    policy = state.config.special_tokens_in_content
+    out = []
+    for i, text in enumerate(texts):
+        special = templating.special_in(text, state.specials)
+        if special is not None and policy == "reject":
+            param = "prompt" if len(texts) == 1 else f"prompt[{i}]"
+            raise ApiError(400, f"{param}: holds {special!r}, the text of a special token of this model's "
+                           "tokenizer; this server refuses it (special_tokens_in_content: reject)", param=param,
+                           code="special_token_in_content")
+        literal = special is not None and policy == "text"
+        out.append(tokenizer(text, split_special_tokens=literal)["input_ids"])
+    return out
+
+
 async def chat_completions(ctx: RequestContext) -> Response:
     req: ChatRequest = await ctx.body(ChatRequest)
     adapter = ctx.adapter(req.model)
-    tokenizer = ctx.state.served.tokenizer
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(f"messages[{i}]")}
-                for i, m in enumerate(req.messages)]
-    try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    except Exception as exc:  # noqa: BLE001 - templates raise for e.g. roles out of order
-        raise ApiError(400, f"messages: the model's chat template refused them: {exc}", param="messages") from exc
-    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    state = ctx.state
+    if len(req.messages) > state.config.max_messages:
+        raise ApiError(400, f"messages: {len(req.messages)} messages; this server takes at most "
+                       f"{state.config.max_messages} per request", param="messages")
+    _sequences(ctx, 1, req.n, "n")
+    prompt = await state.tokenizing(chat_prompt, state, [m.for_template() for m in req.messages])
     max_tokens = completion_budget(ctx, len(prompt), req, "messages")
     return await respond(ctx, req, adapter, [prompt], max_tokens, chat=True)
 
@@ -72,9 +124,9 @@ async def chat_completions(ctx: RequestContext) -> Response:
 async def completions(ctx: RequestContext) -> Response:
     req: CompletionRequest = await ctx.body(CompletionRequest)
     adapter = ctx.adapter(req.model)
-    tokenizer = ctx.state.served.tokenizer
     texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-    prompts = [tokenizer(t)["input_ids"] for t in texts]
+    _sequences(ctx, len(texts), req.n, "prompt" if len(texts) > 1 else "n")
+    prompts = await ctx.state.tokenizing(completion_prompts, ctx.state, texts)
     if any(not p for p in prompts):
         raise ApiError(400, "prompt: a prompt is empty", param="prompt")
     max_tokens = min(completion_budget(ctx, len(p), req, "prompt") for p in prompts)

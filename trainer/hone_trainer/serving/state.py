@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from starlette.requests import Request
 
@@ -12,6 +14,11 @@ from hone_trainer.contract import ServerConfig
 from hone_trainer.serving.auth import ApiKeys
 from hone_trainer.serving.metrics import Metrics
 from hone_trainer.serving.protocol import ApiError, SamplingRequest, parse_request
+
+T = TypeVar("T")
+#: A body over the limit is read and dropped up to this many times the limit before the 413 is sent, so
+#: that an ordinary client (still sending when it could not know) reads the error instead of a broken pipe.
+DRAIN_FACTOR = 4
 
 #: The model label of requests that never named a served model (bad JSON, 401, 404).
 UNKNOWN_MODEL_LABEL = "(unknown)"
@@ -30,6 +37,14 @@ class State:
     created: int = field(default_factory=lambda: int(time.time()))
     keys: ApiKeys | None = None
     metrics: Metrics | None = None
+    specials: tuple[str, ...] = ()  # the texts of the tokenizer's special tokens, once loaded
+    #: Requests are parsed and tokenized here, off the event loop (a huge prompt must not stall /health),
+    #: one at a time: the tokenizer is not safe to call from several threads at once.
+    tokenizer_thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="hone-tokenizer"))
+
+    async def tokenizing(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.tokenizer_thread, fn, *args)
 
 
 class RequestContext:
@@ -42,7 +57,26 @@ class RequestContext:
         self.release: Any = None
 
     async def body(self, model_cls: type[SamplingRequest]) -> Any:
-        return parse_request(await self.request.body(), model_cls)
+        """The request, read up to ``max_request_bytes`` (413 beyond) and parsed off the event loop."""
+        limit = self.state.config.max_request_bytes
+        too_large = ApiError(413, f"the request body is larger than this server's limit of {limit} bytes",
+                             code="request_too_large")
+        chunks, size = [], 0
+        async for chunk in self.request.stream():
+            size += len(chunk)
+            if size > limit:
+                # Read on (discarding, up to a bound) so that the client, still sending, gets to read the 413.
+                if size <= DRAIN_FACTOR * limit:
+                    chunks = []
+                    continue
+                raise too_large
+            chunks.append(chunk)
+        if size > limit:
+            raise too_large
+        raw = b"".join(chunks)
+        if len(raw) < 65536:
+            return parse_request(raw, model_cls)
+        return await self.state.tokenizing(parse_request, raw, model_cls)
 
     def adapter(self, model: str) -> str:
         names = self.state.served.names

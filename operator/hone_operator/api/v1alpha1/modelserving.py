@@ -117,6 +117,13 @@ class ModelServingSpec(ApiModel):
         64, alias="maxConcurrentRequests", ge=1,
         description="Requests queued or running per replica before new ones get HTTP 429.",
     )
+    specialTokensInContent: Literal["text", "reject", "parse"] = Field(
+        "text", alias="specialTokensInContent",
+        description="What the built-in server does with the text of a special token of the tokenizer (e.g. "
+                    "<|im_end|>) inside a message or prompt: text reads it as plain text, so content cannot "
+                    "forge a turn of the chat template; reject answers HTTP 400 naming the message; parse makes "
+                    "it the special token (trusted callers only).",
+    )
     startupTimeoutSeconds: int = Field(
         600, alias="startupTimeoutSeconds", ge=10, le=86400,
         description="How long a roll-out may go without a replica becoming ready (loading the model, passing "
