@@ -64,19 +64,27 @@ def local_artifact(location: str, credentials_dir: str | None = None) -> Artifac
     except PublishError as exc:
         raise ServingError(f"{location}: {exc}; publish it again (re-run the FineTuneJob) "
                            "instead of editing its files") from exc
-    except (ValueError, KeyError) as exc:
-        raise ServingError(f"{location}: {MANIFEST} is unreadable: {exc}") from exc
     if list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
         raise ServingError(f"{location}: holds pickled weights (*.bin/*.pt); Hone loads safetensors only")
     return Artifact(folder, manifest, location)
 
 
 def fetch_to(artifact: Artifact, target: Path) -> Path:
-    """Copy a verified artifact (without ``merged/``) into ``target`` for a runtime that reads files."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(artifact.path, target, ignore=shutil.ignore_patterns("merged", ".*"))
-    verify(target)
+    """Copy a verified artifact (the files its manifest lists, without ``merged/``) into ``target`` for a
+    runtime that reads files, and verify the copy."""
+    try:
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for name in artifact.manifest["files"]:
+            if name.split("/", 1)[0] == "merged":
+                continue
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(artifact.path / name, target / name, follow_symlinks=False)
+        shutil.copyfile(artifact.path / MANIFEST, target / MANIFEST, follow_symlinks=False)
+        verify(target, without=("merged",))
+    except (OSError, PublishError) as exc:
+        raise ServingError(f"{artifact.source}: copying it to {target} failed: {exc}") from exc
     return target
 
 
