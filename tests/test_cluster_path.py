@@ -25,7 +25,7 @@ import yaml
 from hone_dev import ROOT
 from hone_dev.cluster import wait_for
 from hone_dev.node import LocalCluster, app_version, available
-from hone_dev.processes import describe, stopped
+from hone_dev.processes import describe, send, stopped
 from hone_dev.repo import tool_bin
 from hone_operator.builders.modelserving import server_selector
 
@@ -246,11 +246,7 @@ def _freeze(cluster: Cluster, pods: list[str]) -> set[int]:
     frozen: set[int] = set()
     while True:
         pids = set().union(*(_trainer_pids(cluster, p) for p in pods))
-        for pid in pids - frozen:
-            try:
-                os.kill(pid, signal.SIGSTOP)
-            except ProcessLookupError:
-                pass
+        send(pids - frozen, signal.SIGSTOP)
         frozen |= pids
         try:
             wait_for(lambda: all(stopped(p) for p in frozen), timeout=120, interval=0.005, what="the trainers stopped")
@@ -273,11 +269,7 @@ def _run_until_checkpoint(cluster: Cluster, pods: list[str], claim: Path, name: 
         if reached():
             return pids
         assert time.monotonic() < deadline, f"no checkpoint of step {step} in {folder}"
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        send(pids, signal.SIGCONT)
         time.sleep(0.05)
 
 
@@ -290,8 +282,7 @@ def test_preempted_training_resumes_from_its_checkpoint_with_the_same_loss(clust
     _apply(cluster, _finetunejob("steady"), _finetunejob("preempted"))
     # A crash: every process of the trainer SIGKILLed right after the step-8 checkpoint completed.
     first = _new_trainer_pod(cluster, "preempted", set())
-    for pid in _run_until_checkpoint(cluster, [first], shop, "preempted", 8):
-        os.kill(pid, signal.SIGKILL)
+    send(_run_until_checkpoint(cluster, [first], shop, "preempted", 8), signal.SIGKILL)
     # A preemption: the next pod, after step 16's checkpoint, deleted with a DisruptionTarget condition.
     second = _new_trainer_pod(cluster, "preempted", {first})
     pids = _run_until_checkpoint(cluster, [second], shop, "preempted", 16)
@@ -300,8 +291,7 @@ def test_preempted_training_resumes_from_its_checkpoint_with_the_same_loss(clust
     cluster.kubectl("-n", NS, "patch", "pod", second, "--subresource=status", "--type=strategic", "-p", json.dumps(
         {"status": {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
                                     "message": "preempted by a higher-priority pod"}]}}))
-    for pid in pids:
-        os.kill(pid, signal.SIGCONT)
+    send(pids, signal.SIGCONT)
     cluster.kubectl("-n", NS, "delete", "pod", second, "--wait=false")
     for name in ("steady", "preempted"):
         cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Succeeded", f"ftj/{name}",
@@ -390,8 +380,7 @@ def test_a_server_that_hangs_fails_its_rollout_and_recovers(cluster: Cluster, sh
     events = cluster.kubectl("-n", NS, "get", "events", "--field-selector", f"involvedObject.name={pod}", "-o",
                              "jsonpath={.items[*].message}").stdout
     assert "Readiness probe failed" in events
-    for pid in pids:
-        os.kill(pid, signal.SIGCONT)
+    send(pids, signal.SIGCONT)
     cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Ready", "msv/stalled", "--timeout=120s",
                     timeout=140)
     assert cluster.get(f"pod/{pod}", "{.status.containerStatuses[0].restartCount}") == "0"  # the same process
@@ -471,8 +460,8 @@ def test_two_nodes_train_one_adapter_through_the_headless_service(cluster: Clust
     # retry brings both back, resuming from that checkpoint.
     pids = _run_until_checkpoint(cluster, first, shop, "pair", 4)
     victims = _trainer_pids(cluster, index["1"])
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL if pid in victims else signal.SIGCONT)
+    send(pids & victims, signal.SIGKILL)
+    send(pids - victims, signal.SIGCONT)
     cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Succeeded", "ftj/pair", "--timeout=400s",
                     timeout=420)
     assert int(cluster.get("job/pair-train", "{.status.failed}")) >= 1

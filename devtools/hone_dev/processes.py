@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from hone_dev.cluster import wait_for
 
@@ -42,9 +42,22 @@ def children(pid: int) -> list[int]:
 
 
 def stopped(pid: int) -> bool:
-    """True when ``pid`` is stopped by a signal (state T), or gone (exited: a zombie not reaped yet counts)."""
+    """True when ``pid`` is stopped by a signal (state T), or gone (exited: a zombie not reaped yet counts),
+    or cannot run until a stopped child does: a parent in ``vfork`` (Python's subprocess, posix_spawn)
+    waits uninterruptibly (state D, in kernel_clone) until its child execs or exits, so a SIGSTOP only
+    takes effect after that, and never while the child is stopped before its exec."""
     fields = _stat(pid)
-    return fields is None or fields[0] in ("T", "t", "Z", "X")
+    if fields is None or fields[0] in ("T", "t", "Z", "X"):
+        return True
+    return fields[0] == "D" and _wchan(pid) == "kernel_clone" and any(
+        stopped(child) for child in children(pid) if (_stat(child) or ["", ""])[1] == str(pid))
+
+
+def _wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return ""
 
 
 def signal_pending(pid: int, signum: int) -> bool:
@@ -65,7 +78,7 @@ def describe(pids: list[int]) -> str:
             status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                           if ":\t" in line)
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
-            wchan = Path(f"/proc/{pid}/wchan").read_text()
+            wchan = _wchan(pid)
         except OSError:
             lines.append(f"{pid}: gone")
             continue
@@ -75,9 +88,8 @@ def describe(pids: list[int]) -> str:
     return "\n".join(lines)
 
 
-def stop(pids: list[int]) -> None:
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+def stop(pids: Iterable[int]) -> None:
+    send(pids, signal.SIGSTOP)
 
 
 def run_in_slices(pids: list[int], until: Callable[[], bool], slice_seconds: float = 0.02,
@@ -98,9 +110,15 @@ def run_in_slices(pids: list[int], until: Callable[[], bool], slice_seconds: flo
         wait_for(lambda: all(stopped(p) for p in pids), timeout=30, interval=0.001, what=f"{pids} stopped")
 
 
-def resume(pids: list[int]) -> None:
+def resume(pids: Iterable[int]) -> None:
+    send(pids, signal.SIGCONT)
+
+
+def send(pids: Iterable[int], signum: int) -> None:
+    """``signum`` to each of ``pids`` that still exists: one can go before its turn, e.g. every process of a
+    PID namespace when its init is SIGKILLed first."""
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signum)
         except ProcessLookupError:
             pass
