@@ -100,3 +100,14 @@ def test_fetch_refuses_a_malformed_manifest_with_exit_code_5(tmp_path: Path) -> 
                           "--target", str(tmp_path / "out")], env=env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 5, run.stderr
     assert "Traceback" not in run.stderr and 'no "files" object' in run.stderr
+
+
+def test_fetch_copies_the_listed_files_without_merged(tmp_path: Path) -> None:
+    """The copy for a runtime that reads only the adapter: merged/ (a mergeWeights job's full model) is left
+    out, and the copy verifies; before, leaving it out failed the copy's own verification."""
+    from hone_trainer.serving.loading import fetch_to, local_artifact
+
+    art = local_artifact(str(published(tmp_path / "m")))
+    copy = fetch_to(art, tmp_path / "out")
+    assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()) == [
+        "adapter_config.json", "adapter_model.safetensors", MANIFEST]
