@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from hone_operator.kube import Conflict, Kube, NotFound
 from hone_dev.repo import load_sample
 from hone_dev.apiserver import ApiServerThread, label_match
+from hone_dev.cluster import wait_for
 
 API = "hone.dev/v1alpha1"
 
@@ -163,7 +164,7 @@ def test_watch_resumes_from_a_resource_version(kube: Kube) -> None:
     assert seen == [("ADDED", "b"), ("MODIFIED", "a")]
 
 
-def test_watch_streams_live_events_with_selectors(kube: Kube) -> None:
+def test_watch_streams_live_events_with_selectors(kube: Kube, apiserver: ApiServerThread) -> None:
     api = client.CustomObjectsApi(kube.api)
     seen: list[tuple[str, str]] = []
 
@@ -172,10 +173,11 @@ def test_watch_streams_live_events_with_selectors(kube: Kube) -> None:
                                       "finetunejobs", label_selector="team=x", timeout_seconds=2):
             seen.append((e["type"], e["object"]["metadata"]["name"]))
 
+    since = apiserver.call(lambda server: len(server.audit))
     t = threading.Thread(target=consume)
     t.start()
-    import time
-    time.sleep(0.3)
+    wait_for(lambda: apiserver.call(lambda server: any(a.verb == "watch" for a in server.audit[since:])),
+             what="the watch registered")  # audited in the same step that registers its event queue
     kube.create(ftj("a", team="x"))
     kube.create(ftj("b", team="y"))
     kube.delete(API, "FineTuneJob", "ns", "a")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from hone_operator.api.v1alpha1 import RECONCILE_REQUESTED_AT
 from hone_operator.reconcile.finetunejob import Observed, plan
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
@@ -63,10 +64,26 @@ def test_a_converged_world_plans_nothing() -> None:
 
 
 def test_final_phases_are_never_left() -> None:
+    """A final job creates, resumes and retries nothing, whatever its spec now says. It records the generation
+    it saw (Argo CD showed an edited finished job as Progressing forever) and answers a reconcile request."""
     for phase in ("Succeeded", "Failed", "Cancelled"):
         b = body(cancel=False)
-        b["status"] = {"phase": phase}
+        b["status"] = {"phase": phase, "observedGeneration": 1}
         assert plan(b, Observed(), SETTINGS, TS).empty
+        b["metadata"]["generation"] = 2
+        b["metadata"]["annotations"] = {RECONCILE_REQUESTED_AT: "2026-12-03T10:00:00Z"}
+        p = plan(b, Observed(), SETTINGS, TS)
+        assert p.status == {"observedGeneration": 2, "lastHandledReconcileAt": "2026-12-03T10:00:00Z"}
+        assert not (p.ensure or p.patches or p.deletes or p.events)
+
+
+def test_a_reconcile_request_is_answered_in_the_status() -> None:
+    b = converge(body(), Observed())
+    b["metadata"]["annotations"] = {RECONCILE_REQUESTED_AT: "r1"}
+    p = plan(b, Observed(validation_job=job("support-assistant-validate")), SETTINGS, TS)
+    assert p.status == {"lastHandledReconcileAt": "r1"} and not (p.ensure or p.patches or p.events)
+    b["status"].update(p.status)
+    assert plan(b, Observed(validation_job=job("support-assistant-validate")), SETTINGS, TS).empty
 
 
 def test_generation_change_updates_observed_generation_only() -> None:

@@ -13,7 +13,6 @@ their lifecycles.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from hone_operator.kube import USER_AGENT, Kube
 from hone_dev.apiserver import ApiServerThread
 from hone_dev.cluster import OperatorProcess, get_job, set_job_status, wait_for, wait_phase
 from hone_dev.repo import CHART, render
-from hone_dev.resources import NS, apply, patch_spec, validate_ok
+from hone_dev.resources import NS, apply, handled, patch_spec, validate_ok
 from hone_dev.resources import API, serving_ready
 
 #: Verbs only needed on paths a normal lifecycle does not take, with the reason.
@@ -93,7 +92,8 @@ def _lifecycle(kube: Kube) -> None:
     patch_spec(kube, name="second", cancel=True)
     wait_phase(kube, NS, "second", "Cancelled")
     wait_for(lambda: get_job(kube, NS, "second-train") is None, what="Job deleted")
-    time.sleep(1)
+    handled(kube, name="second")  # every call the changes above led to has been made
+    handled(kube, "ModelServing", "support-assistant")
 
 
 def test_leader_election_rbac_is_only_its_lease() -> None:

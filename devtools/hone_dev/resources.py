@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from typing import Any
 
 from hone_dev.apiserver import ApiServerThread
 from hone_dev.cluster import finish_job, get_job, seed_namespace, wait_for, wait_phase
 from hone_dev.repo import load_sample
+from hone_operator.api.v1alpha1 import RECONCILE_REQUESTED_AT
 from hone_operator.kube import USER_AGENT, Kube
 from hone_trainer import contract
 
@@ -116,3 +118,16 @@ def server_config(kube: Kube, name: str = NAME) -> dict[str, Any]:
     cm = kube.get("v1", "ConfigMap", NS, f"{name}-server")
     assert cm is not None
     return json.loads(cm["data"]["server.json"])
+
+
+def handled(kube: Kube, kind: str = "FineTuneJob", name: str = NAME, namespace: str = NS) -> dict[str, Any]:
+    """Ask the operator to look at the object now (the hone.dev/reconcile-requested-at annotation) and wait
+    for its answer in status.lastHandledReconcileAt: the positive signal that every change made before has
+    been acted on, to be had before asserting that one of them made nothing happen."""
+    token = uuid.uuid4().hex
+    kube.patch(API, kind, namespace, name, {"metadata": {"annotations": {RECONCILE_REQUESTED_AT: token}}})
+
+    def answered() -> dict[str, Any] | None:
+        obj = kube.get(API, kind, namespace, name)
+        return obj if obj and (obj.get("status") or {}).get("lastHandledReconcileAt") == token else None
+    return wait_for(answered, what=f"the operator to handle {kind} {namespace}/{name}")

@@ -252,6 +252,9 @@ class Controller:
         if body is None:
             return
         if FineTuneJobPhase.is_terminal((body.get("status") or {}).get("phase")):
+            plan = ftj_reconcile.plan(body, ftj_reconcile.Observed(), self.settings, now())  # final: status only
+            if not plan.empty:
+                self._execute(key, body, plan)
             return
         uid = body["metadata"].get("uid")
         owned = lambda j: j is not None and _owner(j).get("uid") == uid  # noqa: E731

@@ -33,7 +33,9 @@ from hone_operator.builders.storage import Storage
 from hone_operator.reconcile.pods import (blocked_pod, last_failure, last_failure_message, read_result,
                                           termination_text)
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
-from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder, get_condition, job_condition
+from hone_operator.reconcile.status import (
+    Event, ObjectRef, StatusBuilder, get_condition, job_condition, reconcile_requested,
+)
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -81,8 +83,9 @@ def pods_pending(job: dict[str, Any] | None) -> bool:
 class FineTuneJobStatusBuilder(StatusBuilder):
     """The FineTuneJob's status: a final phase stamps completionTime; failures carry OpenAI's error."""
 
-    def __init__(self, current: dict[str, Any], generation: int | None, timestamp: str):
-        super().__init__(current, FineTuneJobStatus, generation, timestamp)
+    def __init__(self, current: dict[str, Any], generation: int | None, timestamp: str,
+                 reconcile_requested: str | None = None):
+        super().__init__(current, FineTuneJobStatus, generation, timestamp, reconcile_requested)
 
     def set_phase(self, phase: Phase, message: str, warning: bool = False) -> None:  # type: ignore[override]
         super().set_phase(phase, message, warning)
@@ -152,9 +155,14 @@ class FineTuneJobStatusBuilder(StatusBuilder):
 def plan(body: dict[str, Any], observed: Observed, settings: OperatorSettings, timestamp: str) -> Plan:
     meta = body.get("metadata") or {}
     stored = body.get("status") or {}
-    if meta.get("deletionTimestamp") or Phase.is_terminal(stored.get("phase")):
+    if meta.get("deletionTimestamp"):
         return Plan()
-    status = FineTuneJobStatusBuilder(stored, meta.get("generation"), timestamp)
+    status = FineTuneJobStatusBuilder(stored, meta.get("generation"), timestamp, reconcile_requested(body))
+    if Phase.is_terminal(stored.get("phase")):
+        # Final: nothing is created, resumed or retried, whatever the spec now says. The operator still
+        # records that it saw the spec (observedGeneration, so GitOps tools do not wait on an edited finished
+        # job forever) and answers a reconcile request.
+        return Plan(status=status.patch())
     result = Plan()
     try:
         job = _admit(body, settings, status)

@@ -27,7 +27,7 @@ from hone_operator.builders.common import SpecError
 from hone_operator.builders.served import Waiting
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
 from hone_operator.reconcile.pods import blocked_pod, unready_pod
-from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder
+from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder, reconcile_requested
 from hone_operator.settings import OperatorSettings
 
 
@@ -56,7 +56,8 @@ def plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSett
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return ServingPlan()
-    status = StatusBuilder(body.get("status") or {}, ModelServingStatus, meta.get("generation"), ts)
+    status = StatusBuilder(body.get("status") or {}, ModelServingStatus, meta.get("generation"), ts,
+                           reconcile_requested(body))
     result = ServingPlan()
     _plan(body, observed, settings, status, result)
     result.status = status.patch()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from hone_operator.api.v1alpha1 import StatusModel
+from hone_operator.api.v1alpha1 import RECONCILE_REQUESTED_AT, StatusModel
 
 
 @dataclass
@@ -97,13 +97,16 @@ class StatusBuilder:
     Event (reason: the phase).
     """
 
-    def __init__(self, current: dict[str, Any], model: type[StatusModel], generation: int | None, timestamp: str):
+    def __init__(self, current: dict[str, Any], model: type[StatusModel], generation: int | None, timestamp: str,
+                 reconcile_requested: str | None = None):
         self.current = current
         self.model = model
         self.desired = {k: current[k] for k in model.operator_keys() if k in current}
         self.generation = generation
         self.ts = timestamp
         self.desired["observedGeneration"] = generation
+        if reconcile_requested is not None:  # the hone.dev/reconcile-requested-at annotation, answered
+            self.desired["lastHandledReconcileAt"] = reconcile_requested
         self.events: list[Event] = []
 
     @property
@@ -128,3 +131,8 @@ class StatusBuilder:
         if unknown:
             raise ValueError(f"{self.model.__name__} has no field(s) {sorted(unknown)}")
         return changed or None
+
+
+def reconcile_requested(body: dict[str, Any]) -> str | None:
+    """The object's hone.dev/reconcile-requested-at annotation, if set."""
+    return ((body.get("metadata") or {}).get("annotations") or {}).get(RECONCILE_REQUESTED_AT)

@@ -18,6 +18,7 @@ from hone_operator.api.v1alpha1.common import (  # noqa: F401
     GROUP,
     VERSION,
     API_VERSION,
+    RECONCILE_REQUESTED_AT,
     ApiModel,
     StatusModel,
     AutoOrPositiveInt,

@@ -20,6 +20,10 @@ from pydantic.alias_generators import to_camel
 GROUP = "hone.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+#: Set it (to a timestamp or any new value) to have the operator look at the object now; it answers with
+#: ``status.lastHandledReconcileAt`` equal to the value once it has, like Flux's
+#: ``reconcile.fluxcd.io/requestedAt``: e.g. ``kubectl annotate --overwrite ftj x hone.dev/reconcile-requested-at="$(date +%s)"``.
+RECONCILE_REQUESTED_AT = f"{GROUP}/reconcile-requested-at"
 
 
 class ApiModel(BaseModel):

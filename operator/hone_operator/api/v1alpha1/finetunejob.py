@@ -385,6 +385,11 @@ class FineTuneJobStatus(StatusModel):
     error: ErrorStatus | None = Field(None, description="Why the job failed (OpenAI's error object).")
     startTime: datetime | None = Field(None, alias="startTime", description="When training first started.")
     completionTime: datetime | None = Field(None, alias="completionTime", description="When the job reached a final phase.")
+    lastHandledReconcileAt: str | None = Field(
+        None, alias="lastHandledReconcileAt",
+        description="The value of the hone.dev/reconcile-requested-at annotation when the operator last looked at "
+                    "the object because of it: equal to the annotation once the operator has seen every change "
+                    "made before the annotation was set.")
 
     #: Written by the trainer (rank 0, with its own token and Role) while it runs; the operator
     #: never overwrites it. Every other key is the operator's.

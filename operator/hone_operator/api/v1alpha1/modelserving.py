@@ -158,6 +158,11 @@ class ModelServingStatus(StatusModel):
     url: str | None = Field(None, description="In-cluster base URL of the OpenAI-compatible API (…/v1).")
     servedModels: list[str] | None = Field(None, alias="servedModels", description="Model names clients can request.")
     conditions: list[Condition] | None = Field(None, description="Kubernetes conditions, each with observedGeneration.")
+    lastHandledReconcileAt: str | None = Field(
+        None, alias="lastHandledReconcileAt",
+        description="The value of the hone.dev/reconcile-requested-at annotation when the operator last looked at "
+                    "the object because of it: equal to the annotation once the operator has seen every change "
+                    "made before the annotation was set.")
 
 
 class ModelServing(BaseModel):
