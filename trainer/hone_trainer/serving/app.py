@@ -5,7 +5,8 @@ Endpoints:
 * ``POST /v1/chat/completions`` and ``POST /v1/completions`` (``stream``
   with server-sent events, ``stream_options.include_usage``), ``GET /v1/models``;
 * ``GET /health`` (the process is alive), ``GET /ready`` (the model and every
-  adapter are loaded), ``GET /metrics`` (Prometheus).
+  adapter are loaded), ``GET /metrics`` (Prometheus), ``GET /openapi.json``
+  (this API's OpenAPI 3.1 description, from the request models).
 
 Every response carries ``usage`` counted with the model's tokenizer, and the
 ``hone_inference_tokens_total`` counters move by what the client was sent:
@@ -86,6 +87,14 @@ def create_app(config: ServerConfig, *, load: bool = True, on_load_error: Any = 
     async def metrics(request: Request) -> Response:
         return _metrics(state)
 
+    async def openapi_json(request: Request) -> Response:
+        from hone_trainer.serving.openapi import document
+
+        loaded = state.ready
+        return JSONResponse(document(api_keys=state.keys is not None,
+                                     models=list(state.served.names) if loaded else None,
+                                     context_length=state.engine.context_length if loaded else None))
+
     async def http_error(request: Request, exc: Exception) -> Response:
         """404 and 405 as OpenAI's error object, like every other error of this server."""
         assert isinstance(exc, HTTPException)
@@ -101,6 +110,7 @@ def create_app(config: ServerConfig, *, load: bool = True, on_load_error: Any = 
         Route("/health", health),
         Route("/ready", ready),
         Route("/metrics", metrics),
+        Route("/openapi.json", openapi_json),
         Route("/v1/models", v1("models", routes.list_models)),
         Route("/v1/models/{model:path}", v1("models", routes.get_model)),
         Route("/v1/chat/completions", v1("chat", routes.chat_completions), methods=["POST"]),

@@ -12,9 +12,9 @@ OpenAI's "Unrecognized request argument supplied". Every error leaves as
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.responses import JSONResponse
 
 
@@ -106,6 +106,17 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "store": (False,), "service_tier": ("auto", "default"), "best_of": (1,), "echo": (False,), "suffix": ("",),
 }
 
+def _json_integer(value: Any) -> Any:
+    """JSON has one number type: 16.0 is the integer 16 (as JSON Schema's "integer" says), but true is no number."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer field: an int, or a float with no fraction; never a bool or a string (strict otherwise).
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
 #: Seeds are 64-bit signed integers, as OpenAI's API declares them.
 SEED_RANGE = (-(2**63), 2**63 - 1)
 
@@ -123,12 +134,13 @@ class SamplingRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: JsonInt | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    n: JsonInt = Field(1, ge=1, le=16)
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 sequences that end the completion.")
+    seed: JsonInt | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
     # Accepted, and change nothing in what is generated: who asks, and tags for the caller's own records.
@@ -139,8 +151,8 @@ class SamplingRequest(BaseModel):
     # OpenAI's fields this server cannot honour: accepted only with their neutral value (NEUTRAL).
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    logprobs: bool | int | None = None
-    top_logprobs: int | None = None
+    logprobs: bool | JsonInt | None = None
+    top_logprobs: JsonInt | None = None
     logit_bias: dict[str, Any] | None = None
     store: bool | None = None
     service_tier: str | None = None
@@ -180,7 +192,7 @@ class SamplingRequest(BaseModel):
 class ContentPart(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    type: str
+    type: Literal["text"] = Field(description="Only text parts: images, audio and files are not supported.")
     text: str
 
     @model_validator(mode="before")
@@ -200,14 +212,14 @@ class ChatMessage(BaseModel):
     name: str | None = None
     # an assistant turn as OpenAI returns it: only without tool calls, audio or a refusal
     refusal: None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[Any] | None = Field(None, max_length=0, description="Tool calls are not supported: none.")
     function_call: None = None
     audio: None = None
 
-    @field_validator("tool_calls")
+    @field_validator("tool_calls", mode="before")
     @classmethod
-    def _no_tool_calls(cls, v: list[Any] | None) -> list[Any] | None:
-        if v:
+    def _no_tool_calls(cls, v: Any) -> Any:
+        if isinstance(v, list) and v:
             raise ValueError("tool calls are not supported by this server")
         return v
 
@@ -228,7 +240,7 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: JsonInt | None = Field(None, ge=1)
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     functions: list[Any] | None = None
@@ -248,9 +260,10 @@ class ChatRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
-    best_of: int | None = None
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1)] = Field(
+        description="The prompt, or a list of prompts (each gets n choices).")
+    max_tokens: JsonInt | None = Field(16, ge=1)  # OpenAI's default for completions
+    best_of: JsonInt | None = None
     echo: bool | None = None
     suffix: str | None = None
 
