@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import shlex
-import time
 from typing import Any
 
 import kubernetes_validate

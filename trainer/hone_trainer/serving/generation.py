@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from hone_trainer.serving.protocol import ApiError, SamplingRequest
-from hone_trainer.serving.state import RequestContext, State
+from hone_trainer.serving.state import RequestContext
 
 #: Status recorded for a request whose client went away before its answer (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
@@ -57,11 +57,13 @@ class Choice:
 class Generation:
     """The n choices (times prompts) of one request, fed by the engine thread."""
 
-    def __init__(self, state: State, adapter: str, prompts: list[list[int]], req: SamplingRequest, max_tokens: int):
+    def __init__(self, ctx: RequestContext, adapter: str, prompts: list[list[int]], req: SamplingRequest,
+                 max_tokens: int):
         from hone_trainer.serving.engine import SamplingParams, SequenceState
 
         self.loop = asyncio.get_running_loop()
-        self.state = state
+        self.ctx, self.state = ctx, ctx.state
+        self.first_token_seen = False
         self.prompt_tokens = sum(len(p) for p in prompts)
         self.choices: list[Choice] = []
         self.events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
@@ -85,6 +87,9 @@ class Generation:
     async def next_event(self) -> tuple[Choice, Any]:
         i, ev = await self.events.get()
         choice = self.choices[i]
+        if not self.first_token_seen and (ev.text or ev.finished):
+            self.first_token_seen = True
+            _ttft(self.ctx)
         if ev.finished:
             choice.finished, choice.finish_reason, choice.error = True, ev.finish_reason, ev.error
             self.unfinished -= 1
@@ -128,14 +133,14 @@ class Generation:
 
 async def respond(ctx: RequestContext, req: SamplingRequest, adapter: str, prompts: list[list[int]], max_tokens: int,
                   chat: bool) -> Response:
-    gen = Generation(ctx.state, adapter, prompts, req, max_tokens)
+    gen = Generation(ctx, adapter, prompts, req, max_tokens)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     gen.start()
     if req.stream:
         ctx.streaming = True
         return _Stream(ctx, gen, _stream(ctx, gen, req, rid, created, chat))
-    collector = asyncio.ensure_future(_collect(ctx, gen))
+    collector = asyncio.ensure_future(_collect(gen))
     gone = asyncio.ensure_future(_client_gone(ctx.request))
     try:
         await asyncio.wait({collector, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -169,13 +174,9 @@ async def respond(ctx: RequestContext, req: SamplingRequest, adapter: str, promp
                          "model": req.model, "choices": choices, "usage": usage, "system_fingerprint": None})
 
 
-async def _collect(ctx: RequestContext, gen: Generation) -> None:
+async def _collect(gen: Generation) -> None:
     """Wait for every choice; the first one that fails fails the request (the rest are then cancelled)."""
-    first = True
     async for choice, ev in gen.events_until_done():
-        if first and (ev.text or ev.finished):
-            first = False
-            _ttft(ctx)
         if ev.finished and ev.finish_reason == "error":
             raise ApiError(500, choice.error or "generation failed", type="server_error")
 
@@ -241,11 +242,7 @@ async def _stream(ctx: RequestContext, gen: Generation, req: SamplingRequest, ri
 
     if chat:
         yield chunk([choice(c, None, None, first=True) for c in gen.choices])
-    first = True
     async for c, ev in gen.events_until_done():
-        if first and (ev.text or ev.finished):
-            first = False
-            _ttft(ctx)
         if ev.finished and ev.finish_reason == "error":
             yield f"data: {json.dumps(ApiError(500, ev.error or 'generation failed', type='server_error').body())}\n\n"
             return  # the stream ends here; what was delivered is billed
