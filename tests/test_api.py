@@ -189,6 +189,9 @@ MSV_CROSS_FIELD = [
     ({"fineTuneJobRef": None}, "spec", "set fineTuneJobRef, adapters or baseModel: there is nothing to serve"),
     ({"adapters": [{"name": "a"}]}, "spec.adapters[0]", "set exactly one of fineTuneJobRef, uri"),
     ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "spec.autoscaling", "maxReplicas must be >= minReplicas"),
+    ({"runtime": "vllm"}, "spec", "runtime vllm needs GPUs: set resources.gpus >= 1, or use runtime hone (CPU or GPU)"),
+    ({"runtime": "vllm", "resources": {"gpus": 0}}, "spec",
+     "runtime vllm needs GPUs: set resources.gpus >= 1, or use runtime hone (CPU or GPU)"),
 ]
 # What each rule allows, it allows in both places too.
 CROSS_FIELD_OK = [

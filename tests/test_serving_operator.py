@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -185,9 +189,12 @@ def test_vllm_deployment_serves_each_adapter_under_its_fine_tuned_name() -> None
     pod = dep["spec"]["template"]["spec"]
     server = pod["containers"][0]
     cmd = server["command"]
-    assert cmd[:2] == ["/bin/sh", "-c"] and "VLLM_API_KEY" in cmd[2] and "llm-keys" not in " ".join(cmd[4:])
-    assert cmd[3] == "/var/run/secrets/hone/llm-keys/api-keys"  # read from the mounted file, never in the spec
+    assert cmd[:4] == ["/bin/sh", "-c", msv_build.VLLM_START, "vllm"] and "llm-keys" not in " ".join(cmd[4:])
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    assert env["HONE_API_KEYS_FILE"] == "/var/run/secrets/hone/llm-keys/api-keys"  # read from the mounted file
+    assert env["USER"] and env["TORCHINDUCTOR_CACHE_DIR"].startswith("/var/cache")  # UID 10001 has no passwd entry
     args = cmd[4:]
+    assert "--disable-log-requests" not in args and "--tensor-parallel-size" not in args  # removed; one GPU
     names = [ftjs[n]["status"]["fineTunedModel"]["name"] for n in ("support-assistant", "returns-bot")]
     assert args[:2] == ["serve", "HuggingFaceTB/SmolLM2-135M-Instruct"]
     assert args[args.index("--served-model-name") + 1] == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -202,6 +209,63 @@ def test_vllm_deployment_serves_each_adapter_under_its_fine_tuned_name() -> None
     assert init["command"][:4] == ["python", "-m", "hone_trainer", "fetch"]
     assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
     assert "sh -c" not in shlex.join(init["command"])
+
+
+def _vllm(spec: dict[str, Any], ftjs: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    server = msv_build.all_objects(_msv(**spec), SETTINGS, ftjs)[-1]["spec"]["template"]["spec"]["containers"][0]
+    return server["command"][4:], {e["name"]: e.get("value") for e in server["env"]}
+
+
+def _start(tmp_path: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The vLLM container's start script, run for real with sh and python3, and a `vllm` that prints what it got."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    fake = tmp_path / "bin" / "vllm"
+    fake.write_text('#!/bin/sh\necho "key=${VLLM_API_KEY:-none}"\necho "args=$*"\n')
+    fake.chmod(0o755)
+    python3 = tmp_path / "bin" / "python3"
+    python3.unlink(missing_ok=True)
+    python3.symlink_to(sys.executable)
+    path = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    return subprocess.run(["/bin/sh", "-c", msv_build.VLLM_START, "vllm", *args], env={**env, "PATH": path},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_vllm_reads_uri_adapters_ranks_and_one_api_key_at_start(tmp_path: Path) -> None:
+    """Adapters given by URI were assumed rank 64; only the first of several API keys was used."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 100, "peft_type": "LORA"}))
+    ftjs = {"support-assistant": _succeeded_ftj("support-assistant", r=16)}
+    args, env = _vllm(dict(runtime="vllm", resources={"gpus": 4}, apiKeySecret={"name": "llm-keys"},
+                           adapters=[{"name": "old", "uri": "pvc://hone-models/adapters/team-a/old/model"}]), ftjs)
+    assert args[args.index("--tensor-parallel-size") + 1] == "4"  # one model over the replica's GPUs
+    assert "--max-lora-rank" not in args  # one adapter's rank is in no spec: the start script finds it
+    assert env["HONE_LORA_DIRS"] == "/var/run/hone/pvc/hone-models/adapters/team-a/old/model"
+    assert env["HONE_LORA_RANK"] == "16"
+
+    keys = tmp_path / "api-keys"
+    keys.write_text("# one key\nsk-one\n")
+    run = _start(tmp_path, args, {"HONE_LORA_DIRS": str(adapter), "HONE_LORA_RANK": "16",
+                                  "HONE_API_KEYS_FILE": str(keys)})
+    assert run.returncode == 0, run.stderr
+    assert "key=sk-one" in run.stdout and run.stdout.split("args=")[1].split()[-2:] == ["--max-lora-rank", "128"]
+    assert "sk-one" not in run.stdout.split("args=")[1]  # never among vLLM's arguments, which it logs
+
+    keys.write_text("sk-one\nsk-two\n")
+    run = _start(tmp_path, args, {"HONE_API_KEYS_FILE": str(keys)})
+    assert run.returncode == 3 and "holds 2 API keys; vLLM takes one" in run.stderr and "key=" not in run.stdout
+
+
+@pytest.mark.parametrize("base,words", [("embedded://smollm2-135m-instruct", "ships with Hone's runtime image"),
+                                        ("pvc://models/smollm2.Q4_1.gguf", "GGUF"),
+                                        ("s3://acme-models/base", "copy the model to a PersistentVolumeClaim")])
+def test_vllm_refuses_a_base_it_cannot_load(base: str, words: str) -> None:
+    spec = dict(runtime="vllm", resources={"gpus": 1}, baseModel={"uri": base}, fineTuneJobRef=None,
+                adapters=[{"name": "a", "uri": "pvc://hone-models/adapters/team-a/a/model"}])
+    plan = msv_reconcile.plan(_body(**spec), msv_reconcile.ObservedServing({}), SETTINGS, "2026-11-21T00:00:00Z")
+    ready = next(c for c in plan.status["conditions"] if c["type"] == "Ready")
+    assert plan.status["phase"] == "Failed" and not plan.apply
+    assert "spec.baseModel.uri" in ready["message"] and words in ready["message"]
 
 
 def test_adapters_on_different_bases_and_full_fine_tunes_are_refused() -> None:
@@ -293,8 +357,9 @@ def _body(**spec: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("runtime", ["hone", "vllm"])
 def test_sample_renders_valid_objects(runtime: str) -> None:
     ftjs = {"support-assistant": _succeeded_ftj("support-assistant")}
-    for obj in msv_build.all_objects(_msv(runtime=runtime, autoscaling={"minReplicas": 1, "maxReplicas": 3}),
-                                 SETTINGS, ftjs):
+    gpus = {"resources": {"gpus": 1}} if runtime == "vllm" else {}
+    for obj in msv_build.all_objects(_msv(runtime=runtime, autoscaling={"minReplicas": 1, "maxReplicas": 3}, **gpus),
+                                     SETTINGS, ftjs):
         kubernetes_validate.validate(obj, K8S, strict=True)
 
 

@@ -29,7 +29,7 @@ from hone_operator.api.v1alpha1 import (
 )
 from hone_operator.builders import common
 from hone_operator.builders.common import CACHE_DIR, SpecError
-from hone_operator.builders.served import DEFAULT_URI_ADAPTER_RANK, Resolved, resolve
+from hone_operator.builders.served import Resolved, resolve
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -123,23 +123,60 @@ def _hone_container(msv: ModelServing, settings: OperatorSettings, resolved: Res
     }
 
 
-def vllm_args(resolved: Resolved) -> list[str]:
-    """``vllm serve`` arguments: the base model, each adapter as a LoRA module under its served name."""
+def vllm_args(resolved: Resolved, gpus: int = 1) -> list[str]:
+    """``vllm serve`` arguments: the base model, each adapter as a LoRA module under its served name.
+
+    ``--max-lora-rank`` is here when every adapter's rank is in a spec; otherwise the container's start
+    script reads the other adapters' ``adapter_config.json`` and adds it (:data:`VLLM_START`).
+    """
     cfg, names = resolved.config, resolved.names
     args = ["serve", cfg.base_model.location, "--host", "0.0.0.0", "--port", str(HTTP_PORT),
-            "--served-model-name", names[0], "--max-num-seqs", str(cfg.max_concurrent_requests),
-            "--disable-log-requests"]
+            "--served-model-name", names[0], "--max-num-seqs", str(cfg.max_concurrent_requests)]
+    if gpus > 1:
+        args += ["--tensor-parallel-size", str(gpus)]  # one model over every GPU of the replica
     if cfg.base_model.revision:
         args += ["--revision", cfg.base_model.revision]
     if cfg.base_model.trust_remote_code:
         args.append("--trust-remote-code")
     if cfg.adapters:
         modules = [f"{names[i + 1]}={_vllm_adapter_path(resolved, i)}" for i in range(len(cfg.adapters))]
-        rank = max(resolved.lora_ranks or [DEFAULT_URI_ADAPTER_RANK])
-        max_rank = next((v for v in VLLM_LORA_RANKS if v >= rank), VLLM_LORA_RANKS[-1])
-        args += ["--enable-lora", "--max-loras", str(len(cfg.adapters)), "--max-lora-rank", str(max_rank),
-                 "--lora-modules", *modules]
+        args += ["--enable-lora", "--max-loras", str(len(cfg.adapters))]
+        if None not in resolved.lora_ranks:
+            args += ["--max-lora-rank", str(vllm_lora_rank(max(r for r in resolved.lora_ranks if r)))]
+        args += ["--lora-modules", *modules]
     return args
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts for --max-lora-rank that holds ``rank``."""
+    return next((v for v in VLLM_LORA_RANKS if v >= rank), VLLM_LORA_RANKS[-1])
+
+
+#: The vLLM container's start, before ``exec vllm "$@"``: the LoRA rank of adapters given by URI, from
+#: their adapter_config.json (HONE_LORA_DIRS; HONE_LORA_RANK is the largest rank the specs name), rounded
+#: up as vLLM wants it; and the API key from the mounted Secret file (HONE_API_KEYS_FILE) into
+#: VLLM_API_KEY, the one way vLLM takes a key without printing it with its arguments at start. vLLM takes
+#: one key that way: a file with several fails the start, saying so, instead of serving only the first.
+VLLM_START = """set -eu
+if [ -n "${HONE_LORA_DIRS:-}" ]; then
+  rank=$(python3 -c 'import json, sys
+need = max([int(sys.argv[1])] + [int(json.load(open(d + "/adapter_config.json"))["r"]) for d in sys.argv[2:]])
+print(next((r for r in (%(ranks)s) if r >= need), %(top)d))' "${HONE_LORA_RANK:-0}" $HONE_LORA_DIRS)
+  set -- "$@" --max-lora-rank "$rank"
+fi
+if [ -n "${HONE_API_KEYS_FILE:-}" ]; then
+  keys=$(grep -v '^[[:space:]]*#' "$HONE_API_KEYS_FILE" | grep -c '[^[:space:]]' || true)
+  if [ "$keys" -gt 1 ]; then
+    msg="$HONE_API_KEYS_FILE holds $keys API keys; vLLM takes one without logging it (serve several with runtime: hone)"
+    echo "$msg" >/dev/termination-log 2>/dev/null || true
+    echo "hone: $msg" >&2
+    exit 3
+  fi
+  VLLM_API_KEY=$(grep -v '^[[:space:]]*#' "$HONE_API_KEYS_FILE" | grep '[^[:space:]]' | tr -d '[:space:]')
+  export VLLM_API_KEY
+fi
+exec vllm "$@"
+""" % {"ranks": ", ".join(str(r) for r in VLLM_LORA_RANKS), "top": VLLM_LORA_RANKS[-1]}
 
 
 def _vllm_adapter_path(resolved: Resolved, i: int) -> str:
@@ -150,23 +187,26 @@ def _vllm_adapter_path(resolved: Resolved, i: int) -> str:
 
 def _vllm_container(msv: ModelServing, settings: OperatorSettings, resolved: Resolved) -> dict[str, Any]:
     r = msv.spec.resources
-    args = vllm_args(resolved)
-    env = common.env({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+    _check_vllm(msv, resolved)
+    env = common.env({
+        "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+        # UID 10001 has no passwd entry: torch inductor's getpass.getuser() needs USER (vllm#44548)
+        "USER": "hone", "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torchinductor",
+        "VLLM_CACHE_ROOT": f"{CACHE_DIR}/vllm"})
     token_dir = resolved.config.base_model.credentials_dir
     if token_dir:
         env.append({"name": "HF_TOKEN_PATH", "value": f"{token_dir}/token"})
     if resolved.config.api_keys_file:
-        # vLLM takes one key from its environment; it is read from the mounted Secret file at start
-        # so that it never appears in the pod spec.
-        command = ["/bin/sh", "-c", 'VLLM_API_KEY="$(head -n 1 "$0")" exec vllm "$@"',
-                   resolved.config.api_keys_file, *args]
-    else:
-        command = ["vllm", *args]
+        env.append({"name": "HONE_API_KEYS_FILE", "value": resolved.config.api_keys_file})
+    unknown = [i for i, rank in enumerate(resolved.lora_ranks) if rank is None]
+    if unknown:
+        env.append({"name": "HONE_LORA_DIRS", "value": " ".join(_vllm_adapter_path(resolved, i) for i in unknown)})
+        env.append({"name": "HONE_LORA_RANK", "value": str(max([r for r in resolved.lora_ranks if r] or [0]))})
     return {
         "name": SERVER_CONTAINER,
         "image": msv.spec.image or settings.vllm_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": command,
+        "command": ["/bin/sh", "-c", VLLM_START, "vllm", *vllm_args(resolved, r.gpus)],
         "env": env,
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": common.resources(r.cpu or settings.serving_resources.cpu,
@@ -178,9 +218,23 @@ def _vllm_container(msv: ModelServing, settings: OperatorSettings, resolved: Res
         "readinessProbe": _probe("/health", 5, 2),
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
         "volumeMounts": _mounts(resolved, fetch=bool(resolved.remote_adapters)),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 
+def _check_vllm(msv: ModelServing, resolved: Resolved) -> None:
+    """What vLLM cannot serve, refused with the field instead of a pod that never starts."""
+    base = resolved.config.base_model.location
+    where = "spec.baseModel.uri" if msv.spec.baseModel is not None else "spec.fineTuneJobRef (its baseModel.uri)"
+    if base.startswith("embedded://"):
+        raise SpecError(where, f"runtime vllm cannot load {base}: the embedded model ships with Hone's runtime "
+                        "image as GGUF; serve it with runtime: hone, or give vLLM a Hugging Face id or a folder")
+    if base.endswith(".gguf"):
+        raise SpecError(where, f"runtime vllm does not load the GGUF file {base} as Hone does (dequantised); "
+                        "use runtime: hone, or a folder of safetensors")
+    if base.startswith("s3://"):
+        raise SpecError(where, f"runtime vllm cannot read {base} from S3 itself; copy the model to a "
+                        "PersistentVolumeClaim (pvc://) or use runtime: hone, which fetches it")
 def _fetch_container(msv: ModelServing, settings: OperatorSettings, resolved: Resolved) -> dict[str, Any]:
     """Init step (vLLM with S3 adapters): download and verify each adapter against its manifest."""
     return {

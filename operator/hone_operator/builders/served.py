@@ -19,7 +19,6 @@ from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
 #: Rank assumed for an adapter given by URI (its rank is not in any spec the operator reads).
-DEFAULT_URI_ADAPTER_RANK = 64
 
 
 class Waiting(Exception):
@@ -36,7 +35,9 @@ class Resolved:
 
     config: contract.ServerConfig
     storage: Storage
-    lora_ranks: list[int] = field(default_factory=list)
+    #: each adapter's LoRA rank where a spec says it (a FineTuneJob's spec.lora.r); None for an adapter
+    #: given by URI, whose rank only its adapter_config.json says
+    lora_ranks: list[int | None] = field(default_factory=list)
     #: S3 adapters that an init step fetches (vLLM only): index in config.adapters
     remote_adapters: list[int] = field(default_factory=list)
     #: model names clients request: the base, then each adapter (status.servedModels)
@@ -103,7 +104,7 @@ class _Collected:
     storage: Storage = field(default_factory=Storage)
     adapters: list[contract.AdapterSource] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # the adapters' served names, as the server names them
-    ranks: list[int] = field(default_factory=list)
+    ranks: list[int | None] = field(default_factory=list)
     trained_on: list[tuple[str, FineTuneJob]] = field(default_factory=list)  # (param, job) of job adapters
     base: contract.ModelSource | None = None
     served_name: str | None = None
@@ -118,7 +119,7 @@ class _Collected:
     def uri_adapter(self, param: str, uri: str, name: str | None) -> None:
         self.adapters.append(contract.AdapterSource(name=name, location=_uri_location(uri, self.storage, param)))
         self.names.append(name or f"adapter-{len(self.adapters) - 1}")
-        self.ranks.append(DEFAULT_URI_ADAPTER_RANK)
+        self.ranks.append(None)
 
 
 def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings: OperatorSettings) -> Resolved:

@@ -84,12 +84,18 @@ class ServingResourcesSpec(ApiModel):
         return check_quantity(v, info.field_name)
 
 
+VLLM_NEEDS_GPUS = "runtime vllm needs GPUs: set resources.gpus >= 1, or use runtime hone (CPU or GPU)"
+
+
 class ModelServingSpec(ApiModel):
     """An OpenAI-compatible inference endpoint for fine-tuned models."""
 
     model_config = cel_rules({"rule": "has(self.fineTuneJobRef) || (has(self.adapters) && size(self.adapters) > 0) "
                                       "|| has(self.baseModel)",
-                              "message": "set fineTuneJobRef, adapters or baseModel: there is nothing to serve"})
+                              "message": "set fineTuneJobRef, adapters or baseModel: there is nothing to serve"},
+                             {"rule": "!has(self.runtime) || self.runtime != 'vllm' || "
+                                      "(has(self.resources) && has(self.resources.gpus) && self.resources.gpus >= 1)",
+                              "message": VLLM_NEEDS_GPUS})
 
     fineTuneJobRef: FineTuneJobRef | None = Field(
         None, alias="fineTuneJobRef",
@@ -136,6 +142,8 @@ class ModelServingSpec(ApiModel):
     def _has_something_to_serve(self) -> "ModelServingSpec":
         if self.fineTuneJobRef is None and not self.adapters and self.baseModel is None:
             raise ValueError("set fineTuneJobRef, adapters or baseModel: there is nothing to serve")
+        if self.runtime == "vllm" and self.resources.gpus < 1:
+            raise ValueError(VLLM_NEEDS_GPUS)
         return self
 
 
