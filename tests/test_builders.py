@@ -166,8 +166,10 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
     assert svc["spec"]["selector"] == {"hone.dev/finetunejob": "support-assistant-8b",
                                        "app.kubernetes.io/component": "train"}
     cmd = pod["containers"][0]["command"]
-    assert "--nnodes=2" in cmd and "--nproc-per-node=4" in cmd and "--rdzv-backend=c10d" in cmd
-    assert "--rdzv-endpoint=support-assistant-8b-train-0.support-assistant-8b-train:29400" in cmd
+    assert "--nnodes=2" in cmd and "--nproc-per-node=4" in cmd and not any(a.startswith("--rdzv") for a in cmd)
+    # a static rendezvous: node rank = Job index, the store on index 0 at its stable name
+    assert "--node-rank=$(JOB_COMPLETION_INDEX)" in cmd and "--master-port=29400" in cmd
+    assert "--master-addr=support-assistant-8b-train-0.support-assistant-8b-train" in cmd
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["priorityClassName"] == "training-batch"

@@ -208,10 +208,11 @@ def test_launch_waits_for_the_first_nodes_rendezvous(monkeypatch) -> None:
     from hone_trainer.__main__ import _wait_for_rendezvous
 
     port = free_port()
-    command = ["torchrun", "--nnodes=2", f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "hone_trainer", "train"]
+    command = ["torchrun", "--nnodes=2", "--node-rank=1", "--master-addr=127.0.0.1", f"--master-port={port}",
+               "-m", "hone_trainer", "train"]
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
     started = time.monotonic()
-    _wait_for_rendezvous(command, timeout=30)  # node 0 hosts the store: it never waits
+    _wait_for_rendezvous(command, timeout=30)  # node 0 hosts the store: it waits only for its name to resolve
     assert time.monotonic() - started < 1
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
     server = socket.socket()

@@ -129,31 +129,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _wait_for_rendezvous(command: list[str], timeout: float | None = None) -> None:
-    """On a node other than the first of a multi-node run, wait until the rendezvous endpoint (torchrun's
-    store, on the first node's pod) accepts connections.
+    """Before torchrun starts on a node of a multi-node run: wait until the first node's stable name
+    (``--master-addr``) resolves, and on every other node until its store accepts connections.
 
-    The Job replaces a failed pod on its own, so after a node is lost the replacement may start before
-    the first node's new pod serves the store; torchrun would then fail at once (a DNS name with no
-    address yet, or a refused connection) and spend the Job's backoffLimit. Waits at most ``timeout``
-    seconds (``HONE_RENDEZVOUS_WAIT_SECONDS``, default 600), then lets torchrun try anyway.
+    The first node hosts the store (a static rendezvous: node rank = Job index) and connects to it by
+    that name too, which resolves only once the headless Service lists its pod. The Job replaces a failed
+    pod on its own, so after a node is lost a replacement may start before the first node's new pod serves
+    the store; torchrun would then fail at once and spend the Job's backoffLimit. Waits at most
+    ``timeout`` seconds (``HONE_RENDEZVOUS_WAIT_SECONDS``, default 600), then lets torchrun try anyway.
     """
     import socket
     import time
 
-    endpoint = next((a.split("=", 1)[1] for a in command if a.startswith("--rdzv-endpoint=")), None)
-    if endpoint is None or os.environ.get("JOB_COMPLETION_INDEX", "0") == "0":
+    def option(name: str) -> str | None:
+        return next((a.split("=", 1)[1] for a in command if a.startswith(f"--{name}=")), None)
+
+    host, port = option("master-addr"), option("master-port")
+    if host is None or port is None:
         return
-    host, _, port = endpoint.rpartition(":")
+    first = os.environ.get("JOB_COMPLETION_INDEX", "0") == "0"
     timeout = float(os.environ.get("HONE_RENDEZVOUS_WAIT_SECONDS", "600")) if timeout is None else timeout
     deadline = time.monotonic() + timeout
     said = False
     while time.monotonic() < deadline:
         try:
-            socket.create_connection((host, int(port)), timeout=2).close()
+            if first:
+                socket.getaddrinfo(host, int(port))
+            else:
+                socket.create_connection((host, int(port)), timeout=2).close()
             return
         except OSError as exc:
             if not said:
-                print(f"hone-trainer: waiting for the rendezvous at {endpoint} ({exc})", file=sys.stderr, flush=True)
+                print(f"hone-trainer: waiting for the rendezvous at {host}:{port} ({exc})", file=sys.stderr, flush=True)
                 said = True
             time.sleep(0.5)
 

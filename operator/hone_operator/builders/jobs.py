@@ -122,15 +122,18 @@ def training_command(ftj: FineTuneJob, settings: OperatorSettings) -> list[str]:
     if r.nodes == 1:
         return contract.launch_command(CONFIG_PATH, [
             "torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}", *trainer])
+    # A static rendezvous: node i is Job index i, and index 0 hosts the store at its own stable name. (With
+    # c10d, a pod hosted the store only if that name already resolved to its own address when torchrun
+    # started; otherwise every pod timed out and spent the backoffLimit.) The kubelet expands
+    # $(JOB_COMPLETION_INDEX), which the Job controller sets in each pod of an Indexed Job.
     names = Names.of(ftj.metadata.name)
-    endpoint = f"{names.training_job}-0.{names.service}:{settings.rendezvous_port}"
     return contract.launch_command(CONFIG_PATH, [
         "torchrun",
         f"--nnodes={r.nodes}",
         f"--nproc-per-node={nproc}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint}",
-        f"--rdzv-id={ftj.metadata.uid}",
+        "--node-rank=$(JOB_COMPLETION_INDEX)",
+        f"--master-addr={names.training_job}-0.{names.service}",
+        f"--master-port={settings.rendezvous_port}",
         "--max-restarts=0",
         *trainer,
     ])
