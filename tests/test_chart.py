@@ -127,6 +127,8 @@ def test_dockerfile_is_clean_under_hadolint() -> None:
         assert package in pins, f"{package} is not pinned for the images"
     assert "torch" not in pins  # pinned per variant by TORCH_VERSION
     assert text.count("constraints-image.txt") >= 4
+    # QLoRA can run in the CUDA image: bitsandbytes is pinned and installed with the qlora extra there
+    assert "bitsandbytes" in pins and 'extras="runtime,qlora"' in text and '".[${extras}]"' in text
 
 
 def _settings(objs: list[dict[str, Any]]) -> str:
