@@ -56,6 +56,41 @@ def test_packed_rows_give_the_same_per_example_loss(tiny) -> None:
                 start += n
 
 
+@pytest.mark.parametrize("attention", packing.PACKED_ATTENTION)
+def test_packed_rows_in_a_batch_keep_examples_apart_with_each_attention_the_trainer_allows(
+        tiny, tmp_path_factory, attention: str) -> None:
+    """As the trainer batches them: several padded rows per forward, with each attention implementation
+    it allows; every example's logits equal its logits alone (flash_attention_2 would mix them: refused)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok, _ = tiny
+    folder = tmp_path_factory.mktemp("tiny-attention")
+    make_tiny_llama(folder)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation=attention).eval()
+    packing.check_packed_attention(model.config._attn_implementation)
+    enc = ChatFormatter(tok, 512).encode(examples(9))
+    rows = packing.pack(range(9), enc, 120)
+    assert len(rows) >= 2 and any(len(r.examples) > 1 for r in rows)
+    longest = max(len(r) for r in rows)
+    ids = torch.tensor([r.input_ids + [0] * (longest - len(r)) for r in rows])
+    pos = torch.tensor([r.position_ids + [0] * (longest - len(r)) for r in rows])
+    with torch.no_grad():
+        out = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        for b, row in enumerate(rows):
+            start = 0
+            for i in row.examples:
+                n = len(enc[i].input_ids)
+                alone = model(input_ids=torch.tensor([enc[i].input_ids]), use_cache=False).logits[0]
+                assert torch.allclose(out[b, start:start + n], alone, atol=1e-5), (attention, b, i)
+                start += n
+
+
+def test_an_attention_that_mixes_packed_rows_is_refused() -> None:
+    with pytest.raises(ValueError, match="flash_attention_2.*does not keep packed examples apart"):
+        packing.check_packed_attention("flash_attention_2")
+
+
 def test_packing_wastes_almost_nothing_and_never_crosses_examples(tiny) -> None:
     import random
 

@@ -14,11 +14,36 @@ token is ever predicted from the previous example.
 
 from __future__ import annotations
 
+import importlib
 import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from hone_trainer.training.formatting import IGNORE_INDEX, Encoded
+
+
+#: Attention implementations whose masks keep packed examples apart in a batch of several rows: the
+#: mask comes from ``position_ids`` (transformers' masking_utils). flash_attention_2 detects packing
+#: only for a batch of one row, so several rows would attend across examples; the trainer loads sdpa.
+PACKED_ATTENTION = ("sdpa", "eager")
+
+
+def check_packed_attention(implementation: str | None) -> None:
+    """Refuse to train where packed examples could see each other: a transformers without masks from
+    ``position_ids`` (before 4.54, transformers#39194), or an attention implementation not in
+    :data:`PACKED_ATTENTION`."""
+    try:
+        masking = importlib.import_module("transformers.masking_utils")
+    except ImportError:
+        masking = None
+    if masking is None or not hasattr(masking, "find_packed_sequence_indices"):
+        import transformers
+
+        raise ValueError(f"transformers {transformers.__version__} cannot keep packed training examples apart "
+                         "(masks from position_ids came in 4.54); install transformers>=4.54")
+    if implementation not in PACKED_ATTENTION:
+        raise ValueError(f"attention implementation {implementation!r} does not keep packed examples apart in a "
+                         f"batch of several rows; Hone trains with {' or '.join(PACKED_ATTENTION)}")
 
 
 @dataclass

@@ -114,7 +114,11 @@ class Trainer:
         cfg = self.config
         extra: dict[str, Any] = self._qlora_load_options() if cfg.method == "qlora" else {}
         model = models.load_model(self.local_model, self.dtype, trust_remote_code=cfg.base_model.trust_remote_code,
-                                  **extra)
+                                  attn_implementation="sdpa", **extra)  # keeps packed rows apart (packing)
+        try:
+            packing.check_packed_attention(getattr(model.config, "_attn_implementation", None))
+        except ValueError as exc:
+            raise models.ModelError(str(exc)) from exc
         if cfg.method == "qlora":
             from peft import prepare_model_for_kbit_training
 
