@@ -407,11 +407,29 @@ class Trainer:
         """
         from peft import PeftModel
 
-        base = models.load_model(self.local_model, self.dtype,
-                                 trust_remote_code=self.config.base_model.trust_remote_code)
+        with self._zero3_init_off():  # rank 0 alone: a whole base in host memory, not partitioned
+            base = models.load_model(self.local_model, self.dtype,
+                                     trust_remote_code=self.config.base_model.trust_remote_code)
         merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
         merged.save_pretrained(str(staging / "merged"), safe_serialization=True)
         self.tokenizer.save_pretrained(str(staging / "merged"))
+
+    @contextlib.contextmanager
+    def _zero3_init_off(self) -> Any:
+        """While the HfDeepSpeedConfig of a ZeRO-3 run is registered, from_pretrained builds every model under
+        zero.Init: partitioned over the ranks, with collectives that rank 0 alone would wait in forever.
+        Unregister it for a load that is rank 0's own, then register it again."""
+        hf_ds = getattr(self, "_hf_ds", None)
+        if hf_ds is None:
+            yield
+            return
+        from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            set_hf_deepspeed_config(hf_ds)
 
     def close(self) -> None:
         if getattr(self, "dist", None) is not None and self.dist.is_initialized():
