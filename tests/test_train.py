@@ -105,8 +105,11 @@ def eval_loss_with_peft(base: Path, adapter: Path, data: Path) -> float:
     from hone_trainer.training.data import read_jsonl
 
     tok = AutoTokenizer.from_pretrained(str(adapter))
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True),
-                                      str(adapter))
+    if (adapter / "adapter_config.json").exists():
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True),
+                                          str(adapter))
+    else:  # a full fine-tune: the published folder is the model
+        model = AutoModelForCausalLM.from_pretrained(str(adapter), use_safetensors=True)
     model.eval()
     enc = ChatFormatter(tok, 2048).encode(read_jsonl(open(data, "rb")).examples)
     total = tokens = 0.0
@@ -161,14 +164,21 @@ def test_ranks_and_row_layout_do_not_change_the_result(tiny: Path, tmp_path: Pat
     assert losses[0][1] == pytest.approx(losses[1][1], abs=1e-5)
 
 
-def test_full_fine_tuning(tiny: Path, tmp_path: Path) -> None:
-    config = make_config(tmp_path, tiny, method="full", epochs=2, learning_rate_multiplier=500.0)
-    proc = run(config)
+@pytest.mark.parametrize("stage,nproc", [(0, 1), (3, 2)], ids=["one-process", "zero3-two-ranks"])
+def test_full_fine_tuning(tiny: Path, tmp_path: Path, stage: int, nproc: int) -> None:
+    """Under ZeRO-3 the published model is gathered one module at a time to rank 0's host memory (it was
+    gathered whole on every rank: a 70B model failed after training), and is the model that was trained."""
+    config = make_config(tmp_path, tiny, method="full", epochs=2, learning_rate_multiplier=500.0,
+                         deepspeed=contract.DeepSpeedSettings(zero_stage=stage))
+    proc = run(config, nproc=nproc)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = progress_lines(proc.stdout)
     assert reports[-1]["trainLoss"] < reports[0]["trainLoss"]
-    files = verify(Path(result_of(tmp_path).artifact_uri))["files"]
+    result = result_of(tmp_path)
+    files = verify(Path(result.artifact_uri))["files"]
     assert "model.safetensors" in files and "adapter_config.json" not in files
+    reloaded = eval_loss_with_peft(tiny, Path(result.artifact_uri), tmp_path / "val.jsonl")
+    assert reloaded == pytest.approx(result.validation_loss, abs=1e-4)
 
 
 def test_resume_after_sigkill_finishes_like_an_uninterrupted_run(tiny: Path, tmp_path: Path) -> None:

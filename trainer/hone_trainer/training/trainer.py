@@ -373,13 +373,20 @@ class Trainer:
         cfg = self.config
         module = self.engine.module
         staging = staging_dir(cfg.output_uri) if self.rank == 0 else None
-        params = [p for p in module.parameters() if p.requires_grad] if cfg.method != "full" else list(module.parameters())
-        # Under ZeRO-3 every rank must take part in gathering the partitioned weights.
-        ctx = (self.deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.zero3
-               else contextlib.nullcontext())
-        with ctx:
+        if self.zero3 and cfg.method == "full":
+            # Every rank takes part; DeepSpeed gathers one module at a time and only rank 0 keeps a copy, in
+            # host memory: a whole gathered model on every GPU does not fit for the models ZeRO-3 is for.
+            state = self.engine._zero3_consolidated_16bit_state_dict()
             if self.rank == 0:
-                module.save_pretrained(str(staging), safe_serialization=True)
+                module.save_pretrained(str(staging), state_dict=state, safe_serialization=True)
+        else:
+            # The LoRA parameters are small; under ZeRO-3 every rank takes part in gathering them.
+            trainable = [p for p in module.parameters() if p.requires_grad]
+            ctx = (self.deepspeed.zero.GatheredParameters(trainable, modifier_rank=None) if self.zero3
+                   else contextlib.nullcontext())
+            with ctx:
+                if self.rank == 0:
+                    module.save_pretrained(str(staging), safe_serialization=True)
         result = None
         if self.rank == 0:
             assert staging is not None
