@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from hone_trainer import contract
+from hone_trainer.training import distributed as distributed_env
 from hone_trainer.training.checkpoints import MARKER, CheckpointStore
 from hone_trainer.manifest import PublishError, verify
 from hone_dev.cluster import wait_for
@@ -162,6 +163,37 @@ def test_ranks_and_row_layout_do_not_change_the_result(tiny: Path, tmp_path: Pat
     assert losses[0][2] == losses[1][2]
     assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-5)
     assert losses[0][1] == pytest.approx(losses[1][1], abs=1e-5)
+
+
+RANK0_WORK = """
+import sys, time
+from hone_trainer.training import distributed
+d = distributed.init(0)
+if d.rank == 0:
+    time.sleep(6)  # work rank 0 does alone: publishing, merging, an upload
+try:
+    d.wait_for_rank0() if sys.argv[1] == "wait" else d.dist.barrier()
+    print(f"rank {d.rank} went on", flush=True)
+except Exception as exc:
+    print(f"rank {d.rank} failed: {exc}", flush=True)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("how", ["barrier", "wait"])
+def test_other_ranks_outwait_rank0s_work_past_the_collective_timeout(tmp_path: Path, how: str) -> None:
+    """Ranks waiting in a collective barrier while rank 0 publishes were ended by the collective timeout (on
+    GPUs NCCL's watchdog), after the model was published. They wait in a group of their own timeout now."""
+    script = tmp_path / "rank0_work.py"
+    script.write_text(RANK0_WORK)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script), how], env={**env(), distributed_env.COLLECTIVE_TIMEOUT: "2"},
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    if how == "barrier":  # the failure, reproduced: a 2 s collective timeout, 6 s of rank-0 work
+        assert proc.returncode != 0 and "rank 1 failed" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+        assert "rank 0 went on" in proc.stdout and "rank 1 went on" in proc.stdout
 
 
 @pytest.mark.parametrize("stage,nproc", [(0, 1), (3, 2)], ids=["one-process", "zero3-two-ranks"])

@@ -9,7 +9,15 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
+
+#: How long a collective may wait for the slowest rank (DeepSpeed's default, 30 minutes). Training
+#: steps are balanced, so this only ends runs whose peer has really hung.
+COLLECTIVE_TIMEOUT = "HONE_COLLECTIVE_TIMEOUT_SECONDS"
+#: How long the other ranks wait for work one rank does alone (publishing, merging, hashing, uploading a
+#: checkpoint or the model to S3): hours for a large model, far past a collective's timeout.
+RANK0_WORK_TIMEOUT = "HONE_RANK0_WORK_TIMEOUT_SECONDS"
 
 
 @dataclass
@@ -23,6 +31,14 @@ class Distributed:
     gpu: bool
     device: Any
     dtype: Any
+    #: a gloo group with RANK0_WORK_TIMEOUT, to wait in while one rank works alone (:func:`wait_for_rank0`)
+    waits: Any = None
+
+    def wait_for_rank0(self) -> None:
+        """Wait for the rank(s) working alone, past the collective timeout: a barrier in the gloo group of
+        :data:`RANK0_WORK_TIMEOUT` (on CPU sockets, so NCCL's watchdog has nothing to time out). A rank that
+        fails meanwhile closes its connections, which ends the wait at once with an error."""
+        self.dist.barrier(group=self.waits)
 
 
 def launcher_env() -> None:
@@ -49,11 +65,14 @@ def init(seed: int) -> Distributed:
 
     # The shm all-reduce op is only for inference and JIT-compiles for ~20 s on CPU.
     getattr(deepspeed.ops, "__compatible_ops__", {})["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo",
+                               timeout=timedelta(seconds=float(os.environ.get(COLLECTIVE_TIMEOUT, "1800"))))
+    waits = dist.new_group(backend="gloo", timeout=timedelta(seconds=float(os.environ.get(RANK0_WORK_TIMEOUT,
+                                                                                           "86400"))))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if gpu:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
     transformers.set_seed(seed)
     return Distributed(torch, dist, deepspeed, dist.get_rank(), dist.get_world_size(), local_rank, gpu, device,
-                       torch.bfloat16 if gpu else torch.float32)
+                       torch.bfloat16 if gpu else torch.float32, waits)

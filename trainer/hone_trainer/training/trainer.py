@@ -60,6 +60,7 @@ class Trainer:
     def _setup_distributed(self) -> None:
         """torch, DeepSpeed and the process group (gloo on CPU, NCCL on GPUs); the seed."""
         d = distributed.init(self.config.seed)
+        self.distributed = d
         self.torch, self.dist, self.deepspeed = d.torch, d.dist, d.deepspeed
         self.rank, self.world, self.local_rank = d.rank, d.world, d.local_rank
         self.gpu, self.device, self.dtype = d.gpu, d.device, d.dtype
@@ -237,14 +238,14 @@ class Trainer:
         self.dist.barrier()
         if self.mirror is not None and self.local_rank == 0:
             self.mirror.upload(self.store.root / tag(step))  # what this node wrote
-        self.dist.barrier()
+        self.distributed.wait_for_rank0()  # an upload can outlast a collective's timeout
         if self.rank == 0:
             self.store.mark_complete(step, state)
             if self.mirror is not None:
                 self.mirror.mark(self.store.root / tag(step))
                 self.mirror.prune(self.config.keep_checkpoints)
             self.store.prune()
-        self.dist.barrier()
+        self.distributed.wait_for_rank0()
         return CheckpointInfo(step=step, uri=str(self.store.root / tag(step)), train_loss=state.get("train_loss"))
 
     def resume(self) -> dict[str, Any]:
@@ -253,14 +254,14 @@ class Trainer:
                 log.warning("removed interrupted checkpoint %s", path)
             if self.mirror is not None:
                 self.mirror.remove_incomplete()
-        self.dist.barrier()
+        self.distributed.wait_for_rank0()
         if self.mirror is not None and self.local_rank == 0:
             remote = self.mirror.complete()
             local = self.store.latest()
             if remote and (local is None or remote[-1] > local.step):
                 log.info("fetching checkpoint step %d from %s", remote[-1], self.mirror.uri)
                 self.mirror.download(remote[-1], self.store.root)
-        self.dist.barrier()
+        self.distributed.wait_for_rank0()  # a download can outlast a collective's timeout
         latest = self.store.latest()
         if latest is None:
             return {"step": 0, "trained_tokens": 0}
@@ -402,7 +403,7 @@ class Trainer:
             result = TrainingResult(ok=True, fine_tuned_model=cfg.job.fine_tuned_model, artifact_uri=uri,
                                     manifest_sha256=manifest_sha, trained_tokens=trained_tokens, steps=step,
                                     train_loss=train_loss, validation_loss=val_loss, checkpoints=checkpoints)
-        self.dist.barrier()
+        self.distributed.wait_for_rank0()  # saving, merging, hashing and uploading a model take long
         return result or TrainingResult(ok=True, steps=step, trained_tokens=trained_tokens)
 
     def _save_merged(self, staging: Path) -> None:
