@@ -166,6 +166,8 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
     assert svc["spec"]["selector"] == {"hone.dev/finetunejob": "support-assistant-8b",
                                        "app.kubernetes.io/component": "train"}
     cmd = pod["containers"][0]["command"]
+    config = json.loads(next(o for o in objs if o["kind"] == "ConfigMap")["data"]["config.json"])
+    assert config["microBatchTokens"] == 16384 and config["gradientCheckpointing"] is True  # spec.memory
     assert "--nnodes=2" in cmd and "--nproc-per-node=4" in cmd and not any(a.startswith("--rdzv") for a in cmd)
     # a static rendezvous: node rank = Job index, the store on index 0 at its stable name
     assert "--node-rank=$(JOB_COMPLETION_INDEX)" in cmd and "--master-port=29400" in cmd

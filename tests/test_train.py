@@ -165,6 +165,73 @@ def test_ranks_and_row_layout_do_not_change_the_result(tiny: Path, tmp_path: Pat
     assert losses[0][1] == pytest.approx(losses[1][1], abs=1e-5)
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_micro_batches_and_gradient_checkpointing_change_nothing_but_memory(tiny: Path, tmp_path: Path,
+                                                                           stage: int) -> None:
+    """A step's rows put through the model in micro-batches of 128 tokens (DeepSpeed accumulating), with
+    activations recomputed, train exactly what one forward per step trains: same losses, to 1e-5."""
+    results = []
+    for name, overrides in (("whole", {}), ("micro", {"micro_batch_tokens": 128, "gradient_checkpointing": True})):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = make_config(folder, tiny, deepspeed=contract.DeepSpeedSettings(zero_stage=stage), lora=NO_DROPOUT,
+                             pack_length=64, **overrides)  # several rows a rank, each a micro-batch of its own
+        proc = run(config, nproc=2)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append((result_of(folder), [r["trainLoss"] for r in progress_lines(proc.stdout)]))
+    (whole, whole_curve), (micro, micro_curve) = results
+    assert micro.train_loss == pytest.approx(whole.train_loss, abs=1e-5)
+    assert micro.validation_loss == pytest.approx(whole.validation_loss, abs=1e-5)
+    assert micro_curve[-1] == pytest.approx(whole_curve[-1], abs=1e-5) and micro.trained_tokens == whole.trained_tokens
+
+
+ACTIVATIONS = """
+import json, sys
+import torch
+from hone_trainer.contract import TrainerConfig
+from hone_trainer.training.trainer import Trainer
+
+trainer = Trainer(TrainerConfig.model_validate_json(open(sys.argv[1]).read()))
+trainer.setup()
+forward, peak = trainer._loss_sum, [0]
+
+def measured(*args):
+    saved = [0]
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward(*args)
+    peak[0] = max(peak[0], saved[0])
+    return out
+
+trainer._loss_sum = measured
+trainer._loss_step(0)
+print(json.dumps({"peak": peak[0]}))
+trainer.close()
+"""
+
+
+def test_activation_memory_is_bounded_by_the_micro_batch_not_the_batch(tiny: Path, tmp_path: Path) -> None:
+    """What autograd keeps for the backward pass of one forward (the activations), measured exactly with
+    saved-tensor hooks: with micro-batches it stays put as the batch grows 4x; in one forward it grows."""
+    script = tmp_path / "activations.py"
+    script.write_text(ACTIVATIONS)
+    peaks = {}
+    for batch in (8, 32):
+        for micro in (256, 1_000_000):
+            folder = tmp_path / f"b{batch}-m{micro}"
+            folder.mkdir()
+            config = make_config(folder, tiny, batch_size=batch, micro_batch_tokens=micro, pack_length=128)
+            proc = subprocess.run([sys.executable, str(script), str(config)], env=env(), capture_output=True,
+                                  text=True, timeout=300, cwd=folder)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            peaks[(batch, micro)] = json.loads(proc.stdout.strip().splitlines()[-1])["peak"]
+    assert peaks[(32, 1_000_000)] > 3 * peaks[(8, 1_000_000)]  # one forward per step: grows with the batch
+    assert peaks[(32, 256)] <= 1.1 * peaks[(8, 256)]  # micro-batches: bounded by their 256 tokens
+    assert peaks[(32, 256)] < peaks[(32, 1_000_000)] / 3
+
+
 RANK0_WORK = """
 import sys, time
 from hone_trainer.training import distributed

@@ -187,6 +187,8 @@ def trainer_config(ftj: FineTuneJob, settings: OperatorSettings, *, base_model: 
                                              offload_optimizer=spec.deepspeed.offloadOptimizer,
                                              offload_params=spec.deepspeed.offloadParams,
                                              config_override=spec.deepspeed.config),
+        micro_batch_tokens=spec.memory.microBatchTokens,
+        gradient_checkpointing=spec.memory.gradientCheckpointing,
         checkpoint_interval_steps=spec.checkpointing.intervalSteps,
         keep_checkpoints=spec.checkpointing.keep,
         merge_weights=spec.output.mergeWeights,

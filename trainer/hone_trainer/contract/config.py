@@ -84,6 +84,15 @@ class TrainerConfig(CamelModel):
         description="Tokens per packed row; default min(max_seq_length, 512). Attention in a row costs the "
         "square of its length even with examples kept apart, so short rows are faster; an example longer "
         "than this gets a row of its own.")
+    micro_batch_tokens: int = Field(
+        8192, ge=16,
+        description="Tokens (rows x the longest row, padding included) each rank puts through the model in one "
+        "forward and backward. A step's rows beyond it are split into micro-batches whose gradients DeepSpeed "
+        "accumulates before the one optimizer step: the step's loss and update are the same, and activation "
+        "memory is bounded by this instead of by the batch size. A row longer than this is a micro-batch alone.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass instead of keeping them "
+        "(non-reentrant): about a third more compute for activation memory of one layer per micro-batch.")
     over_length: Literal["truncate", "drop"] = "truncate"
     seed: int = 42
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)

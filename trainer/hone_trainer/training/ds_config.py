@@ -12,9 +12,11 @@ Choices:
 * AdamW with ``torch_adam`` (the fused kernel would be compiled at start-up);
 * linear warm-up over the first 3% of steps, then linear decay.
 
-Each rank feeds one packed batch per optimizer step, so the micro batch is 1
-and there is no gradient accumulation: the batch size in examples is handled
-by the packer.
+The batch size in examples is handled by the packer, not by DeepSpeed's batch
+keys (fixed at a micro batch of 1 and no accumulation steps): each rank splits
+its packed rows of a step into micro-batches of ``microBatchTokens`` and marks
+the last one as the gradient accumulation boundary, so DeepSpeed accumulates
+over however many a step needs and steps once.
 """
 
 from __future__ import annotations

@@ -146,6 +146,18 @@ def step_examples(n: int, batch_size: int, seed: int, step: int) -> list[int]:
     return order[k * batch_size:(k + 1) * batch_size]
 
 
+def micro_batches(rows: list[Row], budget: int) -> list[list[Row]]:
+    """A rank's rows in micro-batches of at most ``budget`` padded tokens (rows x the longest row), longest
+    rows first so that each micro-batch pads little; a row over the budget is a micro-batch alone."""
+    out: list[list[Row]] = []
+    for row in sorted(rows, key=len, reverse=True):
+        if out and (len(out[-1]) + 1) * len(out[-1][0]) <= budget:
+            out[-1].append(row)
+        else:
+            out.append([row])
+    return out
+
+
 def rank_rows(rows: list[Row], rank: int, world: int) -> list[Row]:
     """The rows one rank trains on: dealt round-robin, longest first, to balance tokens."""
     ordered = sorted(rows, key=len, reverse=True)

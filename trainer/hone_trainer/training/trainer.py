@@ -41,6 +41,16 @@ class Preempted(RuntimeError):
     """SIGTERM: a checkpoint was saved; the pod should go away and come back."""
 
 
+#: Label positions whose fp32 log-softmax exists at once in the loss (times the vocabulary size).
+LOSS_CHUNK = 1024
+
+
+def _chunk_loss(logits: Any, target: Any) -> Any:
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
+
+
 class Trainer:
     def __init__(self, config: TrainerConfig):
         self.config = config
@@ -125,6 +135,8 @@ class Trainer:
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model.config.use_cache = False
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method in ("lora", "qlora"):
             from peft import LoraConfig, get_peft_model
 
@@ -198,14 +210,33 @@ class Trainer:
         return to(ids), to(labels), to(pos)
 
     def _loss_sum(self, ids: Any, labels: Any, pos: Any) -> Any:
-        out = self.engine(input_ids=ids, position_ids=pos, use_cache=False)
-        logits = out.logits[:, :-1, :].float()
-        target = labels[:, 1:]
-        return self.torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                                      ignore_index=IGNORE_INDEX, reduction="sum")
+        """The summed cross-entropy of the labelled tokens, in fp32 a chunk of positions at a time.
 
-    def _all_sum(self, *values: float) -> list[float]:
+        Only labelled positions are kept ([tokens, vocabulary] in the model's precision, not [rows, length,
+        vocabulary] in fp32), and each chunk's fp32 log-softmax is recomputed in the backward pass instead of
+        kept: with a large vocabulary (128k) the logits were most of a step's memory.
+        """
+        torch = self.torch
+        out = self.engine(input_ids=ids, position_ids=pos, use_cache=False)
+        logits = out.logits[:, :-1, :]
+        target = labels[:, 1:].reshape(-1)
+        keep = target != IGNORE_INDEX
+        picked, target = logits.reshape(-1, logits.size(-1))[keep], target[keep]
+        total = logits.sum() * 0.0  # zero, on the graph: a micro-batch without labels still runs backward
+        for start in range(0, picked.size(0), LOSS_CHUNK):
+            total = total + torch.utils.checkpoint.checkpoint(
+                _chunk_loss, picked[start:start + LOSS_CHUNK], target[start:start + LOSS_CHUNK], use_reentrant=False)
+        return total
+
+    def _all_sum(self, *values: float, op: str = "sum") -> list[float]:
+        """``values`` summed over the ranks; with ``op="max"`` the last one is the maximum instead."""
         t = self.torch.tensor(values, dtype=self.torch.float64, device=self.device)
+        if op == "max":
+            last = t[-1:].clone()
+            self.dist.all_reduce(last, op=self.dist.ReduceOp.MAX)
+            head = t[:-1]
+            self.dist.all_reduce(head)
+            return [*head.tolist(), *last.tolist()]
         self.dist.all_reduce(t)
         return t.tolist()
 
@@ -344,14 +375,23 @@ class Trainer:
         """
         examples = packing.step_examples(len(self.train_data), self.hp.batch_size, self.config.seed, step)
         rows = packing.pack(examples, self.train_data, self.pack_length)
-        ids, labels, pos = self._batch(packing.rank_rows(rows, self.rank, self.world))
-        local_label_tokens = float((labels[:, 1:] != IGNORE_INDEX).sum())
+        micro = packing.micro_batches(packing.rank_rows(rows, self.rank, self.world), self.config.micro_batch_tokens)
+        local_label_tokens = float(sum(1 for r in micro for row in r for label in row.labels[1:]
+                                       if label != IGNORE_INDEX))
         billable = sum(len(self.train_data[i].input_ids) for i in examples)
-        (global_label_tokens,) = self._all_sum(local_label_tokens)
-        loss_sum = self._loss_sum(ids, labels, pos)
-        self.engine.backward(loss_sum * self.world / max(global_label_tokens, 1.0))
+        global_label_tokens, count = self._all_sum(local_label_tokens, float(len(micro)), op="max")
+        # Every rank runs as many forward passes (ZeRO-3 gathers weights in each); one that has fewer
+        # micro-batches runs empty ones, which carry no loss.
+        micro += [[] for _ in range(int(count) - len(micro))]
+        loss_total = 0.0
+        for k, batch in enumerate(micro):
+            ids, labels, pos = self._batch(batch)
+            loss_sum = self._loss_sum(ids, labels, pos)
+            self.engine.set_gradient_accumulation_boundary(k == len(micro) - 1)  # reduce and step after the last
+            self.engine.backward(loss_sum * self.world / max(global_label_tokens, 1.0))
+            loss_total += float(loss_sum.detach())
         self.engine.step()
-        step_loss_sum, stop = self._all_sum(float(loss_sum.detach()), 1.0 if self.stop_requested else 0.0)
+        step_loss_sum, stop = self._all_sum(loss_total, 1.0 if self.stop_requested else 0.0)
         return step_loss_sum, global_label_tokens, billable, bool(stop)
 
     def _report(self, step: int, elapsed: float, interval_steps: int, interval_billable: int,

@@ -46,6 +46,7 @@ from hone_operator.api.v1alpha1.finetunejob import (  # noqa: F401
     Toleration,
     ResourcesSpec,
     DeepSpeedSpec,
+    MemorySpec,
     OutputSpec,
     CheckpointingSpec,
     FineTuneJobSpec,

@@ -223,6 +223,23 @@ class DeepSpeedSpec(ApiModel):
         return self
 
 
+class MemorySpec(ApiModel):
+    """How each training step fits in GPU memory; neither setting changes what is trained."""
+
+    microBatchTokens: int = Field(
+        8192, alias="microBatchTokens", ge=16, le=1048576,
+        description="Tokens (rows x the longest row, padding included) each GPU puts through the model at once. "
+                    "A step's rows beyond it are split into micro-batches whose gradients are accumulated before "
+                    "the optimizer step: the same loss and update, with activation memory bounded by this "
+                    "instead of by batchSize. Lower it when a step runs out of memory.",
+    )
+    gradientCheckpointing: bool = Field(
+        False, alias="gradientCheckpointing",
+        description="Recompute each layer's activations in the backward pass instead of keeping them: about a "
+                    "third more compute, for the memory of one layer's activations per micro-batch.",
+    )
+
+
 class OutputSpec(ApiModel):
     """Where the trained adapter (or model) is published."""
 
@@ -281,6 +298,7 @@ class FineTuneJobSpec(ApiModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Training hyperparameters.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the training pods.")
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings.")
+    memory: MemorySpec = Field(default_factory=MemorySpec, description="How each training step fits in GPU memory.")
     checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec, description="Checkpoint interval and retention.")
     output: OutputSpec = Field(description="Where the result is published.")
     suffix: str | None = Field(
