@@ -124,6 +124,10 @@ class Trainer:
         """The base model (4-bit for QLoRA), the LoRA adapter on it, and the DeepSpeed engine."""
         cfg = self.config
         extra: dict[str, Any] = self._qlora_load_options() if cfg.method == "qlora" else {}
+        if self.gpu and not self.zero3 and not extra:
+            # Straight onto this rank's GPU: without a device map every rank first built the whole model in
+            # host memory (8 ranks x a 16 GB model over a pod's memory limit). ZeRO-3 partitions at load.
+            extra["device_map"] = {"": self.device.index or 0}
         model = models.load_model(self.local_model, self.dtype, trust_remote_code=cfg.base_model.trust_remote_code,
                                   attn_implementation="sdpa", **extra)  # keeps packed rows apart (packing)
         try:
