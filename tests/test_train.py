@@ -218,18 +218,16 @@ def test_activation_memory_is_bounded_by_the_micro_batch_not_the_batch(tiny: Pat
     script = tmp_path / "activations.py"
     script.write_text(ACTIVATIONS)
     peaks = {}
-    for batch in (8, 32):
-        for micro in (256, 1_000_000):
-            folder = tmp_path / f"b{batch}-m{micro}"
-            folder.mkdir()
-            config = make_config(folder, tiny, batch_size=batch, micro_batch_tokens=micro, pack_length=128)
-            proc = subprocess.run([sys.executable, str(script), str(config)], env=env(), capture_output=True,
-                                  text=True, timeout=300, cwd=folder)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            peaks[(batch, micro)] = json.loads(proc.stdout.strip().splitlines()[-1])["peak"]
-    assert peaks[(32, 1_000_000)] > 3 * peaks[(8, 1_000_000)]  # one forward per step: grows with the batch
+    for batch, micro in ((8, 256), (32, 256), (32, 1_000_000)):
+        folder = tmp_path / f"b{batch}-m{micro}"
+        folder.mkdir()
+        config = make_config(folder, tiny, batch_size=batch, micro_batch_tokens=micro, pack_length=128)
+        proc = subprocess.run([sys.executable, str(script), str(config)], env=env(), capture_output=True,
+                              text=True, timeout=300, cwd=folder)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        peaks[(batch, micro)] = json.loads(proc.stdout.strip().splitlines()[-1])["peak"]
     assert peaks[(32, 256)] <= 1.1 * peaks[(8, 256)]  # micro-batches: bounded by their 256 tokens
-    assert peaks[(32, 256)] < peaks[(32, 1_000_000)] / 3
+    assert peaks[(32, 1_000_000)] > 3 * peaks[(32, 256)]  # one forward per step: the whole batch at once
 
 
 RANK0_WORK = """
