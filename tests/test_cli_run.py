@@ -93,7 +93,10 @@ def _assert_loss_curves(project: Path, out: str) -> None:
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(project: Path) -> None:
-    proc = hone(project, "run", "job.yaml", start_new_session=True)
+    # As from a terminal: SIGINT at its default. A test run started in the background (`cmd &` in a
+    # script) inherits SIGINT ignored, and Python then keeps ignoring it: Ctrl-C would never arrive.
+    proc = hone(project, "run", "job.yaml", start_new_session=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     job_dir = project / ".hone" / "run" / "local" / "shop-assistant"
     checkpoints = project / "pvc" / "models" / "adapters" / "local" / "shop-assistant" / "checkpoints"
     trainer: list[int] = []

@@ -305,15 +305,19 @@ class Engine:
 
     def _after_step(self, offset: int, failed: dict[int, str]) -> None:
         """Record the new token of each row from ``offset`` on (the rows that just stepped),
-        stream their text, and drop the rows that finished (or whose sampling failed)."""
+        stream their text, and drop the rows that finished (or whose sampling failed).
+
+        Finished rows leave the batch before their requests hear that they ended, so a request that
+        has its answer never still counts among the running sequences (the metrics, a drain)."""
         batch = self._batch
         assert batch.next_tokens is not None and batch.mask is not None
         new_tokens = batch.next_tokens.tolist()
         cached = batch.mask.sum(1).tolist()  # tokens in each row's cache
         keep: list[int] = list(range(offset))
+        ended: list[tuple[SequenceState, str, str | None]] = []
         for i, seq in enumerate(batch.rows[offset:], start=offset):
             if i - offset in failed:
-                self._finish(seq, "error", error=failed[i - offset])
+                ended.append((seq, "error", failed[i - offset]))
                 continue
             token = new_tokens[i]
             seq.generated.append(token)
@@ -325,8 +329,10 @@ class Engine:
             if reason is None:
                 keep.append(i)
             else:
-                self._finish(seq, reason)
+                ended.append((seq, reason, None))
         batch.keep(keep)
+        for seq, reason, error in ended:
+            self._finish(seq, reason, error=error)
 
     def _stream(self, seq: SequenceState, token: int) -> str | None:
         """Emit the text that is certain; return a finish reason when the sequence ends."""
