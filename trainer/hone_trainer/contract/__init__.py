@@ -14,6 +14,7 @@ import torch, transformers or kopf. One module a concern:
 * ``commands``: the pods' commands, mount paths and :class:`ExitCode`, which
   tells a retryable failure from one that retrying cannot fix;
 * ``hyperparameters``: the resolution of ``auto`` (OpenAI's heuristics);
+* ``memory``: the model's shape and a training rank's memory estimate;
 * ``pricing``: the price table and the cost arithmetic, so that the
   validator, the operator and the CLI agree to the cent;
 * ``base``: camelCase JSON and results sized for a termination message.
@@ -42,6 +43,11 @@ from hone_trainer.contract.commands import (  # noqa: F401
     ExitCode,
     NON_RETRYABLE_EXIT_CODES,
     EXIT_CODE_OF_ERROR,
+)
+from hone_trainer.contract.memory import (  # noqa: F401
+    MemoryEstimate,
+    MemoryPlan,
+    ModelShape,
 )
 from hone_trainer.contract.pricing import (  # noqa: F401
     PriceTable,

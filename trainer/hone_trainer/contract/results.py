@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from hone_trainer.contract.base import CamelModel
 from hone_trainer.contract.hyperparameters import ResolvedHyperparameters
+from hone_trainer.contract.memory import ModelShape
 
 
 class ProblemKind(str, enum.Enum):
@@ -52,6 +53,9 @@ class ValidationResult(CamelModel):
     )
     validation_tokens: int = Field(0, ge=0)
     max_example_tokens: int = Field(0, ge=0)
+    max_step_rows: int = Field(0, ge=0, description="The most packed rows any optimizer step of the run has.")
+    max_row_tokens: int = Field(0, ge=0, description="The longest packed row of the run, in tokens.")
+    max_step_tokens: int = Field(0, ge=0, description="The most tokens a step puts through the model, padded.")
     over_length_examples: int = Field(0, ge=0)
     over_length_action: Literal["truncate", "drop"] = "truncate"
     duplicate_examples: int = Field(0, ge=0)
@@ -64,6 +68,7 @@ class ValidationResult(CamelModel):
     hyperparameters: ResolvedHyperparameters | None = None
     billable_training_tokens: int = Field(0, ge=0, description="tokens_per_epoch x epochs.")
     estimated_cost_usd: float = Field(0.0, ge=0)
+    model: ModelShape | None = Field(None, description="The base model's shape, for the memory estimate.")
 
     @property
     def summary(self) -> str:
@@ -126,6 +131,9 @@ class Progress(CamelModel):
         default_factory=list, description="Training loss per step (at most 100 points, evenly spaced).")
     validation_curve: list[LossPoint] = Field(
         default_factory=list, description="Validation loss at each evaluation, from the base model's at step 0.")
+    peak_memory_bytes: int | None = Field(
+        None, ge=0, description="The largest peak memory of any rank so far: GPU memory PyTorch reserved, or on CPU "
+                                "the process's peak resident memory. Compare with status.estimate.memory.perRank.")
 
     @model_validator(mode="after")
     def _percent(self) -> "Progress":
@@ -154,5 +162,6 @@ class TrainingResult(CamelModel):
     initial_validation_loss: float | None = Field(
         None, description="Validation loss of the base model, before the first step.")
     checkpoints: list[CheckpointInfo] = Field(default_factory=list)
+    peak_memory_bytes: int | None = Field(None, ge=0, description="As in Progress, over the whole run.")
     error_code: str | None = None
     message: str | None = None

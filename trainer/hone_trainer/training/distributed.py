@@ -40,6 +40,23 @@ class Distributed:
         fails meanwhile closes its connections, which ends the wait at once with an error."""
         self.dist.barrier(group=self.waits)
 
+    def peak_memory(self) -> int:
+        """This rank's peak memory so far, in bytes: on a GPU what PyTorch's allocator reserved (what an
+        out-of-memory error counts against), on CPU the process's peak resident memory (what a pod's memory
+        limit counts against)."""
+        if self.gpu:
+            return int(self.torch.cuda.max_memory_reserved(self.device))
+        try:
+            with open("/proc/self/status") as fp:
+                for line in fp:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
 
 def launcher_env() -> None:
     """A single process without torchrun still needs the variables torch.distributed reads."""

@@ -74,24 +74,7 @@ def pack(indices: Sequence[int], data: Sequence[Encoded], row_length: int) -> li
     ``row_length`` by less than one example; an example longer than
     ``row_length`` gets a row of its own.
     """
-    order = sorted(indices, key=lambda i: len(data[i].input_ids), reverse=True)
-    loads: list[int] = []
-    for i in order:  # first-fit-decreasing: how many rows are needed
-        n = len(data[i].input_ids)
-        for k, load in enumerate(loads):
-            if load + n <= row_length:
-                loads[k] += n
-                break
-        else:
-            loads.append(n)
-    size = {i: len(data[i].input_ids) for i in order}
-    bins: list[list[int]] = [[] for _ in loads]
-    totals = [0] * len(loads)
-    for i in order:  # longest processing time first: balance the rows
-        k = totals.index(min(totals))
-        bins[k].append(i)
-        totals[k] += size[i]
-    _even_out(bins, totals, size)
+    bins = row_bins({i: len(data[i].input_ids) for i in indices}, row_length)
     rows = []
     for members in bins:
         row = Row()
@@ -99,6 +82,34 @@ def pack(indices: Sequence[int], data: Sequence[Encoded], row_length: int) -> li
             row.add(i, data[i])
         rows.append(row)
     return rows
+
+
+def row_bins(size: dict[int, int], row_length: int) -> list[list[int]]:
+    """The examples (index: length) of each row :func:`pack` makes: the packing itself, on lengths alone (the
+    validator plans every step's rows with it for the memory estimate)."""
+    order = sorted(size, key=lambda i: size[i], reverse=True)
+    loads: list[int] = []
+    for i in order:  # first-fit-decreasing: how many rows are needed
+        n = size[i]
+        for k, load in enumerate(loads):
+            if load + n <= row_length:
+                loads[k] += n
+                break
+        else:
+            loads.append(n)
+    bins: list[list[int]] = [[] for _ in loads]
+    totals = [0] * len(loads)
+    for i in order:  # longest processing time first: balance the rows
+        k = totals.index(min(totals))
+        bins[k].append(i)
+        totals[k] += size[i]
+    _even_out(bins, totals, size)
+    return bins
+
+
+def row_length(max_seq_length: int, pack_length: int | None) -> int:
+    """Tokens per packed row: ``pack_length``, by default min(max_seq_length, 512)."""
+    return pack_length or min(max_seq_length, 512)
 
 
 def _even_out(bins: list[list[int]], totals: list[int], size: dict[int, int], rounds: int = 32) -> None:

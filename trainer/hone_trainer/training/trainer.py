@@ -74,6 +74,7 @@ class Trainer:
         self.torch, self.dist, self.deepspeed = d.torch, d.dist, d.deepspeed
         self.rank, self.world, self.local_rank = d.rank, d.world, d.local_rank
         self.gpu, self.device, self.dtype = d.gpu, d.device, d.dtype
+        self.peak_memory = 0
         if self.config.method == "qlora" and not self.gpu:
             raise ds_config.DeepSpeedConfigError("method qlora needs GPUs (4-bit kernels); use method lora on CPU")
 
@@ -105,7 +106,7 @@ class Trainer:
                          if cfg.validation_data else [])
         self.hp = contract.resolve_hyperparameters(len(self.train_data), cfg.epochs, cfg.batch_size,
                                                    cfg.learning_rate_multiplier)
-        self.pack_length = cfg.pack_length or min(cfg.max_seq_length, 512)
+        self.pack_length = packing.row_length(cfg.max_seq_length, cfg.pack_length)
         self.steps_per_epoch = packing.steps_per_epoch(len(self.train_data), self.hp.batch_size)
         self.total_steps = self.steps_per_epoch * self.hp.epochs
 
@@ -396,6 +397,8 @@ class Trainer:
             loss_total += float(loss_sum.detach())
         self.engine.step()
         step_loss_sum, stop = self._all_sum(loss_total, 1.0 if self.stop_requested else 0.0)
+        (peak,) = self._all_sum(float(self.distributed.peak_memory()), op="max")
+        self.peak_memory = max(self.peak_memory, int(peak))
         return step_loss_sum, global_label_tokens, billable, bool(stop)
 
     def _report(self, step: int, elapsed: float, interval_steps: int, interval_billable: int,
@@ -409,7 +412,8 @@ class Trainer:
                                       tokens_per_second=round(interval_billable / elapsed, 1),
                                       estimated_finish=eta.replace(microsecond=0),
                                       train_curve=contract.loss_curve(self.train_curve),
-                                      validation_curve=contract.loss_curve(self.validation_curve)))
+                                      validation_curve=contract.loss_curve(self.validation_curve),
+                                      peak_memory_bytes=self.peak_memory or None))
 
     # ---- publishing --------------------------------------------------------------
 
@@ -446,7 +450,8 @@ class Trainer:
             uri = publish(staging, cfg.output_uri, cfg.output_credentials_dir)
             result = TrainingResult(ok=True, fine_tuned_model=cfg.job.fine_tuned_model, artifact_uri=uri,
                                     manifest_sha256=manifest_sha, trained_tokens=trained_tokens, steps=step,
-                                    train_loss=train_loss, validation_loss=val_loss, checkpoints=checkpoints)
+                                    train_loss=train_loss, validation_loss=val_loss, checkpoints=checkpoints,
+                                    peak_memory_bytes=self.peak_memory or None)
         self.distributed.wait_for_rank0()  # saving, merging, hashing and uploading a model take long
         return result or TrainingResult(ok=True, steps=step, trained_tokens=trained_tokens)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hone_trainer import contract, templating
+from hone_trainer.training import packing
 from hone_trainer.training.formatting import ChatFormatter
 from hone_trainer.contract import ProblemKind, TrainerConfig, ValidationResult
 from hone_trainer.training.data import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, Example, FileKind, ReadResult, read_jsonl
@@ -38,6 +39,8 @@ class Counts:
     trained: int = 0
     longest: int = 0
     over_length: int = 0
+    #: Token length of each example training keeps, in file order (the trainer's indices).
+    lengths: list[int] = field(default_factory=list)
 
 
 #: Files with at least this many examples are counted by several processes.
@@ -85,7 +88,24 @@ def count(formatter: ChatFormatter, read: ReadResult, drop_over_length: bool, wo
         counts.examples += 1
         counts.tokens += length
         counts.trained += trained
+        counts.lengths.append(length)
     return counts
+
+
+def largest_steps(lengths: list[int], batch_size: int, epochs: int, seed: int,
+                  row_length: int) -> tuple[int, int, int]:
+    """The most rows any optimizer step of the run packs, the longest row, and the most tokens a step puts
+    through the model padded (its rows times its longest): the trainer's own order of examples and packing, on
+    lengths alone. A rank's micro-batch is some of a step's rows padded to the longest, which is what the memory
+    estimate needs."""
+    n = len(lengths)
+    most_rows = longest = padded = 0
+    for step in range(packing.steps_per_epoch(n, batch_size) * epochs if n else 0):
+        bins = packing.row_bins({i: lengths[i] for i in packing.step_examples(n, batch_size, seed, step)},
+                                row_length)
+        row = max(sum(lengths[i] for i in b) for b in bins)
+        most_rows, longest, padded = max(most_rows, len(bins)), max(longest, row), max(padded, len(bins) * row)
+    return most_rows, longest, padded
 
 
 def _repeats(train: ReadResult, val: ReadResult | None, warnings: list[str]) -> tuple[int, int]:
@@ -136,8 +156,9 @@ def _special_tokens(formatter: ChatFormatter, read: ReadResult, warnings: list[s
                         "reads it, not as the token (which would forge a turn of the chat template)")
 
 
-def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
-    """Check the files and count tokens with ``tokenizer`` (the base model's own)."""
+def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape | None = None) -> ValidationResult:
+    """Check the files and count tokens with ``tokenizer`` (the base model's own); ``shape`` (the base model's,
+    when it could be read) goes into the result for the memory estimate."""
     train = read_file(config.training_data, "training")
     val = read_file(config.validation_data, "validation") if config.validation_data else None
     reads = [r for r in (train, val) if r is not None]
@@ -179,6 +200,8 @@ def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
     hp = contract.resolve_hyperparameters(train_counts.examples, config.epochs, config.batch_size,
                                           config.learning_rate_multiplier)
     billable = train_counts.tokens * hp.epochs
+    steps = largest_steps(train_counts.lengths, hp.batch_size, hp.epochs, config.seed,
+                          packing.row_length(config.max_seq_length, config.pack_length))
     return ValidationResult(
         ok=ok,
         examples=train_counts.examples,
@@ -198,4 +221,6 @@ def validate(config: TrainerConfig, tokenizer: Any) -> ValidationResult:
         hyperparameters=hp,
         billable_training_tokens=billable,
         estimated_cost_usd=contract.cost_usd(billable, config.prices.training),
+        max_step_rows=steps[0], max_row_tokens=steps[1], max_step_tokens=steps[2],
+        model=shape,
     )
