@@ -38,6 +38,11 @@ def ftj(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
     ({"phase": "Succeeded", "observedGeneration": 1}, 2, "Progressing", "latest spec"),
     ({"phase": "ValidatingFiles", "observedGeneration": 1}, 1, "Progressing", "ValidatingFiles"),
     ({"phase": "Queued", "observedGeneration": 1}, 1, "Progressing", "Queued"),
+    ({"phase": "Queued", "observedGeneration": 1, "conditions": [
+        {"type": "Running", "status": "False", "reason": "InsufficientMemory"},
+        {"type": "MemoryFits", "status": "False", "reason": "InsufficientMemory",
+         "message": "estimated 60.3Gi per GPU ...; would fit: spec.method: qlora (12.6Gi)"}]}, 1,
+     "Degraded", "would fit: spec.method: qlora"),
     ({"phase": "Running", "observedGeneration": 1, "progress": {"percent": 40}}, 1, "Progressing", "Training: 40%"),
     ({"phase": "Suspended", "observedGeneration": 1}, 1, "Suspended", "spec.suspend"),
     ({"phase": "Cancelled", "observedGeneration": 1}, 1, "Suspended", "Cancelled"),

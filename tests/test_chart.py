@@ -72,6 +72,9 @@ def test_values_reach_the_operator_settings() -> None:
 
     parsed = OperatorSettings.model_validate({_snake(k): v for k, v in settings.items()})
     assert parsed.prices.training == 30 and parsed.lease_name == "hone"
+    assert parsed.training_gpu_memory == "80Gi"  # FineTuneJobs whose memory estimate exceeds it are held
+    default = yaml.safe_load(_settings(render(CHART / "ci" / "default-values.yaml")))
+    assert "trainingGpuMemory" not in default  # unset: estimated, not checked
     deploy = next(o for o in objs if o["kind"] == "Deployment")
     assert deploy["spec"]["replicas"] == 2
     lease_rules = next(o for o in objs if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader"))["rules"]

@@ -107,14 +107,19 @@ def test_validate_json_is_what_the_operator_stores(model_dir: Path, tmp_path: Pa
         job=contract.JobIdentity(namespace="n", name="j", uid="u", fine_tuned_model="x"),
         base_model=contract.ModelSource(location=str(model_dir)), training_data=contract.DataFile(location=str(data)),
         output_uri="o", checkpoint_dir="c")
-    result = validate(config, models.load_tokenizer(models.resolve(config.base_model)))
+    local = models.resolve(config.base_model)
+    result = validate(config, models.load_tokenizer(local), models.model_shape(local))
     body = load_sample("finetunejob-minimal.yaml")
     body["metadata"].update(namespace="n", uid="u", generation=1)
     pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [{"name": "validator", "state": {
         "terminated": {"exitCode": 0, "message": contract.to_termination_message(result)}}}]}}
     job = {"metadata": {"name": "v"}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     status = plan(body, Observed(validation_job=job, validation_pods=[pod]), OperatorSettings(), "t").status
+    # The memory estimate is the one thing that differs: --json gives it for this machine (no GPU: one process
+    # within the memory it has), the operator for the spec (one GPU, whose memory it is not told).
+    here, cluster = printed["estimate"].pop("memory"), status["estimate"].pop("memory")
     assert printed == {"dataset": status["dataset"], "estimate": status["estimate"]}
+    assert (here["device"], cluster["device"], cluster["fits"]) == ("cpu", "gpu", "Unknown")
 
 
 def test_validate_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
@@ -141,6 +146,9 @@ def test_render_prints_what_the_operator_creates(tmp_path: Path) -> None:
     assert [o["kind"] for o in objs] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Service", "Job"]
     # The trainer config reads as the JSON it is, a line a setting, for review in a GitOps diff.
     assert "config.json: |" in result.output and '\n      "baseModel": {\n' in result.output
+    # A base model on the hub is not fetched to estimate memory: the line says what does.
+    assert ("# FineTuneJob support-assistant-8b: memory: not estimated here: hf://meta-llama/Llama-3.1-8B-Instruct "
+            "is not on this machine") in result.output
 
 
 def test_render_names_the_file_and_field_of_a_mistake(tmp_path: Path) -> None:
@@ -208,6 +216,9 @@ def test_the_example_applies_with_kustomize_and_renders_valid_objects(tmp_path: 
     manifest.write_text(yaml.safe_dump_all([docs["FineTuneJob"], docs["ModelServing"]]))
     rendered = CliRunner().invoke(cli, ["render", str(manifest), "-n", "team-a"])
     assert rendered.exit_code == 0, rendered.output
+    # The embedded model is on this machine: its memory is bounded from the spec before the data is counted.
+    assert "# FineTuneJob skateboard-support: memory: at most " in rendered.output
+    assert "per training process" in rendered.output  # gpusPerNode: 0
     for obj in yaml.safe_load_all(rendered.output):
         if obj:
             kubernetes_validate.validate(obj, "1.33", strict=True)

@@ -339,9 +339,22 @@ def test_errors_fail_at_once_and_stuck_pods_say_why(cluster: Cluster, shop: Path
     events = cluster.kubectl("-n", NS, "get", "events", "--field-selector", "involvedObject.name=wants-a-gpu", "-o",
                              "jsonpath={.items[*].reason}").stdout.split()
     assert "Unschedulable" in events
-    # A training pod over its memory limit is OOM-killed; retried like any crash, then failed, naming the field.
+    # A job whose memory estimate is over its pods' limit is held before any pod, saying what to ask for.
+    fits = '{.status.conditions[?(@.type=="MemoryFits")]}'
+    wait_for(lambda: "InsufficientMemory" in cluster.get("ftj/cramped", fits), timeout=300,
+             what="the memory estimate of the cramped job")
+    assert "over the 300Mi of a training pod (spec.resources.memory)" in cluster.get("ftj/cramped", fits)
+    assert "spec.resources.memory: " in cluster.get("ftj/cramped", "{.status.estimate.memory.whatFits}")
+    assert cluster.get("ftj/cramped", "{.status.phase}") == "Queued"
+    missing = cluster.kubectl("-n", NS, "get", "job", "cramped-train", ok=False)
+    assert missing.returncode != 0 and "NotFound" in missing.stderr
+    # Started anyway (checkFit: false), its training pod is OOM-killed as estimated; retried like any crash,
+    # then failed, naming the field.
+    cluster.kubectl("-n", NS, "patch", "ftj", "cramped", "--type=merge", "-p",
+                    '{"spec": {"memory": {"checkFit": false}}}')
     cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Failed", "ftj/cramped", "--timeout=300s",
                     timeout=320)
+    assert "CheckDisabled" in cluster.get("ftj/cramped", fits)
     assert cluster.get("ftj/cramped", "{.status.error.code}") == "out_of_memory"
     assert cluster.get("ftj/cramped", "{.status.error.param}") == "spec.resources.memory"
     assert "(OOMKilled: it used more memory than its limit)" in cluster.get("ftj/cramped", "{.status.error.message}")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from hone_trainer.contract.memory import parse_quantity
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,6 +41,10 @@ def test_the_readme_demo_validates_fine_tunes_serves_and_answers(tmp_path: Path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "trainable" in text and "validationLoss:" in text
+    # The memory estimate hone run prints before training, against the peak training reached.
+    estimate = parse_quantity(re.search(r"memory: estimated (\S+) per training process", text).group(1))
+    peak = parse_quantity(re.search(r"peakMemory: +(\S+) \(largest rank\)", text).group(1))
+    assert peak == pytest.approx(estimate, rel=0.25)
     model = next(line.split()[-1] for line in text.splitlines() if "fineTunedModel:" in line)
     assert model.startswith("ft:smollm2-135m-instruct:local:ollie:")
     assert f"serving smollm2-135m-instruct, {model}" in text

@@ -142,6 +142,17 @@ def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: Oper
     )
 
 
+def local_gpus(spec: Any) -> int:
+    """GPUs a local run of ``spec`` uses: as many as it asks for, as far as this machine has them."""
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        gpus = 0
+    return min(spec.resources.gpusPerNode, gpus)
+
+
 def processes(ftj: FineTuneJob) -> int:
     """One process per GPU the spec asks for, as far as this machine has them; one on a CPU machine."""
     try:

@@ -49,6 +49,12 @@ class OperatorSettings(BaseSettings):
         default_factory=lambda: PodResources(cpu="8", memory="64Gi"),
         description="Default CPU/memory of a training pod when the FineTuneJob sets none.",
     )
+    training_gpu_memory: str | None = Field(
+        None,
+        description="Memory of one GPU of the training nodes (e.g. 80Gi), for FineTuneJobs that set no "
+                    "resources.gpuMemory: a job whose memory estimate exceeds it is held before its pods are "
+                    "created. Empty: GPU memory is estimated but not checked.",
+    )
     validation_resources: PodResources = Field(
         default_factory=lambda: PodResources(cpu="2", memory="4Gi"),
         description="CPU/memory of the ValidatingFiles pod.",

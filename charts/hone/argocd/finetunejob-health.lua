@@ -27,6 +27,17 @@ elseif phase == "Suspended" then
 elseif phase == "Cancelled" then
   hs.status = "Suspended"
   hs.message = "Cancelled (spec.cancel)"
+elseif phase == "Queued" and st.conditions ~= nil and (function()
+    for _, c in ipairs(st.conditions) do
+      if c.type == "MemoryFits" and c.status == "False" and c.reason == "InsufficientMemory" then
+        hs.message = c.message
+        return true
+      end
+    end
+    return false
+  end)() then
+  -- Held: it does not fit in memory, and only an edit of the spec gets it going.
+  hs.status = "Degraded"
 elseif phase == "Running" then
   hs.status = "Progressing"
   hs.message = "Training"

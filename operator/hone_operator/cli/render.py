@@ -34,11 +34,12 @@ def render(manifests: tuple[Path, ...], namespace: str) -> None:
     settings = load()
     parsed = [(m, parse_manifest(m, doc, namespace, PLACEHOLDER_UID)) for m in manifests for doc in documents(m)]
     jobs = {(o.metadata.namespace, o.metadata.name): o for _, o in parsed if o.kind == "FineTuneJob"}
-    objects = []
+    objects, notes = [], []
     for manifest, obj in parsed:
         try:
             if obj.kind == "FineTuneJob":
                 objects.extend(ftj_build.all_objects(obj, settings))
+                notes.append(f"# FineTuneJob {obj.metadata.name}: memory: {_memory(obj, settings)}")
             else:
                 objects.extend(msv_build.all_objects(obj, settings, _served_jobs(manifest, obj, jobs, settings)))
         except (SpecError, Waiting) as exc:
@@ -46,7 +47,37 @@ def render(manifests: tuple[Path, ...], namespace: str) -> None:
             fail(f"{manifest}: {obj.kind} {obj.metadata.name}: {exc}" if not param or str(exc).startswith(param)
                  else f"{manifest}: {obj.kind} {obj.metadata.name}: {param}: {exc}")
     click.echo(f"# Objects the Hone operator creates for {', '.join(map(str, manifests))} (UIDs are placeholders)")
+    for note in notes:
+        click.echo(note)
     click.echo(yaml.dump_all(objects, Dumper=_ReviewableDumper, sort_keys=False), nl=False)
+
+
+def _memory(ftj: Any, settings: OperatorSettings) -> str:
+    """An upper bound of a FineTuneJob's memory estimate, from its maxSeqLength and batch size (the data is not
+    read: `hone validate` counts it), for a base model this machine has (embedded, a local path or folder) with
+    the runtime extra; else a line that says what would give it."""
+    from hone_trainer.contract import ModelSource
+
+    uri = ftj.spec.baseModel.uri
+    if not (uri.startswith(("embedded://", "file://", "/")) or uri.endswith(".gguf")):
+        return f"not estimated here: {uri} is not on this machine (`hone validate` on the manifest reads it)"
+    try:
+        from hone_trainer import models
+    except ImportError:
+        return "not estimated here: needs the runtime extra (pip install 'hone[runtime]')"
+    from hone_trainer.contract.memory import estimate, plan_for
+
+    try:
+        shape = models.model_shape(models.resolve(ModelSource(location=uri.removeprefix("file://"))))
+    except models.ModelError as exc:
+        return f"not estimated here: {exc}"
+    config, _ = ftj_build.resolve(ftj, settings)
+    batch = ftj.spec.hyperparameters.batchSize
+    resources = ftj.spec.resources
+    e = estimate(shape, plan_for(config, {}, None if batch == "auto" else batch, resources.gpusPerNode,
+                                 resources.nodes))
+    return (f"at most {e.summary()}: a bound from maxSeqLength and batchSize, before the data is counted "
+            "(`hone validate` on the manifest gives the estimate the operator checks)")
 
 
 class _ReviewableDumper(yaml.SafeDumper):

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from hone_operator.cli.common import fail, local_config, local_job, require_runtime
-from hone_operator.cli.validate import print_validation, validate_config
+from hone_operator.cli.validate import memory_fit, print_validation, validate_config
 
 
 @click.command()
@@ -38,7 +38,7 @@ def run(manifest: Path, workdir: Path) -> None:
     config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
     (job_dir / "result.json").unlink(missing_ok=True)
 
-    _validate(manifest, config, settings.prices.training)
+    _validate(manifest, config, settings, ftj.spec)
     rc = _train(config_path, local.processes(ftj), Path(config.progress.path or ""))
     if rc == 130:
         click.echo("Interrupted: a checkpoint was saved. Run the same command again to resume.", err=True)
@@ -46,11 +46,11 @@ def run(manifest: Path, workdir: Path) -> None:
     _report(job_dir, rc, settings.prices.training)
 
 
-def _validate(manifest: Path, config: Any, price: float) -> None:
-    """The ValidatingFiles step, printed; exits 4 when the data is not trainable."""
+def _validate(manifest: Path, config: Any, settings: Any, spec: Any) -> None:
+    """The ValidatingFiles step and the memory estimate, printed; exits 4 when the data is not trainable."""
     click.echo(f"Validating {config.training_data.location} with the tokenizer of {config.base_model.location}")
     result = validate_config(config, f"{manifest}: spec.baseModel.uri")
-    print_validation(config, result, price)
+    print_validation(config, result, settings.prices.training, memory_fit(spec, config, result, settings))
     if not result.ok:
         sys.exit(4)
 
@@ -94,6 +94,7 @@ def _train(config_path: Path, nproc: int, progress_path: Path) -> int:
 def _report(job_dir: Path, rc: int, price: float) -> None:
     """The published result, or why training failed (the trainer's message, else its log's tail)."""
     from hone_trainer import contract
+    from hone_trainer.contract.memory import format_bytes
 
     result_file = job_dir / "result.json"
     trained = contract.parse_result(result_file.read_text() if result_file.exists() else None,
@@ -108,7 +109,9 @@ def _report(job_dir: Path, rc: int, price: float) -> None:
                f"\n  trainLoss:      {trained.train_loss:.4f}" + (
                    f"\n  validationLoss: {trained.initial_validation_loss:.4f} before, "
                    f"{trained.validation_loss:.4f} after fine-tuning"
-                   if trained.validation_loss is not None and trained.initial_validation_loss is not None else ""))
+                   if trained.validation_loss is not None and trained.initial_validation_loss is not None else "")
+               + (f"\n  peakMemory:     {format_bytes(trained.peak_memory_bytes)} (largest rank)"
+                  if trained.peak_memory_bytes else ""))
     _curves(job_dir, Path(trained.artifact_uri or ""), trained.fine_tuned_model or "")
 
 

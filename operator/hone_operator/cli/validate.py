@@ -51,18 +51,61 @@ def validate(source: Path, as_json: bool, **options: Any) -> None:
         if given:
             fail(f"{source} is a manifest: its spec sets the model, files and hyperparameters; "
                  f"drop {', '.join(given)} (or validate the JSONL file itself)")
+        spec = local_job(source).spec
         config, param = _manifest_config(source, settings), "spec.baseModel.uri"
     else:
+        spec = _jsonl_spec(options["model"], options["max_seq_length"])
         config, param = _jsonl_config(source, settings, **options), "--model"
     result = validate_config(config, f"{param} {config.base_model.location}")
+    fit = memory_fit(spec, config, result, settings)
     if as_json:
         status = {"dataset": dataset_status(result)}
         if result.ok:
             status["estimate"] = estimate_status(result, settings)
+            if fit is not None:
+                status["estimate"]["memory"] = fit.status
         click.echo(json.dumps(status, indent=2))
     else:
-        print_validation(config, result, settings.prices.training)
+        print_validation(config, result, settings.prices.training, fit)
     sys.exit(0 if result.ok else 4)
+
+
+def memory_fit(spec: Any, config: Any, result: Any, settings: Any) -> Any:
+    """The memory estimate as this machine will train ``spec`` (its GPUs, or one process on CPU, within the
+    memory it has), or None without the model's shape or trainable data."""
+    from hone_operator import local
+    from hone_operator.reconcile.finetunejob import dataset_status
+    from hone_operator.reconcile.memory import check
+
+    if not result.ok or result.model is None:
+        return None
+    gpus = local.local_gpus(spec)
+    here = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpusPerNode": gpus, "nodes": 1})})
+    available = None if gpus else (_available(), "available on this machine")
+    return check(here, config, result.model, result.hyperparameters, dataset_status(result), settings, available)
+
+
+def _available() -> int:
+    """This machine's available memory in bytes (what a local run can use)."""
+    try:
+        with open("/proc/meminfo") as fp:
+            for line in fp:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _jsonl_spec(model: str, max_seq_length: int) -> Any:
+    """The spec a JSONL file is estimated with: the defaults, with the options' model and length."""
+    from hone_operator.api.v1alpha1 import FineTuneJobSpec
+
+    return FineTuneJobSpec.model_validate({
+        "baseModel": {"uri": "embedded://smollm2-135m-instruct"}, "trainingData": {"inline": "-"},
+        "output": {"uri": "file:///unused"}, "hyperparameters": {"maxSeqLength": max_seq_length}})
 
 
 def validate_config(config: Any, where: str) -> Any:
@@ -73,9 +116,10 @@ def validate_config(config: Any, where: str) -> Any:
     from hone_trainer.training.validate import validate as run_validation
 
     try:
-        tokenizer = models.load_tokenizer(models.resolve(config.base_model),
-                                          trust_remote_code=config.base_model.trust_remote_code)
-        return run_validation(config, tokenizer)
+        model = models.resolve(config.base_model)
+        trust = config.base_model.trust_remote_code
+        tokenizer = models.load_tokenizer(model, trust_remote_code=trust)
+        return run_validation(config, tokenizer, models.shape_or_none(model, trust))
     except (models.ModelError, TemplateError) as exc:
         fail(f"{where}: {exc}", 5)
 
@@ -117,7 +161,7 @@ def _jsonl_config(data: Path, settings: Any, *, validation: Path | None, model: 
         output_uri="unused", checkpoint_dir="unused", result_path=None)
 
 
-def print_validation(config: Any, result: Any, price: float) -> None:
+def print_validation(config: Any, result: Any, price: float, fit: Any = None) -> None:
     """The counts, problems (each with its file and line) and warnings; the estimate only for trainable data."""
     from rich.console import Console
     from rich.table import Table
@@ -138,6 +182,10 @@ def print_validation(config: Any, result: Any, price: float) -> None:
     for name, value in rows:
         table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
+    if fit is not None:
+        console.print(f"memory: {fit.message}")
+    if fit is not None and fit.fits is False:
+        console.print("  [yellow]warning[/yellow]: this run is not expected to fit in this machine's memory")
     for kind, n in sorted(result.problem_counts.items()):
         console.print(f"[red]{n} x {kind}[/red]")
     for p in result.problems:

@@ -30,6 +30,7 @@ from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.builders import jobs
 from hone_operator.builders.common import SpecError
 from hone_operator.builders.storage import Storage
+from hone_operator.reconcile import memory
 from hone_operator.reconcile.pods import (blocked_pod, last_failure, last_failure_message, read_result,
                                           termination_text)
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
@@ -278,9 +279,36 @@ class _Lifecycle:
         self.status.fail("ValidationFailed", "validation_failed", msg)
         return False
 
+    def memory_fits(self) -> bool:
+        """The memory estimate for the spec as it is now; a job that does not fit is held (no pods) with a
+        MemoryFits condition that says by how much and what would fit, until an edit makes it fit."""
+        estimate = self.status.desired.get("estimate") or {}
+        if not estimate.get("model"):  # the validator could not read the model's shape: nothing to check
+            return True
+        hp = estimate.get("hyperparameters")
+        fit = memory.check(self.ftj.spec, self.job.config, contract.ModelShape.model_validate(estimate["model"]),
+                           contract.ResolvedHyperparameters.model_validate(hp) if hp else None,
+                           self.status.desired.get("dataset"), self.settings)
+        self.status.desired["estimate"] = {**estimate, "memory": fit.status}
+        if fit.fits is False and self.ftj.spec.memory.checkFit:
+            self.status._blocked_event("MemoryFits", ("InsufficientMemory", fit.message))
+            self.status.condition("MemoryFits", False, "InsufficientMemory", fit.message)
+            self.status.condition("Running", False, "InsufficientMemory", "")
+            self.status.set_phase(Phase.QUEUED, "Held: the job does not fit in memory; see condition MemoryFits")
+            return False
+        if fit.fits is False:
+            self.status.condition("MemoryFits", False, "CheckDisabled",
+                                  f"{fit.message}; starting anyway (spec.memory.checkFit is false)")
+        else:
+            self.status.condition("MemoryFits", "Unknown" if fit.fits is None else True,
+                                  "CapacityUnknown" if fit.fits is None else "Fits", fit.message)
+        return True
+
     def create_training_job(self) -> bool:
         if self.observed.training_job is not None:
             return True
+        if not self.memory_fits():
+            return False
         # The config and RBAC were created before the validation Job (same
         # ensure list, in order), so an existing validation Job proves them.
         if self.observed.validation_job is None:
@@ -371,4 +399,4 @@ def estimate_status(r: contract.ValidationResult, settings: OperatorSettings) ->
     price = settings.prices.training
     return EstimateStatus(billableTrainingTokens=r.billable_training_tokens,
                           costUsd=contract.cost_usd(r.billable_training_tokens, price),
-                          usdPerMillionTokens=price, hyperparameters=r.hyperparameters).to_status()
+                          usdPerMillionTokens=price, hyperparameters=r.hyperparameters, model=r.model).to_status()

@@ -53,6 +53,7 @@ from hone_operator.api.v1alpha1.finetunejob import (  # noqa: F401
     FineTuneJobPhase,
     DatasetStatus,
     EstimateStatus,
+    MemoryStatus,
     FineTunedModel,
     ErrorStatus,
     FineTuneJobStatus,

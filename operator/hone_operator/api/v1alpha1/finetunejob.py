@@ -26,7 +26,7 @@ from hone_operator.api.v1alpha1.common import (
     Condition,
     ObjectMeta,
 )
-from hone_trainer.contract import CheckpointInfo, Problem, Progress, ResolvedHyperparameters
+from hone_trainer.contract import CheckpointInfo, ModelShape, Problem, Progress, ResolvedHyperparameters
 
 
 class BaseModelSpec(ApiModel):
@@ -180,6 +180,12 @@ class ResourcesSpec(ApiModel):
     gpuResourceName: str = Field(
         "nvidia.com/gpu", alias="gpuResourceName", description="Extended resource name of the GPUs."
     )
+    gpuMemory: Quantity | None = Field(
+        None, alias="gpuMemory",
+        description="Memory of one GPU of the nodes the job runs on (e.g. 80Gi): a job whose memory estimate does "
+                    "not fit is held before its pods are created. Default from the operator's settings; when "
+                    "neither is set, GPU memory is estimated but not checked.",
+    )
     cpu: Quantity | None = Field(None, description="CPU request and limit per pod (default from operator settings).")
     memory: Quantity | None = Field(None, description="Memory request and limit per pod (default from operator settings).")
     sharedMemory: Quantity | None = Field(
@@ -189,7 +195,7 @@ class ResourcesSpec(ApiModel):
     tolerations: list[Toleration] | None = Field(None, description="Taints the pods tolerate.")
     priorityClassName: str | None = Field(None, alias="priorityClassName", description="PriorityClass of the pods.")
 
-    @field_validator("cpu", "memory", "sharedMemory")
+    @field_validator("cpu", "memory", "sharedMemory", "gpuMemory")
     @classmethod
     def _quantity(cls, v: str | int | None, info: Any) -> str | int | None:
         return check_quantity(v, info.field_name)
@@ -237,6 +243,12 @@ class MemorySpec(ApiModel):
         False, alias="gradientCheckpointing",
         description="Recompute each layer's activations in the backward pass instead of keeping them: about a "
                     "third more compute, for the memory of one layer's activations per micro-batch.",
+    )
+    checkFit: bool = Field(
+        True, alias="checkFit",
+        description="Hold the job, before its pods are created, while the memory estimate (status.estimate.memory) "
+                    "exceeds a GPU's memory (resources.gpuMemory) or, on CPU, the pod's memory limit; the condition "
+                    "MemoryFits says what would fit. false: report the estimate and start anyway.",
     )
 
 
@@ -354,6 +366,12 @@ class DatasetStatus(StatusModel):
     tokensPerEpoch: int = Field(0, alias="tokensPerEpoch", description="Tokens in the training examples (model tokenizer and chat template).")
     trainedTokensPerEpoch: int = Field(0, alias="trainedTokensPerEpoch", description="Tokens the loss is computed on (weighted assistant turns).")
     maxExampleTokens: int = Field(0, alias="maxExampleTokens", description="Length of the longest example.")
+    maxStepRows: int = Field(0, alias="maxStepRows",
+                             description="The most packed rows any optimizer step has (split over the ranks).")
+    maxRowTokens: int = Field(0, alias="maxRowTokens", description="The longest packed row, in tokens.")
+    maxStepTokens: int = Field(0, alias="maxStepTokens",
+                               description="The most tokens a step puts through the model: its rows x its longest "
+                                           "row (padding included).")
     overLengthExamples: int = Field(0, alias="overLengthExamples", description="Examples longer than maxSeqLength.")
     overLengthAction: str | None = Field(None, alias="overLengthAction", description="truncate or drop, for over-length examples.")
     duplicateExamples: int = Field(0, alias="duplicateExamples", description="Training examples that repeat an earlier one.")
@@ -363,13 +381,40 @@ class DatasetStatus(StatusModel):
     warnings: list[str] | None = Field(None, description="Warnings that do not stop training.")
 
 
+class MemoryStatus(StatusModel):
+    """The memory estimate of one training rank (docs/memory.md), and whether it fits. Every key is always
+    written, so that a re-estimate after a spec edit replaces the last one whole."""
+
+    device: Literal["gpu", "cpu"] = Field(description="gpu: per GPU; cpu: per training process (one per pod).")
+    perRank: str = Field(alias="perRank", description="Peak memory one rank needs on its device.")
+    capacity: str = Field(description="What one rank has: resources.gpuMemory, or on CPU the pod's memory limit; "
+                                      "unknown when neither is known.")
+    fits: Literal["True", "False", "Unknown"] = Field(description="perRank (and hostPerPod) within the capacity.")
+    hostPerPod: str = Field(alias="hostPerPod", description="Host memory one training pod needs (all its ranks).")
+    parts: dict[str, str] = Field(description="perRank by part: weights, gradients, optimizer, activations, logits, "
+                                              "buffers, fragmentation, runtime.")
+    ranks: int = Field(description="Ranks the estimate assumes (GPUs, or nodes on CPU).")
+    zeroStage: int = Field(alias="zeroStage", description="The ZeRO stage the trainer will use.")
+    microBatchTokens: int = Field(alias="microBatchTokens", description="Tokens of the largest micro-batch.")
+    whatFits: list[str] = Field(default_factory=list, alias="whatFits",
+                                description="When it does not fit: single spec changes that would, each with its "
+                                            "estimate.")
+
+    def to_status(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
 class EstimateStatus(StatusModel):
-    """Resolved hyperparameters and the cost estimate."""
+    """Resolved hyperparameters and the cost and memory estimates."""
 
     hyperparameters: ResolvedHyperparameters | None = Field(None, description="Hyperparameters with `auto` resolved.")
     billableTrainingTokens: int = Field(0, alias="billableTrainingTokens", description="tokensPerEpoch x epochs.")
     costUsd: float = Field(0.0, alias="costUsd", description="billableTrainingTokens at the price table's training price.")
     usdPerMillionTokens: float | None = Field(None, alias="usdPerMillionTokens", description="The training price used.")
+    model: ModelShape | None = Field(None, description="The base model's shape, read from its config by the "
+                                                       "ValidatingFiles step.")
+    memory: MemoryStatus | None = Field(None, description="Peak memory of one training rank, estimated before "
+                                                          "the training pods are created.")
 
 
 class FineTunedModel(StatusModel):
