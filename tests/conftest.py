@@ -20,6 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HONE_CACHE", str(ROOT / ".pytest_cache" / "hone-cache"))
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with its tokenizer, saved as a model folder (random weights, no hub)."""
+    from hone_dev.tiny import make_tiny_llama, make_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    make_tokenizer(folder)
+    make_tiny_llama(folder)
+    return folder
+
+
 @pytest.fixture
 def apiserver() -> Iterator[ApiServerThread]:
     with ApiServerThread() as srv:

@@ -33,16 +33,6 @@ def shape_of(folder: Path, config: dict[str, Any]) -> contract.ModelShape:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from hone_dev.tiny import make_tiny_llama, make_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    make_tokenizer(folder)
-    make_tiny_llama(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def llama8b(tmp_path_factory) -> contract.ModelShape:
     return shape_of(tmp_path_factory.mktemp("llama8b"), LLAMA_8B)
 

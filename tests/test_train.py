@@ -20,7 +20,6 @@ from hone_trainer.training import distributed as distributed_env
 from hone_trainer.training.checkpoints import MARKER, CheckpointStore
 from hone_trainer.manifest import PublishError, verify
 from hone_dev.cluster import wait_for
-from hone_dev.tiny import make_tiny_llama, make_tokenizer
 
 #: Slow: every test trains with DeepSpeed (one or two ranks). `pytest -m "not slow"` is the fast inner loop.
 pytestmark = pytest.mark.slow
@@ -34,14 +33,6 @@ FACTS = ["Returns are accepted within 30 days with the receipt.",
 def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")]),
             "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    make_tokenizer(folder)
-    make_tiny_llama(folder)
-    return folder
 
 
 def dataset(folder: Path, n: int = 40, seed: int = 0) -> tuple[Path, Path]:

@@ -144,6 +144,26 @@ def download_folder(location: str, credentials_dir: str | None, fresh: bool = Fa
     return target
 
 
+def _from_gguf(model: LocalModel, kind: str, marker: str, load: Any) -> Any:
+    """``load`` (a ``from_pretrained``) of what a GGUF file holds, converted once and cached as a regular folder
+    under ``kind``: parsing the GGUF file takes seconds, the cached copy milliseconds."""
+    gguf = model.path / str(model.gguf_file)
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_root() / kind / key
+    if (cached / marker).exists():
+        return load(str(cached))
+    loaded = load(str(model.path), gguf_file=model.gguf_file)
+    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    loaded.save_pretrained(str(tmp))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, cached)
+    except OSError:  # another process won the race; use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return loaded
+
+
 def load_tokenizer(model: LocalModel, trust_remote_code: bool = False) -> Any:
     """The model's own tokenizer (fast), with its chat template.
 
@@ -155,21 +175,7 @@ def load_tokenizer(model: LocalModel, trust_remote_code: bool = False) -> Any:
     try:
         if not model.is_gguf:
             return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=trust_remote_code)
-        gguf = model.path / str(model.gguf_file)
-        stat = gguf.stat()
-        key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        cached = cache_root() / "tokenizers" / key
-        if (cached / "tokenizer_config.json").exists():
-            return AutoTokenizer.from_pretrained(str(cached))
-        tok = AutoTokenizer.from_pretrained(str(model.path), gguf_file=model.gguf_file)
-        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-        tok.save_pretrained(str(tmp))
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(tmp, cached)
-        except OSError:  # another process won the race; use its copy
-            pass
-        return tok
+        return _from_gguf(model, "tokenizers", "tokenizer_config.json", AutoTokenizer.from_pretrained)
     except ModelError:
         raise
     except Exception as exc:
@@ -224,22 +230,8 @@ def model_shape(model: LocalModel, trust_remote_code: bool = False) -> "ModelSha
 
     try:
         if model.is_gguf:
-            gguf = model.path / str(model.gguf_file)
-            stat = gguf.stat()
-            key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-            cached = cache_root() / "configs" / key
-            if (cached / "config.json").exists():
-                config = AutoConfig.from_pretrained(str(cached))
-            else:
-                config = AutoConfig.from_pretrained(str(model.path), gguf_file=model.gguf_file)
-                tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-                config.save_pretrained(str(tmp))
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.replace(tmp, cached)
-                except OSError:
-                    shutil.rmtree(tmp, ignore_errors=True)
-            files = [gguf]
+            config = _from_gguf(model, "configs", "config.json", AutoConfig.from_pretrained)
+            files = [model.path / str(model.gguf_file)]
         else:
             config = AutoConfig.from_pretrained(str(model.path), trust_remote_code=trust_remote_code)
             files = list(model.path.glob("*.safetensors"))
