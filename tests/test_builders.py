@@ -143,6 +143,11 @@ def test_single_node_job_runs_torchrun_standalone_with_gpus() -> None:
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
     assert {"name": "DS_ACCELERATOR", "value": "cuda"} in c["env"]
+    assert "OMP_NUM_THREADS" not in {e["name"] for e in c["env"]}  # torchrun gives each GPU rank one thread
+
+
+CPU_THREADS = {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu",
+                                                                             "divisor": "1"}}}
 
 
 def test_cpu_training_asks_for_no_gpu() -> None:
@@ -151,6 +156,8 @@ def test_cpu_training_asks_for_no_gpu() -> None:
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert "--nproc-per-node=1" in c["command"]
     assert {"name": "DS_ACCELERATOR", "value": "cpu"} in c["env"]
+    # torch would size its thread pool by the node's cores; the pod's CPU limit instead (no throttling).
+    assert CPU_THREADS in c["env"]
 
 
 def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:

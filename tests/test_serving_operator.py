@@ -378,6 +378,9 @@ def test_a_modelserving_from_uris_needs_no_finetunejob() -> None:
     pod = objs[-1]["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["readOnly"] for m in pod["containers"][0]["volumeMounts"] if m["name"].startswith("pvc-")}
     assert mounts == {"/var/run/hone/pvc/models": True, "/var/run/hone/pvc/hone-models": True}
+    # The server's torch threads follow the pod's CPU limit, not the node's cores (which would be throttled).
+    assert {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}} \
+        in pod["containers"][0]["env"]
     for obj in objs:
         kubernetes_validate.validate(obj, K8S, strict=True)
     plan = msv_reconcile.plan(_body(**spec), msv_reconcile.ObservedServing({}), SETTINGS, "2026-11-21T00:00:00Z")

@@ -121,6 +121,13 @@ class SpecError(ValueError):
 CACHE_DIR = "/var/cache/hone"
 
 
+#: torch sizes its thread pools by the node's cores, not the container's CPU limit: on a 64-core node a pod
+#: limited to 2 CPUs would run 64 threads and spend its quota being throttled. The limit, rounded up, instead
+#: (the downward API; the limit is always set).
+CPU_THREADS = {"name": "OMP_NUM_THREADS",
+               "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}}
+
+
 def env(extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The environment every runtime container gets: caches under CACHE_DIR, HOME in /tmp."""
     env = {

@@ -150,7 +150,9 @@ def _trainer_container(ftj: FineTuneJob, settings: OperatorSettings, storage: St
         "image": ftj.spec.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": training_command(ftj, settings),
-        "env": common.env({"HONE_NODES": str(r.nodes), "DS_ACCELERATOR": "cuda" if r.gpusPerNode else "cpu"}),
+        # On GPUs torchrun gives each rank one thread; on CPU the one process gets the pod's CPUs.
+        "env": [*common.env({"HONE_NODES": str(r.nodes), "DS_ACCELERATOR": "cuda" if r.gpusPerNode else "cpu"}),
+                *([] if r.gpusPerNode else [common.CPU_THREADS])],
         "ports": ports,
         "resources": common.resources(
             r.cpu or settings.training_resources.cpu,

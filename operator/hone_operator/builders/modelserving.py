@@ -108,7 +108,7 @@ def _hone_container(msv: ModelServing, settings: OperatorSettings, resolved: Res
         "imagePullPolicy": settings.image_pull_policy,
         "command": [*contract.serve_command(CONFIG_PATH), "--termination-log", contract.RESULT_PATH_IN_POD,
                     "--graceful-seconds", str(settings.serving_graceful_seconds)],
-        "env": common.env({"DS_ACCELERATOR": "cuda" if r.gpus else "cpu"}),
+        "env": [*common.env({"DS_ACCELERATOR": "cuda" if r.gpus else "cpu"}), common.CPU_THREADS],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": common.resources(r.cpu or settings.serving_resources.cpu,
                                       r.memory or settings.serving_resources.memory, {r.gpuResourceName: r.gpus}),
