@@ -12,9 +12,17 @@ the baseline loads the model in this process and calls plain transformers
 from what each side actually generated (the server's ``usage``), so an early
 end-of-sequence counts the same on both sides.
 
-Prints, per setting, the median over ``--runs`` runs of completion tokens/s
-and of the per-request latency p50/p99, and the ratio to the baseline.
-Goal at concurrency 8: >= 3x the baseline's tokens/s.
+The sides run interleaved, run by run (baseline, then the server at each
+concurrency, then the baseline again...), and each ratio is taken against the
+baseline of its own run: contention that slows one run slows both sides of
+its pairs (``bench/stats.py``). Prints, per setting, the median over
+``--runs`` runs of completion tokens/s, of the per-request latency p50/p99 and
+of the time to first token (requests are streamed, usage included), then the
+median ratio of the pairs with their spread, the load average, and a warning
+when the spread says the machine was not quiet.
+
+Goals (issue #15): concurrency 1 >= 1.0x the baseline, concurrency 8 >= 4x,
+and time to first token at concurrency 8 <= 2x that at concurrency 1.
 """
 
 from __future__ import annotations
@@ -31,7 +39,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT / "devtools")]
 
-from stats import percentile  # noqa: E402  (bench/, the script's own folder)
+from stats import Paired, percentile  # noqa: E402  (bench/, the script's own folder)
+
+CONCURRENCY = (1, 4, 8)
+#: Tokens/s against the baseline, per concurrency (issue #15).
+GOALS = {1: 1.0, 8: 4.0}
 
 QUESTIONS = [
     "Which wheel hardness should I pick for rough streets?", "How often should I clean my bearings?",
@@ -74,18 +86,25 @@ def against_server(url: str, requests: list[list[dict[str, str]]], max_tokens: i
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
 
-    def one(messages: list[dict[str, str]]) -> tuple[float, int]:
+    def one(messages: list[dict[str, str]]) -> tuple[float, float, int]:
         t0 = time.perf_counter()
-        resp = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
-        return time.perf_counter() - t0, resp.usage.completion_tokens
+        first, tokens = None, 0
+        stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                temperature=0, stream=True, stream_options={"include_usage": True})
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - t0
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return time.perf_counter() - t0, first if first is not None else time.perf_counter() - t0, tokens
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, requests))
     wall = time.perf_counter() - started
     latencies = [r[0] for r in results]
-    return {"tok_s": sum(r[1] for r in results) / wall, "p50": percentile(latencies, 50),
-            "p99": percentile(latencies, 99)}
+    return {"tok_s": sum(r[2] for r in results) / wall, "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99), "ttft": statistics.median(r[1] for r in results)}
 
 
 def main() -> int:
@@ -101,30 +120,45 @@ def main() -> int:
 
     requests = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(args.requests)]
     results: dict[str, list[dict[str, float]]] = {}
+    paired = Paired()
+    base_name = "baseline generate, one at a time"
     with tempfile.TemporaryDirectory() as tmp:
+        # The server gets the CPU threads the baseline has (torch's default here: one per core), as a pod gets
+        # its CPU limit; the test suite's servers run on one thread.
+        import torch
+
         server = ServerProcess(["--model", args.model, "--served-model-name", "bench",
                                 "--max-batch-size", str(args.max_batch_size),
-                                "--max-concurrent-requests", "64"], cwd=Path(tmp))
+                                "--max-concurrent-requests", "64"], cwd=Path(tmp),
+                               extra_env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
         try:
             server.wait_ready(timeout=600)
             against_server(server.url, requests[:2], 4, 2, "bench")  # warm-up
             for run in range(args.runs):
-                results.setdefault("baseline generate, one at a time", []).append(
-                    baseline(args.model, requests, args.max_tokens))
-                for c in (1, 4, 8):
-                    results.setdefault(f"hone server, concurrency {c}", []).append(
-                        against_server(server.url, requests, args.max_tokens, c, "bench"))
+                base = baseline(args.model, requests, args.max_tokens)
+                results.setdefault(base_name, []).append(base)
+                for c in CONCURRENCY:
+                    r = against_server(server.url, requests, args.max_tokens, c, "bench")
+                    results.setdefault(f"hone server, concurrency {c}", []).append(r)
+                    paired.add(f"concurrency {c} tokens/s vs baseline", r["tok_s"], base["tok_s"])
+                ttft = {c: results[f"hone server, concurrency {c}"][-1]["ttft"] for c in (1, CONCURRENCY[-1])}
+                paired.add(f"time to first token, concurrency {CONCURRENCY[-1]} vs 1", ttft[CONCURRENCY[-1]], ttft[1])
                 print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
         finally:
             server.stop()
-    base = statistics.median(r["tok_s"] for r in results["baseline generate, one at a time"])
     print(f"model {args.model}, {args.requests} requests x <= {args.max_tokens} tokens, greedy, "
-          f"median of {args.runs} runs, {os.cpu_count()} CPUs")
-    print(f"{'setting':<36} {'tokens/s':>9} {'p50 s':>7} {'p99 s':>7} {'vs baseline':>12}")
+          f"median of {args.runs} interleaved runs, {os.cpu_count()} CPUs")
+    print(f"{'setting':<36} {'tokens/s':>9} {'p50 s':>7} {'p99 s':>7} {'TTFT s':>7}")
     for name, runs in results.items():
-        tok_s = statistics.median(r["tok_s"] for r in runs)
-        print(f"{name:<36} {tok_s:9.1f} {statistics.median(r['p50'] for r in runs):7.2f} "
-              f"{statistics.median(r['p99'] for r in runs):7.2f} {tok_s / base:11.2f}x")
+        ttft = f"{statistics.median(r['ttft'] for r in runs):7.2f}" if "ttft" in runs[0] else f"{'-':>7}"
+        print(f"{name:<36} {statistics.median(r['tok_s'] for r in runs):9.1f} "
+              f"{statistics.median(r['p50'] for r in runs):7.2f} {statistics.median(r['p99'] for r in runs):7.2f} "
+              f"{ttft}")
+    print()
+    for c in CONCURRENCY:
+        print(paired.line(f"concurrency {c} tokens/s vs baseline", goal=GOALS.get(c)))
+    print(paired.line(f"time to first token, concurrency {CONCURRENCY[-1]} vs 1", goal=2.0, higher_is_better=False))
+    print(paired.footer())
     return 0
 
 

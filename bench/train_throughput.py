@@ -7,8 +7,10 @@ CPU) on the same few-million-parameter Llama, the same chat data with
 assistant-only labels (conversations of varied length), for the same number
 of steps of 8 examples each. The baseline is the Trainer with the default
 padding collator (each batch padded to its longest example); Hone packs each
-step's examples into rows. Each side runs in its own process, alternately;
-the medians of the runs are compared.
+step's examples into rows. Each side runs in its own process, interleaved
+run by run; the ratio is taken within each pair of runs and its median over
+the pairs is reported with their spread and the load average, with a warning
+when the spread says the machine was not quiet (``bench/stats.py``).
 
 Prints trained tokens/s for both (real tokens, padding excluded), their
 ratio, and the share of processed positions that are padding. Goal: ratio
@@ -30,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT / "devtools")]
+
+from stats import Paired  # noqa: E402  (bench/, the script's own folder)
 
 BATCH = 8
 
@@ -163,6 +167,7 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1), "DS_ACCELERATOR": "cpu",
                "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "operator"), str(ROOT / "trainer")])}
         results: dict[str, list[dict]] = {"hone": [], "baseline": []}
+        paired = Paired()
         for run in range(args.runs):
             for side in ("hone", "baseline"):
                 out = subprocess.run([sys.executable, __file__, "--side", side, "--folder", str(folder),
@@ -174,14 +179,17 @@ def main() -> None:
                 results[side].append(r)
                 print(f"run {run + 1} {side:8}: {r['tokens'] / r['seconds']:8,.0f} trained tokens/s, "
                       f"padding {100 * r['padding']:.1f}%", flush=True)
+            hone, base = results["hone"][-1], results["baseline"][-1]
+            paired.add("hone/baseline tokens/s", hone["tokens"] / hone["seconds"], base["tokens"] / base["seconds"])
     tps = {s: statistics.median(r["tokens"] / r["seconds"] for r in rs) for s, rs in results.items()}
     pad = {s: statistics.median(r["padding"] for r in rs) for s, rs in results.items()}
     print(f"\nLlama with {params / 1e6:.1f}M parameters, LoRA r=16, {args.steps} steps x {BATCH} examples, "
           f"median of {args.runs} run(s)")
     print(f"hone     {tps['hone']:10,.0f} tokens/s   padding {100 * pad['hone']:5.1f}%")
     print(f"baseline {tps['baseline']:10,.0f} tokens/s   padding {100 * pad['baseline']:5.1f}%")
-    print(f"ratio hone/baseline: {tps['hone'] / tps['baseline']:.2f}x "
-          f"(goal >= 1.5; padding goal < 2%: {'met' if pad['hone'] < 0.02 else 'NOT met'})")
+    print(paired.line("hone/baseline tokens/s", goal=1.5))
+    print(f"padding goal < 2%: {'met' if pad['hone'] < 0.02 else 'NOT met'}")
+    print(paired.footer())
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ Same tokenizer (SmolLM2-135M-Instruct's, from the embedded GGUF), same
 synthetic chat file (1-3 turns, 5-80 words per message). Hone's path does
 more than the baseline: it checks every line, and computes assistant-only
 loss masks, not just the total; and it uses every core for large files, as
-the validator does. Prints examples/s for both (median of runs), their ratio,
-and checks that both count the same number of tokens.
+the validator does. The sides run interleaved, run by run. Prints examples/s
+for both (median of runs), the median ratio of the pairs with their spread
+and the load average (``bench/stats.py``), and checks that both count the
+same number of tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hone_trainer import contract, models  # noqa: E402
 from hone_trainer.training.formatting import ChatFormatter  # noqa: E402
 from hone_trainer.training.data import read_jsonl  # noqa: E402
 from hone_trainer.training.validate import count  # noqa: E402
+from stats import Paired  # noqa: E402  (bench/, the script's own folder)
 
 WORDS = ("wheel bearing deck truck grip tape return policy warranty shipping size hardness durometer "
          "clean lubricate skate park ramp bowl street cruiser longboard bushing axle nut spacer").split()
@@ -74,18 +77,21 @@ def main() -> None:
     data = make_file(args.examples)
     times: dict[str, list[float]] = {"hone": [], "baseline": []}
     counts: dict[str, int] = {}
+    paired = Paired()
     for run in range(args.runs):
         for name, fn in (("hone", hone), ("baseline", baseline)):
             seconds, tokens = fn(tokenizer, data)
             times[name].append(seconds)
             counts[name] = tokens
             print(f"run {run + 1} {name}: {args.examples / seconds:,.0f} examples/s ({tokens:,} tokens)", flush=True)
+        paired.add("hone/baseline examples/s", times["baseline"][-1], times["hone"][-1])  # a speed is 1 / time
     assert counts["hone"] == counts["baseline"], counts
     h, b = statistics.median(times["hone"]), statistics.median(times["baseline"])
     print(f"\n{args.examples:,} examples, {counts['hone']:,} tokens, median of {args.runs} run(s)")
     print(f"hone (validate + count + loss masks): {args.examples / h:10,.0f} examples/s")
     print(f"baseline (apply_chat_template loop):  {args.examples / b:10,.0f} examples/s")
-    print(f"ratio hone/baseline: {b / h:.2f}x")
+    print(paired.line("hone/baseline examples/s"))
+    print(paired.footer())
 
 
 if __name__ == "__main__":

@@ -66,13 +66,14 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m hone_trainer serve`` on a free loopback port."""
 
-    def __init__(self, args: list[str], cwd: Path):
+    def __init__(self, args: list[str], cwd: Path, extra_env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"server-{self.port}.log"
         self._log = open(self.log, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "hone_trainer", "serve", "--port", str(self.port), *args],
-                                     env=env(), cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
+                                     env={**env(), **(extra_env or {})}, cwd=cwd, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
