@@ -58,7 +58,7 @@ FROZEN_ACTIVATION_BYTES: dict[int, tuple[float, float, float]] = {4: (24, 12, 8)
 #: frozen MLP keeps gate/up's input already); and its rank-r output (w bytes each).
 SHARED_INPUTS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
 KEPT_BY_FROZEN = {"gate_proj", "up_proj"}
-#: The trainer's fp32 loss chunk (positions), kept in step with ``training.trainer.LOSS_CHUNK``.
+#: The trainer's fp32 loss chunk, in label positions (``training.trainer`` uses this one).
 LOSS_CHUNK = 1024
 #: DeepSpeed's defaults: ZeRO-1/2 reduce and all-gather buckets, ZeRO-3's prefetch bucket (elements).
 BUCKET_ELEMENTS = 500_000_000
@@ -72,8 +72,6 @@ CPU_RUNTIME_BYTES = 512 * MiB
 FRAGMENTATION = 0.10
 #: NF4: 4 bits a weight plus, with double quantization, about one byte of scale per 64-weight block.
 NF4_BYTES = 0.5 + 1 / 64
-#: Module names peft's "all-linear" adapts in a Llama-style block (what ``targetModules`` auto means).
-LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class ModelShape(CamelModel):

@@ -24,6 +24,7 @@ from hone_trainer.training import distributed, ds_config, packing
 from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter, Encoded
 from hone_trainer.training.checkpoints import CheckpointStore, RemoteMirror, safe_checkpoint_engine, tag
 from hone_trainer.contract import CheckpointInfo, Progress, TrainerConfig, TrainingResult
+from hone_trainer.contract import memory
 from hone_trainer.training.data import ReadResult
 from hone_trainer.manifest import write_manifest
 from hone_trainer.training.publish import manifest_info, publish, staging_dir
@@ -41,8 +42,9 @@ class Preempted(RuntimeError):
     """SIGTERM: a checkpoint was saved; the pod should go away and come back."""
 
 
-#: Label positions whose fp32 log-softmax exists at once in the loss (times the vocabulary size).
-LOSS_CHUNK = 1024
+#: Label positions whose fp32 log-softmax exists at once in the loss (times the vocabulary size); the memory
+#: estimate counts the same chunk.
+LOSS_CHUNK = memory.LOSS_CHUNK
 
 
 def _chunk_loss(logits: Any, target: Any) -> Any:
