@@ -157,8 +157,15 @@ def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Pat
         assert cost and float(cost[0]["value"][1]) == pytest.approx(want_cost, rel=1e-12)
         exported = _query(url, 'sum(hone_cost_usd_total{namespace="team-a",model="tiny"})')
         assert float(exported[0]["value"][1]) == pytest.approx(want_cost, rel=1e-9)
+        # The operator's target is scraped on its own schedule (a loaded run once queried before its first
+        # scrape: no `up` series yet): wait for a successful scrape.
+        deadline = time.monotonic() + 30
         up = _query(url, 'up{job="hone-operator"}')
-        assert up and up[0]["value"][1] == "1"
+        while not (up and up[0]["value"][1] == "1") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            up = _query(url, 'up{job="hone-operator"}')
+        targets = http("GET", f"{url}/api/v1/targets")[1]
+        assert up and up[0]["value"][1] == "1", (up, targets)
 
         # A FineTuneJob in team-a succeeds: its tokens and cost are labelled with team-a, not the
         # operator pod's namespace (honor_labels, as in the chart's ServiceMonitor).
