@@ -155,13 +155,7 @@ def local_gpus(spec: Any) -> int:
 
 def processes(ftj: FineTuneJob) -> int:
     """One process per GPU the spec asks for, as far as this machine has them; one on a CPU machine."""
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    except ImportError:
-        gpus = 0
-    return max(1, min(ftj.spec.resources.gpusPerNode, gpus)) if gpus else 1
+    return max(1, local_gpus(ftj.spec))
 
 
 def train(config_path: Path, nproc: int, progress_path: Path, on_progress: Any) -> int:
