@@ -7,17 +7,24 @@ requests start without waiting for the running ones to finish (continuous
 batching). Each step decodes one token for every running sequence in one
 forward pass.
 
-Several LoRA adapters share the base weights: the batch passes peft's
-``adapter_names`` (one entry per row; ``__base__`` for the base model), so
-each row goes through its own adapter's LoRA matrices only. A row can never
-be computed with another row's adapter: the names travel with the rows
-through every join and removal.
+Several LoRA adapters share the base weights. Their matrices are stacked
+per layer (:mod:`hone_trainer.serving.lora`) and every step tells the
+stacked layers which adapter each row uses (``__base__`` for the base
+model), so each row goes through its own adapter's LoRA matrices only, and a
+batch mixing adapters costs about what a batch on one costs. Where the
+adapters cannot be stacked, the batch passes peft's ``adapter_names``
+instead (same result, more time per adapter). A row can never be computed
+with another row's adapter: the names travel with the rows through every
+join and removal.
 
-The batch is left-padded. Its KV cache is a ``DynamicCache`` whose tensors
-are padded, concatenated and indexed when sequences join or finish; the
-attention mask marks padding, and positions count real tokens only, so a
-sequence's logits do not depend on what else is in the batch (up to float
-rounding). Models with sliding-window or other non-standard cache layers
+The batch is left-padded. Its KV cache is a ``DynamicCache`` whose layers
+keep spare room at the end (:class:`_ReservedLayer`): a decode step writes
+its token's keys and values in place instead of copying the whole cache
+(``torch.cat``, what transformers' own layer does), so a step's cost does not
+grow with what is already cached; the tensors are padded, concatenated and
+indexed only when sequences join or finish. The attention mask marks
+padding, and positions count real tokens only, so a sequence's logits do not
+depend on what else is in the batch (up to float rounding). Models with sliding-window or other non-standard cache layers
 are still served, but a batch then admits new sequences only when it is
 empty.
 """
@@ -31,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 log = logging.getLogger("hone.engine")
 
@@ -76,6 +84,49 @@ class SequenceState:
         self.cancelled = True
 
 
+#: Columns of spare room a cache layer reserves when it has to grow: one copy of the cache per this many steps.
+RESERVE = 64
+
+
+class _ReservedLayer(DynamicLayer):
+    """A full-attention cache layer that appends in place.
+
+    ``keys`` and ``values`` are views of the first ``length`` columns of larger buffers; ``update`` writes the
+    new columns into the spare room and re-slices, and only when the room runs out copies into buffers
+    :data:`RESERVE` columns longer than needed.
+    """
+
+    @classmethod
+    def holding(cls, keys: torch.Tensor, values: torch.Tensor) -> "_ReservedLayer":
+        layer = cls()
+        layer.device = keys.device
+        layer.is_initialized = True
+        layer.adopt(keys, values)
+        return layer
+
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, room: int = RESERVE) -> None:
+        """Hold these tensors (copied) with ``room`` spare columns after them."""
+        length = keys.shape[2]
+        self._k = keys.new_empty(keys.shape[:2] + (length + room,) + keys.shape[3:])
+        self._v = values.new_empty(values.shape[:2] + (length + room,) + values.shape[3:])
+        self._k[:, :, :length] = keys
+        self._v[:, :, :length] = values
+        self.length = length
+        self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        new = key_states.shape[2]
+        if self.length + new > self._k.shape[2]:
+            self.adopt(self.keys, self.values, room=new + RESERVE)
+        end = self.length + new
+        self._k[:, :, self.length:end] = key_states
+        self._v[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+
 class _Batch:
     """The running rows: their KV cache, attention mask and the token each feeds next.
 
@@ -110,8 +161,8 @@ class _Batch:
             return torch.nn.functional.pad(t, spec)
 
         for mine, theirs in zip(self._layers(), other._layers()):
-            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
-            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
+            _set(mine, torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)]),
+                 torch.cat([pad(mine.values, 2), pad(theirs.values, 2)]))
         self.mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
         assert self.next_tokens is not None and other.next_tokens is not None
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
@@ -133,8 +184,15 @@ class _Batch:
         start = int(used[0]) if len(used) else 0
         self.mask = self.mask[:, start:]
         for layer in self._layers():
-            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
-            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+            _set(layer, layer.keys.index_select(0, idx)[:, :, start:], layer.values.index_select(0, idx)[:, :, start:])
+
+
+def _set(layer: Any, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Give a cache layer new contents (a reserved layer copies them into buffers with room to grow)."""
+    if isinstance(layer, _ReservedLayer):
+        layer.adopt(keys, values)
+    else:
+        layer.keys, layer.values = keys, values
 
 
 class Engine:
@@ -146,12 +204,16 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.adapters = set(adapters)
-        self.use_adapter_names = bool(adapters)
+        from hone_trainer.serving import lora
+
+        self.stacked = lora.install(model, sorted(self.adapters)) if adapters else None
+        self.use_adapter_names = bool(adapters) and self.stacked is None
         self.device = next(model.parameters()).device
         config = model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         self.eos = set(int(t) for t in eos_token_ids)
         self.can_join = _full_attention_only(config)
+        self._cache_kwarg = _cache_kwarg(model)
         self._pending: deque[SequenceState] = deque()
         self._pending_lock = threading.Lock()
         self._batch = _Batch()
@@ -236,15 +298,17 @@ class Engine:
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
                  rows: list[SequenceState]) -> tuple[torch.Tensor, Any]:
         kwargs: dict[str, Any] = {}
-        if self.use_adapter_names:
+        if self.stacked is not None:
+            self.stacked.select([r.adapter for r in rows], self.device)
+        elif self.use_adapter_names:
             kwargs["adapter_names"] = [r.adapter for r in rows]
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1, **kwargs)
-        return out.logits[:, -1, :].float(), out.past_key_values
+        kwargs[self._cache_kwarg] = cache
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **kwargs)
+        cache = getattr(out, "cache", None)
+        return out.logits[:, -1, :].float(), cache if cache is not None else out.past_key_values
 
     def _prefill(self, seqs: list[SequenceState]) -> None:
-        from transformers import DynamicCache
-
         longest = max(len(s.prompt_ids) for s in seqs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(seqs), longest), pad, dtype=torch.long)
@@ -255,6 +319,8 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         logits, cache = self._forward(ids, mask, positions, DynamicCache(), seqs)
+        if self.can_join:  # from now on, steps append in place
+            cache.layers[:] = [_ReservedLayer.holding(layer.keys, layer.values) for layer in cache.layers]
         for s in seqs:
             s.prefilled = True
         new = _Batch()
@@ -365,6 +431,15 @@ class Engine:
             return
         seq.finished = True
         seq.emit(GenerationEvent(finished=True, finish_reason=reason, error=error, tokens=len(seq.generated)))
+
+
+def _cache_kwarg(model: Any) -> str:
+    """``cache``, the name transformers 5.24 gave the KV cache argument, where the model takes it;
+    ``past_key_values`` (deprecated there, the only name before) otherwise."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _full_attention_only(config: Any) -> bool:

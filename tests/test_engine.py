@@ -1,0 +1,139 @@
+"""The serving engine on its own: continuous batching gives each request the answer it would get alone."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from hone_trainer.serving.engine import RESERVE, Engine, GenerationEvent, SamplingParams, SequenceState
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(tiny))
+
+
+class Tracked:
+    """A sequence plus the signals a test waits on: its n-th token, and its end."""
+
+    def __init__(self, prompt: list[int], max_tokens: int) -> None:
+        self.ended = threading.Event()
+        self.progress = threading.Condition()
+        self.tokens = 0
+        self.last: GenerationEvent | None = None
+        self.seq = SequenceState(prompt_ids=prompt, adapter="__base__",
+                                 params=SamplingParams(max_tokens=max_tokens, temperature=0), emit=self._emit)
+
+    def _emit(self, event: GenerationEvent) -> None:
+        with self.progress:
+            self.tokens = event.tokens
+            self.last = event
+            self.progress.notify_all()
+        if event.finished:
+            self.ended.set()
+
+    def wait_tokens(self, n: int) -> None:
+        with self.progress:
+            assert self.progress.wait_for(lambda: self.tokens >= n or self.ended.is_set(), timeout=120)
+
+
+def alone(model, prompt: list[int], max_tokens: int) -> list[int]:
+    import torch
+
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                             min_new_tokens=max_tokens, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def test_staggered_requests_get_the_tokens_they_would_get_alone(model_and_tokenizer) -> None:
+    """Requests join a running batch at different times, with prompts of different lengths, finish at
+    different times, and run past the cache's reserved room (so it grows while others are in the batch):
+    each one's greedy tokens are exactly what ``generate`` gives it on its own."""
+    model, tok = model_and_tokenizer
+    texts = ["Bearings should be cleaned", "Returns are accepted within 30 days with the original receipt.",
+             "Hola", "The deck is seven-ply Canadian maple. Grip tape lasts about six months. Our wheels"]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    budgets = [RESERVE + 40, 12, RESERVE + 10, 30]  # two outlive the reserved room, two leave early
+    engine = Engine(model, tok, max_batch_size=3)  # no EOS: every sequence runs to its budget
+    engine.start()
+    try:
+        first = Tracked(prompts[0], budgets[0])
+        engine.submit([first.seq])
+        first.wait_tokens(5)  # running: the next ones join a batch in progress
+        second, third = Tracked(prompts[1], budgets[1]), Tracked(prompts[2], budgets[2])
+        engine.submit([second.seq, third.seq])
+        third.wait_tokens(3)
+        fourth = Tracked(prompts[3], budgets[3])  # waits for a free row: the batch holds 3
+        engine.submit([fourth.seq])
+        for t in (first, second, third, fourth):
+            assert t.ended.wait(120)
+    finally:
+        engine.stop()
+    for t, prompt, budget in zip((first, second, third, fourth), prompts, budgets):
+        assert t.last is not None and t.last.finish_reason == "length", t.last
+        assert t.seq.generated == alone(model, prompt, budget)
+    assert fourth.seq.prefilled and engine.running == 0 and engine.waiting == 0
+
+
+@pytest.fixture(scope="module")
+def three_adapters(tiny: Path):
+    """The tiny model with three LoRA adapters of random, non-zero weights (two ranks, two scalings)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                             init_lora_weights=False), adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    model.add_adapter("c", LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                      init_lora_weights=False))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(tiny))
+
+
+def test_a_batch_mixing_adapters_gives_each_row_its_own_adapter(three_adapters) -> None:
+    """Rows on different adapters (of different ranks and targets) and on the base model share a batch,
+    join it at different times and leave it: each row's greedy tokens are what peft generates with that
+    adapter alone (or with adapters disabled, for the base)."""
+    model, tok = three_adapters
+    cases = [("a", "Bearings should be cleaned", RESERVE + 8), ("b", "Returns are accepted", 20),
+             ("__base__", "Hola", 30), ("c", "The deck is seven-ply Canadian maple.", 25), ("a", "Grip tape", 10)]
+    expected = []
+    for adapter, text, budget in cases:  # before the engine stacks the adapters into the model
+        prompt = tok(text)["input_ids"]
+        if adapter == "__base__":
+            with model.disable_adapter():
+                expected.append(alone(model, prompt, budget))
+        else:
+            model.set_adapter(adapter)
+            expected.append(alone(model, prompt, budget))
+    engine = Engine(model, tok, max_batch_size=4, adapters=["a", "b", "c"])
+    assert engine.stacked is not None  # plain LoRA everywhere: the stacked path, not peft's per-adapter loop
+    engine.start()
+    try:
+        tracked = [Tracked(tok(text)["input_ids"], budget) for _, text, budget in cases]
+        for t, (adapter, _, _) in zip(tracked, cases):
+            t.seq.adapter = adapter
+        engine.submit([tracked[0].seq])
+        tracked[0].wait_tokens(4)
+        engine.submit([t.seq for t in tracked[1:3]])
+        tracked[2].wait_tokens(2)
+        engine.submit([t.seq for t in tracked[3:]])  # one waits for a free row
+        for t in tracked:
+            assert t.ended.wait(120)
+    finally:
+        engine.stop()
+    for t, want, case in zip(tracked, expected, cases):
+        assert t.last is not None and t.last.finish_reason == "length", (case, t.last)
+        assert t.seq.generated == want, case
