@@ -28,7 +28,7 @@ def assert_imports_without(modules: str, forbidden: tuple[str, ...]) -> None:
 
 def test_operator_never_imports_torch_or_the_trainer_runtime() -> None:
     assert_imports_without("hone_operator.main, hone_operator.cli, hone_operator.startup, hone_operator.controller, "
-                           "hone_operator.api.crdgen",
+                           "hone_operator.api.crdgen, hone_operator.openai_api.app",
                            ("torch", "deepspeed", "transformers", "peft"))
 
 

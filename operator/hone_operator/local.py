@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,10 @@ def processes(ftj: FineTuneJob) -> int:
     return max(1, local_gpus(ftj.spec))
 
 
-def train(config_path: Path, nproc: int, progress_path: Path, on_progress: Any) -> int:
-    """Run the trainer; Ctrl-C asks it to checkpoint and stop (run again to resume)."""
+def train(config_path: Path, nproc: int, progress_path: Path, on_progress: Any,
+          stop: threading.Event | None = None) -> int:
+    """Run the trainer; Ctrl-C (or ``stop``, when set) asks it to checkpoint and stop (run again to resume):
+    the exit code is then 130."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("DS_ACCELERATOR", "cuda" if nproc > 1 or _has_cuda() else "cpu")
     if nproc == 1:
@@ -173,7 +176,10 @@ def train(config_path: Path, nproc: int, progress_path: Path, on_progress: Any) 
     try:
         while proc.poll() is None:
             _read_progress(progress_path, on_progress)
-            time.sleep(0.5)
+            if stop is not None and stop.wait(0.5):
+                raise KeyboardInterrupt
+            elif stop is None:
+                time.sleep(0.5)
     except KeyboardInterrupt:
         interrupted = True
         os.killpg(proc.pid, signal.SIGTERM)  # the trainer checkpoints and exits

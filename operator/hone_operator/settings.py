@@ -25,6 +25,18 @@ class PodResources(BaseModel):
     memory: str = Field("32Gi", description="Memory request and limit.")
 
 
+class CatalogModel(BaseModel):
+    """A base model the OpenAI-compatible API (``hone api``) fine-tunes when a client names it."""
+
+    uri: str = Field(description="Where the model is: embedded://, hf://<id>, pvc://, s3:// or a local path.")
+    revision: str | None = Field(None, description="Hub revision (a commit, tag or branch).")
+    description: str | None = Field(None, description="Shown nowhere but here: what the entry is for.")
+
+
+#: The catalog without settings: the model embedded in the runtime package.
+DEFAULT_CATALOG = {"smollm2-135m-instruct": CatalogModel(uri="embedded://smollm2-135m-instruct")}
+
+
 class OperatorSettings(BaseSettings):
     """Every knob of the operator, each with a documented default."""
 
@@ -89,6 +101,9 @@ class OperatorSettings(BaseSettings):
     lease_duration_seconds: int = Field(
         15, ge=5, le=300, description="A leader unseen for this long is replaced."
     )
+    catalog: dict[str, CatalogModel] = Field(
+        default_factory=lambda: dict(DEFAULT_CATALOG),
+        description="Base models by the name an OpenAI client gives as `model` (hone api).")
     kueue_enabled: bool = Field(
         True, description="Honour kueue.x-k8s.io/queue-name labels (create Jobs suspended for Kueue)."
     )

@@ -1,0 +1,63 @@
+"""``hone api``: OpenAI's fine-tuning API over Hone (:mod:`hone_operator.openai_api`)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from hone_operator.cli.common import fail, require_runtime
+
+
+@click.command()
+@click.option("--local", "local_mode", is_flag=True,
+              help="Keep files and jobs in --workdir and run them on this machine (no cluster).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, help="Port to listen on.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".hone/api"),
+              show_default=True, help="Where local mode keeps uploaded files, jobs, checkpoints and models.")
+@click.option("--api-keys-file", type=click.Path(dir_okay=False, exists=True),
+              help="Accepted API keys, one per line (default: any key, or none, is accepted).")
+def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: str | None) -> None:
+    """Serve OpenAI's fine-tuning API: files, fine_tuning.jobs (events, checkpoints, pause, resume, cancel),
+    models, and chat/completions routed by model name.
+
+    With --local, jobs run here one at a time with the local trainer (as `hone run`), and a model is served
+    by the built-in server, started when a request names it. Point the openai client at
+    http://HOST:PORT/v1; its project= (the OpenAI-Project header) keeps projects apart. Base models are the
+    settings' catalog (default: smollm2-135m-instruct, the embedded model).
+    """
+    import logging
+
+    if not local_mode:
+        fail("the cluster mode of `hone api` (FineTuneJobs through the Kubernetes API, TokenReview and "
+             "SubjectAccessReview) is not built yet; run `hone api --local` on one machine")
+    require_runtime("api --local", "hone_trainer.training.validate")
+    import uvicorn
+
+    from hone_operator.openai_api.app import Api, create_app
+    from hone_operator.openai_api.local import LocalStore, Worker
+    from hone_operator.openai_api.serving import ServerPool
+    from hone_operator.settings import load
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys = None
+    if api_keys_file:
+        keys = {line.strip() for line in Path(api_keys_file).read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    store = LocalStore(workdir, load())
+    worker = Worker(store)
+    pool = ServerPool(workdir.resolve())
+    app = create_app(Api(store, worker, pool, keys))
+    worker.start()
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler it found:
+    # this one, which leaves through the finally below (the trainer checkpoints, the model server stops).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    click.echo(f"OpenAI-compatible fine-tuning API at http://{host}:{port}/v1 (state in {workdir}); Ctrl-C stops")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        worker.stop()
+        pool.stop()

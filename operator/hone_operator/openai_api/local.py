@@ -1,0 +1,495 @@
+"""``hone api --local``: the API's state in a folder, its jobs run by the local trainer, its models served on demand.
+
+The folder stands in for the cluster: a FineTuneJob per job (the same object
+the operator drives, as JSON), its events, and the uploaded files::
+
+    <workdir>/projects/<project>/files/<file-id>/{record.json,content}
+    <workdir>/projects/<project>/jobs/<job-id>/{finetunejob.json,events.jsonl,run/}
+    <workdir>/output/<project>/<job-id>/{model,checkpoints}
+
+A project (OpenAI's ``OpenAI-Project`` header) is a namespace: every path is
+built from a project and an id that were checked against strict patterns
+first, so none leaves its project's folder, and a job or file of another
+project is simply not found.
+
+One worker thread runs the jobs, oldest first, one at a time, through the
+steps the operator takes in a cluster: ValidatingFiles (the same validator),
+Queued, Running (the same trainer, as ``hone run`` starts it), then
+Succeeded, Failed or Cancelled. Pausing stops the trainer at a checkpoint
+(Suspended); resuming queues the job again and training continues from that
+checkpoint. A job that was Running when ``hone api`` stopped resumes when it
+starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from hone_operator.api.v1alpha1 import FineTuneJob
+from hone_operator.openai_api import objects
+from hone_operator.openai_api.errors import ApiError, bad_request, not_found
+from hone_operator.openai_api.requests import JobCreate
+from hone_operator.settings import OperatorSettings
+
+log = logging.getLogger("hone.api")
+
+PROJECT = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DEFAULT_PROJECT = "default"
+#: The largest upload accepted (OpenAI's limit for fine-tuning files is 512 MB).
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON in one step: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+class LocalStore:
+    """Files, FineTuneJobs and events of every project, in a folder."""
+
+    def __init__(self, root: Path, settings: OperatorSettings) -> None:
+        self.root = root.resolve()
+        self.settings = settings
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)  # notified on every job write
+
+    # ---- paths ------------------------------------------------------------------------------
+
+    def project_dir(self, project: str) -> Path:
+        if not PROJECT.match(project):
+            raise bad_request(f"OpenAI-Project {project!r}: a project is a lowercase name of letters, digits and "
+                              "'-' (at most 63), like a Kubernetes namespace", "OpenAI-Project")
+        return self.root / "projects" / project
+
+    def _file_dir(self, project: str, file_id: str) -> Path:
+        if not objects.FILE_ID.match(file_id):
+            raise not_found("file", file_id)
+        return self.project_dir(project) / "files" / file_id
+
+    def job_dir(self, project: str, job_id: str) -> Path:
+        if not objects.JOB_ID.match(job_id):
+            raise not_found("job", job_id)
+        return self.project_dir(project) / "jobs" / job_id
+
+    def output_root(self) -> Path:
+        return self.root / "output"
+
+    # ---- files ------------------------------------------------------------------------------
+
+    def create_file(self, project: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+        file_id = objects.new_id("file")
+        folder = self._file_dir(project, file_id)
+        folder.mkdir(parents=True)
+        (folder / "content").write_bytes(content)
+        record = {"id": file_id, "bytes": len(content), "created_at": now(), "filename": filename,
+                  "purpose": purpose}
+        _write_json(folder / "record.json", record)
+        return record
+
+    def get_file(self, project: str, file_id: str, param: str | None = None) -> dict[str, Any]:
+        path = self._file_dir(project, file_id) / "record.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise not_found("file", file_id, param) from None
+
+    def file_content(self, project: str, file_id: str) -> Path:
+        self.get_file(project, file_id)
+        return self._file_dir(project, file_id) / "content"
+
+    def list_files(self, project: str) -> list[dict[str, Any]]:
+        folder = self.project_dir(project) / "files"
+        records = []
+        for child in folder.iterdir() if folder.is_dir() else []:
+            try:
+                records.append(json.loads((child / "record.json").read_text()))
+            except (OSError, ValueError):
+                continue  # a file being deleted
+        return records
+
+    def delete_file(self, project: str, file_id: str) -> None:
+        folder = self._file_dir(project, file_id)
+        self.get_file(project, file_id)
+        with self.lock:
+            for job in self.list_jobs(project):
+                ann = objects.annotations(job)
+                active = not (job.status.phase and job.status.phase.terminal)
+                if active and file_id in (ann.get(objects.TRAINING_FILE), ann.get(objects.VALIDATION_FILE)):
+                    raise bad_request(f"file {file_id} is the data of job {job.metadata.name}, which has not "
+                                      "finished; cancel the job first", "file_id")
+            trash = folder.with_name(f".deleted-{file_id}")
+            os.replace(folder, trash)  # gone from listings at once
+            shutil.rmtree(trash, ignore_errors=True)
+
+    # ---- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, project: str, req: JobCreate) -> FineTuneJob:
+        catalog = self.settings.catalog
+        if req.model not in catalog:
+            raise ApiError(404, f"The model '{req.model}' does not exist or is not available for fine-tuning here. "
+                                f"Available: {', '.join(sorted(catalog))}.", param="model", code="model_not_found")
+        hp = req.resolved_hyperparameters()
+        suffix = req.hone_suffix()
+        if req.integrations:
+            kinds = sorted({str(i.get("type")) for i in req.integrations})
+            raise bad_request(f"integrations {kinds} are not supported by Hone: its metrics are in Prometheus and "
+                              "in the job's events; remove integrations", "integrations", "unsupported_integration")
+        data = {}
+        for param, file_id in (("training_file", req.training_file), ("validation_file", req.validation_file)):
+            if file_id is None:
+                continue
+            record = self.get_file(project, file_id, param)
+            if record["purpose"] != "fine-tune":
+                raise bad_request(f"{file_id} was uploaded with purpose {record['purpose']!r}; upload the data "
+                                  "with purpose 'fine-tune'", param, "invalid_file_purpose")
+            data[param] = {"uri": f"file://{self.file_content(project, file_id)}"}
+        job_id = objects.new_id("ftjob")
+        entry = catalog[req.model]
+        hyper: dict[str, Any] = {"epochs": hp.n_epochs or "auto", "batchSize": hp.batch_size or "auto",
+                                 "learningRateMultiplier": hp.learning_rate_multiplier or "auto"}
+        if req.seed is not None:
+            hyper["seed"] = req.seed
+        annotations = {objects.MODEL: req.model, objects.TRAINING_FILE: req.training_file}
+        if req.validation_file:
+            annotations[objects.VALIDATION_FILE] = req.validation_file
+        if req.metadata is not None:
+            annotations[objects.METADATA] = json.dumps(req.metadata)
+        doc = {
+            "metadata": {"name": job_id, "namespace": project, "uid": job_id.removeprefix("ftjob-"),
+                         "labels": {objects.CREATED_BY: "hone-api"}, "annotations": annotations,
+                         "creationTimestamp": datetime.now(timezone.utc).isoformat(), "generation": 1},
+            "spec": {"baseModel": {"uri": entry.uri, **({"revision": entry.revision} if entry.revision else {})},
+                     "trainingData": data["training_file"],
+                     **({"validationData": data["validation_file"]} if "validation_file" in data else {}),
+                     "hyperparameters": hyper, "suffix": suffix,
+                     "output": {"uri": f"file://{self.output_root()}"}},
+            "status": {"phase": "ValidatingFiles"},
+        }
+        ftj = FineTuneJob.model_validate(doc)
+        folder = self.job_dir(project, job_id)
+        folder.mkdir(parents=True)
+        with self.lock:
+            self._save(folder, ftj)
+            self.add_event(project, job_id, f"Created fine-tuning job: {job_id}")
+        return ftj
+
+    def _save(self, folder: Path, ftj: FineTuneJob) -> None:
+        _write_json(folder / "finetunejob.json", ftj.model_dump(mode="json", by_alias=True, exclude_none=True))
+        self.changed.notify_all()
+
+    def get_job(self, project: str, job_id: str) -> FineTuneJob:
+        path = self.job_dir(project, job_id) / "finetunejob.json"
+        try:
+            return FineTuneJob.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise not_found("job", job_id) from None
+
+    def list_jobs(self, project: str) -> list[FineTuneJob]:
+        """The project's jobs, newest first."""
+        folder = self.project_dir(project) / "jobs"
+        jobs = []
+        for child in folder.iterdir() if folder.is_dir() else []:
+            try:
+                jobs.append(self.get_job(project, child.name))
+            except ApiError:
+                continue
+        return sorted(jobs, key=lambda j: (j.metadata.creationTimestamp, j.metadata.name), reverse=True)
+
+    def projects(self) -> list[str]:
+        folder = self.root / "projects"
+        return sorted(p.name for p in folder.iterdir() if PROJECT.match(p.name)) if folder.is_dir() else []
+
+    def update_job(self, project: str, job_id: str, change: Callable[[FineTuneJob], None]) -> FineTuneJob:
+        """Read, change and write a job under the store's lock (no write is lost to another)."""
+        with self.lock:
+            ftj = self.get_job(project, job_id)
+            change(ftj)
+            self._save(self.job_dir(project, job_id), ftj)
+            return ftj
+
+    # ---- events -----------------------------------------------------------------------------
+
+    def add_event(self, project: str, job_id: str, message: str, level: str = "info", type: str = "message",  # noqa: A002
+                  data: Any = None) -> None:
+        with self.lock:
+            path = self.job_dir(project, job_id) / "events.jsonl"
+            count = sum(1 for _ in path.open()) if path.exists() else 0
+            event = {"id": f"ftevent-{job_id.removeprefix('ftjob-')}-{count:06d}", "created_at": now(),
+                     "level": level, "message": message, "type": type, "data": data}
+            with path.open("a") as fp:
+                fp.write(json.dumps(event) + "\n")
+
+    def events(self, project: str, job_id: str) -> list[dict[str, Any]]:
+        """The job's events, newest first (as OpenAI lists them)."""
+        self.get_job(project, job_id)
+        path = self.job_dir(project, job_id) / "events.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in reversed(lines) if line.strip()]
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def checkpoint_root(self, ftj: FineTuneJob) -> Path:
+        return self.output_root() / (ftj.metadata.namespace or DEFAULT_PROJECT) / ftj.metadata.name / "checkpoints"
+
+    def checkpoints(self, project: str, job_id: str) -> list[dict[str, Any]]:
+        """The job's complete checkpoints, newest first."""
+        from hone_trainer.training.checkpoints import MARKER, CheckpointStore
+
+        ftj = self.get_job(project, job_id)
+        out = []
+        for ckpt in reversed(CheckpointStore(self.checkpoint_root(ftj), keep=0).complete()):
+            created = int((ckpt.path / MARKER).stat().st_mtime)
+            out.append(objects.checkpoint_object(ftj, ckpt.step, created, ckpt.meta))
+        return out
+
+
+class Worker:
+    """Runs the store's jobs, oldest first, one at a time, as the operator would in a cluster."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self._shutdown = threading.Event()
+        self._interrupt = threading.Event()  # stops the trainer of the running job (pause, cancel, shutdown)
+        self._thread = threading.Thread(target=self._loop, name="hone-api-worker", daemon=True)
+        self.current: tuple[str, str] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 120) -> None:
+        self._shutdown.set()
+        self._interrupt.set()
+        with self.store.lock:
+            self.store.changed.notify_all()
+        self._thread.join(timeout)
+
+    def interrupt(self, project: str, job_id: str) -> None:
+        """Stop the trainer if it is running this job (the job's spec says why: suspend or cancel)."""
+        if self.current == (project, job_id):
+            self._interrupt.set()
+
+    def _next(self) -> tuple[str, str] | None:
+        runnable = []
+        for project in self.store.projects():
+            for ftj in self.store.list_jobs(project):
+                phase = ftj.status.phase.value if ftj.status.phase else "ValidatingFiles"
+                if phase in ("ValidatingFiles", "Queued", "Running") and not ftj.spec.suspend and not ftj.spec.cancel:
+                    runnable.append((ftj.metadata.creationTimestamp, project, ftj.metadata.name))
+        return min(runnable)[1:] if runnable else None
+
+    def _loop(self) -> None:
+        while not self._shutdown.is_set():
+            with self.store.lock:
+                picked = self._next()
+                if picked is None:
+                    self.store.changed.wait(5)
+                    continue
+                self.current = picked
+                self._interrupt.clear()
+            try:
+                self._run(*picked)
+            except Exception as exc:  # noqa: BLE001 - this job fails, the worker goes on
+                log.exception("job %s/%s failed", *picked)
+                try:
+                    self._fail(*picked, "internal_error", f"Hone could not run the job: {exc}", None)
+                except Exception:  # noqa: BLE001 - e.g. its folder is gone: nothing left to record it in
+                    log.exception("job %s/%s: recording the failure failed too", *picked)
+                    time.sleep(1)  # never a hot loop over a job that cannot be recorded
+            finally:
+                self.current = None
+
+    # ---- one job ----------------------------------------------------------------------------
+
+    def _set(self, project: str, job_id: str, **status: Any) -> FineTuneJob:
+        def change(ftj: FineTuneJob) -> None:
+            merged = {**ftj.status.model_dump(by_alias=True, exclude_none=True), **status}
+            ftj.status = type(ftj.status).model_validate(merged)
+        return self.store.update_job(project, job_id, change)
+
+    def _fail(self, project: str, job_id: str, code: str, message: str, param: str | None) -> None:
+        self._set(project, job_id, phase="Failed", error={"code": code, "message": message, "param": param},
+                  completionTime=datetime.now(timezone.utc))
+        self.store.add_event(project, job_id, f"The job failed: {message}", level="error")
+
+    def _run(self, project: str, job_id: str) -> None:
+        from hone_operator import local
+        from hone_trainer import contract
+
+        store = self.store
+        ftj = store.get_job(project, job_id)
+        folder = store.job_dir(project, job_id)
+        run_dir = folder / "run"
+        run_dir.mkdir(exist_ok=True)
+        try:
+            config = local.build_config(ftj, folder / "finetunejob.json", run_dir, store.settings)
+        except local.LocalSpecError as exc:
+            self._fail(project, job_id, "invalid_spec", str(exc), exc.param)
+            return
+        config_path = run_dir / "config.json"
+        config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
+        if ftj.status.phase is None or ftj.status.phase.value == "ValidatingFiles":
+            if not self._validate(project, job_id, config):
+                return
+            ftj = store.get_job(project, job_id)  # with the checkpoint interval the data gave
+            config = local.build_config(ftj, folder / "finetunejob.json", run_dir, store.settings)
+            config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
+        if self._stopped(project, job_id):
+            return
+        started = ftj.status.startTime or datetime.now(timezone.utc)
+        self._set(project, job_id, phase="Running", startTime=started)
+        store.add_event(project, job_id, "Fine-tuning job started")
+        (run_dir / "result.json").unlink(missing_ok=True)
+        seen = {"step": -1}
+
+        def on_progress(p: contract.Progress) -> None:
+            self._set(project, job_id, progress=p.to_json_dict())
+            if p.step > seen["step"] and p.total_steps:
+                seen["step"] = p.step
+                data = {"step": p.step, "total_steps": p.total_steps, "train_loss": p.train_loss,
+                        "valid_loss": p.validation_loss, "trained_tokens": p.trained_tokens}
+                loss = f", training loss={p.train_loss:.4f}" if p.train_loss is not None else ""
+                store.add_event(project, job_id, f"Step {p.step}/{p.total_steps}{loss}", type="metrics", data=data)
+
+        rc = local.train(config_path, local.processes(ftj), Path(config.progress.path or ""), on_progress,
+                         stop=self._interrupt)
+        if rc == 130:
+            self._stopped(project, job_id)  # paused or cancelled: it says so; shutdown: it stays Running
+            return
+        self._finish(project, job_id, rc, run_dir)
+
+    def _validate(self, project: str, job_id: str, config: Any) -> bool:
+        from hone_operator.reconcile.finetunejob import dataset_status, estimate_status
+        from hone_trainer import models
+        from hone_trainer.training.formatting import TemplateError
+        from hone_trainer.training.validate import validate
+
+        store = self.store
+        store.add_event(project, job_id, "Validating training file")
+        try:
+            model = models.resolve(config.base_model)
+            tokenizer = models.load_tokenizer(model, trust_remote_code=config.base_model.trust_remote_code)
+            result = validate(config, tokenizer, models.shape_or_none(model, config.base_model.trust_remote_code))
+        except (models.ModelError, TemplateError) as exc:
+            self._fail(project, job_id, "invalid_model", f"the base model cannot be used: {exc}", "model")
+            return False
+        if not result.ok:
+            first = result.problems[0] if result.problems else None
+            kind = "validation" if first is not None and first.file == "validation" else "training"
+            self._fail(project, job_id, f"invalid_{kind}_file", f"The job failed due to an invalid {kind} file: "
+                       f"{result.summary}", f"{kind}_file")
+            return False
+        # As on OpenAI, a checkpoint at the end of each epoch, the last three kept.
+        assert result.hyperparameters is not None
+        per_epoch = max(1, -(-result.examples // result.hyperparameters.batch_size))
+
+        def checkpoint_each_epoch(ftj: FineTuneJob) -> None:
+            ftj.spec.checkpointing = type(ftj.spec.checkpointing)(intervalSteps=per_epoch, keep=3)
+
+        store.update_job(project, job_id, checkpoint_each_epoch)
+        self._set(project, job_id, phase="Queued", dataset=dataset_status(result),
+                  estimate=estimate_status(result, store.settings))
+        store.add_event(project, job_id, f"Files validated: {result.summary}; "
+                                         f"estimated cost ${store.settings.prices.training * result.billable_training_tokens / 1e6:.4f}")
+        store.add_event(project, job_id, "Fine-tuning job queued")
+        return True
+
+    def _stopped(self, project: str, job_id: str) -> bool:
+        """Whether the job was paused or cancelled meanwhile (and if so, its status says so now)."""
+        ftj = self.store.get_job(project, job_id)
+        if ftj.spec.cancel:
+            self._set(project, job_id, phase="Cancelled", completionTime=datetime.now(timezone.utc))
+            self.store.add_event(project, job_id, "Fine-tuning job cancelled")
+            return True
+        if ftj.spec.suspend:
+            self._set(project, job_id, phase="Suspended")
+            self.store.add_event(project, job_id, "Fine-tuning job paused; its checkpoints are kept")
+            return True
+        return self._shutdown.is_set()
+
+    def _finish(self, project: str, job_id: str, rc: int, run_dir: Path) -> None:
+        from hone_trainer import contract
+
+        store = self.store
+        raw = (run_dir / "result.json").read_text() if (run_dir / "result.json").exists() else None
+        result = contract.parse_result(raw, contract.TrainingResult)
+        if rc != 0 or not isinstance(result, contract.TrainingResult) or not result.ok:
+            message = result.message if isinstance(result, contract.TrainingResult) and result.message else \
+                f"the trainer exited with code {rc}; its log: {run_dir / 'trainer.log'}"
+            code = result.error_code if isinstance(result, contract.TrainingResult) and result.error_code else \
+                "training_failed"
+            self._fail(project, job_id, code, message, None)
+            return
+        result_files = []
+        try:
+            losses = json.loads((Path(result.artifact_uri or "") / "manifest.json").read_text()).get("losses") or {}
+            csv = objects.results_csv(losses.get("trainCurve") or [], losses.get("validationCurve") or [])
+            record = store.create_file(project, "step_metrics.csv", "fine-tune-results", csv.encode())
+            result_files.append(record["id"])
+        except (OSError, ValueError) as exc:
+            log.warning("job %s: no results file: %s", job_id, exc)
+
+        def change(ftj: FineTuneJob) -> None:
+            ftj.metadata.annotations = {**objects.annotations(ftj), objects.RESULT_FILES: json.dumps(result_files)}
+            ftj.status = type(ftj.status).model_validate({
+                **ftj.status.model_dump(by_alias=True, exclude_none=True),
+                "phase": "Succeeded", "trainedTokens": result.trained_tokens,
+                "fineTunedModel": {"name": result.fine_tuned_model, "artifactUri": result.artifact_uri,
+                                   "manifestSha256": result.manifest_sha256},
+                "completionTime": datetime.now(timezone.utc)})
+
+        store.update_job(project, job_id, change)
+        store.add_event(project, job_id, f"New fine-tuned model created: {result.fine_tuned_model}")
+        store.add_event(project, job_id, "The job has successfully completed")
+
+
+def control(store: LocalStore, worker: Worker, project: str, job_id: str, action: str) -> FineTuneJob:
+    """Pause, resume or cancel a job, as ``spec.suspend`` / ``spec.cancel`` do in a cluster."""
+    with store.lock:
+        ftj = store.get_job(project, job_id)
+        status = objects.STATUS[ftj.status.phase.value if ftj.status.phase else "ValidatingFiles"]
+        if ftj.status.phase is not None and ftj.status.phase.terminal:
+            raise bad_request(f"Job {job_id} has already {'completed' if status == 'succeeded' else status} "
+                              f"(status {status}); only a job that has not finished can be {action}d",
+                              "fine_tuning_job_id", "job_already_finished")
+        if action == "resume" and not ftj.spec.suspend:
+            raise bad_request(f"Job {job_id} is not paused (status {status})", "fine_tuning_job_id",
+                              "job_not_paused")
+
+        def change(job: FineTuneJob) -> None:
+            if action == "cancel":
+                job.spec.cancel = True
+            else:
+                job.spec.suspend = action == "pause"
+
+        ftj = store.update_job(project, job_id, change)
+        running = worker.current == (project, job_id)
+        if running and action != "resume":
+            worker.interrupt(project, job_id)  # the worker records Cancelled / Suspended when the trainer stops
+        elif action == "cancel":
+            ftj = worker._set(project, job_id, phase="Cancelled", completionTime=datetime.now(timezone.utc))
+            store.add_event(project, job_id, "Fine-tuning job cancelled")
+        elif action == "pause":
+            ftj = worker._set(project, job_id, phase="Suspended")
+            store.add_event(project, job_id, "Fine-tuning job paused; its checkpoints are kept")
+        else:
+            suspended = ftj.status.phase is not None and ftj.status.phase.value == "Suspended"
+            phase = ("Queued" if ftj.status.dataset is not None else "ValidatingFiles") if suspended else None
+            if phase:
+                ftj = worker._set(project, job_id, phase=phase)
+            store.add_event(project, job_id, "Fine-tuning job resumed")
+        return ftj

@@ -1,0 +1,153 @@
+"""A FineTuneJob as OpenAI's ``fine_tuning.job``, and the API's other objects.
+
+The FineTuneJob is the record: what OpenAI's job object holds that the spec
+and status do not (the catalog name the client gave as ``model``, the file
+ids, ``metadata``, the result file) rides in annotations, so ``kubectl get
+ftj -o yaml`` shows everything the API answers with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import datetime
+from typing import Any
+
+from hone_operator.api.v1alpha1 import FineTuneJob
+
+ANNOTATION_PREFIX = "api.hone.dev/"
+MODEL = ANNOTATION_PREFIX + "model"  # the catalog name the client asked for
+TRAINING_FILE = ANNOTATION_PREFIX + "training-file"
+VALIDATION_FILE = ANNOTATION_PREFIX + "validation-file"
+METADATA = ANNOTATION_PREFIX + "metadata"  # JSON object
+RESULT_FILES = ANNOTATION_PREFIX + "result-files"  # JSON list of file ids
+MODEL_DELETED = ANNOTATION_PREFIX + "model-deleted"  # "true" once DELETE /v1/models/<it> was called
+#: Label on every FineTuneJob the API created (what GET /v1/fine_tuning/jobs lists).
+CREATED_BY = "api.hone.dev/created-by"
+
+JOB_ID = re.compile(r"^ftjob-[a-z0-9]{24}$")
+FILE_ID = re.compile(r"^file-[a-z0-9]{24}$")
+
+#: FineTuneJob phase -> OpenAI status. A suspended job is OpenAI's "paused".
+STATUS = {"ValidatingFiles": "validating_files", "Queued": "queued", "Running": "running", "Suspended": "paused",
+          "Succeeded": "succeeded", "Failed": "failed", "Cancelled": "cancelled"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def unix(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return int(value.timestamp())
+
+
+def annotations(ftj: FineTuneJob) -> dict[str, str]:
+    return ftj.metadata.annotations or {}
+
+
+def job_object(ftj: FineTuneJob, organization: str) -> dict[str, Any]:
+    """OpenAI's ``fine_tuning.job`` for a FineTuneJob: every field the openai client's model declares."""
+    ann = annotations(ftj)
+    status = ftj.status
+    spec = ftj.spec
+    phase = status.phase.value if status.phase is not None else "ValidatingFiles"
+    resolved = status.estimate.hyperparameters if status.estimate and status.estimate.hyperparameters else None
+    hp = {
+        "n_epochs": resolved.epochs if resolved else spec.hyperparameters.epochs,
+        "batch_size": resolved.batch_size if resolved else spec.hyperparameters.batchSize,
+        "learning_rate_multiplier": (resolved.learning_rate_multiplier if resolved
+                                     else spec.hyperparameters.learningRateMultiplier),
+    }
+    error = None
+    if status.error is not None and phase == "Failed":
+        error = {"code": status.error.code, "message": status.error.message, "param": status.error.param}
+    progress = status.progress
+    running = phase in ("Running", "Queued", "ValidatingFiles")
+    return {
+        "id": ftj.metadata.name,
+        "object": "fine_tuning.job",
+        "created_at": unix(ftj.metadata.creationTimestamp) or 0,
+        "error": error,
+        "fine_tuned_model": status.fineTunedModel.name if status.fineTunedModel else None,
+        "finished_at": unix(status.completionTime) if not running else None,
+        "hyperparameters": hp,
+        "model": ann.get(MODEL, spec.baseModel.uri),
+        "organization_id": organization,
+        "result_files": json.loads(ann.get(RESULT_FILES, "[]")),
+        "seed": spec.hyperparameters.seed,
+        "status": STATUS[phase],
+        "trained_tokens": status.trainedTokens if phase == "Succeeded" else None,
+        "training_file": ann.get(TRAINING_FILE, ""),
+        "validation_file": ann.get(VALIDATION_FILE),
+        "estimated_finish": unix(progress.estimated_finish) if progress and phase == "Running" else None,
+        "integrations": [],
+        "metadata": json.loads(ann[METADATA]) if METADATA in ann else None,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "user_provided_suffix": spec.suffix,
+    }
+
+
+def file_object(record: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``file`` from a stored file record."""
+    return {"id": record["id"], "object": "file", "bytes": record["bytes"], "created_at": record["created_at"],
+            "filename": record["filename"], "purpose": record["purpose"], "status": "processed",
+            "expires_at": None, "status_details": None}
+
+
+def event_object(event: dict[str, Any]) -> dict[str, Any]:
+    return {"id": event["id"], "object": "fine_tuning.job.event", "created_at": event["created_at"],
+            "level": event.get("level", "info"), "message": event["message"], "type": event.get("type", "message"),
+            "data": event.get("data")}
+
+
+def checkpoint_name(ftj: FineTuneJob, step: int) -> str:
+    """The name a checkpoint is requested by: the fine-tuned model's name (or what it will be) + ``:ckpt-step-N``."""
+    base = ftj.status.fineTunedModel.name if ftj.status.fineTunedModel else f"ft:{ftj.metadata.name}"
+    return f"{base}:ckpt-step-{step}"
+
+
+def checkpoint_object(ftj: FineTuneJob, step: int, created_at: int, meta: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``fine_tuning.job.checkpoint`` from a complete checkpoint's marker."""
+    valid = meta.get("validation_loss")
+    return {
+        "id": f"ftckpt-{ftj.metadata.name.removeprefix('ftjob-')}-{step}",
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": created_at,
+        "fine_tuned_model_checkpoint": checkpoint_name(ftj, step),
+        "fine_tuning_job_id": ftj.metadata.name,
+        "step_number": step,
+        "metrics": {"step": float(step), "train_loss": meta.get("train_loss"), "train_mean_token_accuracy": None,
+                    "valid_loss": valid, "valid_mean_token_accuracy": None, "full_valid_loss": valid,
+                    "full_valid_mean_token_accuracy": None},
+    }
+
+
+def model_object(name: str, created: int, owned_by: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": owned_by, "shutdown_date": None}
+
+
+def results_csv(train_curve: list[dict[str, Any]], validation_curve: list[dict[str, Any]]) -> str:
+    """OpenAI's per-step results file (``step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy``)
+    from the published manifest's loss curves; what Hone does not measure is left empty."""
+    valid = {p["step"]: p["loss"] for p in validation_curve}
+    lines = ["step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"]
+    for point in train_curve:
+        v = valid.get(point["step"])
+        lines.append(f"{point['step']},{point['loss']},,{'' if v is None else v},")
+    return "\n".join(lines) + "\n"
+
+
+def page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
+    """OpenAI's cursor page: the ``limit`` items after the one with id ``after`` (items newest first)."""
+    start = 0
+    if after:
+        ids = [i["id"] for i in items]
+        start = ids.index(after) + 1 if after in ids else len(items)
+    chunk = items[start:start + limit]
+    return {"object": "list", "data": chunk, "has_more": start + limit < len(items),
+            "first_id": chunk[0]["id"] if chunk else None, "last_id": chunk[-1]["id"] if chunk else None}
