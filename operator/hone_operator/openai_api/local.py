@@ -354,10 +354,14 @@ class Worker:
         self._set(project, job_id, phase="Running", startTime=started)
         store.add_event(project, job_id, "Fine-tuning job started")
         (run_dir / "result.json").unlink(missing_ok=True)
-        seen = {"step": -1}
+        seen: dict[str, Any] = {"step": -1, "report": None}
 
         def on_progress(p: contract.Progress) -> None:
-            self._set(project, job_id, progress=p.to_json_dict())
+            report = p.to_json_dict()
+            if report == seen["report"]:  # read again, not written again
+                return
+            seen["report"] = report
+            self._set(project, job_id, progress=report)
             if p.step > seen["step"] and p.total_steps:
                 seen["step"] = p.step
                 data = {"step": p.step, "total_steps": p.total_steps, "train_loss": p.train_loss,

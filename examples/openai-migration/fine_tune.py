@@ -1,0 +1,69 @@
+"""OpenAI's fine-tuning flow, unchanged but for ``base_url``, ``api_key`` and the model name, on Hone.
+
+Start the API first (one machine, no cluster; the embedded SmolLM2-135M-Instruct is in its catalog)::
+
+    hone api --local --port 8080
+
+then run this from the repository root::
+
+    python examples/openai-migration/fine_tune.py [--base-url http://127.0.0.1:8080/v1]
+
+It uploads the skateboard shop's support conversations, fine-tunes, follows the job's
+events, lists its checkpoints, and asks the base model and the fine-tuned one a held-out
+question whose answer (a 45-day return window) only the training data holds. Measured on 2
+CPU cores with other work running: 9 minutes 51 seconds, 48 steps; the fine-tune answered
+"If the return is within 45 days of delivery, we refund you ...", the base model did not
+name the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from openai import OpenAI
+
+DATA = Path(__file__).resolve().parents[1] / "skateboard-support"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", default="http://127.0.0.1:8080/v1")
+    args = parser.parse_args()
+
+    client = OpenAI(base_url=args.base_url, api_key="local")  # was: OpenAI()
+    training = client.files.create(file=open(DATA / "train.jsonl", "rb"), purpose="fine-tune")
+    validation = client.files.create(file=open(DATA / "validation.jsonl", "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="smollm2-135m-instruct",  # was: "gpt-4o-mini-2024-07-18"
+        training_file=training.id, validation_file=validation.id, suffix="ollie",
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 6, "batch_size": 8, "learning_rate_multiplier": 6}}},
+    )
+    print(f"created {job.id} ({job.status})")
+    seen: set[str] = set()
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        time.sleep(5)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+        for event in reversed(client.fine_tuning.jobs.list_events(job.id, limit=20).data):
+            if event.id not in seen:
+                seen.add(event.id)
+                print(f"  {event.message}")
+    if job.status != "succeeded":
+        raise SystemExit(f"the job {job.status}: {job.error}")
+    print(f"fine-tuned model: {job.fine_tuned_model} ({job.trained_tokens:,} trained tokens)")
+    for ckpt in client.fine_tuning.jobs.checkpoints.list(job.id):
+        print(f"  checkpoint at step {ckpt.step_number}: validation loss {ckpt.metrics.full_valid_loss:.3f}")
+
+    question = [  # held out: line 1 of validation.jsonl, as in the skateboard demo
+        {"role": "system", "content": "You are the customer support assistant of Ollie's Skate Supply, a skateboard "
+                                      "shop in Lisbon. Answer with the shop's own policies, briefly and precisely."},
+        {"role": "user", "content": "What is your return policy? I bought wheels last week."}]
+    for model in ("smollm2-135m-instruct", job.fine_tuned_model):
+        answer = client.chat.completions.create(model=model, messages=question, max_tokens=60, temperature=0)
+        print(f"{model}:\n  {answer.choices[0].message.content}")
+
+
+if __name__ == "__main__":
+    main()
