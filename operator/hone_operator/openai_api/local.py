@@ -354,6 +354,7 @@ class Worker:
         self._set(project, job_id, phase="Running", startTime=started)
         store.add_event(project, job_id, "Fine-tuning job started")
         (run_dir / "result.json").unlink(missing_ok=True)
+        Path(config.progress.path or run_dir / "progress.json").unlink(missing_ok=True)  # a paused run's last report
         seen: dict[str, Any] = {"step": -1, "report": None}
 
         def on_progress(p: contract.Progress) -> None:
