@@ -224,8 +224,8 @@ def test_pages_and_metadata_filters(api: str) -> None:
 def test_pause_and_resume_keep_the_checkpoints(api: str) -> None:
     c = client(api, project="pausing")
     f = c.files.create(file=("t.jsonl", examples(answer="Our wheels come in 52mm and 54mm.")), purpose="fine-tune")
-    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, hyperparameters={
-        "n_epochs": 20, "batch_size": 1, "learning_rate_multiplier": 10})
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, hyperparameters={  # 96 steps, 12 an epoch
+        "n_epochs": 8, "batch_size": 2, "learning_rate_multiplier": 10})
     first = wait_for("a first checkpoint", lambda: c.fine_tuning.jobs.checkpoints.list(job.id).data)
     paused = c.fine_tuning.jobs.pause(job.id)
     assert paused.status in ("running", "paused")
@@ -233,6 +233,7 @@ def test_pause_and_resume_keep_the_checkpoints(api: str) -> None:
     kept = c.fine_tuning.jobs.checkpoints.list(job.id).data
     assert first[0].step_number in [ck.step_number for ck in kept]
     steps_before = max(ck.step_number for ck in kept)
+    assert steps_before < 96
     assert c.fine_tuning.jobs.resume(job.id).status == "queued"
     done = finished(c, job.id)
     assert done.status == "succeeded", done.error
@@ -241,7 +242,7 @@ def test_pause_and_resume_keep_the_checkpoints(api: str) -> None:
     assert "Fine-tuning job paused; its checkpoints are kept" in messages
     resumed = messages.index("Fine-tuning job resumed")
     after = [e.data["step"] for e in events[:resumed] if e.type == "metrics"]
-    assert after and min(after) >= steps_before and max(after) == 480  # training went on from the checkpoint
+    assert after and min(after) >= steps_before and max(after) == 96  # training went on from the checkpoint
     assert done.trained_tokens == max(e.data["trained_tokens"] for e in events if e.type == "metrics")
     with pytest.raises(openai.BadRequestError):
         c.fine_tuning.jobs.resume(job.id)
