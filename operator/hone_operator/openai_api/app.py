@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -21,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from hone_operator import local
 from hone_operator.api.v1alpha1 import FineTuneJob
+from hone_operator.api.v1alpha1.finetunejob import BaseModelSpec
 from hone_operator.openai_api import objects
 from hone_operator.openai_api.errors import ApiError, bad_request
 from hone_operator.openai_api.files import check_upload
@@ -129,7 +132,7 @@ class Api:
         ftj = await run_in_threadpool(self.store.get_job, project, request.path_params["id"])
         return objects.job_object(ftj, self.organization(project))
 
-    def _control(self, action: str) -> Callable[[Request, str], Awaitable[Any]]:
+    def control(self, action: str) -> Callable[[Request, str], Awaitable[Any]]:
         async def handler(request: Request, project: str) -> Any:
             ftj = await run_in_threadpool(control, self.store, self.worker, project, request.path_params["id"],
                                           action)
@@ -196,9 +199,7 @@ class Api:
         self.pool.stop()  # a running server may hold it
         artifact = job.status.fineTunedModel.artifactUri
         if artifact and Path(artifact).is_dir() and self.store.output_root() in Path(artifact).resolve().parents:
-            import shutil
-
-            shutil.rmtree(artifact, ignore_errors=True)
+            shutil.rmtree(artifact, ignore_errors=True)  # only ever under the API's own output folder
         return {"id": name, "object": "model", "deleted": True}
 
     # ---- inference --------------------------------------------------------------------------
@@ -216,13 +217,10 @@ class Api:
             base_name = next((n for n, e in catalog.items() if e.uri == base_uri), base_uri)
         adapters = tuple(sorted((j.status.fineTunedModel.name, j.status.fineTunedModel.artifactUri or "")
                                 for j in tunes if j.spec.baseModel.uri == base_uri))
-        from hone_operator import local
-        from hone_operator.api.v1alpha1.finetunejob import BaseModelSpec
-
         location = local.base_model_source(BaseModelSpec(uri=base_uri), self.store.root).location
         return Target(project, base_name, location, adapters)
 
-    def _inference(self, path: str) -> Callable[[Request, str], Awaitable[Any]]:
+    def inference(self, path: str) -> Callable[[Request, str], Awaitable[Any]]:
         async def handler(request: Request, project: str) -> Any:
             body = await request.body()
             payload = _loads(body)
@@ -279,16 +277,16 @@ def create_app(api: Api) -> Starlette:
         Route(jobs, g(api.create_job), methods=["POST"]),
         Route(jobs, g(api.list_jobs), methods=["GET"]),
         Route(jobs + "/{id}", g(api.get_job), methods=["GET"]),
-        Route(jobs + "/{id}/cancel", g(api._control("cancel")), methods=["POST"]),
-        Route(jobs + "/{id}/pause", g(api._control("pause")), methods=["POST"]),
-        Route(jobs + "/{id}/resume", g(api._control("resume")), methods=["POST"]),
+        Route(jobs + "/{id}/cancel", g(api.control("cancel")), methods=["POST"]),
+        Route(jobs + "/{id}/pause", g(api.control("pause")), methods=["POST"]),
+        Route(jobs + "/{id}/resume", g(api.control("resume")), methods=["POST"]),
         Route(jobs + "/{id}/events", g(api.events), methods=["GET"]),
         Route(jobs + "/{id}/checkpoints", g(api.checkpoints), methods=["GET"]),
         Route("/v1/models", g(api.list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", g(api.get_model), methods=["GET"]),
         Route("/v1/models/{model:path}", g(api.delete_model), methods=["DELETE"]),
-        Route("/v1/chat/completions", g(api._inference("/v1/chat/completions")), methods=["POST"]),
-        Route("/v1/completions", g(api._inference("/v1/completions")), methods=["POST"]),
+        Route("/v1/chat/completions", g(api.inference("/v1/chat/completions")), methods=["POST"]),
+        Route("/v1/completions", g(api.inference("/v1/completions")), methods=["POST"]),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:
