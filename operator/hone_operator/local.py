@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +142,26 @@ def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: Oper
     )
 
 
+class ModelUnusable(Exception):
+    """The base model (or its tokenizer or chat template) cannot be used; the message says why."""
+
+
+def validate(config: contract.TrainerConfig) -> contract.ValidationResult:
+    """The ValidatingFiles step on this machine, with the base model's own tokenizer and chat template
+    (what ``hone validate``, ``hone run`` and ``hone api --local`` run)."""
+    from hone_trainer import models
+    from hone_trainer.training.formatting import TemplateError
+    from hone_trainer.training.validate import validate as run_validation
+
+    try:
+        model = models.resolve(config.base_model)
+        trust = config.base_model.trust_remote_code
+        tokenizer = models.load_tokenizer(model, trust_remote_code=trust)
+        return run_validation(config, tokenizer, models.shape_or_none(model, trust))
+    except (models.ModelError, TemplateError) as exc:
+        raise ModelUnusable(str(exc)) from exc
+
+
 def local_gpus(spec: Any) -> int:
     """GPUs a local run of ``spec`` uses: as many as it asks for, as far as this machine has them."""
     try:
@@ -173,13 +192,12 @@ def train(config_path: Path, nproc: int, progress_path: Path, on_progress: Any,
     log = open(config_path.parent / "trainer.log", "ab")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     interrupted = False
+    stop = stop or threading.Event()  # without one, only Ctrl-C stops it
     try:
         while proc.poll() is None:
             _read_progress(progress_path, on_progress)
-            if stop is not None and stop.wait(0.5):
+            if stop.wait(0.5):
                 raise KeyboardInterrupt
-            elif stop is None:
-                time.sleep(0.5)
     except KeyboardInterrupt:
         interrupted = True
         os.killpg(proc.pid, signal.SIGTERM)  # the trainer checkpoints and exits

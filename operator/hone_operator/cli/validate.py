@@ -111,16 +111,11 @@ def _jsonl_spec(model: str, max_seq_length: int) -> Any:
 def validate_config(config: Any, where: str) -> Any:
     """The ValidatingFiles step for a trainer config, with the base model's own tokenizer; a model
     that cannot be loaded fails with exit code 5, naming ``where`` it came from."""
-    from hone_trainer import models
-    from hone_trainer.training.formatting import TemplateError
-    from hone_trainer.training.validate import validate as run_validation
+    from hone_operator import local
 
     try:
-        model = models.resolve(config.base_model)
-        trust = config.base_model.trust_remote_code
-        tokenizer = models.load_tokenizer(model, trust_remote_code=trust)
-        return run_validation(config, tokenizer, models.shape_or_none(model, trust))
-    except (models.ModelError, TemplateError) as exc:
+        return local.validate(config)
+    except local.ModelUnusable as exc:
         fail(f"{where}: {exc}", 5)
 
 

@@ -24,9 +24,9 @@ its token's keys and values in place instead of copying the whole cache
 grow with what is already cached; the tensors are padded, concatenated and
 indexed only when sequences join or finish. The attention mask marks
 padding, and positions count real tokens only, so a sequence's logits do not
-depend on what else is in the batch (up to float rounding). Models with sliding-window or other non-standard cache layers
-are still served, but a batch then admits new sequences only when it is
-empty.
+depend on what else is in the batch (up to float rounding). Models with
+sliding-window or other non-standard cache layers are still served, but a
+batch then admits new sequences only when it is empty.
 """
 
 from __future__ import annotations
@@ -207,7 +207,6 @@ class Engine:
         from hone_trainer.serving import lora
 
         self.stacked = lora.install(model, sorted(self.adapters)) if adapters else None
-        self.use_adapter_names = bool(adapters) and self.stacked is None
         self.device = next(model.parameters()).device
         config = model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
@@ -300,7 +299,7 @@ class Engine:
         kwargs: dict[str, Any] = {}
         if self.stacked is not None:
             self.stacked.select([r.adapter for r in rows], self.device)
-        elif self.use_adapter_names:
+        elif self.adapters:  # adapters that could not be stacked: peft's per-adapter path
             kwargs["adapter_names"] = [r.adapter for r in rows]
         kwargs[self._cache_kwarg] = cache
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
