@@ -156,6 +156,11 @@ class Api:
                 if j.status.phase is not None and j.status.phase.value == "Succeeded" and j.status.fineTunedModel
                 and objects.annotations(j).get(objects.MODEL_DELETED) != "true"]
 
+    @staticmethod
+    def _named(tunes: list[FineTuneJob], name: str) -> FineTuneJob | None:
+        """The job of ``tunes`` (from :meth:`_fine_tunes`) whose fine-tuned model is ``name``."""
+        return next((j for j in tunes if j.status.fineTunedModel.name == name), None)
+
     def _models(self, project: str) -> list[dict[str, Any]]:
         out = [objects.model_object(name, self.started, "hone") for name in sorted(self.store.settings.catalog)]
         for job in self._fine_tunes(project):
@@ -188,7 +193,7 @@ class Api:
         if name in self.store.settings.catalog:
             raise ApiError(403, f"'{name}' is a base model of the catalog; only fine-tuned models can be deleted",
                            param="model", code="model_not_deletable")
-        job = next((j for j in self._fine_tunes(project) if j.status.fineTunedModel.name == name), None)
+        job = self._named(self._fine_tunes(project), name)
         if job is None:
             raise self._model_not_found(name, project)
 
@@ -210,7 +215,7 @@ class Api:
         if name in catalog:
             base_name, base_uri = name, catalog[name].uri
         else:
-            job = next((j for j in tunes if j.status.fineTunedModel.name == name), None)
+            job = self._named(tunes, name)
             if job is None:
                 raise self._model_not_found(name, project)
             base_uri = job.spec.baseModel.uri

@@ -39,6 +39,7 @@ from hone_operator.openai_api import objects
 from hone_operator.openai_api.errors import ApiError, bad_request, not_found
 from hone_operator.openai_api.requests import JobCreate
 from hone_operator.settings import OperatorSettings
+from hone_trainer.storage import write_atomically
 
 log = logging.getLogger("hone.api")
 
@@ -53,10 +54,13 @@ def now() -> int:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON in one step: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(value, indent=1, default=str))
+
+
+def merge_status(ftj: FineTuneJob, **status: Any) -> None:
+    """Set these keys of ``ftj.status`` (camelCase, as the status stores them), keeping the others."""
+    ftj.status = type(ftj.status).model_validate({**ftj.status.model_dump(by_alias=True, exclude_none=True),
+                                                  **status})
 
 
 class LocalStore:
@@ -67,6 +71,7 @@ class LocalStore:
         self.settings = settings
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)  # notified on every job write
+        self._event_counts: dict[Path, int] = {}  # events.jsonl -> its lines, counted once per process
 
     # ---- paths ------------------------------------------------------------------------------
 
@@ -214,6 +219,10 @@ class LocalStore:
         folder = self.root / "projects"
         return sorted(p.name for p in folder.iterdir() if PROJECT.match(p.name)) if folder.is_dir() else []
 
+    def set_status(self, project: str, job_id: str, **status: Any) -> FineTuneJob:
+        """Merge these ``status`` keys into the job's status (the rest stay as they are)."""
+        return self.update_job(project, job_id, lambda ftj: merge_status(ftj, **status))
+
     def update_job(self, project: str, job_id: str, change: Callable[[FineTuneJob], None]) -> FineTuneJob:
         """Read, change and write a job under the store's lock (no write is lost to another)."""
         with self.lock:
@@ -228,11 +237,14 @@ class LocalStore:
                   data: Any = None) -> None:
         with self.lock:
             path = self.job_dir(project, job_id) / "events.jsonl"
-            count = sum(1 for _ in path.open()) if path.exists() else 0
+            if path not in self._event_counts:
+                self._event_counts[path] = sum(1 for _ in path.open()) if path.exists() else 0
+            count = self._event_counts[path]
             event = {"id": f"ftevent-{job_id.removeprefix('ftjob-')}-{count:06d}", "created_at": now(),
                      "level": level, "message": message, "type": type, "data": data}
             with path.open("a") as fp:
                 fp.write(json.dumps(event) + "\n")
+            self._event_counts[path] = count + 1
 
     def events(self, project: str, job_id: str) -> list[dict[str, Any]]:
         """The job's events, newest first (as OpenAI lists them)."""
@@ -287,8 +299,8 @@ class Worker:
         runnable = []
         for project in self.store.projects():
             for ftj in self.store.list_jobs(project):
-                phase = ftj.status.phase.value if ftj.status.phase else "ValidatingFiles"
-                if phase in ("ValidatingFiles", "Queued", "Running") and not ftj.spec.suspend and not ftj.spec.cancel:
+                if objects.phase(ftj) in ("ValidatingFiles", "Queued", "Running") and not ftj.spec.suspend \
+                        and not ftj.spec.cancel:
                     runnable.append((ftj.metadata.creationTimestamp, project, ftj.metadata.name))
         return min(runnable)[1:] if runnable else None
 
@@ -315,14 +327,8 @@ class Worker:
 
     # ---- one job ----------------------------------------------------------------------------
 
-    def _set(self, project: str, job_id: str, **status: Any) -> FineTuneJob:
-        def change(ftj: FineTuneJob) -> None:
-            merged = {**ftj.status.model_dump(by_alias=True, exclude_none=True), **status}
-            ftj.status = type(ftj.status).model_validate(merged)
-        return self.store.update_job(project, job_id, change)
-
     def _fail(self, project: str, job_id: str, code: str, message: str, param: str | None) -> None:
-        self._set(project, job_id, phase="Failed", error={"code": code, "message": message, "param": param},
+        self.store.set_status(project, job_id, phase="Failed", error={"code": code, "message": message, "param": param},
                   completionTime=datetime.now(timezone.utc))
         self.store.add_event(project, job_id, f"The job failed: {message}", level="error")
 
@@ -342,7 +348,7 @@ class Worker:
             return
         config_path = run_dir / "config.json"
         config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
-        if ftj.status.phase is None or ftj.status.phase.value == "ValidatingFiles":
+        if objects.phase(ftj) == "ValidatingFiles":
             if not self._validate(project, job_id, config):
                 return
             ftj = store.get_job(project, job_id)  # with the checkpoint interval the data gave
@@ -351,7 +357,7 @@ class Worker:
         if self._stopped(project, job_id):
             return
         started = ftj.status.startTime or datetime.now(timezone.utc)
-        self._set(project, job_id, phase="Running", startTime=started)
+        self.store.set_status(project, job_id, phase="Running", startTime=started)
         store.add_event(project, job_id, "Fine-tuning job started")
         (run_dir / "result.json").unlink(missing_ok=True)
         Path(config.progress.path or run_dir / "progress.json").unlink(missing_ok=True)  # a paused run's last report
@@ -362,7 +368,7 @@ class Worker:
             if report == seen["report"]:  # read again, not written again
                 return
             seen["report"] = report
-            self._set(project, job_id, progress=report)
+            self.store.set_status(project, job_id, progress=report)
             if p.step > seen["step"] and p.total_steps:
                 seen["step"] = p.step
                 data = {"step": p.step, "total_steps": p.total_steps, "train_loss": p.train_loss,
@@ -378,18 +384,14 @@ class Worker:
         self._finish(project, job_id, rc, run_dir)
 
     def _validate(self, project: str, job_id: str, config: Any) -> bool:
+        from hone_operator import local
         from hone_operator.reconcile.finetunejob import dataset_status, estimate_status
-        from hone_trainer import models
-        from hone_trainer.training.formatting import TemplateError
-        from hone_trainer.training.validate import validate
 
         store = self.store
         store.add_event(project, job_id, "Validating training file")
         try:
-            model = models.resolve(config.base_model)
-            tokenizer = models.load_tokenizer(model, trust_remote_code=config.base_model.trust_remote_code)
-            result = validate(config, tokenizer, models.shape_or_none(model, config.base_model.trust_remote_code))
-        except (models.ModelError, TemplateError) as exc:
+            result = local.validate(config)
+        except local.ModelUnusable as exc:
             self._fail(project, job_id, "invalid_model", f"the base model cannot be used: {exc}", "model")
             return False
         if not result.ok:
@@ -406,7 +408,7 @@ class Worker:
             ftj.spec.checkpointing = type(ftj.spec.checkpointing)(intervalSteps=per_epoch, keep=3)
 
         store.update_job(project, job_id, checkpoint_each_epoch)
-        self._set(project, job_id, phase="Queued", dataset=dataset_status(result),
+        self.store.set_status(project, job_id, phase="Queued", dataset=dataset_status(result),
                   estimate=estimate_status(result, store.settings))
         store.add_event(project, job_id, f"Files validated: {result.summary}; "
                                          f"estimated cost ${store.settings.prices.training * result.billable_training_tokens / 1e6:.4f}")
@@ -417,11 +419,11 @@ class Worker:
         """Whether the job was paused or cancelled meanwhile (and if so, its status says so now)."""
         ftj = self.store.get_job(project, job_id)
         if ftj.spec.cancel:
-            self._set(project, job_id, phase="Cancelled", completionTime=datetime.now(timezone.utc))
+            self.store.set_status(project, job_id, phase="Cancelled", completionTime=datetime.now(timezone.utc))
             self.store.add_event(project, job_id, "Fine-tuning job cancelled")
             return True
         if ftj.spec.suspend:
-            self._set(project, job_id, phase="Suspended")
+            self.store.set_status(project, job_id, phase="Suspended")
             self.store.add_event(project, job_id, "Fine-tuning job paused; its checkpoints are kept")
             return True
         return self._shutdown.is_set()
@@ -450,12 +452,10 @@ class Worker:
 
         def change(ftj: FineTuneJob) -> None:
             ftj.metadata.annotations = {**objects.annotations(ftj), objects.RESULT_FILES: json.dumps(result_files)}
-            ftj.status = type(ftj.status).model_validate({
-                **ftj.status.model_dump(by_alias=True, exclude_none=True),
-                "phase": "Succeeded", "trainedTokens": result.trained_tokens,
-                "fineTunedModel": {"name": result.fine_tuned_model, "artifactUri": result.artifact_uri,
-                                   "manifestSha256": result.manifest_sha256},
-                "completionTime": datetime.now(timezone.utc)})
+            merge_status(ftj, phase="Succeeded", trainedTokens=result.trained_tokens,
+                         fineTunedModel={"name": result.fine_tuned_model, "artifactUri": result.artifact_uri,
+                                         "manifestSha256": result.manifest_sha256},
+                         completionTime=datetime.now(timezone.utc))
 
         store.update_job(project, job_id, change)
         store.add_event(project, job_id, f"New fine-tuned model created: {result.fine_tuned_model}")
@@ -466,7 +466,7 @@ def control(store: LocalStore, worker: Worker, project: str, job_id: str, action
     """Pause, resume or cancel a job, as ``spec.suspend`` / ``spec.cancel`` do in a cluster."""
     with store.lock:
         ftj = store.get_job(project, job_id)
-        status = objects.STATUS[ftj.status.phase.value if ftj.status.phase else "ValidatingFiles"]
+        status = objects.STATUS[objects.phase(ftj)]
         if ftj.status.phase is not None and ftj.status.phase.terminal:
             raise bad_request(f"Job {job_id} has already {'completed' if status == 'succeeded' else status} "
                               f"(status {status}); only a job that has not finished can be {action}d",
@@ -486,15 +486,14 @@ def control(store: LocalStore, worker: Worker, project: str, job_id: str, action
         if running and action != "resume":
             worker.interrupt(project, job_id)  # the worker records Cancelled / Suspended when the trainer stops
         elif action == "cancel":
-            ftj = worker._set(project, job_id, phase="Cancelled", completionTime=datetime.now(timezone.utc))
+            ftj = store.set_status(project, job_id, phase="Cancelled", completionTime=datetime.now(timezone.utc))
             store.add_event(project, job_id, "Fine-tuning job cancelled")
         elif action == "pause":
-            ftj = worker._set(project, job_id, phase="Suspended")
+            ftj = store.set_status(project, job_id, phase="Suspended")
             store.add_event(project, job_id, "Fine-tuning job paused; its checkpoints are kept")
         else:
-            suspended = ftj.status.phase is not None and ftj.status.phase.value == "Suspended"
-            phase = ("Queued" if ftj.status.dataset is not None else "ValidatingFiles") if suspended else None
-            if phase:
-                ftj = worker._set(project, job_id, phase=phase)
+            if objects.phase(ftj) == "Suspended":  # back in line: validated already, or still to validate
+                ftj = store.set_status(project, job_id,
+                                       phase="Queued" if ftj.status.dataset is not None else "ValidatingFiles")
             store.add_event(project, job_id, "Fine-tuning job resumed")
         return ftj

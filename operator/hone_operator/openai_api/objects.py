@@ -34,6 +34,11 @@ STATUS = {"ValidatingFiles": "validating_files", "Queued": "queued", "Running": 
           "Succeeded": "succeeded", "Failed": "failed", "Cancelled": "cancelled"}
 
 
+def phase(ftj: FineTuneJob) -> str:
+    """The job's phase; ValidatingFiles before anything has written one (a job just created)."""
+    return ftj.status.phase.value if ftj.status.phase is not None else "ValidatingFiles"
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
@@ -55,7 +60,7 @@ def job_object(ftj: FineTuneJob, organization: str) -> dict[str, Any]:
     ann = annotations(ftj)
     status = ftj.status
     spec = ftj.spec
-    phase = status.phase.value if status.phase is not None else "ValidatingFiles"
+    current = phase(ftj)
     resolved = status.estimate.hyperparameters if status.estimate and status.estimate.hyperparameters else None
     hp = {
         "n_epochs": resolved.epochs if resolved else spec.hyperparameters.epochs,
@@ -64,10 +69,10 @@ def job_object(ftj: FineTuneJob, organization: str) -> dict[str, Any]:
                                      else spec.hyperparameters.learningRateMultiplier),
     }
     error = None
-    if status.error is not None and phase == "Failed":
+    if status.error is not None and current == "Failed":
         error = {"code": status.error.code, "message": status.error.message, "param": status.error.param}
     progress = status.progress
-    running = phase in ("Running", "Queued", "ValidatingFiles")
+    running = current in ("Running", "Queued", "ValidatingFiles")
     return {
         "id": ftj.metadata.name,
         "object": "fine_tuning.job",
@@ -80,11 +85,11 @@ def job_object(ftj: FineTuneJob, organization: str) -> dict[str, Any]:
         "organization_id": organization,
         "result_files": json.loads(ann.get(RESULT_FILES, "[]")),
         "seed": spec.hyperparameters.seed,
-        "status": STATUS[phase],
-        "trained_tokens": status.trainedTokens if phase == "Succeeded" else None,
+        "status": STATUS[current],
+        "trained_tokens": status.trainedTokens if current == "Succeeded" else None,
         "training_file": ann.get(TRAINING_FILE, ""),
         "validation_file": ann.get(VALIDATION_FILE),
-        "estimated_finish": unix(progress.estimated_finish) if progress and phase == "Running" else None,
+        "estimated_finish": unix(progress.estimated_finish) if progress and current == "Running" else None,
         "integrations": [],
         "metadata": json.loads(ann[METADATA]) if METADATA in ann else None,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
