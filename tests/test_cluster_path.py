@@ -91,19 +91,29 @@ def _tiny_model(claim: Path) -> None:
         path.chmod(0o644)
 
 
-def _overlay(home: Path, name: str, epochs: int, interval: int) -> Path:
+def _overlay(home: Path, name: str, epochs: int, interval: int, **hyperparameters: Any) -> Path:
     """The example, with the tiny model on its claim and ``epochs``; nothing else changed."""
     folder = home / f"overlay-{name}"
     folder.mkdir()
     patch = [{"op": "replace", "path": "/spec/baseModel/uri", "value": "pvc://hone-models/base/tiny"},
              {"op": "replace", "path": "/spec/hyperparameters/epochs", "value": epochs},
              {"op": "replace", "path": "/spec/checkpointing/intervalSteps", "value": interval}]
+    patch += [{"op": "replace", "path": f"/spec/hyperparameters/{k}", "value": v} for k, v in hyperparameters.items()]
     (folder / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [os.path.relpath(EXAMPLE, folder)],
         "patches": [{"target": {"kind": "FineTuneJob", "name": "skateboard-support"},
                      "patch": yaml.safe_dump(patch)}]}))
     return folder
+
+
+def _recount(model: Path, data: Path) -> int:
+    """Tokens of one epoch of ``data``, counted without Hone: the chat template, rendered and tokenized."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    return sum(len(tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=True)["input_ids"])
+               for line in data.read_text().splitlines() if line.strip())
 
 
 def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -129,7 +139,8 @@ def test_the_operator_runs_as_the_charts_pod(cluster: Cluster) -> None:
 def test_kubectl_apply_trains_serves_and_meters(cluster: Cluster) -> None:
     cluster.kubectl("create", "namespace", NS)
     _tiny_model(cluster.node.state / "volumes" / NS / "hone-models")
-    overlay = _overlay(cluster.home, "main", epochs=2, interval=4)
+    # learningRateMultiplier auto: 2 for batches under 16 (OpenAI's heuristic), resolved by ValidatingFiles only.
+    overlay = _overlay(cluster.home, "main", epochs=2, interval=4, learningRateMultiplier="auto")
     out = cluster.kubectl("-n", NS, "apply", "-k", str(overlay)).stdout
     assert out.count("created") == 4
     cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Succeeded", "ftj/skateboard-support",
@@ -138,6 +149,14 @@ def test_kubectl_apply_trains_serves_and_meters(cluster: Cluster) -> None:
     status = ftj["status"]
     assert status["dataset"]["examples"] == 62 and status["trainedTokens"] > 0
     assert status["progress"]["step"] == status["progress"]["totalSteps"] == 16
+    # One resolution of auto: the trainer ran what the estimate describes, and billed exactly its tokens,
+    # counted here again with the tokenizer's own chat template.
+    assert status["estimate"]["hyperparameters"] == {"epochs": 2, "batchSize": 8, "learningRateMultiplier": 2.0}
+    config = json.loads(cluster.get("configmap/skateboard-support-config", "{.data.config\\.json}"))
+    assert (config["epochs"], config["batchSize"], config["learningRateMultiplier"]) == (2, 8, 2.0)
+    assert config["validated"] == {"examples": 62, "tokensPerEpoch": status["dataset"]["tokensPerEpoch"]}
+    assert status["trainedTokens"] == status["estimate"]["billableTrainingTokens"] == 2 * _recount(
+        cluster.node.state / "volumes" / NS / "hone-models" / "base" / "tiny", EXAMPLE / "train.jsonl")
     # The trainer patched its progress itself, from its pod, with its own ServiceAccount's token.
     trainer = f"system:serviceaccount:{NS}:skateboard-support-trainer"
     calls = cluster.audit(lambda audit: {(a.verb, a.resource, a.subresource, a.name, a.status)

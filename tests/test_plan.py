@@ -63,6 +63,28 @@ def test_a_converged_world_plans_nothing() -> None:
     assert plan(b, obs, SETTINGS, "2026-11-21T12:00:00Z").empty
 
 
+def test_the_training_job_runs_the_config_validation_resolved() -> None:
+    """The ConfigMap the validator read says auto; before the training Job that mounts it, it is brought in
+    line with the values and counts ValidatingFiles put in the status (the estimate)."""
+    import json
+
+    b = converge(body(), Observed())
+    hp = contract.resolve_hyperparameters(50)
+    good = contract.to_termination_message(contract.ValidationResult(
+        ok=True, examples=50, tokens_per_epoch=1000, hyperparameters=hp, billable_training_tokens=1000 * hp.epochs))
+    obs = Observed(validation_job=job("v", "Complete"), validation_pods=[pod("validator", 0, good)])
+    b = converge(b, obs)
+    p = plan(b, obs, SETTINGS, TS)
+    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "Job"]
+    config = contract.TrainerConfig.model_validate(json.loads(p.ensure[0]["data"][contract.CONFIG_FILE]))
+    assert not config.unresolved() and (config.epochs, config.batch_size) == (hp.epochs, hp.batch_size)
+    assert config.learning_rate_multiplier == hp.learning_rate_multiplier
+    assert config.validated == contract.ValidatedData(examples=50, tokens_per_epoch=1000)
+    validator = plan(body(), Observed(), SETTINGS, TS).ensure[0]
+    assert validator["metadata"]["name"] == p.ensure[0]["metadata"]["name"]
+    assert json.loads(validator["data"][contract.CONFIG_FILE])["epochs"] == "auto"
+
+
 def test_final_phases_are_never_left() -> None:
     """A final job creates, resumes and retries nothing, whatever its spec now says. It records the generation
     it saw (Argo CD showed an edited finished job as Progressing forever) and answers a reconcile request."""

@@ -400,3 +400,38 @@ def test_the_skateboard_example_is_trainable_with_smollm2() -> None:
     assert result.validation_overlap == 0 and result.duplicate_examples == 0
     languages = (folder / "train.jsonl").read_text()
     assert "Lisboa" in languages and "¿" in languages  # a few in Portuguese and Spanish
+
+
+def test_the_trainer_runs_what_validation_resolved_and_counted(tmp_path: Path) -> None:
+    """``auto`` is resolved once, by ValidatingFiles: the trainer takes the resolved config, holds the file to the
+    counts, and an example that truncation leaves without an assistant token counts for neither."""
+    from hone_trainer.training.trainer import DataError, Trainer, UnresolvedConfig
+
+    from hone_dev.tiny import make_tiny_llama
+
+    tokenizer = make_tokenizer(tmp_path / "model")
+    make_tiny_llama(tmp_path / "model")
+    path = tmp_path / "train.jsonl"
+    # 49 examples that train, and one whose prompt fills maxSeqLength: its reply is cut away whole.
+    path.write_text("\n".join(good_lines(49) + [chat("word " * 300, "Short.")]) + "\n")
+    config = config_for(path, max_seq_length=128, batch_size=8).model_copy(
+        update={"base_model": contract.ModelSource(location=str(tmp_path / "model"))})
+    result = validate(config, tokenizer)
+    assert result.ok and result.examples == 49
+    assert any("1 training example(s) lose every assistant token to truncation at maxSeqLength=128" in w
+               for w in result.warnings)
+    assert result.hyperparameters.epochs == 3  # ceil(100 / 49); counting the cut-away example would say 2
+
+    with pytest.raises(UnresolvedConfig, match="epochs, learning_rate_multiplier still auto"):
+        Trainer(config)._setup_data()
+    assert result.hyperparameters is not None
+    resolved = config.resolved(result.hyperparameters, result.examples, result.tokens_per_epoch)
+    trainer = Trainer(resolved)
+    trainer._setup_data()
+    assert trainer.hp == result.hyperparameters and trainer.total_steps == 7 * 3  # 49 / 8 per step, 3 epochs
+    assert sum(len(e.input_ids) for e in trainer.train_data) * trainer.hp.epochs == result.billable_training_tokens
+
+    # The same URI with other content (a file replaced while the job waited): refused, not trained and billed.
+    path.write_text("\n".join(good_lines(50)) + "\n")
+    with pytest.raises(DataError, match="changed since it was validated: it now has 50 trainable example"):
+        Trainer(resolved)._setup_data()

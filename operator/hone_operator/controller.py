@@ -347,7 +347,10 @@ class Controller:
                 log.info("created %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
             except Conflict:  # made by an earlier run of this reconcile: adopt it
                 created = None
-                if obj["kind"] == "Job":
+                if obj["kind"] == "ConfigMap":  # Hone's own rendering of the spec: brought in line
+                    self.kube.patch(obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"],
+                                    {"data": obj["data"]})
+                elif obj["kind"] == "Job":
                     created = self.kube.get(obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"])
             if created and created.get("kind") == "Job":
                 self._written_job(key, created)

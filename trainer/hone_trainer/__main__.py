@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hone_trainer.manifest import PublishError
     from hone_trainer.training.checkpoints import UnsafeCheckpoint
     from hone_trainer.training.report import ReportingForbidden
-    from hone_trainer.training.trainer import DataError, Preempted, Trainer
+    from hone_trainer.training.trainer import DataError, Preempted, Trainer, UnresolvedConfig
 
     config = load_config(args.config)
     trainer = Trainer(config)
@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Preempted as exc:
         print(f"hone-trainer: {exc}", file=sys.stderr)
         code = 143  # 128 + SIGTERM: the pod was asked to go; the next one resumes
-    except ds_config.DeepSpeedConfigError as exc:
+    except (ds_config.DeepSpeedConfigError, UnresolvedConfig) as exc:
         code, result = _training_error("invalid_config", exc)
     except ReportingForbidden as exc:
         code, result = _training_error("permission_denied", exc)

@@ -38,7 +38,11 @@ def run(manifest: Path, workdir: Path) -> None:
     config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
     (job_dir / "result.json").unlink(missing_ok=True)
 
-    _validate(manifest, config, settings, ftj.spec)
+    result = _validate(manifest, config, settings, ftj.spec)
+    assert result.hyperparameters is not None
+    # The trainer runs what validation resolved and counted (the estimate it printed), nothing it resolves again.
+    config = config.resolved(result.hyperparameters, result.examples, result.tokens_per_epoch)
+    config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
     rc = _train(config_path, local.processes(ftj), Path(config.progress.path or ""))
     if rc == 130:
         click.echo("Interrupted: a checkpoint was saved. Run the same command again to resume.", err=True)
@@ -46,13 +50,14 @@ def run(manifest: Path, workdir: Path) -> None:
     _report(job_dir, rc, settings.prices.training)
 
 
-def _validate(manifest: Path, config: Any, settings: Any, spec: Any) -> None:
+def _validate(manifest: Path, config: Any, settings: Any, spec: Any) -> Any:
     """The ValidatingFiles step and the memory estimate, printed; exits 4 when the data is not trainable."""
     click.echo(f"Validating {config.training_data.location} with the tokenizer of {config.base_model.location}")
     result = validate_config(config, f"{manifest}: spec.baseModel.uri")
     print_validation(config, result, settings.prices.training, memory_fit(spec, config, result, settings))
     if not result.ok:
         sys.exit(4)
+    return result
 
 
 def _train(config_path: Path, nproc: int, progress_path: Path) -> int:

@@ -334,6 +334,7 @@ class Worker:
 
     def _run(self, project: str, job_id: str) -> None:
         from hone_operator import local
+        from hone_operator.reconcile.finetunejob import training_config
         from hone_trainer import contract
 
         store = self.store
@@ -346,14 +347,15 @@ class Worker:
         except local.LocalSpecError as exc:
             self._fail(project, job_id, "invalid_spec", str(exc), exc.param)
             return
-        config_path = run_dir / "config.json"
-        config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
         if objects.phase(ftj) == "ValidatingFiles":
             if not self._validate(project, job_id, config):
                 return
             ftj = store.get_job(project, job_id)  # with the checkpoint interval the data gave
             config = local.build_config(ftj, folder / "finetunejob.json", run_dir, store.settings)
-            config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
+        # What ValidatingFiles resolved and counted, also when a paused or interrupted job resumes.
+        config = training_config(config, ftj.status.model_dump(by_alias=True, exclude_none=True))
+        config_path = run_dir / "config.json"
+        config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
         if self._stopped(project, job_id):
             return
         started = ftj.status.startTime or datetime.now(timezone.utc)

@@ -309,10 +309,13 @@ class _Lifecycle:
             return True
         if not self.memory_fits():
             return False
-        # The config and RBAC were created before the validation Job (same
-        # ensure list, in order), so an existing validation Job proves them.
+        # The config with what ValidatingFiles resolved replaces the one the validator read (the controller
+        # brings an existing ConfigMap in line), before the Job that mounts it. The RBAC was created before the
+        # validation Job (same ensure list, in order), so an existing validation Job proves it.
+        self.plan.ensure.append(ftj_build.config_map(self.ftj, training_config(self.job.config, self.status.desired),
+                                                     self.job.storage))
         if self.observed.validation_job is None:
-            self.plan.ensure += self._config_and_rbac()
+            self.plan.ensure += ftj_build.trainer_rbac(self.ftj)
         if self.ftj.spec.resources.nodes > 1:
             self.plan.ensure.append(jobs.headless_service(self.ftj, self.settings))
         suspend = self.ftj.spec.suspend or self.kueue
@@ -388,6 +391,14 @@ class _Lifecycle:
             self.status.set_phase(Phase.RUNNING, f"Training with {nodes} node(s)")
         else:
             self.status.waiting(False, False, self.names.training_job, blocked_pod(self.observed.training_pods))
+
+
+def training_config(config: contract.TrainerConfig, status: dict[str, Any]) -> contract.TrainerConfig:
+    """The trainer's config: ``config`` with the hyperparameters and counts ValidatingFiles wrote into
+    ``status`` (a FineTuneJob's), so the run is the one its estimate describes."""
+    estimate, dataset = status.get("estimate") or {}, status.get("dataset") or {}
+    hp = contract.ResolvedHyperparameters.model_validate(estimate["hyperparameters"])
+    return config.resolved(hp, int(dataset["examples"]), int(dataset["tokensPerEpoch"]))
 
 
 def dataset_status(r: contract.ValidationResult) -> dict[str, Any]:

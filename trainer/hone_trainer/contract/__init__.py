@@ -65,6 +65,7 @@ from hone_trainer.contract.config import (  # noqa: F401
     ProgressReporting,
     JobIdentity,
     TrainerConfig,
+    ValidatedData,
 )
 from hone_trainer.contract.results import (  # noqa: F401
     MAX_LOSS_POINTS,

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from hone_trainer.contract.base import CamelModel
 from hone_trainer.contract.commands import RESULT_PATH_IN_POD
+from hone_trainer.contract.hyperparameters import ResolvedHyperparameters
 from hone_trainer.contract.pricing import PriceTable
 
 
@@ -64,8 +65,20 @@ class JobIdentity(CamelModel):
     fine_tuned_model: str = Field(description="ft:<base>:<namespace>:<suffix>:<id>")
 
 
+class ValidatedData(CamelModel):
+    """What ValidatingFiles counted in the training file, for the trainer to hold the data to."""
+
+    examples: int = Field(ge=1, description="Training examples that train (at least one trained token).")
+    tokens_per_epoch: int = Field(ge=1, description="Their tokens: what one epoch bills.")
+
+
 class TrainerConfig(CamelModel):
-    """Everything a validator or trainer process needs, resolved for where it runs."""
+    """Everything a validator or trainer process needs, resolved for where it runs.
+
+    The validator takes ``auto`` hyperparameters and resolves them from the data; the trainer only takes the
+    config :meth:`resolved` made from that result, so the estimate and the run are the same epochs, batch size
+    and tokens.
+    """
 
     api_version: Literal["hone.dev/v1alpha1"] = "hone.dev/v1alpha1"
     kind: Literal["TrainerConfig"] = "TrainerConfig"
@@ -108,3 +121,19 @@ class TrainerConfig(CamelModel):
     result_path: str | None = Field(
         RESULT_PATH_IN_POD, description="Where the result JSON is written at exit."
     )
+    validated: ValidatedData | None = Field(
+        None, description="Set with the resolved hyperparameters: the training file as ValidatingFiles counted "
+        "it. The trainer refuses a file that no longer counts the same (it changed since it was validated).")
+
+    def unresolved(self) -> list[str]:
+        """The hyperparameters still ``auto`` (which only validation resolves)."""
+        return [name for name in ("epochs", "batch_size", "learning_rate_multiplier") if getattr(self, name) == "auto"]
+
+    def resolved(self, hyperparameters: ResolvedHyperparameters, examples: int,
+                 tokens_per_epoch: int) -> TrainerConfig:
+        """This config with the hyperparameters ValidatingFiles resolved and the counts it made: what the
+        trainer runs."""
+        return self.model_copy(update={
+            "epochs": hyperparameters.epochs, "batch_size": hyperparameters.batch_size,
+            "learning_rate_multiplier": hyperparameters.learning_rate_multiplier,
+            "validated": ValidatedData(examples=examples, tokens_per_epoch=tokens_per_epoch)})

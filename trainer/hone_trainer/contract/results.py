@@ -44,7 +44,8 @@ class ValidationResult(CamelModel):
     """What the ValidatingFiles step found; the operator copies it into status."""
 
     ok: bool = Field(description="True when the data is trainable.")
-    examples: int = Field(0, ge=0, description="Valid training examples.")
+    examples: int = Field(0, ge=0, description="Training examples that train: valid, and with an assistant token "
+                          "left after maxSeqLength (what each epoch bills).")
     validation_examples: int = Field(0, ge=0)
     invalid_lines: int = Field(0, ge=0)
     tokens_per_epoch: int = Field(0, ge=0, description="All tokens of the training examples.")

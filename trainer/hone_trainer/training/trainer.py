@@ -38,6 +38,10 @@ class DataError(RuntimeError):
     """The data is not trainable."""
 
 
+class UnresolvedConfig(ValueError):
+    """The config still says ``auto``: only ValidatingFiles resolves hyperparameters, from the data it counted."""
+
+
 class Preempted(RuntimeError):
     """SIGTERM: a checkpoint was saved; the pod should go away and come back."""
 
@@ -100,14 +104,21 @@ class Trainer:
     def _setup_data(self) -> None:
         """The tokenizer, both files encoded with the chat template, and the resolved hyperparameters."""
         cfg = self.config
+        if unresolved := cfg.unresolved():
+            raise UnresolvedConfig(
+                f"{', '.join(unresolved)} still auto: the trainer runs the values ValidatingFiles resolved from the "
+                "data (the operator, hone run and hone api write them into the config); validate first")
         self.local_model = models.resolve(cfg.base_model)
         self.tokenizer = models.load_tokenizer(self.local_model, trust_remote_code=cfg.base_model.trust_remote_code)
         formatter = ChatFormatter(self.tokenizer, cfg.max_seq_length)
         self.train_data = self._encode(formatter, read_file(cfg.training_data, "training"), "training")
         self.val_data = (self._encode(formatter, read_file(cfg.validation_data, "validation"), "validation")
                          if cfg.validation_data else [])
-        self.hp = contract.resolve_hyperparameters(len(self.train_data), cfg.epochs, cfg.batch_size,
-                                                   cfg.learning_rate_multiplier)
+        if cfg.validated is not None:
+            self._check_validated(cfg.validated)
+        assert cfg.epochs != "auto" and cfg.batch_size != "auto" and cfg.learning_rate_multiplier != "auto"
+        self.hp = contract.ResolvedHyperparameters(epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                                   learning_rate_multiplier=cfg.learning_rate_multiplier)
         self.pack_length = packing.row_length(cfg.max_seq_length, cfg.pack_length)
         self.steps_per_epoch = packing.steps_per_epoch(len(self.train_data), self.hp.batch_size)
         self.total_steps = self.steps_per_epoch * self.hp.epochs
@@ -187,6 +198,17 @@ class Trainer:
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
+
+    def _check_validated(self, validated: contract.ValidatedData) -> None:
+        """The training file as ValidatingFiles counted it: a file replaced since (same URI, other content)
+        would train and bill something else than the estimate said."""
+        examples, tokens = len(self.train_data), sum(len(e.input_ids) for e in self.train_data)
+        if (examples, tokens) != (validated.examples, validated.tokens_per_epoch):
+            raise DataError(
+                f"the training file changed since it was validated: it now has {examples} trainable example(s) "
+                f"and {tokens} tokens per epoch, ValidatingFiles counted {validated.examples} and "
+                f"{validated.tokens_per_epoch}; keep the file unchanged while its job runs (a new file needs a "
+                "new FineTuneJob)")
 
     def _encode(self, formatter: ChatFormatter, read: ReadResult, which: str) -> list[Encoded]:
         if read.problem_counts:

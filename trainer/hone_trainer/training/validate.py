@@ -39,6 +39,8 @@ class Counts:
     trained: int = 0
     longest: int = 0
     over_length: int = 0
+    #: Truncated examples kept (overLength truncate) with no trained token left: not trained, not billed.
+    untrained: int = 0
     #: Token length of each example training keeps, in file order (the trainer's indices).
     lengths: list[int] = field(default_factory=list)
 
@@ -85,6 +87,9 @@ def count(formatter: ChatFormatter, read: ReadResult, drop_over_length: bool, wo
             counts.over_length += 1
             if drop_over_length:
                 continue
+        if not trained:  # truncation cut all of its assistant tokens: the trainer leaves it out, so do we
+            counts.untrained += 1
+            continue
         counts.examples += 1
         counts.tokens += length
         counts.trained += trained
@@ -187,8 +192,12 @@ def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape |
     if n_train and drop and train_counts.examples == 0:
         train.problem(ProblemKind.TOO_FEW_EXAMPLES,
                       f"every example is longer than maxSeqLength={config.max_seq_length} and dropped")
-    if n_train and train_counts.trained == 0 and train_counts.examples:
-        warnings.append("no assistant tokens remain after truncation: raise maxSeqLength")
+    if train_counts.untrained:
+        warnings.append(f"{train_counts.untrained} training example(s) lose every assistant token to truncation "
+                        f"at maxSeqLength={config.max_seq_length}: they are left out (not trained, not billed)")
+    if n_train and not train_counts.examples and train_counts.untrained:
+        train.problem(ProblemKind.TOO_FEW_EXAMPLES, "no example keeps an assistant token after truncation at "
+                      f"maxSeqLength={config.max_seq_length}: raise spec.hyperparameters.maxSeqLength")
 
     problem_counts: dict[str, int] = {}
     for r in reads:

@@ -360,7 +360,7 @@ class FineTuneJobPhase(str, enum.Enum):
 class DatasetStatus(StatusModel):
     """What the ValidatingFiles step found in the data."""
 
-    examples: int = Field(0, description="Valid training examples.")
+    examples: int = Field(0, description="Training examples that train: valid, and with an assistant token left after maxSeqLength.")
     validationExamples: int = Field(0, alias="validationExamples", description="Valid validation examples.")
     invalidLines: int = Field(0, alias="invalidLines", description="Lines that are not valid examples.")
     tokensPerEpoch: int = Field(0, alias="tokensPerEpoch", description="Tokens in the training examples (model tokenizer and chat template).")
