@@ -82,8 +82,9 @@ def main() -> int:
             obj = wait_phase(kube, NS, NAME, "Queued")
             show(kube)
             est = obj["status"]["estimate"]
-            print(f"  estimate: {est['billableTrainingTokens']:,} billable tokens = ${est['costUsd']:.2f} "
-                  f"at ${est['usdPerMillionTokens']:g}/1M; resolved {est['hyperparameters']}")
+            print(f"  estimate: {est['billableTrainingTokens']:,} billable tokens, {est['freeTokens']:,} of them free "
+                  f"(TokenBudget {obj['status']['budget']['name']!r}: 1M free a day) = ${est['costUsd']:.2f} at "
+                  f"${est['usdPerMillionTokens']:g}/1M; resolved {est['hyperparameters']}")
             train = get_job(kube, NS, f"{NAME}-train")
             print(f"  training Job {train['metadata']['name']}: "
                   f"{' '.join(train['spec']['template']['spec']['containers'][0]['command'][:4])} ...")

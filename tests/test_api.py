@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from hone_operator.api import crdgen
-from hone_operator.api.v1alpha1 import FineTuneJob, ModelServing
+from hone_operator.api.v1alpha1 import FineTuneJob, ModelServing, TokenBudget
 from hone_operator.reconcile.spec import spec_error
 from hone_dev.apiserver import error_field
 from hone_dev.repo import crd, schema_of, validator
@@ -23,7 +23,7 @@ SAMPLES = sorted((ROOT / "crds" / "samples").glob("*.yaml"))
 def test_generated_crds_match_the_models() -> None:
     """crds/ is generated; editing the models without regenerating fails here."""
     rendered = crdgen.render_all()
-    assert set(rendered) == {"finetunejobs.hone.dev.yaml", "modelservings.hone.dev.yaml"}
+    assert set(rendered) == {"finetunejobs.hone.dev.yaml", "modelservings.hone.dev.yaml", "tokenbudgets.hone.dev.yaml"}
     for name, text in rendered.items():
         on_disk = (ROOT / "crds" / name).read_text()
         assert on_disk == text, f"crds/{name} is stale: run python -m hone_operator.api.crdgen"
@@ -54,7 +54,7 @@ def _walk(node: dict[str, Any], path: str = ""):
         yield from _walk(node["additionalProperties"], f"{path}{{}}")
 
 
-@pytest.mark.parametrize("name", ["finetunejobs", "modelservings"])
+@pytest.mark.parametrize("name", ["finetunejobs", "modelservings", "tokenbudgets"])
 def test_crd_schemas_are_structural_and_described(name: str) -> None:
     for path, node in _walk(schema_of(name)):
         assert "$ref" not in node and "$defs" not in node, path
@@ -109,10 +109,10 @@ def test_modelserving_crd_has_scale_subresource() -> None:
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
 def test_samples_are_valid(path: Path) -> None:
     obj = yaml.safe_load(path.read_text())
-    plural = {"FineTuneJob": "finetunejobs", "ModelServing": "modelservings"}[obj["kind"]]
+    plural = {"FineTuneJob": "finetunejobs", "ModelServing": "modelservings", "TokenBudget": "tokenbudgets"}[obj["kind"]]
     errors = list(validator(plural).iter_errors(obj))
     assert not errors, [e.message for e in errors]
-    model = {"FineTuneJob": FineTuneJob, "ModelServing": ModelServing}[obj["kind"]]
+    model = {"FineTuneJob": FineTuneJob, "ModelServing": ModelServing, "TokenBudget": TokenBudget}[obj["kind"]]
     model.model_validate({**obj, "metadata": {**obj["metadata"], "namespace": "default"}})
 
 

@@ -64,7 +64,7 @@ def test_version_and_discovery_without_warnings(kubectl) -> None:
         assert "skew" not in kubectl("version").stderr
     resources = _rows(kubectl("api-resources", "--api-group", "hone.dev").stdout)
     assert resources[0][:2] == ["NAME", "SHORTNAMES"]
-    assert [r[:2] for r in resources[1:]] == [["finetunejobs", "ftj"], ["modelservings", "msv"]]
+    assert [r[:2] for r in resources[1:]] == [["finetunejobs", "ftj"], ["modelservings", "msv"], ["tokenbudgets", "tb"]]
     assert "finetunejobs" in kubectl("api-resources", "--categories", "hone", "-o", "name").stdout
 
 
@@ -111,6 +111,18 @@ def test_apply_kustomization_then_get_shows_the_printer_columns(kubectl, apiserv
                    "jsonpath={.status.progress.percent}").stdout == "50"
     kubectl("-n", "team-a", "wait", "--for=jsonpath={.status.phase}=Running", "ftj/skateboard-support",
             "--timeout=10s")
+    # A TokenBudget's table: today's usage, what running jobs hold, the limit, free tokens left, the reset.
+    kubectl("-n", "team-a", "apply", "-f", str(ROOT / "crds" / "samples" / "tokenbudget.yaml"))
+
+    def used(server) -> None:
+        kind = server.kinds[("hone.dev", "v1alpha1", "tokenbudgets")]
+        server.write(kind, "team-a", "team-budget", "status", {"status": {
+            "training": {"tokensToday": 1200, "reservedTokens": 300, "freeTokensRemainingToday": 998800},
+            "resetsAt": "2026-12-04T00:00:00Z"}}, "application/merge-patch+json")
+    apiserver.call(used)
+    rows = _rows(kubectl("-n", "team-a", "get", "tb").stdout)
+    assert rows[0] == ["NAME", "USED", "RESERVED", "LIMIT", "FREE", "RESETS", "AGE"]
+    assert rows[1][:6] == ["team-budget", "1200", "300", "20000000", "998800", "2026-12-04T00:00:00Z"]
 
 
 def test_explain_prints_the_field_docs_from_the_crd(kubectl) -> None:
@@ -250,7 +262,8 @@ def test_dev_cluster_command_serves_until_sigterm(tmp_path: Path) -> None:
         out = subprocess.run([binary, "get", "crd", "-o", "name"], capture_output=True, text=True, env=env,
                              timeout=60)
         assert out.stdout.split() == ["customresourcedefinition.apiextensions.k8s.io/finetunejobs.hone.dev",
-                                      "customresourcedefinition.apiextensions.k8s.io/modelservings.hone.dev"]
+                                      "customresourcedefinition.apiextensions.k8s.io/modelservings.hone.dev",
+                                      "customresourcedefinition.apiextensions.k8s.io/tokenbudgets.hone.dev"]
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -317,7 +330,8 @@ def test_helm_install_upgrade_rollback_uninstall(kubectl, kubeconfig: Path, tmp_
     # The CRDs from the chart's crds/ are installed and served; the operator's objects exist.
     assert kubectl("get", "crd", "-o", "name").stdout.split() == [
         "customresourcedefinition.apiextensions.k8s.io/finetunejobs.hone.dev",
-        "customresourcedefinition.apiextensions.k8s.io/modelservings.hone.dev"]
+        "customresourcedefinition.apiextensions.k8s.io/modelservings.hone.dev",
+        "customresourcedefinition.apiextensions.k8s.io/tokenbudgets.hone.dev"]
     names = kubectl("-n", "hone-system", "get", "deploy,sa,svc,cm,secret", "-o", "name").stdout.split()
     assert {"deployment.apps/hone", "serviceaccount/hone", "secret/sh.helm.release.v1.hone.v1"} <= set(names)
     chart_rbac = ("get", "clusterrole,clusterrolebinding", "-l", "app.kubernetes.io/instance=hone", "-o", "name")
@@ -341,7 +355,7 @@ def test_helm_install_upgrade_rollback_uninstall(kubectl, kubeconfig: Path, tmp_
     assert 'release "hone" uninstalled' in helm("uninstall", "hone")
     assert kubectl("-n", "hone-system", "get", "deploy,sa,svc,cm,secret", "-o", "name").stdout == ""
     assert kubectl(*chart_rbac).stdout == ""
-    assert len(kubectl("get", "crd", "-o", "name").stdout.split()) == 2  # helm keeps the CRDs it installed
+    assert len(kubectl("get", "crd", "-o", "name").stdout.split()) == 3  # helm keeps the CRDs it installed
 
 
 def test_describe_events_watch_wait_and_cascading_delete(kubectl, kubeconfig: Path, tmp_path: Path,

@@ -47,9 +47,15 @@ def test_happy_path_from_apply_to_succeeded(kube: Kube, operator: OperatorProces
     obj = wait_phase(kube, NS, NAME, "Queued")
     assert obj["status"]["dataset"]["examples"] == 120
     assert obj["status"]["dataset"]["tokensPerEpoch"] == 50_000
+    # The namespace had no TokenBudget: the operator made the default one (1M free tokens a day), and the
+    # estimate, all of it within the allowance, costs nothing.
     assert obj["status"]["estimate"] == {
-        "billableTrainingTokens": 150_000, "costUsd": 3.75, "usdPerMillionTokens": 25.0,
+        "billableTrainingTokens": 150_000, "costUsd": 0.0, "freeTokens": 150_000, "usdPerMillionTokens": 25.0,
         "hyperparameters": {"epochs": 3, "batchSize": 1, "learningRateMultiplier": 2.0}}
+    assert condition(obj, "BudgetAdmitted")["message"] == \
+        "reserved 150,000 training tokens (150,000 free, $0.00) in TokenBudget 'default'"
+    budget = kube.get(API, "TokenBudget", NS, "default")
+    assert [(r["job"], r["tokens"]) for r in budget["status"]["reservations"]] == [(NAME, 150_000)]
     assert condition(obj, "FilesValidated")["status"] == "True"
     assert condition(obj, "Running")["reason"] == "WaitingForPods"
 
@@ -82,7 +88,13 @@ def test_happy_path_from_apply_to_succeeded(kube: Kube, operator: OperatorProces
     assert reasons.count("Succeeded") == 1
     metrics = wait_for(lambda: (m := operator.metrics()) and f'hone_finetunejobs{{namespace="{NS}",phase="Succeeded"}} 1.0' in m and m)
     assert f'hone_training_tokens_total{{base_model="HuggingFaceTB/SmolLM2-135M-Instruct",finetunejob="{NAME}",namespace="{NS}"}} 150000.0' in metrics
-    assert f'hone_cost_usd_total{{finetunejob="{NAME}",kind="training",namespace="{NS}"}} 3.75' in metrics
+    assert f'hone_cost_usd_total{{finetunejob="{NAME}",kind="training",namespace="{NS}"}} 0.0' in metrics
+    assert f'hone_training_free_tokens_total{{finetunejob="{NAME}",namespace="{NS}"}} 150000.0' in metrics
+    # Its TokenBudget charged what it trained, once; the job's status says so.
+    budget = wait_for(lambda: (b := kube.get(API, "TokenBudget", NS, "default")) and
+                      not b["status"].get("reservations") and b)
+    assert budget["status"]["training"]["tokensToday"] == budget["status"]["training"]["freeTokensToday"] == 150_000
+    assert ftj(kube, NS, NAME)["status"]["budget"]["settledTokens"] == 150_000
 
     # Converged: the operator writes nothing more, whatever else happens around it. Once it has handled a
     # reconcile request made after the change, its only write since is the answer to that request.

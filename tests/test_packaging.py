@@ -70,11 +70,12 @@ def test_default_prices_are_the_documented_ones() -> None:
     assert (p.training, p.prompt, p.completion) == (25.0, 3.75, 15.0)
 
 
-def test_hone_crds_prints_both_crds() -> None:
+def test_hone_crds_prints_every_crd() -> None:
     result = CliRunner().invoke(cli, ["crds"])
     assert result.exit_code == 0, result.output
     docs = [d for d in yaml.safe_load_all(result.output) if d]
-    assert [d["metadata"]["name"] for d in docs] == ["finetunejobs.hone.dev", "modelservings.hone.dev"]
+    assert [d["metadata"]["name"] for d in docs] == ["finetunejobs.hone.dev", "modelservings.hone.dev",
+                                                     "tokenbudgets.hone.dev"]
     assert CliRunner().invoke(cli, ["crds", "--check"]).exit_code == 0
 
 

@@ -18,10 +18,10 @@ import openai
 import pytest
 import yaml
 
-from hone_dev.cluster import OperatorProcess, finish_job, wait_phase
+from hone_dev.cluster import OperatorProcess, finish_job, seed_namespace, wait_phase
 from hone_dev.serving import ServerProcess, free_port, http
 from hone_dev.tiny import make_tiny_llama, make_tokenizer
-from hone_dev.repo import CHART, helm
+from hone_dev.repo import CHART, helm, render
 from hone_dev.resources import NS, apply, published, validate_ok
 
 #: Slow: a real Prometheus, promtool and a trained adapter. `pytest -m "not slow"` is the fast inner loop.
@@ -74,9 +74,13 @@ def test_every_recording_rule_and_alert_has_a_unit_test() -> None:
 
 
 def test_prices_in_the_values_reach_the_cost_rules() -> None:
-    rules = rendered_rules("--set", "prices.prompt=2", "--set", "prices.completion=8", "--set", "prices.training=40")
-    text = yaml.safe_dump(rules)
-    assert "* 2 / 1e6" in text and "* 8 / 1e6" in text and "* 40 / 1e6" in text
+    args = ("--set", "prices.prompt=2", "--set", "prices.completion=8", "--set", "prices.training=40")
+    text = yaml.safe_dump(rendered_rules(*args))
+    assert "* 2 / 1e6" in text and "* 8 / 1e6" in text
+    # Training cost comes from the operator's counter (after each job's free tokens), at the settings' price.
+    assert 'increase(hone_cost_usd_total{kind="training"}[1d])' in text
+    settings = next(o for o in render(None, *args) if o["metadata"]["name"].endswith("-settings"))
+    assert yaml.safe_load(settings["data"]["settings.yaml"])["prices"]["training"] == 40
 
 
 def _query(url: str, promql: str) -> list[dict[str, Any]]:
@@ -168,18 +172,25 @@ def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Pat
         assert up and up[0]["value"][1] == "1", (up, targets)
 
         # A FineTuneJob in team-a succeeds: its tokens and cost are labelled with team-a, not the
-        # operator pod's namespace (honor_labels, as in the chart's ServiceMonitor).
+        # operator pod's namespace (honor_labels, as in the chart's ServiceMonitor). Its namespace's budget
+        # gives 100,000 free tokens a day: the other 50,000 cost $25 per 1M.
+        seed_namespace(kube, NS)
+        kube.create({"apiVersion": "hone.dev/v1alpha1", "kind": "TokenBudget",
+                     "metadata": {"name": "team", "namespace": NS},
+                     "spec": {"training": {"freeTokensPerDay": 100_000}}})
         apply(kube)
         validate_ok(kube)
         finish_job(kube, NS, "support-assistant-train", "trainer", 0, published(tokens=150_000))
         wait_phase(kube, NS, "support-assistant", "Succeeded")
 
-        def training() -> tuple[float, float]:
-            cost = _query(url, f'sum(hone_cost_usd_total{{kind="training",namespace="{NS}"}})')
-            tokens = _query(url, f'sum(hone_training_tokens_total{{namespace="{NS}"}})')
-            return (float(cost[0]["value"][1]) if cost else -1.0, float(tokens[0]["value"][1]) if tokens else -1.0)
+        def training() -> tuple[float, ...]:
+            return tuple(float(found[0]["value"][1]) if (found := _query(url, q)) else -1.0 for q in (
+                f'sum(hone_cost_usd_total{{kind="training",namespace="{NS}"}})',
+                f'sum(hone_training_tokens_total{{namespace="{NS}"}})',
+                f'sum(hone_training_free_tokens_total{{namespace="{NS}"}})',
+                f'hone_budget_training_used_tokens{{namespace="{NS}",budget="team",window="day"}}'))
 
-        want = (150_000 * 25 / 1e6, 150_000.0)
+        want = (50_000 * 25 / 1e6, 150_000.0, 100_000.0, 150_000.0)
         deadline = time.monotonic() + 30  # the series exist (at 0) before the job succeeds: wait for the totals
         while training() != pytest.approx(want) and time.monotonic() < deadline:
             time.sleep(0.5)

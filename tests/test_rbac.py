@@ -30,6 +30,7 @@ RARE = {
     ("batch", "jobs", "get"): "adopting the Job after a create conflict (an operator restarted mid-create)",
     ("hone.dev", "finetunejobs/status", "get"): "granted to each trainer by a Role the operator creates: "
                                                 "RBAC lets the operator grant only what it holds",
+    ("hone.dev", "finetunejobs", "get"): "a budget reservation of a job deleted while the operator was away",
 }
 
 

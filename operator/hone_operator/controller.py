@@ -28,11 +28,12 @@ from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.builders import modelserving as msv_build
 from hone_operator.builders.common import COMPONENT_LABEL, FINETUNEJOB_LABEL, MODELSERVING_LABEL
 from hone_operator.cache import ObjectCache
+from hone_operator.reconcile import budget as budget_mod
 from hone_operator.reconcile import finetunejob as ftj_reconcile
 from hone_operator.reconcile import modelserving as msv_reconcile
 from hone_operator.reconcile.pods import blocked_pod
 from hone_operator.reconcile.status import now
-from hone_operator.kube import Conflict, Kube
+from hone_operator.kube import Conflict, Kube, NotFound
 from hone_operator.metrics import JobSample, OperatorMetrics
 from hone_operator.settings import OperatorSettings
 
@@ -40,7 +41,7 @@ log = logging.getLogger("hone.controller")
 
 Key = tuple[str, str]  # (namespace, name)
 WorkKey = tuple[str, str, str]  # (kind, namespace, name)
-FINETUNEJOB, MODELSERVING = ftj_build.KIND, msv_build.KIND
+FINETUNEJOB, MODELSERVING, TOKENBUDGET = ftj_build.KIND, msv_build.KIND, "TokenBudget"
 
 
 def _owner(obj: dict[str, Any], kind: str = ftj_build.KIND) -> dict[str, Any]:
@@ -62,6 +63,11 @@ class Controller:
         self._jobs: ObjectCache[tuple[str, str, str]] = ObjectCache()
         self._msvs: ObjectCache[Key] = ObjectCache()
         self._deployments: ObjectCache[Key] = ObjectCache()
+        self._budgets: ObjectCache[Key] = ObjectCache()
+        #: FineTuneJobs deleted before they ended: uid -> (namespace, trained tokens of their last status), for
+        #: their budget reservation to be charged by the budget's reconcile.
+        self._departed: dict[str, tuple[str, int]] = {}
+        self._warned_no_budgets = False
         self._queue: asyncio.Queue[WorkKey] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: set[WorkKey] = set()
@@ -81,8 +87,16 @@ class Controller:
                 self._ftjs.forget(key)
                 for component in ftj_build.JOB_COMPONENTS:
                     self._jobs.forget((*key, component))
+                use = (obj.get("status") or {}).get("budget")
+                if use and not use.get("settledAt"):  # deleted before it ended: charge what it trained
+                    self._departed[meta.get("uid", "")] = (key[0], ftj_reconcile.trained_tokens(obj["status"]))
+                    budgets = [k for k in self._budgets if k[0] == key[0]]
+                else:
+                    budgets = []
             self.metrics.jobs.forget(meta.get("uid", ""))
             self._enqueue_servings_of(key)
+            for budget_key in budgets:
+                self.enqueue((TOKENBUDGET, *budget_key))
             return
         with self._lock:
             if not self._ftjs.observed(key, obj, listing=event_type is None):
@@ -97,6 +111,34 @@ class Controller:
             servings = [k for k, body in self._msvs.items() if k[0] == namespace and name in _ftj_refs(body)]
         for key in servings:
             self.enqueue((MODELSERVING, *key))
+
+    def on_budget(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        """A TokenBudget changed: its status is brought up to date, and the namespace's jobs waiting for
+        budget look again (a limit raised, a job settled, a budget created or deleted)."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        with self._lock:
+            if event_type == "DELETED":
+                self._budgets.forget(key)
+            elif not self._budgets.observed(key, obj, listing=event_type is None):
+                return
+            others = [k for k in self._budgets if k[0] == key[0] and k != key]
+        if event_type == "DELETED":
+            self.metrics.budgets.forget(*key)
+        else:
+            self.metrics.budgets.observe(obj)
+        for k in ([] if event_type == "DELETED" else [key]) + others:
+            self.enqueue((TOKENBUDGET, *k))
+        self._enqueue_waiting(key[0])
+
+    def _enqueue_waiting(self, namespace: str) -> None:
+        """FineTuneJobs of ``namespace`` not yet admitted by its TokenBudget."""
+        with self._lock:
+            waiting = [k for k, body in self._ftjs.items() if k[0] == namespace
+                       and not (body.get("status") or {}).get("budget")
+                       and not FineTuneJobPhase.is_terminal((body.get("status") or {}).get("phase"))]
+        for key in waiting:
+            self.enqueue((FINETUNEJOB, *key))
 
     def on_modelserving(self, event_type: str | None, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -171,10 +213,12 @@ class Controller:
         progress = status.get("progress") or {}
         tokens = status.get("trainedTokens") or progress.get("trainedTokens") or 0
         base = ((obj.get("spec") or {}).get("baseModel") or {}).get("uri", "")
+        use = status.get("budget") or {}
         self.metrics.jobs.observe(
             meta.get("uid", ""),
             JobSample(meta.get("namespace", ""), meta.get("name", ""), base, status.get("phase"), int(tokens),
-                      progress.get("trainLoss"), progress.get("validationLoss")),
+                      progress.get("trainLoss"), progress.get("validationLoss"), int(use.get("freeTokens") or 0),
+                      use.get("usdPerMillionTokens") if use else None),
         )
 
     # ---- the work queue ----------------------------------------------------
@@ -196,7 +240,8 @@ class Controller:
         self._queue = asyncio.Queue()
         self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.settings.reconcile_workers)]
         with self._lock:
-            keys = [(FINETUNEJOB, *k) for k in self._ftjs] + [(MODELSERVING, *k) for k in self._msvs]
+            keys = [(FINETUNEJOB, *k) for k in self._ftjs] + [(MODELSERVING, *k) for k in self._msvs] + \
+                [(TOKENBUDGET, *k) for k in self._budgets]
         for key in keys:
             self.enqueue(key)
 
@@ -232,6 +277,8 @@ class Controller:
         try:
             if kind == MODELSERVING:
                 self.reconcile_serving((namespace, name))
+            elif kind == TOKENBUDGET:
+                self.reconcile_budget((namespace, name))
             else:
                 self.reconcile((namespace, name))
             return True
@@ -252,7 +299,10 @@ class Controller:
         if body is None:
             return
         if FineTuneJobPhase.is_terminal((body.get("status") or {}).get("phase")):
-            plan = ftj_reconcile.plan(body, ftj_reconcile.Observed(), self.settings, now())  # final: status only
+            final = ftj_reconcile.Observed()  # final: its status, and its budget charged once
+            if ftj_reconcile.needs_budgets(body, final):
+                final.budgets = self._read_budgets(namespace)
+            plan = ftj_reconcile.plan(body, final, self.settings, now())
             if not plan.empty:
                 self._execute(key, body, plan)
             return
@@ -271,6 +321,8 @@ class Controller:
 
         if observed.validation_job is None:
             observed.missing = self._missing_references(body, namespace)
+        if ftj_reconcile.needs_budgets(body, observed):  # fresh: a reservation is written against this version
+            observed.budgets = self._read_budgets(namespace)
         plan = ftj_reconcile.plan(body, observed, self.settings, now())
         if plan.empty:
             return
@@ -321,6 +373,60 @@ class Controller:
         for event in plan.events:
             self._post_event(body, event, MODELSERVING)
 
+    def reconcile_budget(self, key: Key) -> None:
+        """A TokenBudget's status at this moment (windows rolled, conditions), the reservations of jobs
+        deleted before they ended charged; looked at again when the day window resets."""
+        namespace, name = key
+        fresh = self.kube.list(API_VERSION, TOKENBUDGET, namespace)  # the write below needs the latest version
+        body = next((b for b in fresh if b["metadata"]["name"] == name), None)
+        if body is None:
+            return
+        ts = now()
+        at = budget_mod.parse_time(ts)
+        for r in list((body.get("status") or {}).get("reservations") or []):
+            gone = self._departed_charge(namespace, r)
+            if gone is None:
+                continue
+            settled = budget_mod.settle(body, r["uid"], gone, at)
+            if settled is None:
+                continue
+            write = budget_mod.status_write(body, settled)
+            if write is not None and not self._write_budget(namespace, write):
+                self._loop.call_soon_threadsafe(self.enqueue, (TOKENBUDGET, *key))
+                return
+            self._departed.pop(r["uid"], None)
+            with self._lock:
+                body = self._budgets.get(key) or body
+            self._loop.call_soon_threadsafe(self._enqueue_waiting, namespace)
+        desired = budget_mod.desired_status(body, fresh, at, ts)
+        write = budget_mod.status_write(body, desired)
+        if write is not None and not self._write_budget(namespace, write):
+            self._loop.call_soon_threadsafe(self.enqueue, (TOKENBUDGET, *key))
+            return
+        if write is None:
+            self.metrics.budgets.observe(body)
+        if desired.resetsAt is not None:  # the day window rolls over: usage starts again, waiting jobs may fit
+            delay = max(1.0, (desired.resetsAt - at).total_seconds() + 1.0)
+            self._loop.call_soon_threadsafe(self.enqueue, (TOKENBUDGET, *key), delay)
+
+    def _departed_charge(self, namespace: str, reservation: dict[str, Any]) -> budget_mod.Charge | None:
+        """The charge of a reservation whose FineTuneJob no longer exists (None while it does): what its last
+        status said it trained, or nothing, said in a Warning, when it went while the operator was away."""
+        uid, job = reservation.get("uid", ""), reservation.get("job", "")
+        with self._lock:
+            cached = self._ftjs.get((namespace, job))
+            departed = self._departed.get(uid)
+        if departed is None:
+            if cached is not None and cached["metadata"].get("uid") == uid:
+                return None
+            current = self.kube.get(API_VERSION, FINETUNEJOB, namespace, job)  # the cache may not have it yet
+            if current is not None and current["metadata"].get("uid") == uid:
+                return None
+            log.warning("FineTuneJob %s/%s (uid %s) was deleted while the operator was not running: what it "
+                        "trained is unknown and its reservation is released uncharged", namespace, job, uid)
+        return budget_mod.charge(int(reservation.get("freeTokens") or 0),
+                                 float(reservation.get("usdPerMillionTokens") or 0.0), departed[1] if departed else 0)
+
     def _missing_references(self, body: dict[str, Any], namespace: str) -> list[tuple[str, str]]:
         """Read the ConfigMaps and PVCs the pods will mount; say which are missing."""
         try:
@@ -339,8 +445,39 @@ class Controller:
                                            f"its keys: {keys}"))
         return missing
 
+    def _read_budgets(self, namespace: str) -> list[dict[str, Any]] | None:
+        """The namespace's TokenBudgets, read fresh; None when the cluster has no TokenBudget CRD (an upgrade
+        whose CRDs were not applied: `helm upgrade` never adds them), so jobs are metered, not held."""
+        try:
+            return self.kube.list(API_VERSION, TOKENBUDGET, namespace)
+        except NotFound:
+            if not self._warned_no_budgets:
+                self._warned_no_budgets = True
+                log.warning("the TokenBudget CRD is not installed: budgets are off until it is "
+                            "(kubectl apply --server-side -f charts/hone/crds/)")
+            return None
+
+    def _write_budget(self, namespace: str, write: budget_mod.BudgetWrite) -> bool:
+        """A TokenBudget status write with its resourceVersion; False when the budget changed meanwhile."""
+        try:
+            updated = self.kube.patch(API_VERSION, TOKENBUDGET, namespace, write.name, write.body(),
+                                      subresource="status")
+        except Conflict:
+            log.info("TokenBudget %s/%s changed meanwhile; planning again", namespace, write.name)
+            return False
+        with self._lock:
+            self._budgets.written((namespace, write.name), updated, only_known=True)
+        self.metrics.budgets.observe(updated)
+        return True
+
     def _execute(self, key: Key, body: dict[str, Any], plan: ftj_reconcile.Plan) -> None:
         namespace, name = key
+        if plan.budget_write is not None:
+            if not self._write_budget(namespace, plan.budget_write):
+                self._loop.call_soon_threadsafe(self.enqueue, (FINETUNEJOB, *key))
+                return
+            if "settledAt" in ((plan.status or {}).get("budget") or {}):  # tokens came back: others may fit now
+                self._loop.call_soon_threadsafe(self._enqueue_waiting, namespace)
         for obj in plan.ensure:
             try:
                 created = self.kube.create(obj)

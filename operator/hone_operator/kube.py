@@ -35,6 +35,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("hone.dev/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("hone.dev/v1alpha1", "ModelServing"): "modelservings",
+    ("hone.dev/v1alpha1", "TokenBudget"): "tokenbudgets",
 }
 
 

@@ -74,3 +74,8 @@ async def modelserving_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) ->
 @kopf.on.event("apps", "v1", "deployments", labels={MODELSERVING_LABEL: kopf.PRESENT})
 async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_deployment(event.get("type"), event["object"])
+
+
+@kopf.on.event(GROUP, VERSION, "tokenbudgets")
+async def tokenbudget_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_budget(event.get("type"), event["object"])

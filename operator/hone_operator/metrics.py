@@ -7,8 +7,18 @@
   never makes a job's tokens count twice: the series continues at the same
   value and Prometheus sees no reset.
 * ``hone_cost_usd_total{namespace,kind="training",finetunejob}``: the same
-  tokens at the price table's training price. The per-job label keeps the
-  series monotonic when other jobs are deleted; sum by namespace to bill.
+  tokens at the training price, less the job's free tokens (the daily allowance
+  its TokenBudget reserved for it): what the budget charges when it ends. The
+  per-job label keeps the series monotonic when other jobs are deleted; sum by
+  namespace to bill.
+* ``hone_training_free_tokens_total{namespace,finetunejob}``: of the tokens, free.
+* ``hone_budget_training_used_tokens{namespace,budget,window="day|month"}``: a
+  TokenBudget's settled plus reserved training tokens in the current window, with
+  ``hone_budget_training_limit_tokens`` (where a limit is set) and
+  ``hone_budget_training_remaining_tokens``; ``hone_budget_training_cost_usd`` and
+  ``hone_budget_training_cost_limit_usd`` for the month;
+  ``hone_budget_training_free_tokens{window="day"}`` and
+  ``hone_budget_training_free_limit_tokens``: the allowance used and given (gauges).
 * ``hone_finetunejob_train_loss{namespace,finetunejob}`` and
   ``hone_finetunejob_validation_loss{namespace,finetunejob}``: the latest losses in
   ``status.progress`` (gauges), so a job's loss curve is in Prometheus whether or not its
@@ -39,6 +49,9 @@ class JobSample:
     trained_tokens: int
     train_loss: float | None = None
     validation_loss: float | None = None
+    #: From status.budget: the free tokens reserved for the job and its price (None: list price, none free).
+    free_tokens: int = 0
+    price: float | None = None
 
 
 class FineTuneJobCollector(Collector):
@@ -85,11 +98,17 @@ class FineTuneJobCollector(Collector):
             "hone_cost_usd", "Cost in US dollars at the configured price table.",
             labels=["namespace", "kind", "finetunejob"],
         )
+        free = CounterMetricFamily("hone_training_free_tokens", "Training tokens free under the daily allowance.",
+                                   labels=["namespace", "finetunejob"])
         for j in jobs:
             tokens.add_metric([j.namespace, j.name, j.base_model], j.trained_tokens)
-            cost.add_metric([j.namespace, "training", j.name], cost_usd(j.trained_tokens, self.prices.training))
+            gratis = min(j.trained_tokens, j.free_tokens)  # what the budget's charge counts free (budget.charge)
+            price = self.prices.training if j.price is None else j.price
+            cost.add_metric([j.namespace, "training", j.name], cost_usd(j.trained_tokens - gratis, price))
+            free.add_metric([j.namespace, j.name], gratis)
         yield tokens
         yield cost
+        yield free
         for attr, name, what in (("train_loss", "hone_finetunejob_train_loss", "Latest training loss"),
                                  ("validation_loss", "hone_finetunejob_validation_loss", "Latest validation loss")):
             loss = GaugeMetricFamily(name, f"{what} in status.progress.", labels=["namespace", "finetunejob"])
@@ -99,11 +118,69 @@ class FineTuneJobCollector(Collector):
             yield loss
 
 
+class BudgetCollector(Collector):
+    """Each TokenBudget's usage as its status last said (gauges)."""
+
+    def __init__(self) -> None:
+        self._budgets: dict[tuple[str, str], dict] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, obj: dict) -> None:
+        meta = obj.get("metadata") or {}
+        with self._lock:
+            self._budgets[(meta.get("namespace", ""), meta.get("name", ""))] = obj
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._budgets.pop((namespace, name), None)
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            budgets = sorted(self._budgets.items())
+        labels = ["namespace", "budget", "window"]
+        used = GaugeMetricFamily("hone_budget_training_used_tokens", "Settled plus reserved training tokens in "
+                                 "the TokenBudget's current window.", labels=labels)
+        limit = GaugeMetricFamily("hone_budget_training_limit_tokens", "The TokenBudget's training token limit.",
+                                  labels=labels)
+        remaining = GaugeMetricFamily("hone_budget_training_remaining_tokens", "Training tokens left in the window.",
+                                      labels=labels)
+        cost = GaugeMetricFamily("hone_budget_training_cost_usd", "Settled plus reserved training cost this month.",
+                                 labels=labels)
+        cost_limit = GaugeMetricFamily("hone_budget_training_cost_limit_usd", "The monthly training cost limit.",
+                                       labels=labels)
+        free = GaugeMetricFamily("hone_budget_training_free_tokens", "Free training tokens used today.",
+                                 labels=labels)
+        free_limit = GaugeMetricFamily("hone_budget_training_free_limit_tokens", "Free training tokens a day.",
+                                       labels=labels)
+        for (ns, name), obj in budgets:
+            spec = (obj.get("spec") or {}).get("training") or {}
+            status = obj.get("status") or {}
+            usage = status.get("training") or {}
+            reserved = int(usage.get("reservedTokens") or 0)
+            reserved_cost = sum(float(r.get("costUsd") or 0.0) for r in status.get("reservations") or [])
+            for window, settled, cap, left in (
+                    ("day", usage.get("tokensToday"), spec.get("tokensPerDay"), usage.get("remainingTodayTokens")),
+                    ("month", usage.get("tokensThisMonth"), spec.get("tokensPerMonth"),
+                     usage.get("remainingThisMonthTokens"))):
+                used.add_metric([ns, name, window], int(settled or 0) + reserved)
+                if cap is not None:
+                    limit.add_metric([ns, name, window], cap)
+                    remaining.add_metric([ns, name, window], int(left or 0))
+            cost.add_metric([ns, name, "month"], float(usage.get("costThisMonthUsd") or 0.0) + reserved_cost)
+            if spec.get("costPerMonthUsd") is not None:
+                cost_limit.add_metric([ns, name, "month"], float(spec["costPerMonthUsd"]))
+            free.add_metric([ns, name, "day"], int(usage.get("freeTokensToday") or 0))
+            free_limit.add_metric([ns, name, "day"], int(spec.get("freeTokensPerDay", 1_000_000)))
+        yield from (used, limit, remaining, cost, cost_limit, free, free_limit)
+
+
 class OperatorMetrics:
     def __init__(self, prices: PriceTable):
         self.registry = CollectorRegistry()
         self.jobs = FineTuneJobCollector(prices)
         self.registry.register(self.jobs)
+        self.budgets = BudgetCollector()
+        self.registry.register(self.budgets)
         self.reconcile_errors = Counter(
             "hone_reconcile_errors", "Reconciles that failed and were retried.", ["kind"], registry=self.registry
         )

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from hone_operator.api.v1alpha1.tokenbudget import TokenBudgetSpec
 from hone_trainer import __version__
 from hone_trainer.contract import PriceTable
 
@@ -104,6 +105,11 @@ class OperatorSettings(BaseSettings):
     catalog: dict[str, CatalogModel] = Field(
         default_factory=lambda: dict(DEFAULT_CATALOG),
         description="Base models by the name an OpenAI client gives as `model` (hone api).")
+    default_budget: TokenBudgetSpec | None = Field(
+        default_factory=TokenBudgetSpec,
+        description="The TokenBudget (spec) the operator creates, named default, in a namespace that has none when "
+                    "its first FineTuneJob is admitted: by default 1M free training tokens a day and no limits. "
+                    "null: namespaces without a TokenBudget are metered only.")
     kueue_enabled: bool = Field(
         True, description="Honour kueue.x-k8s.io/queue-name labels (create Jobs suspended for Kueue)."
     )

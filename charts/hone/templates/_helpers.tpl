@@ -94,6 +94,17 @@ Checks values.schema.json cannot express; each failure names the key and what to
 - apiGroups: ["hone.dev"]
   resources: ["finetunejobs", "modelservings"]
   verbs: ["list", "watch"]
+# get: a budget reservation whose job is gone from the cache is checked against the API server.
+- apiGroups: ["hone.dev"]
+  resources: ["finetunejobs"]
+  verbs: ["get"]
+# create: the default TokenBudget of a namespace that has none (defaultBudget).
+- apiGroups: ["hone.dev"]
+  resources: ["tokenbudgets"]
+  verbs: ["list", "watch", "create"]
+- apiGroups: ["hone.dev"]
+  resources: ["tokenbudgets/status"]
+  verbs: ["patch"]
 # get on finetunejobs/status is never called by the operator, but the trainer's Role grants
 # it, and Kubernetes lets a Role be created only by someone who holds what it grants.
 - apiGroups: ["hone.dev"]

@@ -17,7 +17,7 @@ HEADER = """# CRD reference
 
 Generated from `operator/hone_operator/api/v1alpha1.py` by
 `python -m hone_operator.api.docgen`; a test fails when it is out of date.
-`kubectl explain finetunejob.spec` (or `modelserving.spec`) shows the same descriptions.
+`kubectl explain finetunejob.spec` (or `modelserving.spec`, `tokenbudget.spec`) shows the same descriptions.
 """
 
 
@@ -71,7 +71,7 @@ def _rules(node: dict[str, Any], path: str, out: list[str]) -> None:
 
 def render() -> str:
     parts = [HEADER]
-    for crd in (crdgen.finetunejob_crd(), crdgen.modelserving_crd()):
+    for crd in (crdgen.finetunejob_crd(), crdgen.modelserving_crd(), crdgen.tokenbudget_crd()):
         kind = crd["spec"]["names"]["kind"]
         version = crd["spec"]["versions"][0]
         schema = version["schema"]["openAPIV3Schema"]

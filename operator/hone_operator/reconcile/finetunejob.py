@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from hone_operator.api.v1alpha1 import (
+    API_VERSION,
+    BudgetUse,
     DatasetStatus,
     ErrorStatus,
     EstimateStatus,
@@ -30,7 +32,7 @@ from hone_operator.builders import finetunejob as ftj_build
 from hone_operator.builders import jobs
 from hone_operator.builders.common import SpecError
 from hone_operator.builders.storage import Storage
-from hone_operator.reconcile import memory
+from hone_operator.reconcile import budget, memory
 from hone_operator.reconcile.pods import (blocked_pod, last_failure, last_failure_message, read_result,
                                           termination_text)
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
@@ -52,6 +54,8 @@ class Observed:
     training_pods: list[dict[str, Any]] = field(default_factory=list)
     #: (field, message) of referenced objects that do not exist (yet).
     missing: list[tuple[str, str]] = field(default_factory=list)
+    #: The namespace's TokenBudgets, read fresh where a job is admitted or settled; None: not read (no budgets).
+    budgets: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -63,11 +67,15 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     #: Look again after this many seconds (something this plan waits for is not watched).
     requeue_after: float | None = None
+    #: A TokenBudget status write (a reservation or a charge), carried out first and with the resourceVersion
+    #: it was computed from: when it meets a newer budget, nothing else of the plan is done and it is
+    #: planned again.
+    budget_write: budget.BudgetWrite | None = None
 
     @property
     def empty(self) -> bool:
         return not (self.ensure or self.patches or self.deletes or self.status or self.events
-                    or self.requeue_after)
+                    or self.requeue_after or self.budget_write)
 
 
 def job_finished(job: dict[str, Any] | None) -> bool:
@@ -162,8 +170,11 @@ def plan(body: dict[str, Any], observed: Observed, settings: OperatorSettings, t
     if Phase.is_terminal(stored.get("phase")):
         # Final: nothing is created, resumed or retried, whatever the spec now says. The operator still
         # records that it saw the spec (observedGeneration, so GitOps tools do not wait on an edited finished
-        # job forever) and answers a reconcile request.
-        return Plan(status=status.patch())
+        # job forever), answers a reconcile request, and charges the job's TokenBudget once.
+        final = Plan()
+        _settle(meta, stored, observed, status, final)
+        final.status, final.events = status.patch(), status.events
+        return final
     result = Plan()
     try:
         job = _admit(body, settings, status)
@@ -173,6 +184,48 @@ def plan(body: dict[str, Any], observed: Observed, settings: OperatorSettings, t
         result.status = status.patch()
         result.events = status.events
     return result
+
+
+def needs_budgets(body: dict[str, Any], observed: Observed) -> bool:
+    """Whether planning ``body`` reads the namespace's TokenBudgets: a validated job about to be admitted (no
+    reservation, no training Job yet), or an ended one whose reservation is not settled."""
+    stored = body.get("status") or {}
+    use = stored.get("budget")
+    if Phase.is_terminal(stored.get("phase")):
+        return bool(use) and not use.get("settledAt")
+    validated = (get_condition(stored.get("conditions"), "FilesValidated") or {}).get("status") == "True" \
+        or job_finished(observed.validation_job)  # its result is read in the same plan
+    return validated and not use and observed.training_job is None and not (body.get("spec") or {}).get("cancel")
+
+
+def trained_tokens(stored: dict[str, Any]) -> int:
+    """What an ended job trained: its result's count once Succeeded, else the trainer's last report."""
+    if stored.get("phase") == Phase.SUCCEEDED.value and stored.get("trainedTokens") is not None:
+        return int(stored["trainedTokens"])
+    return int((stored.get("progress") or {}).get("trainedTokens") or 0)
+
+
+def _settle(meta: dict[str, Any], stored: dict[str, Any], observed: Observed, status: FineTuneJobStatusBuilder,
+            plan: Plan) -> None:
+    """An ended job's charge: its reservation in the TokenBudget replaced by what it trained (one write keyed
+    by the reservation), and the same numbers in its own status."""
+    use = stored.get("budget")
+    if not use or use.get("settledAt") or observed.budgets is None:
+        return
+    c = budget.charge(int(use.get("freeTokens") or 0), float(use.get("usdPerMillionTokens") or 0.0),
+                      trained_tokens(stored))
+    held = next((b for b in observed.budgets if b["metadata"]["name"] == use["name"]), None)
+    if held is None:
+        status.events.append(Event("Warning", "BudgetNotFound", f"TokenBudget {use['name']!r} no longer exists: "
+                                   f"{c.tokens:,} trained tokens were charged to no budget"))
+    else:
+        new = budget.settle(held, meta.get("uid") or "", c, budget.parse_time(status.ts))
+        if new is not None:
+            plan.budget_write = budget.status_write(held, new)
+        status.events.append(Event("Normal", "Charged", f"charged {c.tokens:,} training tokens ({c.free_tokens:,} "
+                                   f"free, ${c.cost_usd:,.2f}) to TokenBudget {use['name']!r}"))
+    status.desired["budget"] = {**use, "settledAt": status.ts, "settledTokens": c.tokens,
+                                "settledFreeTokens": c.free_tokens, "settledCostUsd": c.cost_usd}
 
 
 @dataclass
@@ -304,10 +357,59 @@ class _Lifecycle:
                                   "CapacityUnknown" if fit.fits is None else "Fits", fit.message)
         return True
 
+    def budget_admits(self) -> bool:
+        """The namespace's TokenBudget reserves the job's billable estimate, or holds it Queued with a
+        condition saying what is missing and when it fits; a job bigger than a whole limit fails."""
+        budgets, desired = self.observed.budgets, self.status.desired
+        if budgets is None or desired.get("budget"):  # not read (no budgets here), or admitted already
+            return True
+        held = budget.governing(budgets)
+        namespace = self.ftj.metadata.namespace or "default"
+        if held is None:
+            if self.settings.default_budget is None:
+                return True
+            self.plan.ensure.append(default_budget(namespace, self.settings))
+            self.status.condition("BudgetAdmitted", "Unknown", "CreatingBudget",
+                                  f"creating the namespace's TokenBudget {DEFAULT_BUDGET!r} from the operator's "
+                                  "settings (defaultBudget)")
+            self.status.set_phase(Phase.QUEUED, "Waiting for the namespace's TokenBudget")
+            self.plan.requeue_after = 1.0
+            return False
+        estimate = desired.get("estimate") or {}
+        tokens = int(estimate.get("billableTrainingTokens") or 0)
+        price = float(estimate.get("usdPerMillionTokens") or self.settings.prices.training)
+        now = budget.parse_time(self.status.ts)
+        decision = budget.admit(held, self.ftj.metadata.uid or "", self.ftj.metadata.name, tokens, price, now)
+        if decision.never:
+            self.status.condition("BudgetAdmitted", False, "ExceedsBudget", decision.message)
+            self.status.fail("ExceedsBudget", "insufficient_quota",
+                             f"{decision.message}: it can never fit; raise the limit, or train fewer tokens "
+                             "(fewer epochs or examples)", "spec.hyperparameters.epochs")
+            return False
+        if not decision.admitted:
+            self.status._blocked_event("BudgetAdmitted", ("InsufficientBudget", decision.message))
+            self.status.condition("BudgetAdmitted", False, "InsufficientBudget", decision.message)
+            self.status.condition("Running", False, "InsufficientBudget", "")
+            self.status.set_phase(Phase.QUEUED, "Held: the namespace's TokenBudget has not enough left; "
+                                                "see condition BudgetAdmitted")
+            wait = (decision.retry_at - now).total_seconds() if decision.retry_at else 3600.0
+            self.plan.requeue_after = max(1.0, min(wait + 1.0, 3600.0))
+            return False
+        r = decision.reservation
+        assert r is not None
+        if decision.status is not None:
+            self.plan.budget_write = budget.status_write(held, decision.status)
+        desired["budget"] = BudgetUse(name=held["metadata"]["name"], tokens=r.tokens, freeTokens=r.freeTokens,
+                                      costUsd=r.costUsd, usdPerMillionTokens=price,
+                                      admittedAt=r.admittedAt).to_status()
+        desired["estimate"] = {**estimate, "freeTokens": r.freeTokens, "costUsd": r.costUsd}
+        self.status.condition("BudgetAdmitted", True, "Reserved", decision.message)
+        return True
+
     def create_training_job(self) -> bool:
         if self.observed.training_job is not None:
             return True
-        if not self.memory_fits():
+        if not self.memory_fits() or not self.budget_admits():
             return False
         # The config with what ValidatingFiles resolved replaces the one the validator read (the controller
         # brings an existing ConfigMap in line), before the Job that mounts it. The RBAC was created before the
@@ -391,6 +493,18 @@ class _Lifecycle:
             self.status.set_phase(Phase.RUNNING, f"Training with {nodes} node(s)")
         else:
             self.status.waiting(False, False, self.names.training_job, blocked_pod(self.observed.training_pods))
+
+
+#: The name of the TokenBudget the operator creates in a namespace that has none (settings.defaultBudget).
+DEFAULT_BUDGET = "default"
+
+
+def default_budget(namespace: str, settings: OperatorSettings) -> dict[str, Any]:
+    assert settings.default_budget is not None
+    return {"apiVersion": API_VERSION, "kind": "TokenBudget",
+            "metadata": {"name": DEFAULT_BUDGET, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "hone-operator"}},
+            "spec": settings.default_budget.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
 def training_config(config: contract.TrainerConfig, status: dict[str, Any]) -> contract.TrainerConfig:

@@ -9,7 +9,7 @@ Naming follows Kubernetes: camelCase in YAML, ``spec``/``status``, references
 are ``{name}`` objects in the object's own namespace.
 
 One module a kind, as kubebuilder keeps one ``*_types.go`` a kind: ``finetunejob``,
-``modelserving``, and ``common`` for what both share. Everything is re-exported here,
+``modelserving``, ``tokenbudget``, and ``common`` for what they share. Everything is re-exported here,
 so ``from hone_operator.api.v1alpha1 import FineTuneJob`` is how the rest of Hone
 imports them.
 """
@@ -55,6 +55,7 @@ from hone_operator.api.v1alpha1.finetunejob import (  # noqa: F401
     EstimateStatus,
     MemoryStatus,
     FineTunedModel,
+    BudgetUse,
     ErrorStatus,
     FineTuneJobStatus,
     FineTuneJob,
@@ -67,4 +68,12 @@ from hone_operator.api.v1alpha1.modelserving import (  # noqa: F401
     ModelServingPhase,
     ModelServingStatus,
     ModelServing,
+)
+from hone_operator.api.v1alpha1.tokenbudget import (  # noqa: F401
+    TrainingLimits,
+    TokenBudgetSpec,
+    Reservation,
+    TrainingUsage,
+    TokenBudgetStatus,
+    TokenBudget,
 )

@@ -409,12 +409,30 @@ class EstimateStatus(StatusModel):
 
     hyperparameters: ResolvedHyperparameters | None = Field(None, description="Hyperparameters with `auto` resolved.")
     billableTrainingTokens: int = Field(0, alias="billableTrainingTokens", description="tokensPerEpoch x epochs.")
-    costUsd: float = Field(0.0, alias="costUsd", description="billableTrainingTokens at the price table's training price.")
+    costUsd: float = Field(0.0, alias="costUsd", description="billableTrainingTokens at the training price, less "
+                           "freeTokens once the namespace's TokenBudget admitted the job.")
+    freeTokens: int | None = Field(None, alias="freeTokens", description="Of the billable tokens, free under the "
+                                   "namespace's daily allowance (set when its TokenBudget admits the job).")
     usdPerMillionTokens: float | None = Field(None, alias="usdPerMillionTokens", description="The training price used.")
     model: ModelShape | None = Field(None, description="The base model's shape, read from its config by the "
                                                        "ValidatingFiles step.")
     memory: MemoryStatus | None = Field(None, description="Peak memory of one training rank, estimated before "
                                                           "the training pods are created.")
+
+
+class BudgetUse(StatusModel):
+    """What the namespace's TokenBudget reserved for this job, and what it was charged when it ended."""
+
+    name: str = Field(description="The TokenBudget.")
+    tokens: int = Field(0, description="Billable training tokens reserved (the estimate).")
+    freeTokens: int = Field(0, alias="freeTokens", description="Of those, free under the day's allowance.")
+    costUsd: float = Field(0.0, alias="costUsd", description="The estimate's cost after the allowance.")
+    usdPerMillionTokens: float = Field(0.0, alias="usdPerMillionTokens", description="The training price used.")
+    admittedAt: datetime | None = Field(None, alias="admittedAt", description="When the budget admitted the job.")
+    settledAt: datetime | None = Field(None, alias="settledAt", description="When the job's usage was charged.")
+    settledTokens: int | None = Field(None, alias="settledTokens", description="Tokens charged: what it trained.")
+    settledFreeTokens: int | None = Field(None, alias="settledFreeTokens", description="Of those, free.")
+    settledCostUsd: float | None = Field(None, alias="settledCostUsd", description="Their cost.")
 
 
 class FineTunedModel(StatusModel):
@@ -445,6 +463,7 @@ class FineTuneJobStatus(StatusModel):
     checkpoints: list[CheckpointInfo] | None = Field(None, description="Complete checkpoints that training can resume from.")
     fineTunedModel: FineTunedModel | None = Field(None, alias="fineTunedModel", description="The published model, once Succeeded.")
     trainedTokens: int | None = Field(None, alias="trainedTokens", description="Billable tokens trained, once Succeeded.")
+    budget: BudgetUse | None = Field(None, description="The TokenBudget's reservation and charge for this job.")
     error: ErrorStatus | None = Field(None, description="Why the job failed (OpenAI's error object).")
     startTime: datetime | None = Field(None, alias="startTime", description="When training first started.")
     completionTime: datetime | None = Field(None, alias="completionTime", description="When the job reached a final phase.")
