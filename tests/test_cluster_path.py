@@ -235,10 +235,18 @@ def _apply(cluster: Cluster, *objs: dict[str, Any]) -> None:
     cluster.kubectl("-n", NS, "apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
 
 
+#: Pod name -> uid (a pod's uid never changes): the freeze loop below reads cgroups many times a second,
+#: and a kubectl call each time kept the trainers stopped most of the time.
+_POD_UIDS: dict[str, str] = {}
+
+
 def _trainer_pids(cluster: Cluster, pod_name: str) -> set[int]:
     """Every process of the pod's trainer container, from its memory cgroup (the node's own bookkeeping)."""
-    found = json.loads(cluster.kubectl("-n", NS, "get", "pod", pod_name, "-o", "json", ok=False).stdout or "{}")
-    worker = cluster.node.kubelet.workers.get((found.get("metadata") or {}).get("uid"))
+    if pod_name not in _POD_UIDS:
+        found = json.loads(cluster.kubectl("-n", NS, "get", "pod", pod_name, "-o", "json", ok=False).stdout or "{}")
+        if uid := (found.get("metadata") or {}).get("uid"):
+            _POD_UIDS[pod_name] = uid
+    worker = cluster.node.kubelet.workers.get(_POD_UIDS.get(pod_name))
     pids: set[int] = set()
     for cgroup in (worker.containers[0].cgroups if worker else []):
         if cgroup.parent.parent.name == "memory":
