@@ -322,3 +322,21 @@ def test_the_operator_admits_what_fits_and_charges_exactly_across_restarts(
         assert f'hone_budget_training_used_tokens{{budget="team",namespace="{NS}",window="day"}} 990000.0' in metrics
     finally:
         op.stop()
+
+
+def test_a_job_deleted_while_it_runs_is_charged_what_it_trained(kube: Any, operator: Any) -> None:
+    from hone_dev.cluster import wait_for
+    from hone_dev.resources import API, NS, apply, validate_ok
+
+    apply(kube, name="short-lived")
+    validate_ok(kube, "short-lived")  # admitted: its training Job exists
+    assert kube.get(API, "TokenBudget", NS, "default")["status"]["training"]["reservedTokens"] == 150_000
+    kube.patch(API, "FineTuneJob", NS, "short-lived", {"status": {"progress": contract.Progress(
+        step=4, total_steps=30, trained_tokens=20_000).to_json_dict()}}, subresource="status")
+    wait_for(lambda: 'finetunejob="short-lived"' in operator.metrics() and
+             'hone_training_tokens_total{base_model="HuggingFaceTB/SmolLM2-135M-Instruct",finetunejob="short-lived",'
+             f'namespace="{NS}"}} 20000.0' in operator.metrics(), what="the report seen")
+    kube.delete(API, "FineTuneJob", NS, "short-lived")
+    usage = wait_for(lambda: (b := kube.get(API, "TokenBudget", NS, "default")) and
+                     not (b.get("status") or {}).get("reservations") and b["status"]["training"], what="charged")
+    assert (usage["tokensToday"], usage["freeTokensToday"], usage["reservedTokens"]) == (20_000, 20_000, 0)

@@ -68,6 +68,8 @@ class Controller:
         #: their budget reservation to be charged by the budget's reconcile.
         self._departed: dict[str, tuple[str, int]] = {}
         self._warned_no_budgets = False
+        #: When each TokenBudget's reconcile is next due (its day window's end), so it is scheduled once.
+        self._budget_timers: dict[Key, Any] = {}
         self._queue: asyncio.Queue[WorkKey] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: set[WorkKey] = set()
@@ -405,7 +407,15 @@ class Controller:
             return
         if write is None:
             self.metrics.budgets.observe(body)
-        if desired.resetsAt is not None:  # the day window rolls over: usage starts again, waiting jobs may fit
+        held = {r.uid for r in desired.reservations or []}
+        with self._lock:  # a departed job whose reservation is gone was charged (or its budget recreated)
+            for uid in [u for u, (ns, _) in self._departed.items() if ns == namespace and u not in held]:
+                del self._departed[uid]
+            # The day window rolls over: usage starts again, waiting jobs may fit. One timer a budget a day.
+            due = desired.resetsAt is not None and self._budget_timers.get(key) != desired.resetsAt
+            if due:
+                self._budget_timers[key] = desired.resetsAt
+        if due and desired.resetsAt is not None:
             delay = max(1.0, (desired.resetsAt - at).total_seconds() + 1.0)
             self._loop.call_soon_threadsafe(self.enqueue, (TOKENBUDGET, *key), delay)
 
