@@ -43,6 +43,10 @@ def ftj(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
         {"type": "MemoryFits", "status": "False", "reason": "InsufficientMemory",
          "message": "estimated 60.3Gi per GPU ...; would fit: spec.method: qlora (12.6Gi)"}]}, 1,
      "Degraded", "would fit: spec.method: qlora"),
+    ({"phase": "Queued", "observedGeneration": 1, "conditions": [
+        {"type": "BudgetAdmitted", "status": "False", "reason": "InsufficientBudget",
+         "message": "needs 600,000 training tokens ...; It starts by itself ... when the day resets"}]}, 1,
+     "Progressing", "Queued: needs 600,000 training tokens"),
     ({"phase": "Running", "observedGeneration": 1, "progress": {"percent": 40}}, 1, "Progressing", "Training: 40%"),
     ({"phase": "Suspended", "observedGeneration": 1}, 1, "Suspended", "spec.suspend"),
     ({"phase": "Cancelled", "observedGeneration": 1}, 1, "Suspended", "Cancelled"),

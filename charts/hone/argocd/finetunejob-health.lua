@@ -47,5 +47,11 @@ elseif phase == "Running" then
 else
   hs.status = "Progressing"
   hs.message = phase
+  -- Held by the namespace's TokenBudget: it starts by itself, and the condition says when.
+  if phase == "Queued" and st.conditions ~= nil then
+    for _, c in ipairs(st.conditions) do
+      if c.type == "BudgetAdmitted" and c.status == "False" then hs.message = "Queued: " .. c.message end
+    end
+  end
 end
 return hs
