@@ -340,3 +340,29 @@ def test_a_job_deleted_while_it_runs_is_charged_what_it_trained(kube: Any, opera
     usage = wait_for(lambda: (b := kube.get(API, "TokenBudget", NS, "default")) and
                      not (b.get("status") or {}).get("reservations") and b["status"]["training"], what="charged")
     assert (usage["tokensToday"], usage["freeTokensToday"], usage["reservedTokens"]) == (20_000, 20_000, 0)
+
+
+def test_prices_per_base_model_reach_the_estimate_the_budget_and_the_server() -> None:
+    from hone_operator.api.v1alpha1 import ModelServing
+    from hone_operator.builders import served
+
+    cheap = contract.PriceTable(training=3.0, prompt=0.3, completion=1.2)
+    settings = OperatorSettings(model_prices={"HuggingFaceTB/SmolLM2-135M-Instruct": cheap}, default_budget=None)
+    job = validated_job("j", "u1", 300_000)
+    del job["status"]["estimate"]  # validated here, at this base model's price
+    job["status"]["conditions"] = []
+    result = contract.ValidationResult(ok=True, examples=120, tokens_per_epoch=100_000,
+                                       hyperparameters=contract.resolve_hyperparameters(120),
+                                       billable_training_tokens=300_000)
+    pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [{"name": "validator", "state": {
+        "terminated": {"exitCode": 0, "message": contract.to_termination_message(result)}}}]}}
+    p = plan(job, Observed(validation_job=VALIDATED, validation_pods=[pod], budgets=[tb(freeTokensPerDay=0)]),
+             settings, NOON)
+    assert (p.status["estimate"]["usdPerMillionTokens"], p.status["estimate"]["costUsd"]) == (3.0, 0.9)
+    assert p.status["budget"]["usdPerMillionTokens"] == 3.0 and p.budget_write.patch["reservations"][0]["costUsd"] == 0.9
+    msv = ModelServing.model_validate({"metadata": {"name": "s", "namespace": "ns"}, "spec": {
+        "baseModel": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}, "adapters": [{"uri": "s3://b/a"}]}})
+    assert served.resolve(msv, {}, settings).config.prices == cheap
+    other = msv.model_copy(update={"spec": msv.spec.model_copy(update={"baseModel": type(msv.spec.baseModel)(
+        uri="hf://Qwen/Qwen2.5-0.5B-Instruct")})})
+    assert served.resolve(other, {}, settings).config.prices == contract.PriceTable()

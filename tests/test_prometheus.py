@@ -73,14 +73,24 @@ def test_every_recording_rule_and_alert_has_a_unit_test() -> None:
                 assert rule["alert"] in firing, f"no promtool test makes {rule['alert']} fire"
 
 
-def test_prices_in_the_values_reach_the_cost_rules() -> None:
-    args = ("--set", "prices.prompt=2", "--set", "prices.completion=8", "--set", "prices.training=40")
+def test_prices_in_the_values_reach_the_operator_whose_counters_the_rules_read(tmp_path: Path, monkeypatch) -> None:
+    """The cost rules sum the counters the operator (training, after free tokens) and each inference pod keep at
+    their model's prices; the prices reach them through the operator's settings."""
+    args = ("--set", "prices.prompt=2", "--set", "prices.completion=8", "--set", "prices.training=40",
+            "--set-json", 'modelPrices={"embedded://smollm2-135m-instruct":{"training":3,"prompt":0.3,"completion":1.2}}')
     text = yaml.safe_dump(rendered_rules(*args))
-    assert "* 2 / 1e6" in text and "* 8 / 1e6" in text
-    # Training cost comes from the operator's counter (after each job's free tokens), at the settings' price.
     assert 'increase(hone_cost_usd_total{kind="training"}[1d])' in text
-    settings = next(o for o in render(None, *args) if o["metadata"]["name"].endswith("-settings"))
-    assert yaml.safe_load(settings["data"]["settings.yaml"])["prices"]["training"] == 40
+    assert 'increase(hone_cost_usd_total{kind=~"prompt|completion"}[1d])' in text
+    settings_map = next(o for o in render(None, *args) if o["metadata"]["name"].endswith("-settings"))
+    (tmp_path / "settings.yaml").write_text(settings_map["data"]["settings.yaml"])
+    monkeypatch.setenv("HONE_CONFIG_FILE", str(tmp_path / "settings.yaml"))  # as the operator's pod reads it
+    from hone_operator.settings import load
+
+    settings = load()
+    assert settings.prices_for("hf://HuggingFaceTB/SmolLM2-135M-Instruct").model_dump() == {
+        "training": 40, "prompt": 2, "completion": 8}
+    assert settings.prices_for("embedded://smollm2-135m-instruct").model_dump() == {
+        "training": 3, "prompt": 0.3, "completion": 1.2}
 
 
 def _query(url: str, promql: str) -> list[dict[str, Any]]:

@@ -58,6 +58,10 @@ class OperatorSettings(BaseSettings):
     health_port: int = Field(8081, ge=0, le=65535, description="Port of /healthz (liveness); 0 turns it off.")
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")
     prices: PriceTable = Field(default_factory=PriceTable, description="USD per 1M tokens.")
+    model_prices: dict[str, PriceTable] = Field(
+        default_factory=dict,
+        description="Prices per base model, by the URI a FineTuneJob's or ModelServing's spec.baseModel.uri gives "
+                    "(hf:// may be left out); other models use prices.")
     training_resources: PodResources = Field(
         default_factory=lambda: PodResources(cpu="8", memory="64Gi"),
         description="Default CPU/memory of a training pod when the FineTuneJob sets none.",
@@ -113,6 +117,14 @@ class OperatorSettings(BaseSettings):
     kueue_enabled: bool = Field(
         True, description="Honour kueue.x-k8s.io/queue-name labels (create Jobs suspended for Kueue)."
     )
+
+    def prices_for(self, base_model_uri: str) -> PriceTable:
+        """The price table of a base model: its entry in model_prices, else prices."""
+        uri = base_model_uri.removeprefix("hf://")
+        for key, table in self.model_prices.items():
+            if key.removeprefix("hf://") == uri:
+                return table
+        return self.prices
 
     @classmethod
     def settings_customise_sources(

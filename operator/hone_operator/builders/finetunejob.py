@@ -192,7 +192,7 @@ def trainer_config(ftj: FineTuneJob, settings: OperatorSettings, *, base_model: 
         checkpoint_interval_steps=spec.checkpointing.intervalSteps,
         keep_checkpoints=spec.checkpointing.keep,
         merge_weights=spec.output.mergeWeights,
-        prices=settings.prices,
+        prices=settings.prices_for(spec.baseModel.uri),
         **where,
     )
 

@@ -107,6 +107,7 @@ class _Collected:
     ranks: list[int | None] = field(default_factory=list)
     trained_on: list[tuple[str, FineTuneJob]] = field(default_factory=list)  # (param, job) of job adapters
     base: contract.ModelSource | None = None
+    base_uri: str = ""  # the spec.baseModel.uri the prices are looked up by (settings.prices_for)
     served_name: str | None = None
 
     def job_adapter(self, param: str, ftj: FineTuneJob, name: str | None = None) -> None:
@@ -140,11 +141,15 @@ def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
             assert a.uri is not None
             got.uri_adapter(f"{param}.uri", a.uri, a.name)
     base = _base_model(spec, got)
+    if spec.baseModel is not None:
+        got.base_uri = spec.baseModel.uri
+    elif got.trained_on:
+        got.base_uri = got.trained_on[0][1].spec.baseModel.uri
     keys = got.storage.secret(spec.apiKeySecret)
     config = contract.ServerConfig(
         base_model=base, served_model_name=got.served_name, adapters=got.adapters, host="0.0.0.0", port=contract.SERVER_PORT,
         api_keys_file=f"{keys}/api-keys" if keys else None, max_concurrent_requests=spec.maxConcurrentRequests,
-        special_tokens_in_content=spec.specialTokensInContent, prices=settings.prices)
+        special_tokens_in_content=spec.specialTokensInContent, prices=settings.prices_for(got.base_uri))
     remote = [i for i, a in enumerate(got.adapters) if a.location.startswith("s3://")]
     names = [got.served_name or contract.default_served_name(base.location), *got.names]
     return Resolved(config, got.storage, got.ranks, remote, names)
@@ -163,6 +168,7 @@ def _fine_tune_job_ref(got: _Collected, name: str, has_adapters: bool,
                         "served as the base model and cannot carry adapters")
     location, creds = _artifact_location(ftj, got.storage, param)
     got.base = contract.ModelSource(location=location, credentials_dir=creds)
+    got.base_uri = ftj.spec.baseModel.uri  # priced as the model it was trained from
     got.served_name = ftj.status.fineTunedModel.name  # type: ignore[union-attr]
 
 

@@ -47,14 +47,14 @@ def run(manifest: Path, workdir: Path) -> None:
     if rc == 130:
         click.echo("Interrupted: a checkpoint was saved. Run the same command again to resume.", err=True)
         sys.exit(130)
-    _report(job_dir, rc, settings.prices.training)
+    _report(job_dir, rc, config.prices.training)
 
 
 def _validate(manifest: Path, config: Any, settings: Any, spec: Any) -> Any:
     """The ValidatingFiles step and the memory estimate, printed; exits 4 when the data is not trainable."""
     click.echo(f"Validating {config.training_data.location} with the tokenizer of {config.base_model.location}")
     result = validate_config(config, f"{manifest}: spec.baseModel.uri")
-    print_validation(config, result, settings.prices.training, memory_fit(spec, config, result, settings))
+    print_validation(config, result, config.prices.training, memory_fit(spec, config, result, settings))
     if not result.ok:
         sys.exit(4)
     return result

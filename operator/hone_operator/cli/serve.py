@@ -31,6 +31,7 @@ def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int
     import logging
 
     from hone_operator import local
+    from hone_operator import settings as settings_mod
     from hone_operator.api.v1alpha1 import ModelServing
 
     if (manifest is None) == (job_manifest is None):
@@ -54,6 +55,9 @@ def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int
             click.echo("note: runtime vllm is for GPU clusters; serving with the built-in server here", err=True)
     try:
         config = local.server_config(msv, source, workdir, host, port, api_keys_file)
+        base_uri = msv.spec.baseModel.uri if msv.spec.baseModel is not None else \
+            (job.spec.baseModel.uri if job_manifest is not None else "")
+        config = config.model_copy(update={"prices": settings_mod.load().prices_for(base_uri)})
     except local.LocalSpecError as exc:
         fail(f"{source}: {exc}")
     except loading.ServingError as exc:

@@ -61,12 +61,12 @@ def validate(source: Path, as_json: bool, **options: Any) -> None:
     if as_json:
         status = {"dataset": dataset_status(result)}
         if result.ok:
-            status["estimate"] = estimate_status(result, settings)
+            status["estimate"] = estimate_status(result, config.prices.training)
             if fit is not None:
                 status["estimate"]["memory"] = fit.status
         click.echo(json.dumps(status, indent=2))
     else:
-        print_validation(config, result, settings.prices.training, fit)
+        print_validation(config, result, config.prices.training, fit)
     sys.exit(0 if result.ok else 4)
 
 
@@ -152,7 +152,7 @@ def _jsonl_config(data: Path, settings: Any, *, validation: Path | None, model: 
         validation_data=contract.DataFile(location=str(validation)) if validation else None,
         epochs=_auto_or(epochs, "--epochs", int), batch_size=_auto_or(batch_size, "--batch-size", int),
         learning_rate_multiplier=_auto_or(learning_rate_multiplier, "--learning-rate-multiplier", float),
-        max_seq_length=max_seq_length, prices=settings.prices,
+        max_seq_length=max_seq_length, prices=settings.prices_for(model),
         output_uri="unused", checkpoint_dir="unused", result_path=None)
 
 

@@ -411,9 +411,9 @@ class Worker:
 
         store.update_job(project, job_id, checkpoint_each_epoch)
         self.store.set_status(project, job_id, phase="Queued", dataset=dataset_status(result),
-                  estimate=estimate_status(result, store.settings))
+                  estimate=estimate_status(result, config.prices.training))
         store.add_event(project, job_id, f"Files validated: {result.summary}; "
-                                         f"estimated cost ${store.settings.prices.training * result.billable_training_tokens / 1e6:.4f}")
+                                         f"estimated cost ${config.prices.training * result.billable_training_tokens / 1e6:.4f}")
         store.add_event(project, job_id, "Fine-tuning job queued")
         return True
 

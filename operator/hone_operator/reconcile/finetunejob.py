@@ -107,10 +107,10 @@ class FineTuneJobStatusBuilder(StatusBuilder):
         self.condition("Running", False, reason, "")
         self.set_phase(Phase.FAILED, message, warning=True)
 
-    def validated(self, result: contract.ValidationResult, settings: OperatorSettings) -> None:
+    def validated(self, result: contract.ValidationResult, price: float) -> None:
         self.desired["dataset"] = dataset_status(result)
         if result.ok:
-            self.desired["estimate"] = estimate_status(result, settings)
+            self.desired["estimate"] = estimate_status(result, price)
             self.condition("FilesValidated", True, "Validated", result.summary)
         else:
             self.condition("FilesValidated", False, "InvalidTrainingFile", result.summary)
@@ -319,7 +319,7 @@ class _Lifecycle:
             return False
         result, _ = read_result(observed.validation_pods, ftj_build.VALIDATOR_CONTAINER, contract.ValidationResult)
         if isinstance(result, contract.ValidationResult):
-            self.status.validated(result, self.settings)
+            self.status.validated(result, self.job.config.prices.training)
             return result.ok
         failed = job_condition(vjob, "Failed")
         detail = last_failure_message(observed.validation_pods, ftj_build.VALIDATOR_CONTAINER)
@@ -520,8 +520,8 @@ def dataset_status(r: contract.ValidationResult) -> dict[str, Any]:
     return DatasetStatus.model_validate(r.to_json_dict()).to_status()
 
 
-def estimate_status(r: contract.ValidationResult, settings: OperatorSettings) -> dict[str, Any]:
-    price = settings.prices.training
+def estimate_status(r: contract.ValidationResult, price: float) -> dict[str, Any]:
+    """``status.estimate`` at ``price`` (USD per 1M training tokens: the base model's, ``settings.prices_for``)."""
     return EstimateStatus(billableTrainingTokens=r.billable_training_tokens,
                           costUsd=contract.cost_usd(r.billable_training_tokens, price),
                           usdPerMillionTokens=price, hyperparameters=r.hyperparameters, model=r.model).to_status()
