@@ -293,3 +293,20 @@ def test_readme_parameters_are_generated_from_values(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr  # every value has its ## @param
     assert readme.read_text() == (CHART / "README.md").read_text(), (
         "charts/hone/README.md is stale: run the readme-generator command its text gives")
+
+
+def test_budgets_in_the_values_become_valid_tokenbudgets() -> None:
+    from hone_operator.api.v1alpha1 import TokenBudget
+    from hone_dev.repo import validator
+
+    objs = [o for o in render(None, "--set-json", 'budgets={"team-a":{"training":{"tokensPerDay":5000000,'
+                              '"costPerMonthUsd":500}},"team-b":{}}') if o["kind"] == "TokenBudget"]
+    assert [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objs] == [("team-a", "default"),
+                                                                                   ("team-b", "default")]
+    for obj in objs:
+        assert not [e.message for e in validator("tokenbudgets").iter_errors(obj)]
+        TokenBudget.model_validate(obj)
+    assert objs[0]["spec"]["training"] == {"tokensPerDay": 5_000_000, "costPerMonthUsd": 500}
+    assert not [o for o in render() if o["kind"] == "TokenBudget"]  # none unless asked for
+    bad = helm("template", "hone", str(CHART), "--set-json", 'budgets={"Team_A":{}}')
+    assert bad.returncode != 0 and "budgets: \"Team_A\" is not a valid namespace name" in bad.stderr

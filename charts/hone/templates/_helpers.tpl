@@ -87,6 +87,11 @@ Checks values.schema.json cannot express; each failure names the key and what to
 {{- fail (printf "watchNamespaces: %q is not a valid namespace name" .) -}}
 {{- end -}}
 {{- end -}}
+{{- range $ns, $_ := .Values.budgets -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $ns) -}}
+{{- fail (printf "budgets: %q is not a valid namespace name (the keys of budgets are namespaces)" $ns) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The operator's rules: exactly the API calls it makes (tests/test_rbac.py checks them against its audit log). */}}
