@@ -213,7 +213,7 @@ class Controller:
         meta = obj.get("metadata") or {}
         status = obj.get("status") or {}
         progress = status.get("progress") or {}
-        tokens = status.get("trainedTokens") or progress.get("trainedTokens") or 0
+        tokens = ftj_reconcile.trained_tokens(status)  # what its TokenBudget charges when it ends
         base = ((obj.get("spec") or {}).get("baseModel") or {}).get("uri", "")
         use = status.get("budget") or {}
         self.metrics.jobs.observe(
@@ -393,16 +393,16 @@ class Controller:
             if settled is None:
                 continue
             write = budget_mod.status_write(body, settled)
-            if write is not None and not self._write_budget(namespace, write):
+            updated = self._write_budget(namespace, write) if write is not None else body
+            if updated is None:
                 self._loop.call_soon_threadsafe(self.enqueue, (TOKENBUDGET, *key))
                 return
+            body = updated  # the next write goes against this version
             self._departed.pop(r["uid"], None)
-            with self._lock:
-                body = self._budgets.get(key) or body
             self._loop.call_soon_threadsafe(self._enqueue_waiting, namespace)
         desired = budget_mod.desired_status(body, fresh, at, ts)
         write = budget_mod.status_write(body, desired)
-        if write is not None and not self._write_budget(namespace, write):
+        if write is not None and self._write_budget(namespace, write) is None:
             self._loop.call_soon_threadsafe(self.enqueue, (TOKENBUDGET, *key))
             return
         if write is None:
@@ -434,8 +434,7 @@ class Controller:
                 return None
             log.warning("FineTuneJob %s/%s (uid %s) was deleted while the operator was not running: what it "
                         "trained is unknown and its reservation is released uncharged", namespace, job, uid)
-        return budget_mod.charge(int(reservation.get("freeTokens") or 0),
-                                 float(reservation.get("usdPerMillionTokens") or 0.0), departed[1] if departed else 0)
+        return budget_mod.charge_for(reservation, departed[1] if departed else 0)
 
     def _missing_references(self, body: dict[str, Any], namespace: str) -> list[tuple[str, str]]:
         """Read the ConfigMaps and PVCs the pods will mount; say which are missing."""
@@ -467,23 +466,24 @@ class Controller:
                             "(kubectl apply --server-side -f charts/hone/crds/)")
             return None
 
-    def _write_budget(self, namespace: str, write: budget_mod.BudgetWrite) -> bool:
-        """A TokenBudget status write with its resourceVersion; False when the budget changed meanwhile."""
+    def _write_budget(self, namespace: str, write: budget_mod.BudgetWrite) -> dict[str, Any] | None:
+        """A TokenBudget status write with its resourceVersion: the budget as written, or None when it changed
+        meanwhile."""
         try:
             updated = self.kube.patch(API_VERSION, TOKENBUDGET, namespace, write.name, write.body(),
                                       subresource="status")
         except Conflict:
             log.info("TokenBudget %s/%s changed meanwhile; planning again", namespace, write.name)
-            return False
+            return None
         with self._lock:
             self._budgets.written((namespace, write.name), updated, only_known=True)
         self.metrics.budgets.observe(updated)
-        return True
+        return updated
 
     def _execute(self, key: Key, body: dict[str, Any], plan: ftj_reconcile.Plan) -> None:
         namespace, name = key
         if plan.budget_write is not None:
-            if not self._write_budget(namespace, plan.budget_write):
+            if self._write_budget(namespace, plan.budget_write) is None:
                 self._loop.call_soon_threadsafe(self.enqueue, (FINETUNEJOB, *key))
                 return
             if "settledAt" in ((plan.status or {}).get("budget") or {}):  # tokens came back: others may fit now

@@ -37,7 +37,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hone_operator.api.v1alpha1 import FineTuneJobPhase
-from hone_trainer.contract import PriceTable, cost_usd
+from hone_operator.reconcile.budget import charge
+from hone_trainer.contract import PriceTable
 
 
 @dataclass
@@ -102,10 +103,10 @@ class FineTuneJobCollector(Collector):
                                    labels=["namespace", "finetunejob"])
         for j in jobs:
             tokens.add_metric([j.namespace, j.name, j.base_model], j.trained_tokens)
-            gratis = min(j.trained_tokens, j.free_tokens)  # what the budget's charge counts free (budget.charge)
-            price = self.prices.training if j.price is None else j.price
-            cost.add_metric([j.namespace, "training", j.name], cost_usd(j.trained_tokens - gratis, price))
-            free.add_metric([j.namespace, j.name], gratis)
+            # What its TokenBudget charges when it ends, so far.
+            c = charge(j.free_tokens, self.prices.training if j.price is None else j.price, j.trained_tokens)
+            cost.add_metric([j.namespace, "training", j.name], c.cost_usd)
+            free.add_metric([j.namespace, j.name], c.free_tokens)
         yield tokens
         yield cost
         yield free
@@ -137,21 +138,18 @@ class BudgetCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             budgets = sorted(self._budgets.items())
-        labels = ["namespace", "budget", "window"]
-        used = GaugeMetricFamily("hone_budget_training_used_tokens", "Settled plus reserved training tokens in "
-                                 "the TokenBudget's current window.", labels=labels)
-        limit = GaugeMetricFamily("hone_budget_training_limit_tokens", "The TokenBudget's training token limit.",
-                                  labels=labels)
-        remaining = GaugeMetricFamily("hone_budget_training_remaining_tokens", "Training tokens left in the window.",
-                                      labels=labels)
-        cost = GaugeMetricFamily("hone_budget_training_cost_usd", "Settled plus reserved training cost this month.",
-                                 labels=labels)
-        cost_limit = GaugeMetricFamily("hone_budget_training_cost_limit_usd", "The monthly training cost limit.",
-                                       labels=labels)
-        free = GaugeMetricFamily("hone_budget_training_free_tokens", "Free training tokens used today.",
-                                 labels=labels)
-        free_limit = GaugeMetricFamily("hone_budget_training_free_limit_tokens", "Free training tokens a day.",
-                                       labels=labels)
+
+        def gauge(name: str, documentation: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, labels=["namespace", "budget", "window"])
+
+        used = gauge("hone_budget_training_used_tokens",
+                     "Settled plus reserved training tokens in the TokenBudget's current window.")
+        limit = gauge("hone_budget_training_limit_tokens", "The TokenBudget's training token limit.")
+        remaining = gauge("hone_budget_training_remaining_tokens", "Training tokens left in the window.")
+        cost = gauge("hone_budget_training_cost_usd", "Settled plus reserved training cost this month.")
+        cost_limit = gauge("hone_budget_training_cost_limit_usd", "The monthly training cost limit.")
+        free = gauge("hone_budget_training_free_tokens", "Free training tokens used today.")
+        free_limit = gauge("hone_budget_training_free_limit_tokens", "Free training tokens a day.")
         for (ns, name), obj in budgets:
             spec = (obj.get("spec") or {}).get("training") or {}
             status = obj.get("status") or {}

@@ -141,10 +141,6 @@ def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
             assert a.uri is not None
             got.uri_adapter(f"{param}.uri", a.uri, a.name)
     base = _base_model(spec, got)
-    if spec.baseModel is not None:
-        got.base_uri = spec.baseModel.uri
-    elif got.trained_on:
-        got.base_uri = got.trained_on[0][1].spec.baseModel.uri
     keys = got.storage.secret(spec.apiKeySecret)
     config = contract.ServerConfig(
         base_model=base, served_model_name=got.served_name, adapters=got.adapters, host="0.0.0.0", port=contract.SERVER_PORT,
@@ -168,13 +164,15 @@ def _fine_tune_job_ref(got: _Collected, name: str, has_adapters: bool,
                         "served as the base model and cannot carry adapters")
     location, creds = _artifact_location(ftj, got.storage, param)
     got.base = contract.ModelSource(location=location, credentials_dir=creds)
-    got.base_uri = ftj.spec.baseModel.uri  # priced as the model it was trained from
+    got.base_uri = ftj.spec.baseModel.uri
     got.served_name = ftj.status.fineTunedModel.name  # type: ignore[union-attr]
 
 
 def _base_model(spec: Any, got: _Collected) -> contract.ModelSource:
-    """spec.baseModel, else the full fine-tune, else the one base every job adapter was trained on."""
+    """spec.baseModel, else the full fine-tune, else the one base every job adapter was trained on; its
+    ``spec.baseModel.uri`` (for a full fine-tune, the model it was trained from) goes into ``got.base_uri``."""
     if spec.baseModel is not None:
+        got.base_uri = spec.baseModel.uri
         return base_model_source(spec.baseModel, got.storage, "spec.baseModel.uri")
     if got.base is not None:
         return got.base
@@ -186,4 +184,5 @@ def _base_model(spec: Any, got: _Collected) -> contract.ModelSource:
         if other.spec.baseModel.uri != first.spec.baseModel.uri:
             raise SpecError(param, f"{param} was trained on {other.spec.baseModel.uri!r} but {first_param} on "
                             f"{first.spec.baseModel.uri!r}: adapters on one server share one base model")
+    got.base_uri = first.spec.baseModel.uri
     return base_model_source(first.spec.baseModel, got.storage, f"{first_param} baseModel")

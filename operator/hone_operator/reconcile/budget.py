@@ -27,6 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hone_operator.api.v1alpha1 import Condition
+from hone_operator.reconcile.status import set_condition
 from hone_operator.api.v1alpha1.tokenbudget import (
     Reservation,
     TokenBudget,
@@ -50,7 +51,8 @@ class Windows:
 def windows(now: datetime, zone: str) -> Windows:
     local = now.astimezone(ZoneInfo(zone))
     midnight = datetime(local.year, local.month, local.day, tzinfo=local.tzinfo)
-    tomorrow = midnight + timedelta(days=1)  # wall-clock arithmetic: the next local midnight, 23 or 25 h later on DST days
+    # Wall-clock arithmetic: the next local midnight, 23 or 25 hours later on DST days.
+    tomorrow = midnight + timedelta(days=1)
     return Windows(local.strftime("%Y-%m-%d"), local.strftime("%Y-%m"), tomorrow.astimezone(timezone.utc))
 
 
@@ -64,26 +66,30 @@ def governing(budgets: list[dict[str, Any]]) -> dict[str, Any] | None:
 def ledger(budget: dict[str, Any], now: datetime) -> tuple[TokenBudgetSpec, TokenBudgetStatus]:
     """The budget's spec and its status brought to ``now``: past windows rolled over, totals recomputed."""
     tb = TokenBudget.model_validate({**budget, "status": budget.get("status") or {}})
-    spec, status = tb.spec, tb.status.model_copy(deep=True)
+    spec, status = tb.spec, tb.status  # parsed afresh from ``budget``: changing it changes no caller's dict
     w = windows(now, spec.timeZone)
     usage = status.training or TrainingUsage()
     if usage.day != w.day:
         usage.day, usage.tokensToday, usage.freeTokensToday = w.day, 0, 0
     if usage.month != w.month:
         usage.month, usage.tokensThisMonth, usage.costThisMonthUsd = w.month, 0, 0.0
-    reservations = status.reservations or []
+    status.training, status.resetsAt = usage, w.resets_at
+    _totals(spec, status)
+    return spec, status
+
+
+def _totals(spec: TokenBudgetSpec, status: TokenBudgetStatus) -> None:
+    """Recompute what ``status`` derives from its counters and reservations (reserved, remaining, free left)."""
+    usage, limits = status.training, spec.training
+    assert usage is not None
+    reservations = status.reservations = status.reservations or []
     usage.reservedTokens = sum(r.tokens for r in reservations)
-    limits = spec.training
     usage.remainingTodayTokens = None if limits.tokensPerDay is None else max(
         0, limits.tokensPerDay - usage.tokensToday - usage.reservedTokens)
     usage.remainingThisMonthTokens = None if limits.tokensPerMonth is None else max(
         0, limits.tokensPerMonth - usage.tokensThisMonth - usage.reservedTokens)
     usage.freeTokensRemainingToday = max(
         0, limits.freeTokensPerDay - usage.freeTokensToday - sum(r.freeTokens for r in reservations))
-    status.training = usage
-    status.reservations = reservations
-    status.resetsAt = w.resets_at
-    return spec, status
 
 
 @dataclass
@@ -137,7 +143,7 @@ def admit(budget: dict[str, Any], uid: str, job: str, tokens: int, price: float,
     reservation = Reservation(uid=uid, job=job, tokens=tokens, freeTokens=free, costUsd=cost,
                               usdPerMillionTokens=price, admittedAt=now)
     status.reservations = [*(status.reservations or []), reservation]
-    spec, status = ledger({**budget, "status": status.to_status()}, now)
+    _totals(spec, status)
     message = _reserved_message(name, reservation)
     if short or never:
         message += f"; over the budget ({never or '; '.join(short)}), admitted because spec.enforce is false"
@@ -178,10 +184,16 @@ def charge(reserved_free: int, price: float, trained: int) -> Charge:
     return Charge(trained, free, cost_usd(trained - free, price))
 
 
+def charge_for(reserved: dict[str, Any], trained: int) -> Charge:
+    """:func:`charge` for a reservation as written, the budget's (``status.reservations[]``) or the job's
+    (``status.budget``): both carry ``freeTokens`` and ``usdPerMillionTokens``."""
+    return charge(int(reserved.get("freeTokens") or 0), float(reserved.get("usdPerMillionTokens") or 0.0), trained)
+
+
 def settle(budget: dict[str, Any], uid: str, c: Charge, now: datetime) -> TokenBudgetStatus | None:
     """The budget's status with job ``uid``'s reservation replaced by its charge ``c``; None when it holds no
     reservation for it (settled already, or the budget was recreated since): nothing to write."""
-    _, status = ledger(budget, now)
+    spec, status = ledger(budget, now)
     if not any(r.uid == uid for r in status.reservations or []):
         return None
     status.reservations = [r for r in status.reservations or [] if r.uid != uid]
@@ -191,7 +203,8 @@ def settle(budget: dict[str, Any], uid: str, c: Charge, now: datetime) -> TokenB
     usage.freeTokensToday += c.free_tokens
     usage.tokensThisMonth += c.tokens
     usage.costThisMonthUsd = round(usage.costThisMonthUsd + c.cost_usd, 6)
-    return ledger({**budget, "status": status.to_status()}, now)[1]
+    _totals(spec, status)
+    return status
 
 
 def usage_ratio(spec: TokenBudgetSpec, status: TokenBudgetStatus) -> tuple[float, str]:
@@ -265,8 +278,6 @@ def merge_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, A
 def desired_status(budget: dict[str, Any], budgets: list[dict[str, Any]], now: datetime,
                    timestamp: str) -> TokenBudgetStatus:
     """The budget's whole status at ``now``: windows rolled, totals, conditions (transition times kept)."""
-    from hone_operator.reconcile.status import set_condition
-
     spec, status = ledger(budget, now)
     meta = budget["metadata"]
     active = governing(budgets)

@@ -21,6 +21,7 @@ from hone_operator.api.v1alpha1 import (
     API_VERSION,
     BudgetUse,
     DatasetStatus,
+    ReservedEstimate,
     ErrorStatus,
     EstimateStatus,
     FineTuneJob,
@@ -212,8 +213,7 @@ def _settle(meta: dict[str, Any], stored: dict[str, Any], observed: Observed, st
     use = stored.get("budget")
     if not use or use.get("settledAt") or observed.budgets is None:
         return
-    c = budget.charge(int(use.get("freeTokens") or 0), float(use.get("usdPerMillionTokens") or 0.0),
-                      trained_tokens(stored))
+    c = budget.charge_for(use, trained_tokens(stored))
     held = next((b for b in observed.budgets if b["metadata"]["name"] == use["name"]), None)
     if held is None:
         status.events.append(Event("Warning", "BudgetNotFound", f"TokenBudget {use['name']!r} no longer exists: "
@@ -377,7 +377,7 @@ class _Lifecycle:
             return False
         estimate = desired.get("estimate") or {}
         tokens = int(estimate.get("billableTrainingTokens") or 0)
-        price = float(estimate.get("usdPerMillionTokens") or self.settings.prices.training)
+        price = float(estimate.get("usdPerMillionTokens") or self.job.config.prices.training)
         now = budget.parse_time(self.status.ts)
         decision = budget.admit(held, self.ftj.metadata.uid or "", self.ftj.metadata.name, tokens, price, now)
         if decision.never:
@@ -399,9 +399,8 @@ class _Lifecycle:
         assert r is not None
         if decision.status is not None:
             self.plan.budget_write = budget.status_write(held, decision.status)
-        desired["budget"] = BudgetUse(name=held["metadata"]["name"], tokens=r.tokens, freeTokens=r.freeTokens,
-                                      costUsd=r.costUsd, usdPerMillionTokens=price,
-                                      admittedAt=r.admittedAt).to_status()
+        desired["budget"] = BudgetUse(name=held["metadata"]["name"],
+                                      **r.model_dump(include=set(ReservedEstimate.model_fields))).to_status()
         desired["estimate"] = {**estimate, "freeTokens": r.freeTokens, "costUsd": r.costUsd}
         self.status.condition("BudgetAdmitted", True, "Reserved", decision.message)
         return True

@@ -72,6 +72,7 @@ from hone_operator.api.v1alpha1.modelserving import (  # noqa: F401
 from hone_operator.api.v1alpha1.tokenbudget import (  # noqa: F401
     TrainingLimits,
     TokenBudgetSpec,
+    ReservedEstimate,
     Reservation,
     TrainingUsage,
     TokenBudgetStatus,

@@ -26,6 +26,7 @@ from hone_operator.api.v1alpha1.common import (
     Condition,
     ObjectMeta,
 )
+from hone_operator.api.v1alpha1.tokenbudget import ReservedEstimate
 from hone_trainer.contract import CheckpointInfo, ModelShape, Problem, Progress, ResolvedHyperparameters
 
 
@@ -420,15 +421,10 @@ class EstimateStatus(StatusModel):
                                                           "the training pods are created.")
 
 
-class BudgetUse(StatusModel):
+class BudgetUse(ReservedEstimate):
     """What the namespace's TokenBudget reserved for this job, and what it was charged when it ended."""
 
     name: str = Field(description="The TokenBudget.")
-    tokens: int = Field(0, description="Billable training tokens reserved (the estimate).")
-    freeTokens: int = Field(0, alias="freeTokens", description="Of those, free under the day's allowance.")
-    costUsd: float = Field(0.0, alias="costUsd", description="The estimate's cost after the allowance.")
-    usdPerMillionTokens: float = Field(0.0, alias="usdPerMillionTokens", description="The training price used.")
-    admittedAt: datetime | None = Field(None, alias="admittedAt", description="When the budget admitted the job.")
     settledAt: datetime | None = Field(None, alias="settledAt", description="When the job's usage was charged.")
     settledTokens: int | None = Field(None, alias="settledTokens", description="Tokens charged: what it trained.")
     settledFreeTokens: int | None = Field(None, alias="settledFreeTokens", description="Of those, free.")

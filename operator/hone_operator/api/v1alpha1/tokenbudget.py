@@ -62,16 +62,22 @@ class TokenBudgetSpec(ApiModel):
         return value
 
 
-class Reservation(StatusModel):
+class ReservedEstimate(StatusModel):
+    """A job's billable estimate as a TokenBudget reserved it: the budget's record of it
+    (:class:`Reservation`) and the job's (``FineTuneJob.status.budget``) both hold these."""
+
+    tokens: int = Field(0, description="Billable training tokens reserved (the estimate).")
+    freeTokens: int = Field(0, alias="freeTokens", description="Of those, free under the day's allowance.")
+    costUsd: float = Field(0.0, alias="costUsd", description="The estimate's cost after the allowance.")
+    usdPerMillionTokens: float = Field(0.0, alias="usdPerMillionTokens", description="The training price used.")
+    admittedAt: datetime | None = Field(None, alias="admittedAt", description="When the budget admitted the job.")
+
+
+class Reservation(ReservedEstimate):
     """A job's estimate, held from its admission until it ends."""
 
     uid: str = Field(description="The FineTuneJob's uid.")
     job: str = Field(description="The FineTuneJob's name.")
-    tokens: int = Field(0, description="Billable training tokens of its estimate.")
-    freeTokens: int = Field(0, alias="freeTokens", description="Of those, free under the day's allowance.")
-    costUsd: float = Field(0.0, alias="costUsd", description="What the rest costs.")
-    usdPerMillionTokens: float = Field(0.0, alias="usdPerMillionTokens", description="The training price used.")
-    admittedAt: datetime | None = Field(None, alias="admittedAt", description="When it was admitted.")
 
 
 class TrainingUsage(StatusModel):
