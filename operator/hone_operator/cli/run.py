@@ -34,14 +34,13 @@ def run(manifest: Path, workdir: Path) -> None:
     settings = load()
     job_dir = workdir / ftj.metadata.namespace / ftj.metadata.name
     config = local_config(ftj, manifest, job_dir, settings)
-    config_path = job_dir / "config.json"
-    config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
     (job_dir / "result.json").unlink(missing_ok=True)
 
     result = _validate(manifest, config, settings, ftj.spec)
     assert result.hyperparameters is not None
     # The trainer runs what validation resolved and counted (the estimate it printed), nothing it resolves again.
     config = config.resolved(result.hyperparameters, result.examples, result.tokens_per_epoch)
+    config_path = job_dir / "config.json"
     config_path.write_text(config.model_dump_json(by_alias=True, indent=2))
     rc = _train(config_path, local.processes(ftj), Path(config.progress.path or ""))
     if rc == 130:
