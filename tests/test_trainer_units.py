@@ -208,6 +208,43 @@ def test_trainer_metrics_and_structured_logs(capsys, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "p.json").read_text())["trainLoss"] == 1.25
 
 
+def test_the_last_steps_report_is_retried_until_it_lands(tmp_path: Path, monkeypatch) -> None:
+    import http.server
+    import threading
+
+    from hone_trainer.training.report import Reporter
+
+    answers, received = [503, 503, 200], []
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_PATCH(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            code = answers.pop(0) if answers else 503
+            received.append((code, body["status"]["progress"]["step"]))
+            self.send_response(code)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HONE_KUBERNETES_API", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("HONE_KUBERNETES_TOKEN_FILE", str(tmp_path / "none"))
+    reporter = Reporter(contract.ProgressReporting(kind="kubernetes", namespace="n", name="j"), None, {})
+    try:
+        # An API server busy for a moment: the final report (the curves the status keeps) lands.
+        reporter.report(contract.Progress(step=32, total_steps=32), final=True)
+        assert received == [(503, 32), (503, 32), (200, 32)]
+        # An ordinary report is tried once and dropped: the next one carries newer progress anyway.
+        reporter.report(contract.Progress(step=33, total_steps=40))
+        assert received[3:] == [(503, 33)]
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.parametrize("child, result, code", [
     # torchrun exits 1 whatever its worker exited with; rank 0's result names the trainer's own code.
     ("raise SystemExit(1)", {"ok": False, "errorCode": "model_error", "message": "no weights"}, 5),

@@ -11,7 +11,10 @@
   sum over both never counts a token twice).
 
 A report that cannot be delivered is logged and dropped: progress reporting
-never stops training. Before training starts, :func:`check_access` proves the
+never stops training. The last step's report is the exception: it holds the
+final curves and trained tokens the job's status keeps, so it is retried with
+backoff for up to ``FINAL_REPORT_SECONDS`` (``HONE_FINAL_REPORT_SECONDS``)
+while the API server is slow or unreachable, then dropped the same way. Before training starts, :func:`check_access` proves the
 one permission the trainer has (an empty merge patch of its status, which
 changes nothing): a ServiceAccount the API server refuses (401, 403) fails the
 run at once with :class:`ReportingForbidden`, naming the request and the
@@ -40,6 +43,8 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 #: How long a refused access check is retried (``HONE_ACCESS_CHECK_SECONDS``): RBAC the operator just
 #: created may take a moment to reach every API server of an HA control plane.
 ACCESS_RETRY_SECONDS = 10.0
+#: How long the last step's report is retried (``HONE_FINAL_REPORT_SECONDS``).
+FINAL_REPORT_SECONDS = 60.0
 
 
 class ReportingForbidden(RuntimeError):
@@ -106,7 +111,8 @@ class Reporter:
             except OSError as exc:
                 log.warning("metrics port %s unavailable: %s", metrics_port, exc)
 
-    def report(self, progress: Progress) -> None:
+    def report(self, progress: Progress, *, final: bool = False) -> None:
+        """Deliver one report; ``final`` (the last step's) is retried until it lands or its time is up."""
         progress.updated_at = datetime.now(timezone.utc).replace(microsecond=0)
         data = progress.to_json_dict()
         print(json.dumps({"event": "progress", **self.labels, **data}), flush=True, file=sys.stdout)
@@ -117,13 +123,24 @@ class Reporter:
             for key, value in values.items():
                 if value is not None:
                     self._gauges[key].labels(**self.labels).set(value)
-        try:
-            if self.settings.kind == "kubernetes":
-                _patch_status(self.settings, {"status": {"progress": data}})
-            elif self.settings.kind == "file" and self.settings.path:
-                write_atomically(Path(self.settings.path), json.dumps(data), durable=False)
-        except Exception as exc:  # never let reporting stop training
-            log.warning("could not report progress: %s", exc)
+        deadline = time.monotonic() + (float(os.environ.get("HONE_FINAL_REPORT_SECONDS", FINAL_REPORT_SECONDS))
+                                       if final else 0.0)
+        delay = 0.5
+        while True:
+            try:
+                if self.settings.kind == "kubernetes":
+                    _patch_status(self.settings, {"status": {"progress": data}})
+                elif self.settings.kind == "file" and self.settings.path:
+                    write_atomically(Path(self.settings.path), json.dumps(data), durable=False)
+                return
+            except Exception as exc:  # never let reporting stop training
+                refused = isinstance(exc, urllib.error.HTTPError) and exc.code in (400, 401, 403, 404, 422)
+                if refused or time.monotonic() + delay > deadline:
+                    log.warning("could not report progress: %s", exc)
+                    return
+                log.warning("could not report the final progress yet: %s; trying again", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 def _patch_status(s: ProgressReporting, patch: dict) -> None:

@@ -379,7 +379,7 @@ class Trainer:
                 self.validation_curve.append((step, val_loss))
             if due_report and self.reporter:
                 self._report(step, max(now - last_report, 1e-9), interval_steps, interval_billable,
-                             train_loss, val_loss, trained_tokens)
+                             train_loss, val_loss, trained_tokens, final=last)
             if due_report:
                 last_report, interval_billable, interval_steps = now, 0, 0
             if due_ckpt:
@@ -426,7 +426,7 @@ class Trainer:
         return step_loss_sum, global_label_tokens, billable, bool(stop)
 
     def _report(self, step: int, elapsed: float, interval_steps: int, interval_billable: int,
-                train_loss: float | None, val_loss: float | None, trained_tokens: int) -> None:
+                train_loss: float | None, val_loss: float | None, trained_tokens: int, final: bool = False) -> None:
         eta = datetime.now(timezone.utc) + timedelta(
             seconds=(self.total_steps - step) * elapsed / max(interval_steps, 1))
         assert self.reporter is not None
@@ -437,7 +437,7 @@ class Trainer:
                                       estimated_finish=eta.replace(microsecond=0),
                                       train_curve=contract.loss_curve(self.train_curve),
                                       validation_curve=contract.loss_curve(self.validation_curve),
-                                      peak_memory_bytes=self.peak_memory or None))
+                                      peak_memory_bytes=self.peak_memory or None), final=final)
 
     # ---- publishing --------------------------------------------------------------
 
