@@ -246,7 +246,8 @@ def test_without_a_budget_the_default_one_is_created_first() -> None:
     job = validated_job("j", "u1", 300_000)
     p = step(job, [])
     assert [(o["kind"], o["metadata"]["name"]) for o in p.ensure] == [("TokenBudget", "default")]
-    assert p.ensure[0]["spec"] == {"enforce": True, "timeZone": "UTC", "training": {"freeTokensPerDay": 1_000_000}}
+    assert p.ensure[0]["spec"] == {"enforce": True, "timeZone": "UTC", "training": {"freeTokensPerDay": 1_000_000},
+                                   "inference": {}}
     assert job["status"]["phase"] == "Queued" and cond(job, "BudgetAdmitted")["reason"] == "CreatingBudget"
     metered_only = plan(validated_job("k", "u2", 300), Observed(validation_job=VALIDATED, budgets=[]),
                         OperatorSettings(default_budget=None), NOON)
@@ -366,3 +367,80 @@ def test_prices_per_base_model_reach_the_estimate_the_budget_and_the_server() ->
     other = msv.model_copy(update={"spec": msv.spec.model_copy(update={"baseModel": type(msv.spec.baseModel)(
         uri="hf://Qwen/Qwen2.5-0.5B-Instruct")})})
     assert served.resolve(other, {}, settings).config.prices == contract.PriceTable()
+
+
+# --------------------------------------------------------------------------
+# Inference: grants to serving pods
+# --------------------------------------------------------------------------
+
+
+def serving_tb(**inference: Any) -> dict[str, Any]:
+    b = tb()
+    b["spec"]["inference"] = inference
+    return b
+
+
+def report(b: dict[str, Any], pod: str, served: int, want: int = 0, in_flight: int = 0, at: str = NOON,
+           day: str | None = "2026-12-03") -> tuple[dict[str, Any], budget.ServerAnswer]:
+    status, answer = budget.inference_report(b, budget.ServerReport(pod, f"uid-{pod}", day, served, in_flight, want),
+                                             budget.parse_time(at))
+    if status is None:
+        return b, answer
+    return stored(b, budget.status_write(b, status)), answer
+
+
+def test_serving_pods_are_granted_what_is_left_and_never_more_than_the_day() -> None:
+    b = serving_tb(tokensPerDay=1000)
+    b, a = report(b, "a", 0, want=300)
+    assert (a.granted, a.day, a.tokens_per_day) == (310, "2026-12-03", 1000)  # 300 and 1% more to hold
+    b, other = report(b, "b", 0, want=800)
+    assert other.granted == 0 and other.remaining_today == 690  # only 690 left beside a's 310
+    # a served 250 and is idle: its unused 60 go back, and b's request fits.
+    b, a = report(b, "a", 250, want=0, in_flight=0)
+    assert a.granted == 250
+    b, other = report(b, "b", 0, want=700)
+    assert other.granted == 710
+    inference = b["status"]["inference"]
+    assert (inference["tokensToday"], inference["grantedTokens"], inference["remainingTodayTokens"]) == (250, 710, 40)
+    # A repeated or late report never lowers what was served; a busy pod keeps what it holds.
+    b, again = report(b, "a", 200, want=0, in_flight=0)
+    assert again.served == 250
+    b, held = report(b, "b", 100, in_flight=610)
+    assert held.granted == 710
+    # The grants add up to no more than the day's limit, whatever the pods ask.
+    b, greedy = report(b, "c", 0, want=10_000)
+    assert greedy.granted == 0
+    assert sum(g["grantedTokens"] for g in b["status"]["inference"]["servers"]) <= 1000
+
+
+def test_a_gone_pod_keeps_its_usage_and_returns_its_grant_and_days_start_again() -> None:
+    b = serving_tb(tokensPerDay=1000, tokensPerMinute=600)
+    b, a = report(b, "a", 0, want=100)
+    b, c = report(b, "c", 0, want=100)
+    assert a.minute_share == 600 and c.minute_share == 300  # shared among the pods that reported this minute
+    b, a = report(b, "a", 90, in_flight=20)
+    b = stored(b, budget.status_write(b, budget.retire_servers(b, {"uid-a"}, budget.parse_time(NOON))))
+    inference = b["status"]["inference"]
+    assert (inference["tokensToday"], inference["retiredTokensToday"], inference["grantedTokens"]) == (90, 90, 110)
+    assert [g["pod"] for g in inference["servers"]] == ["c"]
+    _, refused = report(b, "a", 95)
+    assert refused.retired  # a report from a retired pod changes nothing
+    assert budget.retire_servers(b, {"uid-a"}, budget.parse_time(NOON)) is None
+    # At midnight the day's usage starts again; a pod's count for the day before says nothing of today's.
+    b, late = report(b, "c", 40, want=50, at="2026-12-04T00:00:05Z", day="2026-12-03")
+    assert (late.day, late.served, late.granted) == ("2026-12-04", 0, 60)
+    assert b["status"]["inference"]["tokensToday"] == 0 and not b["status"]["inference"].get("retiredPods")
+
+
+def test_without_inference_limits_or_enforcement_pods_are_only_metered() -> None:
+    b, a = report(serving_tb(), "a", 500, want=100)
+    assert a.granted is None and a.minute_share is None
+    assert b["status"]["inference"]["tokensToday"] == 500
+    relaxed = serving_tb(tokensPerDay=100)
+    relaxed["spec"]["enforce"] = False
+    relaxed, a = report(relaxed, "a", 500, want=100)
+    assert a.granted is None and not a.enforce
+    assert relaxed["status"]["inference"]["tokensToday"] == 500
+    exhausted = next(c for c in budget.conditions(*budget.ledger(relaxed, budget.parse_time(NOON)), "default",
+                                                    "default") if c.type == "Exhausted")
+    assert exhausted.status == "True" and "inference tokens today" in exhausted.message

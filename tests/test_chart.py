@@ -43,11 +43,13 @@ def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces() -> None:
     objs = render(CHART / "ci" / "namespaced-values.yaml")
     kinds = {(o["kind"], o["metadata"].get("namespace")) for o in objs}
     assert {("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")} <= kinds
-    # Cluster-wide, only what kopf must read: CRDs and Namespaces, list and watch.
+    # Cluster-wide, only what kopf must read (CRDs and Namespaces, list and watch), and the TokenReviews
+    # the quota endpoint checks serving pods' tokens with.
     cluster = [o for o in objs if o["kind"] == "ClusterRole"]
     assert [o["metadata"]["name"] for o in cluster] == ["hone-cluster-reads"]
     assert {(r["resources"][0], tuple(r["verbs"])) for r in cluster[0]["rules"]} == {
-        ("customresourcedefinitions", ("list", "watch")), ("namespaces", ("list", "watch"))}
+        ("customresourcedefinitions", ("list", "watch")), ("namespaces", ("list", "watch")),
+        ("tokenreviews", ("create",))}
     settings = yaml.safe_load(_settings(objs))
     assert settings["watchNamespaces"] == ["team-a", "team-b"]
 
@@ -83,9 +85,9 @@ def test_values_reach_the_operator_settings() -> None:
 
 def test_metrics_off_removes_the_service_and_port() -> None:
     objs = render(CHART / "ci" / "metrics-off-values.yaml")
-    assert not [o for o in objs if o["kind"] == "Service"]
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "Service"] == ["hone-quota"]
     deploy = next(o for o in objs if o["kind"] == "Deployment")
-    assert [p["name"] for p in deploy["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["health"]
+    assert [p["name"] for p in deploy["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["health", "quota"]
     assert yaml.safe_load(_settings(objs))["metricsPort"] == 0
 
 
@@ -310,3 +312,20 @@ def test_budgets_in_the_values_become_valid_tokenbudgets() -> None:
     assert not [o for o in render() if o["kind"] == "TokenBudget"]  # none unless asked for
     bad = helm("template", "hone", str(CHART), "--set-json", 'budgets={"Team_A":{}}')
     assert bad.returncode != 0 and "budgets: \"Team_A\" is not a valid namespace name" in bad.stderr
+
+
+def test_the_quota_endpoint_is_reachable_from_serving_pods_only_and_can_be_switched_off() -> None:
+    objs = render()
+    settings = yaml.safe_load(_settings(objs))
+    assert settings["quotaUrl"] == "http://hone-quota.hone-system.svc:8082" and settings["quotaPort"] == 8082
+    policy = next(o for o in objs if o["kind"] == "NetworkPolicy")
+    quota_rule = next(r for r in policy["spec"]["ingress"] if r["ports"] == [{"port": "quota", "protocol": "TCP"}])
+    assert quota_rule["from"] == [{"namespaceSelector": {}, "podSelector": {
+        "matchLabels": {"app.kubernetes.io/component": "server"},
+        "matchExpressions": [{"key": "hone.dev/modelserving", "operator": "Exists"}]}}]
+    off = render(None, "--set", "quota.enabled=false")
+    assert "hone-quota" not in [o["metadata"]["name"] for o in off if o["kind"] == "Service"]
+    settings = yaml.safe_load(_settings(off))
+    assert settings["quotaPort"] == 0 and "quotaUrl" not in settings
+    rules = [r for o in off if o["kind"] == "ClusterRole" for r in o["rules"]]
+    assert not [r for r in rules if "tokenreviews" in r["resources"]]

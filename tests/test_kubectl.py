@@ -118,11 +118,11 @@ def test_apply_kustomization_then_get_shows_the_printer_columns(kubectl, apiserv
         kind = server.kinds[("hone.dev", "v1alpha1", "tokenbudgets")]
         server.write(kind, "team-a", "team-budget", "status", {"status": {
             "training": {"tokensToday": 1200, "reservedTokens": 300, "freeTokensRemainingToday": 998800},
-            "resetsAt": "2026-12-04T00:00:00Z"}}, "application/merge-patch+json")
+            "inference": {"tokensToday": 4321}, "resetsAt": "2026-12-04T00:00:00Z"}}, "application/merge-patch+json")
     apiserver.call(used)
     rows = _rows(kubectl("-n", "team-a", "get", "tb").stdout)
-    assert rows[0] == ["NAME", "USED", "RESERVED", "LIMIT", "FREE", "RESETS", "AGE"]
-    assert rows[1][:6] == ["team-budget", "1200", "300", "20000000", "998800", "2026-12-04T00:00:00Z"]
+    assert rows[0] == ["NAME", "USED", "RESERVED", "LIMIT", "FREE", "RESETS", "SERVED", "AGE"]
+    assert rows[1][:7] == ["team-budget", "1200", "300", "20000000", "998800", "2026-12-04T00:00:00Z", "4321"]
 
 
 def test_explain_prints_the_field_docs_from_the_crd(kubectl) -> None:

@@ -403,3 +403,32 @@ def test_status_names_the_base_model_as_the_server_serves_it(uri: str, name: str
     from hone_trainer.serving.loading import default_served_name
 
     assert default_served_name(resolved.config.base_model.location) == name  # what the server answers to
+
+
+def test_with_a_quota_endpoint_hone_servers_report_with_a_token_good_only_for_it() -> None:
+    settings = SETTINGS.model_copy(update={"quota_url": "http://hone-quota.hone-system.svc:8082"})
+    spec = dict(fineTuneJobRef=None, baseModel={"uri": "pvc://models/smollm2"})
+    objs, resolved = msv_build.desired(_msv(**spec), {}, settings)
+    quota = resolved.config.quota
+    assert quota is not None and quota.url == "http://hone-quota.hone-system.svc:8082"
+    pod = objs[-1]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert env["HONE_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["HONE_POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # A projected token whose audience the API server never accepts: it proves the pod to Hone's quota
+    # endpoint only (the pod still mounts no API token of its own).
+    assert volumes["quota-token"]["projected"]["sources"] == [{"serviceAccountToken": {
+        "path": "token", "audience": "hone-quota", "expirationSeconds": 3600}}]
+    assert pod["automountServiceAccountToken"] is False
+    # The day's served count outlives a restart of the container.
+    assert "emptyDir" in volumes["usage"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert quota.token_file.startswith(mounts["quota-token"] + "/")
+    assert quota.journal is not None and quota.journal.startswith(mounts["usage"] + "/")
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S, strict=True)
+    # vLLM cannot ask for grants: no quota, metered by its own /metrics only.
+    _, vllm = msv_build.desired(_msv(runtime="vllm", resources={"gpus": 1}, **spec), {}, settings)
+    assert vllm.config.quota is None

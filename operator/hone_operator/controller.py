@@ -70,6 +70,10 @@ class Controller:
         self._warned_no_budgets = False
         #: When each TokenBudget's reconcile is next due (its day window's end), so it is scheduled once.
         self._budget_timers: dict[Key, Any] = {}
+        #: Serving pods deleted (uids) whose budget record is still to be retired, and the budgets whose
+        #: records were each looked up since this operator started (pods may have gone while it was away).
+        self._gone_servers: set[tuple[str, str]] = set()
+        self._checked_servers: set[Key] = set()
         self._queue: asyncio.Queue[WorkKey] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: set[WorkKey] = set()
@@ -190,6 +194,15 @@ class Controller:
         its Job's or Deployment's status instead."""
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
+        if event_type == "DELETED" and labels.get(MODELSERVING_LABEL) and labels.get(COMPONENT_LABEL) == "server":
+            # A serving pod gone: its budget record is retired (its usage stays, its unused grant comes back).
+            with self._lock:
+                budgets = [k for k in self._budgets if k[0] == meta.get("namespace")]
+                if budgets and meta.get("uid"):
+                    self._gone_servers.add((meta["namespace"], meta["uid"]))
+            for key in budgets:
+                self.enqueue((TOKENBUDGET, *key))
+            return
         if event_type == "DELETED" or blocked_pod([obj]) is None:
             return
         if labels.get(FINETUNEJOB_LABEL) and labels.get(COMPONENT_LABEL) in ftj_build.JOB_COMPONENTS:
@@ -400,6 +413,11 @@ class Controller:
             body = updated  # the next write goes against this version
             self._departed.pop(r["uid"], None)
             self._loop.call_soon_threadsafe(self._enqueue_waiting, namespace)
+        retired = self._retire_servers(namespace, body, at)
+        if retired is None:
+            self._loop.call_soon_threadsafe(self.enqueue, (TOKENBUDGET, *key))
+            return
+        body = retired
         desired = budget_mod.desired_status(body, fresh, at, ts)
         write = budget_mod.status_write(body, desired)
         if write is not None and self._write_budget(namespace, write) is None:
@@ -418,6 +436,46 @@ class Controller:
         if due and desired.resetsAt is not None:
             delay = max(1.0, (desired.resetsAt - at).total_seconds() + 1.0)
             self._loop.call_soon_threadsafe(self.enqueue, (TOKENBUDGET, *key), delay)
+
+    def apply_server_report(self, namespace: str, report: budget_mod.ServerReport) -> budget_mod.ServerAnswer:
+        """A serving pod's usage report applied to its namespace's governing TokenBudget (a worker thread of
+        the quota endpoint; one namespace at a time). Written with the budget's resourceVersion: on a
+        conflict the budget is read again and the report applied again."""
+        with self._lock:
+            budgets = [b for k, b in self._budgets.items() if k[0] == namespace]
+        for _ in range(8):
+            active = budget_mod.governing(budgets)
+            if active is None:  # no budget: metered by /metrics only, nothing to enforce
+                return budget_mod.ServerAnswer(None, False, None, None)
+            status, answer = budget_mod.inference_report(active, report, budget_mod.parse_time(now()))
+            write = budget_mod.status_write(active, status) if status is not None else None
+            if write is None or self._write_budget(namespace, write) is not None:
+                return answer
+            budgets = self._read_budgets(namespace) or []
+        raise RuntimeError(f"TokenBudget of namespace {namespace} kept changing; try again")
+
+    def _retire_servers(self, namespace: str, body: dict[str, Any], at: Any) -> dict[str, Any] | None:
+        """Retire the inference records of serving pods that are gone (their reports stay in the day's usage,
+        their unused grants come back); the budget as written, or None on a conflict."""
+        records = ((body.get("status") or {}).get("inference") or {}).get("servers") or []
+        key = (namespace, body["metadata"]["name"])
+        with self._lock:
+            seen = {uid for ns, uid in self._gone_servers if ns == namespace}
+            gone = {r["uid"] for r in records if r["uid"] in seen}
+            checked = key in self._checked_servers
+        if not checked:  # pods deleted while no operator watched: look each one up once
+            for record in records:
+                pod = self.kube.get("v1", "Pod", namespace, record["pod"])
+                if pod is None or pod["metadata"].get("uid") != record["uid"]:
+                    gone.add(record["uid"])
+        retired = budget_mod.retire_servers(body, gone, at) if gone else None
+        write = budget_mod.status_write(body, retired) if retired is not None else None
+        updated = self._write_budget(namespace, write) if write is not None else body
+        if updated is not None:
+            with self._lock:
+                self._checked_servers.add(key)
+                self._gone_servers -= {(namespace, uid) for uid in seen}
+        return updated
 
     def _departed_charge(self, namespace: str, reservation: dict[str, Any]) -> budget_mod.Charge | None:
         """The charge of a reservation whose FineTuneJob no longer exists (None while it does): what its last

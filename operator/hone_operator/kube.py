@@ -33,6 +33,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("coordination.k8s.io/v1", "Lease"): "leases",
+    ("authentication.k8s.io/v1", "TokenReview"): "tokenreviews",
     ("hone.dev/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("hone.dev/v1alpha1", "ModelServing"): "modelservings",
     ("hone.dev/v1alpha1", "TokenBudget"): "tokenbudgets",

@@ -37,10 +37,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     controller = Controller(cfg, kube.Kube(api), metrics)
     await controller.start()
     memo["controller"] = controller
+    if cfg.quota_port:
+        from hone_operator.quota import QuotaService
+
+        quota = QuotaService(controller)
+        await quota.start(cfg.quota_port)
+        memo["quota"] = quota
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    quota = memo.get("quota")
+    if quota is not None:
+        await quota.stop()
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()

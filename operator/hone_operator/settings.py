@@ -57,6 +57,16 @@ class OperatorSettings(BaseSettings):
     )
     health_port: int = Field(8081, ge=0, le=65535, description="Port of /healthz (liveness); 0 turns it off.")
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")
+    quota_port: int = Field(
+        8082, ge=0, le=65535,
+        description="Port where the leader answers serving pods' usage reports and grants them inference tokens "
+                    "under their namespace's TokenBudget; 0 turns it off.")
+    quota_url: str | None = Field(
+        None, description="The URL serving pods report to (the operator's quota Service, e.g. "
+                          "http://hone-operator-quota.hone-system.svc:8082); none: serving pods enforce no "
+                          "inference budget and report to nobody.")
+    quota_report_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often a busy serving pod reports the tokens it served.")
     prices: PriceTable = Field(default_factory=PriceTable, description="USD per 1M tokens.")
     model_prices: dict[str, PriceTable] = Field(
         default_factory=dict,

@@ -305,6 +305,10 @@ def tokenbudget_crd() -> dict[str, Any]:
          "description": "Free training tokens left today."},
         {"name": "Resets", "type": "string", "jsonPath": ".status.resetsAt",
          "description": "When the day window ends (a time to come, which a date column would print as <invalid>)."},
+        {"name": "Served", "type": "integer", "jsonPath": ".status.inference.tokensToday",
+         "description": "Inference tokens served today."},
+        {"name": "Serve-Limit", "type": "integer", "jsonPath": ".spec.inference.tokensPerDay",
+         "description": "Inference tokens a day.", "priority": 1},
         {"name": "Enforce", "type": "boolean", "jsonPath": ".spec.enforce", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

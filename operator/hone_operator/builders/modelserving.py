@@ -282,6 +282,9 @@ def deployment(msv: ModelServing, settings: OperatorSettings, resolved: Resolved
     if spec.runtime == "vllm":
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shared_memory}})
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    quota = resolved.config.quota
+    if quota is not None:
+        _quota(container, volumes, quota)
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the server never calls the Kubernetes API
         "enableServiceLinks": False,
@@ -320,6 +323,25 @@ def deployment(msv: ModelServing, settings: OperatorSettings, resolved: Resolved
                                     annotations={SPEC_HASH: spec_hash}),
         "spec": dep_spec,
     }
+
+
+#: The audience of the token a serving pod reports its usage with: good for the operator's quota endpoint
+#: only, never accepted by the API server itself.
+QUOTA_AUDIENCE = "hone-quota"
+
+
+def _quota(container: dict[str, Any], volumes: list[dict[str, Any]], quota: contract.QuotaSettings) -> None:
+    """What reporting to the namespace's budget needs: the pod's name and uid, a token with the quota
+    audience, and an emptyDir that keeps the day's served count across restarts of the container."""
+    token_dir = quota.token_file.rsplit("/", 1)[0]
+    container["env"] += [{"name": "HONE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                         {"name": "HONE_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]
+    container["volumeMounts"].append({"name": "quota-token", "mountPath": token_dir, "readOnly": True})
+    volumes.append({"name": "quota-token", "projected": {"sources": [{"serviceAccountToken": {
+        "path": quota.token_file.rsplit("/", 1)[1], "audience": QUOTA_AUDIENCE, "expirationSeconds": 3600}}]}})
+    if quota.journal:
+        container["volumeMounts"].append({"name": "usage", "mountPath": quota.journal.rsplit("/", 1)[0]})
+        volumes.append({"name": "usage", "emptyDir": {"sizeLimit": "1Mi"}})
 
 
 def service(msv: ModelServing) -> dict[str, Any]:

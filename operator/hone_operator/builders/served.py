@@ -145,7 +145,9 @@ def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
     config = contract.ServerConfig(
         base_model=base, served_model_name=got.served_name, adapters=got.adapters, host="0.0.0.0", port=contract.SERVER_PORT,
         api_keys_file=f"{keys}/api-keys" if keys else None, max_concurrent_requests=spec.maxConcurrentRequests,
-        special_tokens_in_content=spec.specialTokensInContent, prices=settings.prices_for(got.base_uri))
+        special_tokens_in_content=spec.specialTokensInContent, prices=settings.prices_for(got.base_uri),
+        quota=contract.QuotaSettings(url=settings.quota_url, report_seconds=settings.quota_report_seconds)
+        if settings.quota_url and spec.runtime == "hone" else None)
     remote = [i for i, a in enumerate(got.adapters) if a.location.startswith("s3://")]
     names = [got.served_name or contract.default_served_name(base.location), *got.names]
     return Resolved(config, got.storage, got.ranks, remote, names)

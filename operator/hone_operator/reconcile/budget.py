@@ -17,6 +17,12 @@ no update is lost between operator replicas or restarts.
   finished with the same numbers).
 * **Windows** roll at midnight (days) and on the 1st (months) in ``spec.timeZone``: the settled counters of
   a past window start again at 0. Reservations carry over: a running job holds its estimate until it ends.
+* **Inference** (:func:`inference_report`): each serving pod reports the tokens it served today (a count it
+  keeps across restarts of its container) and asks for tokens to hold; the budget records both per pod in one
+  write before the pod may serve them. A pod admits a request only when its grant covers the request's
+  largest possible usage (prompt plus ``max_tokens`` for every sequence), so the namespace's tokens served in
+  a day never exceed ``tokensPerDay``. A pod's record is retired when it is gone (its last report's tokens
+  stay in the day's usage, and its unused grant comes back); a report from a retired pod is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from zoneinfo import ZoneInfo
 from hone_operator.api.v1alpha1 import Condition
 from hone_operator.reconcile.status import set_condition
 from hone_operator.api.v1alpha1.tokenbudget import (
+    InferenceUsage,
     Reservation,
+    ServerGrant,
     TokenBudget,
     TokenBudgetSpec,
     TokenBudgetStatus,
@@ -74,6 +82,8 @@ def ledger(budget: dict[str, Any], now: datetime) -> tuple[TokenBudgetSpec, Toke
     if usage.month != w.month:
         usage.month, usage.tokensThisMonth, usage.costThisMonthUsd = w.month, 0, 0.0
     status.training, status.resetsAt = usage, w.resets_at
+    if status.inference is not None and status.inference.day != w.day:
+        status.inference = InferenceUsage(day=w.day)  # a new day: every pod starts again from 0
     _totals(spec, status)
     return spec, status
 
@@ -90,6 +100,15 @@ def _totals(spec: TokenBudgetSpec, status: TokenBudgetStatus) -> None:
         0, limits.tokensPerMonth - usage.tokensThisMonth - usage.reservedTokens)
     usage.freeTokensRemainingToday = max(
         0, limits.freeTokensPerDay - usage.freeTokensToday - sum(r.freeTokens for r in reservations))
+    inference = status.inference
+    if inference is not None:
+        servers = inference.servers or []
+        inference.tokensToday = inference.retiredTokensToday + sum(g.servedTokens for g in servers)
+        inference.grantedTokens = sum(max(0, g.grantedTokens - g.servedTokens) for g in servers)
+        limit = spec.inference.tokensPerDay
+        inference.remainingTodayTokens = None if limit is None else max(
+            0, limit - inference.tokensToday - inference.grantedTokens)
+        inference.servers = servers or None
 
 
 @dataclass
@@ -220,6 +239,10 @@ def usage_ratio(spec: TokenBudgetSpec, status: TokenBudgetStatus) -> tuple[float
     if limits.costPerMonthUsd:
         shares.append(((usage.costThisMonthUsd + reserved_cost) / limits.costPerMonthUsd,
                        "training cost this month"))
+    served = status.inference or InferenceUsage()
+    if spec.inference.tokensPerDay:
+        shares.append(((served.tokensToday + served.grantedTokens) / spec.inference.tokensPerDay,
+                       "inference tokens today"))
     return max(shares)
 
 
@@ -231,7 +254,8 @@ def conditions(spec: TokenBudgetSpec, status: TokenBudgetStatus, active: str | N
            if active == name else
            Condition(type="Active", status="False", reason="Duplicate",
                      message=f"TokenBudget {active!r} (the oldest) governs this namespace; delete one of them")]
-    pct = f"{share:.0%} of the {which} limit in use (settled and reserved)" if which else "no limit set"
+    held = "served and granted" if which.startswith("inference") else "settled and reserved"
+    pct = f"{share:.0%} of the {which} limit in use ({held})" if which else "no limit set"
     out.append(Condition(type="NearLimit", status="True" if share >= NEAR else "False",
                          reason="AboveEightyPercent" if share >= NEAR else "BelowEightyPercent", message=pct))
     out.append(Condition(type="Exhausted", status="True" if share >= 1.0 else "False",
@@ -291,3 +315,128 @@ def desired_status(budget: dict[str, Any], budgets: list[dict[str, Any]], now: d
 
 def parse_time(timestamp: str) -> datetime:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
+# --------------------------------------------------------------------------
+# Inference: grants to serving pods
+# --------------------------------------------------------------------------
+
+#: A serving pod that has not reported for this long no longer counts in the per-minute share.
+LIVE_SECONDS = 60.0
+#: A report that changes nothing is still written when the pod's last recorded report is this old (it keeps
+#: the pod counted as live for the per-minute share).
+KEEPALIVE_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class ServerReport:
+    """What a serving pod reports: the tokens it served in ``day`` (None before it knows the budget's day),
+    what it holds for requests running now, and how many more it wants to hold."""
+
+    pod: str
+    uid: str
+    day: str | None
+    served: int
+    in_flight: int = 0
+    want: int = 0
+
+
+@dataclass
+class ServerAnswer:
+    """What the pod is told: its grant for the day (None: no daily limit), its per-minute share (None: none)."""
+
+    budget: str | None
+    enforce: bool
+    day: str | None
+    resets_at: datetime | None
+    served: int = 0
+    granted: int | None = None
+    tokens_per_day: int | None = None
+    remaining_today: int | None = None
+    tokens_per_minute: int | None = None
+    minute_share: int | None = None
+    retired: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"budget": self.budget, "enforce": self.enforce, "day": self.day,
+                "resetsAt": self.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ") if self.resets_at else None,
+                "servedTokens": self.served, "grantedTokens": self.granted, "tokensPerDay": self.tokens_per_day,
+                "remainingTodayTokens": self.remaining_today, "tokensPerMinute": self.tokens_per_minute,
+                "minuteShareTokens": self.minute_share, "retired": self.retired}
+
+
+def grant_chunk(limit: int) -> int:
+    """Tokens granted beyond what a pod asks for, so that it need not ask before every request: 1% of the
+    daily limit."""
+    return limit // 100
+
+
+def inference_report(budget: dict[str, Any], report: ServerReport,
+                     now: datetime) -> tuple[TokenBudgetStatus | None, ServerAnswer]:
+    """A serving pod's report applied to ``budget``: the budget's new status (None: nothing to write) and
+    the pod's answer. The served count only grows (a report repeated or delayed changes nothing); the grant
+    is what the pod asked to hold, when the day's remainder has it."""
+    name = budget["metadata"]["name"]
+    spec, status = ledger(budget, now)
+    w = windows(now, spec.timeZone)
+    inference = status.inference or InferenceUsage(day=w.day)
+    status.inference = inference
+    limits = spec.inference
+    answer = ServerAnswer(name, spec.enforce, w.day, w.resets_at, tokens_per_day=limits.tokensPerDay,
+                          tokens_per_minute=limits.tokensPerMinute)
+    if report.uid in (inference.retiredPods or []):
+        answer.retired = True
+        return None, answer
+    servers = list(inference.servers or [])
+    record = next((g for g in servers if g.uid == report.uid), None)
+    before = record.model_copy() if record is not None else None
+    if record is None:
+        record = ServerGrant(pod=report.pod, uid=report.uid)
+        servers.append(record)
+    # A count for a past day says nothing of today's: today the pod has served what its record says.
+    if report.day == w.day:
+        record.servedTokens = max(record.servedTokens, report.served)
+    others = [g for g in servers if g.uid != report.uid]
+    limit = limits.tokensPerDay
+    if limit is None or not spec.enforce:
+        record.grantedTokens = record.servedTokens  # nothing to hold: every request is admitted
+    else:
+        held = max(0, record.grantedTokens - record.servedTokens)
+        base = min(report.in_flight, held)  # what requests running now were admitted against
+        used = inference.retiredTokensToday + sum(g.servedTokens for g in servers)
+        free = max(0, limit - used - sum(max(0, g.grantedTokens - g.servedTokens) for g in others) - base)
+        extra = 0
+        if 0 < report.want <= free:
+            extra = min(report.want + grant_chunk(limit), free)
+        record.grantedTokens = record.servedTokens + base + extra
+    stale = before is None or before.reportedAt is None or \
+        (now - before.reportedAt).total_seconds() >= KEEPALIVE_SECONDS
+    changed = before is None or (before.servedTokens, before.grantedTokens) != \
+        (record.servedTokens, record.grantedTokens)
+    if changed or stale:
+        record.reportedAt = now
+    inference.servers = servers
+    _totals(spec, status)
+    answer.served = record.servedTokens
+    answer.granted = record.grantedTokens if limit is not None and spec.enforce else None
+    answer.remaining_today = inference.remainingTodayTokens
+    if limits.tokensPerMinute is not None and spec.enforce:
+        live = [g for g in servers if g.reportedAt is not None and
+                (now - g.reportedAt).total_seconds() < LIVE_SECONDS]
+        answer.minute_share = limits.tokensPerMinute // max(1, len(live))
+    return (status if changed or stale else None), answer
+
+
+def retire_servers(budget: dict[str, Any], gone: set[str], now: datetime) -> TokenBudgetStatus | None:
+    """The budget's status with the records of the serving pods ``gone`` (uids) retired: what they last
+    reported stays in the day's usage, their unused grants come back. None: none of them has a record."""
+    spec, status = ledger(budget, now)
+    inference = status.inference
+    if inference is None or not any(g.uid in gone for g in inference.servers or []):
+        return None
+    leaving = [g for g in inference.servers or [] if g.uid in gone]
+    inference.retiredTokensToday += sum(g.servedTokens for g in leaving)
+    inference.retiredPods = [*(inference.retiredPods or []), *(g.uid for g in leaving)]
+    inference.servers = [g for g in inference.servers or [] if g.uid not in gone]
+    _totals(spec, status)
+    return status

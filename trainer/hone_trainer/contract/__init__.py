@@ -81,6 +81,7 @@ from hone_trainer.contract.results import (  # noqa: F401
 )
 from hone_trainer.contract.server import (  # noqa: F401
     AdapterSource,
+    QuotaSettings,
     ServerConfig,
     normalise_location,
     default_served_name,

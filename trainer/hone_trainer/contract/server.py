@@ -20,6 +20,20 @@ class AdapterSource(CamelModel):
     credentials_dir: str | None = None
 
 
+class QuotaSettings(CamelModel):
+    """Where the server reports the tokens it serves and is granted tokens under its namespace's TokenBudget."""
+
+    url: str = Field(description="The operator's quota endpoint, e.g. http://hone-operator-quota.hone.svc:8082.")
+    token_file: str = Field("/var/run/secrets/hone/quota/token",
+                            description="The pod's ServiceAccount token it reports with (a projected volume).")
+    journal: str | None = Field(
+        "/var/run/hone/usage/usage.json",
+        description="Where the tokens served today are kept across restarts of the container (an emptyDir).")
+    report_seconds: float = Field(1.0, gt=0, le=60, description="How often a busy server reports.")
+    wait_seconds: float = Field(5.0, gt=0, le=60,
+                                description="How long a request waits for a grant before HTTP 503.")
+
+
 class ServerConfig(CamelModel):
     """What ``python -m hone_trainer serve --config`` reads (the operator's ConfigMap, or ``hone serve``)."""
 
@@ -44,6 +58,9 @@ class ServerConfig(CamelModel):
         "the message; `parse` makes it the special token (trusted callers only).")
     prices: PriceTable = Field(default_factory=PriceTable)
     metrics_enabled: bool = True
+    quota: QuotaSettings | None = Field(
+        None, description="Report usage to the operator and enforce the namespace's inference budget; the pod's "
+                          "name and uid come from HONE_POD_NAME and HONE_POD_UID. None: no budget.")
 
 
 def normalise_location(location: str) -> str:

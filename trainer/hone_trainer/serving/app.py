@@ -63,14 +63,22 @@ def create_app(config: ServerConfig, *, load: bool = True, on_load_error: Any = 
     state.metrics = Metrics(config, state) if config.metrics_enabled else None
     if config.api_keys_file:
         state.keys = ApiKeys(config.api_keys_file)
+    if config.quota is not None:
+        from hone_trainer.serving.quota import Quota
+
+        state.quota = Quota.from_env(config.quota)
 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loader = None
+        if state.quota is not None:
+            state.quota.start()
         if load:
             loader = threading.Thread(target=load_models, args=(state, on_load_error), name="hone-loader", daemon=True)
             loader.start()
             app.state.loader = loader
         yield
+        if state.quota is not None:
+            await state.quota.stop()
         if state.engine is not None:
             state.engine.stop()
         state.tokenizer_thread.shutdown(wait=False)
@@ -188,17 +196,27 @@ async def _guard(state: State, request: Request, endpoint: str, handler: Any) ->
             ctx.release = lambda: _release(state, True)
             counted = False  # released when the stream ends
         _observe(ctx, response.status_code)
-        return response
+        return _rate_headers(state, response)
     except ApiError as exc:
         _observe(ctx, exc.status)
-        return exc.response()
+        return _rate_headers(state, exc.response())
     except Exception as exc:  # noqa: BLE001 - a bug must not take the server down
         log.exception("request failed")
         _observe(ctx, 500)
-        return ApiError(500, f"internal error: {exc}", type="server_error").response()
+        return _rate_headers(state, ApiError(500, f"internal error: {exc}", type="server_error").response())
     finally:
         if counted:
             _release(state, True)
+        if ctx.ticket is not None and not ctx.streaming:  # a stream releases it when it ends
+            state.quota.release(ctx.ticket, 0)  # no-op when the request's usage released it
+
+
+def _rate_headers(state: State, response: Response) -> Response:
+    """OpenAI's x-ratelimit-*-tokens headers, when the namespace's budget sets a limit."""
+    if state.quota is not None:
+        for name, value in state.quota.headers().items():
+            response.headers.setdefault(name, value)
+    return response
 
 
 def _release(state: State, counted: bool) -> None:

@@ -129,10 +129,14 @@ class Generation:
         self.metered = True
         if ctx.state.metrics is not None and usage is not None:
             ctx.state.metrics.meter(ctx.model_label, usage["prompt_tokens"], usage["completion_tokens"])
+        if ctx.ticket is not None:  # the budget counts exactly what was billed
+            ctx.state.quota.release(ctx.ticket, usage["total_tokens"] if usage is not None else 0)
 
 
 async def respond(ctx: RequestContext, req: SamplingRequest, adapter: str, prompts: list[list[int]], max_tokens: int,
                   chat: bool) -> Response:
+    if ctx.state.quota is not None:  # the request's largest possible usage, reserved in the namespace's budget
+        ctx.ticket = await ctx.state.quota.admit(sum(len(p) for p in prompts) + max_tokens * req.n * len(prompts))
     gen = Generation(ctx, adapter, prompts, req, max_tokens)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())

@@ -37,6 +37,7 @@ class State:
     created: int = field(default_factory=lambda: int(time.time()))
     keys: ApiKeys | None = None
     metrics: Metrics | None = None
+    quota: Any = None  # quota.Quota when the config names a quota endpoint
     specials: tuple[str, ...] = ()  # the texts of the tokenizer's special tokens, once loaded
     #: Requests are parsed and tokenized here, off the event loop (a huge prompt must not stall /health),
     #: one at a time: the tokenizer is not safe to call from several threads at once.
@@ -55,6 +56,7 @@ class RequestContext:
         self.model_label = UNKNOWN_MODEL_LABEL
         self.streaming = False
         self.release: Any = None
+        self.ticket: Any = None  # the request's reservation in the inference budget (quota.Ticket)
 
     async def body(self, model_cls: type[SamplingRequest]) -> Any:
         """The request, read up to ``max_request_bytes`` (413 beyond) and parsed off the event loop."""

@@ -71,10 +71,13 @@ from hone_operator.api.v1alpha1.modelserving import (  # noqa: F401
 )
 from hone_operator.api.v1alpha1.tokenbudget import (  # noqa: F401
     TrainingLimits,
+    InferenceLimits,
     TokenBudgetSpec,
     ReservedEstimate,
     Reservation,
     TrainingUsage,
+    ServerGrant,
+    InferenceUsage,
     TokenBudgetStatus,
     TokenBudget,
 )

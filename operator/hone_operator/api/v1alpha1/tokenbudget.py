@@ -1,8 +1,10 @@
-"""TokenBudget (short name ``tb``): a namespace's daily free allowance and limits on training tokens and cost.
+"""TokenBudget (short name ``tb``): a namespace's daily free allowance and limits on training tokens and cost,
+and its limits on the tokens its ModelServings serve.
 
 One TokenBudget governs a namespace (the oldest, when there are several; the others say so in a condition).
 Its status is the durable record of the namespace's usage: jobs reserve their estimate in it when they are
-admitted and settle it with what they trained when they end (:mod:`hone_operator.reconcile.budget`).
+admitted and settle it with what they trained when they end; serving pods are granted inference tokens in it
+before they serve them and report what they served (:mod:`hone_operator.reconcile.budget`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,19 @@ class TrainingLimits(ApiModel):
         description="Most training cost a calendar month in US dollars, after the free allowance; none: no limit.")
 
 
+class InferenceLimits(ApiModel):
+    """Tokens served by the namespace's ModelServings (prompt plus completion tokens, as in ``usage``)."""
+
+    tokensPerDay: int | None = Field(
+        None, alias="tokensPerDay", ge=1,
+        description="Most tokens served a day, every replica of every ModelServing of the namespace together; "
+                    "past it requests get HTTP 429 insufficient_quota. None: no limit.")
+    tokensPerMinute: int | None = Field(
+        None, alias="tokensPerMinute", ge=1,
+        description="Most tokens served in any 60 seconds, shared among the serving pods that report; past it "
+                    "requests get HTTP 429 rate_limit_exceeded. None: no limit.")
+
+
 class TokenBudgetSpec(ApiModel):
     """A namespace's token allowance and limits."""
 
@@ -51,6 +66,8 @@ class TokenBudgetSpec(ApiModel):
         "UTC", alias="timeZone", max_length=64,
         description="IANA time zone of the windows: days start at midnight, months on the 1st.")
     training: TrainingLimits = Field(default_factory=TrainingLimits, description="Training tokens and cost.")
+    inference: InferenceLimits = Field(default_factory=InferenceLimits,
+                                       description="Tokens served by the namespace's ModelServings.")
 
     @field_validator("timeZone")
     @classmethod
@@ -98,12 +115,41 @@ class TrainingUsage(StatusModel):
         0, alias="freeTokensRemainingToday", description="Free tokens left today (after reservations).")
 
 
+class ServerGrant(StatusModel):
+    """One serving pod's record for the current day: what it served and what it may serve."""
+
+    pod: str = Field(description="The serving pod's name.")
+    uid: str = Field(description="The pod's uid.")
+    servedTokens: int = Field(0, alias="servedTokens", description="Tokens it served today, as it last reported.")
+    grantedTokens: int = Field(
+        0, alias="grantedTokens", description="Tokens it may serve today (served plus what it holds unused).")
+    reportedAt: datetime | None = Field(None, alias="reportedAt", description="Its last report.")
+
+
+class InferenceUsage(StatusModel):
+    """Inference usage in the current day window."""
+
+    day: str | None = Field(None, description="The current day window, YYYY-MM-DD in spec.timeZone.")
+    tokensToday: int = Field(
+        0, alias="tokensToday", description="Tokens served today: the serving pods' reports and pods gone since.")
+    retiredTokensToday: int = Field(
+        0, alias="retiredTokensToday", description="Of those, served today by pods that are gone.")
+    grantedTokens: int = Field(
+        0, alias="grantedTokens", description="Granted to serving pods and not yet served (their reservations).")
+    remainingTodayTokens: int | None = Field(
+        None, alias="remainingTodayTokens", description="tokensPerDay less served and granted tokens.")
+    servers: list[ServerGrant] | None = Field(None, description="The serving pods that reported today.")
+    retiredPods: list[str] | None = Field(
+        None, alias="retiredPods", description="Uids of pods gone today, whose usage is in retiredTokensToday.")
+
+
 class TokenBudgetStatus(StatusModel):
     """Usage in the current windows, the reservations of running jobs, and conditions."""
 
     observedGeneration: int | None = Field(None, alias="observedGeneration", description="The spec generation last acted on.")
     training: TrainingUsage | None = Field(None, description="Training usage in the current windows.")
     reservations: list[Reservation] | None = Field(None, description="Admitted jobs that have not ended.")
+    inference: InferenceUsage | None = Field(None, description="Inference usage in the current day window.")
     resetsAt: datetime | None = Field(None, alias="resetsAt", description="When the day window ends.")
     conditions: list[Condition] | None = Field(
         None, description="Active (this budget governs its namespace), NearLimit (80%), Exhausted (100%).")
