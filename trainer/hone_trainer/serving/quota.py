@@ -258,13 +258,16 @@ class Quota:
         answered = self._answered
         self._wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(answered), timeout=self.settings.wait_seconds)
-            return True
-        except Exception as exc:  # noqa: BLE001 - unreachable, refused, or no answer in time
-            self._error = str(exc) or type(exc).__name__
-            return False
+            await asyncio.wait({answered}, timeout=self.settings.wait_seconds)
         finally:
             self._waiting -= want
+        if not answered.done():
+            self._error = f"no answer in {self.settings.wait_seconds:g} s"
+            return False
+        if answered.exception() is not None:  # unreachable or refused
+            self._error = str(answered.exception()) or type(answered.exception()).__name__
+            return False
+        return True
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -273,10 +276,12 @@ class Quota:
             timeout = KEEPALIVE_SECONDS if idle and self.answer is not None else self.settings.report_seconds
             if self._failures:
                 timeout = min(KEEPALIVE_SECONDS, self.settings.report_seconds * 2 ** min(self._failures, 5))
+            # Not asyncio.wait_for: on Python 3.11 it can swallow the cancellation stop() sends.
+            timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-            except asyncio.TimeoutError:
-                pass
+                await self._wake.wait()
+            finally:
+                timer.cancel()
             self._wake.clear()
             answered, self._answered = self._answered, asyncio.get_running_loop().create_future()
             try:
