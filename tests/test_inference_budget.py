@@ -1,4 +1,4 @@
-"""A namespace's inference budget, end to end: three real server processes (the replicas of a ModelServing)
+"""A namespace's inference budget, end to end: three real server processes (replicas of two ModelServings)
 report to the real operator's quota endpoint, against the emulated API server, with the chart's RBAC.
 
 The day's limit is never overrun, whatever the concurrency; a request is refused only when what is left
@@ -58,9 +58,10 @@ def test_three_replicas_never_serve_past_the_day_and_the_record_is_exact(apiserv
     kube.create({"apiVersion": "hone.dev/v1alpha1", "kind": "TokenBudget",
                  "metadata": {"name": "default", "namespace": NS},
                  "spec": {"inference": {"tokensPerDay": LIMIT}}})
+    # Two replicas of one ModelServing and one of another: the namespace's budget binds them together.
     pods = [kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": f"chat-{i}", "namespace": NS,
-        "labels": {"hone.dev/modelserving": "chat", "app.kubernetes.io/component": "server"}},
+        "labels": {"hone.dev/modelserving": "chat" if i < 2 else "support", "app.kubernetes.io/component": "server"}},
         "spec": {"containers": [{"name": "server", "image": "hone-runtime"}]}}) for i in range(3)]
     token = tmp_path / "token"
     token.write_text(apiserver.call(lambda s: s.service_account_token(NS, "default")))
@@ -91,8 +92,7 @@ def test_three_replicas_never_serve_past_the_day_and_the_record_is_exact(apiserv
         crashed.stop(signal.SIGKILL)
         servers[1] = (config, _server(tmp_path, tiny, config, pods[1]))
         servers[1][1].wait_ready()
-        op.proc.send_signal(signal.SIGKILL)
-        op.proc.wait(30)
+        op.kill()
         op = OperatorProcess(apiserver, tmp_path / "op2.log", env=env).start()
         # Concurrent load until every replica refuses: the day is never overrun.
         for _ in range(40):
@@ -128,6 +128,15 @@ def test_three_replicas_never_serve_past_the_day_and_the_record_is_exact(apiserv
                  what="the deleted replica's record retired")
         assert _inference(kube)["tokensToday"] == sum(sent)
         assert _inference(kube)["retiredTokensToday"] == served["chat-2"]
+        # The operator's gauges say what the budget's status says.
+        labels = f'budget="default",namespace="{NS}",window="day"'
+
+        def gauges_match() -> bool:
+            metrics, inference = op.metrics(), _inference(kube)
+            used = inference["tokensToday"] + inference.get("grantedTokens", 0)
+            return f"hone_budget_inference_used_tokens{{{labels}}} {float(used)}" in metrics and \
+                f"hone_budget_inference_limit_tokens{{{labels}}} {float(LIMIT)}" in metrics
+        wait_for(gauges_match, timeout=30, what="the inference budget gauges")
     finally:
         for _, s in servers:
             s.stop()

@@ -150,6 +150,10 @@ class BudgetCollector(Collector):
         cost_limit = gauge("hone_budget_training_cost_limit_usd", "The monthly training cost limit.")
         free = gauge("hone_budget_training_free_tokens", "Free training tokens used today.")
         free_limit = gauge("hone_budget_training_free_limit_tokens", "Free training tokens a day.")
+        served = gauge("hone_budget_inference_used_tokens",
+                       "Inference tokens served today plus those granted to serving pods and not yet served.")
+        served_limit = gauge("hone_budget_inference_limit_tokens", "The TokenBudget's inference tokens a day.")
+        served_left = gauge("hone_budget_inference_remaining_tokens", "Inference tokens left today.")
         for (ns, name), obj in budgets:
             spec = (obj.get("spec") or {}).get("training") or {}
             status = obj.get("status") or {}
@@ -169,7 +173,14 @@ class BudgetCollector(Collector):
                 cost_limit.add_metric([ns, name, "month"], float(spec["costPerMonthUsd"]))
             free.add_metric([ns, name, "day"], int(usage.get("freeTokensToday") or 0))
             free_limit.add_metric([ns, name, "day"], int(spec.get("freeTokensPerDay", 1_000_000)))
-        yield from (used, limit, remaining, cost, cost_limit, free, free_limit)
+            inference = status.get("inference") or {}
+            day_limit = ((obj.get("spec") or {}).get("inference") or {}).get("tokensPerDay")
+            served.add_metric([ns, name, "day"], int(inference.get("tokensToday") or 0) +
+                              int(inference.get("grantedTokens") or 0))
+            if day_limit is not None:
+                served_limit.add_metric([ns, name, "day"], day_limit)
+                served_left.add_metric([ns, name, "day"], int(inference.get("remainingTodayTokens", day_limit) or 0))
+        yield from (used, limit, remaining, cost, cost_limit, free, free_limit, served, served_limit, served_left)
 
 
 class OperatorMetrics:

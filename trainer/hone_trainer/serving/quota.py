@@ -148,10 +148,15 @@ class Quota:
             raise ApiError(503, "this serving pod's budget record was retired; it is being replaced",
                            type="server_error", code="quota_unavailable", headers={"Retry-After": "5"})
         self._minute_check(need)
-        if not self._fits(need):
-            reached = await self._sync(need)
-            if not self._fits(need):
-                raise self._exhausted(need) if reached else self._unreachable()
+        for _ in range(3):  # a few reports: others' grants may come back meanwhile
+            if self._fits(need):
+                break
+            if not await self._sync(need):
+                raise self._unreachable()
+            if not self._fits(need) and (self.answer.remaining_today or 0) < need:
+                raise self._exhausted(need)
+        else:
+            raise self._exhausted(need)
         self._minute_check(need)
         now = time.monotonic()
         self.reserved += need
@@ -297,7 +302,7 @@ class Quota:
                     answered.exception()  # retrieved: no "never retrieved" warning when nobody waits
 
     async def _report(self) -> None:
-        busy = self.reserved > 0 or time.monotonic() - self.last_admitted < BUSY_SECONDS
+        busy = self.reserved > 0 or self._waiting > 0 or time.monotonic() - self.last_admitted < BUSY_SECONDS
         keep = self.reserved
         if busy and self.cap is not None:
             keep = max(self.reserved, self.cap - self.served)
