@@ -187,6 +187,25 @@ def test_kubectl_apply_trains_serves_and_meters(cluster: Cluster) -> None:
     assert metrics[("hone_inference_tokens_total", (("model", model), ("type", "prompt")))] == reply.usage.prompt_tokens
     assert metrics[("hone_inference_tokens_total", (("model", model), ("type", "completion")))] == \
         reply.usage.completion_tokens
+    # The serving pod reported through the quota Service with its projected token: the namespace's budget
+    # records what it served. A day's limit that has no room left for another request refuses it.
+    budget = cluster.kubectl("-n", NS, "get", "tb", "-o", "name").stdout.split()[0]
+    served = lambda: cluster.get(budget, "{.status.inference.tokensToday}")  # noqa: E731
+    wait_for(lambda: served() == str(reply.usage.total_tokens), timeout=60,
+             what=f"the budget to record {reply.usage.total_tokens} served tokens")
+    cluster.kubectl("-n", NS, "patch", budget, "--type=merge", "-p",
+                    json.dumps({"spec": {"inference": {"tokensPerDay": reply.usage.total_tokens + 5}}}))
+    from openai import RateLimitError
+
+    def refused() -> bool:
+        try:
+            client.chat.completions.create(model=model, max_tokens=8, messages=[{"role": "user", "content": "Hi"}])
+        except RateLimitError as exc:
+            assert exc.body["code"] == "insufficient_quota", exc.body
+            assert exc.response.headers["x-ratelimit-limit-tokens"] == str(reply.usage.total_tokens + 5)
+            return True
+        return False  # served before the pod's next report saw the limit: within its grant, and counted
+    wait_for(refused, timeout=60, what="a request past the day's inference limit refused with 429")
     # The operator's counter, through its Service, equals what the job reports.
     operator = _metrics(f"http://{cluster.get('svc/hone-metrics', '{.spec.clusterIP}', ns='hone-system')}:8080/metrics")
     trained = [v for (name, labels), v in operator.items()
@@ -536,7 +555,7 @@ def test_namespaced_install_with_leader_election(cluster: Cluster, shop: Path) -
     cluster_roles = [r for r in json.loads(cluster.kubectl("get", "clusterrole", "-o", "json").stdout)["items"]
                      if r["metadata"]["name"].startswith("hone-b")]
     assert {res for r in cluster_roles for rule in r["rules"] for res in rule["resources"]} <= {
-        "customresourcedefinitions", "namespaces"}  # cluster-wide only what discovery needs
+        "customresourcedefinitions", "namespaces", "tokenreviews"}  # cluster-wide: discovery, and quota tokens
     assert "role.rbac.authorization.k8s.io/hone-b" in cluster.kubectl("-n", "team-b", "get", "role", "-o",
                                                                       "name").stdout
     msv = yaml.safe_load((EXAMPLE / "modelserving.yaml").read_text())
