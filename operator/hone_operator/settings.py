@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hone_operator.api.v1alpha1.tokenbudget import TokenBudgetSpec
+from hone_operator.api.v1alpha1.finetunejob import DataScreeningSpec
 from hone_trainer import __version__
 from hone_trainer.contract import PriceTable
 
@@ -124,6 +125,10 @@ class OperatorSettings(BaseSettings):
         description="The TokenBudget (spec) the operator creates, named default, in a namespace that has none when "
                     "its first FineTuneJob is admitted: by default 1M free training tokens a day and no limits. "
                     "null: namespaces without a TokenBudget are metered only.")
+    data_screening: DataScreeningSpec = Field(
+        default_factory=DataScreeningSpec,
+        description="Data screening of FineTuneJobs that set no spec.dataScreening: by default personal data "
+                    "(emails, phone numbers, payment cards, IBANs) is reported in status.dataset.screening.")
     kueue_enabled: bool = Field(
         True, description="Honour kueue.x-k8s.io/queue-name labels (create Jobs suspended for Kueue)."
     )

@@ -193,8 +193,17 @@ def trainer_config(ftj: FineTuneJob, settings: OperatorSettings, *, base_model: 
         keep_checkpoints=spec.checkpointing.keep,
         merge_weights=spec.output.mergeWeights,
         prices=settings.prices_for(spec.baseModel.uri),
+        screening=screening_config(spec.dataScreening or settings.data_screening),
         **where,
     )
+
+
+def screening_config(spec: Any) -> contract.DataScreening:
+    """The trainer's data screening from a FineTuneJob's ``spec.dataScreening`` (or the operator's default)."""
+    return contract.DataScreening(
+        personal_data=spec.personalData, kinds=list(spec.kinds),
+        patterns=[contract.ScreeningPattern(name=p.name, regex=p.regex) for p in spec.patterns],
+        blocklist=list(spec.blocklist), blocklist_policy=spec.blocklistPolicy)
 
 
 # --------------------------------------------------------------------------

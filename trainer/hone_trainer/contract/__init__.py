@@ -66,6 +66,8 @@ from hone_trainer.contract.config import (  # noqa: F401
     JobIdentity,
     TrainerConfig,
     ValidatedData,
+    DataScreening,
+    ScreeningPattern,
 )
 from hone_trainer.contract.results import (  # noqa: F401
     MAX_LOSS_POINTS,
@@ -74,6 +76,8 @@ from hone_trainer.contract.results import (  # noqa: F401
     loss_curve,
     ProblemKind,
     Problem,
+    Finding,
+    ScreeningResult,
     ValidationResult,
     Progress,
     CheckpointInfo,

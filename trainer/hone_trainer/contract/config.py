@@ -72,6 +72,37 @@ class ValidatedData(CamelModel):
     tokens_per_epoch: int = Field(ge=1, description="Their tokens: what one epoch bills.")
 
 
+PersonalDataKind = Literal["email", "phone", "payment_card", "iban"]
+ScreeningPolicy = Literal["report", "redact", "reject"]
+
+
+class ScreeningPattern(CamelModel):
+    """A kind of personal data the user adds: a name and a regular expression (Python ``regex`` syntax)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$", description="The kind's name in findings, e.g. employee_id.")
+    regex: str = Field(min_length=1, max_length=1000, description="What it matches, e.g. EMP-[0-9]{6}.")
+
+
+class DataScreening(CamelModel):
+    """What ValidatingFiles looks for in every message before counting, and what it does with what it finds.
+
+    ``report`` lists the findings (file, line, message and kind, never the text); ``redact`` replaces each
+    match with ``[KIND]`` in what trains, and the counts describe the redacted text; ``reject`` fails the job
+    naming the first lines. Off: ``personal_data: off`` and no blocklist."""
+
+    personal_data: Literal["off", "report", "redact", "reject"] = Field(
+        "report", description="The policy for personal data: the kinds below and the patterns.")
+    kinds: list[PersonalDataKind] = Field(
+        default_factory=lambda: ["email", "phone", "payment_card", "iban"],
+        description="Built-in detectors: email, phone (7 to 15 digits, international or grouped), payment_card "
+                    "(13 to 19 digits passing the Luhn check), iban (ISO 13616, mod-97 checksum).")
+    patterns: list[ScreeningPattern] = Field(default_factory=list, max_length=32,
+                                             description="Kinds of personal data the user adds.")
+    blocklist: list[str] = Field(default_factory=list, max_length=1000,
+                                 description="Terms matched as whole words, ignoring case.")
+    blocklist_policy: ScreeningPolicy = Field("reject", description="The policy for blocklisted terms.")
+
+
 class TrainerConfig(CamelModel):
     """Everything a validator or trainer process needs, resolved for where it runs.
 
@@ -121,6 +152,8 @@ class TrainerConfig(CamelModel):
     result_path: str | None = Field(
         RESULT_PATH_IN_POD, description="Where the result JSON is written at exit."
     )
+    screening: DataScreening = Field(default_factory=DataScreening,
+                                     description="Personal data and blocklisted terms: found, redacted or refused.")
     validated: ValidatedData | None = Field(
         None, description="Set with the resolved hyperparameters: the training file as ValidatingFiles counted "
         "it. The trainer refuses a file that no longer counts the same (it changed since it was validated).")

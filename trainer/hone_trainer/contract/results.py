@@ -31,6 +31,7 @@ class ProblemKind(str, enum.Enum):
     TOO_FEW_EXAMPLES = "too_few_examples"
     EMPTY_FILE = "empty_file"
     UNREADABLE_FILE = "unreadable_file"
+    SCREENING_REJECTED = "screening_rejected"
 
 
 class Problem(CamelModel):
@@ -38,6 +39,25 @@ class Problem(CamelModel):
     line: int | None = Field(None, description="1-based line number; absent for whole-file problems.")
     kind: ProblemKind = Field(description="What kind of problem (invalid_json, unknown_role, ...).")
     message: str = Field(description="What is wrong and how to fix it.")
+
+
+class Finding(CamelModel):
+    """Where data screening found something: never the text itself."""
+
+    file: Literal["training", "validation"]
+    line: int = Field(description="1-based line number.")
+    message: int = Field(description="Index of the message in the line's messages.")
+    kind: str = Field(description="email, phone, payment_card, iban, a pattern's name, or blocklist.")
+    action: Literal["report", "redact", "reject"] = Field(description="What was done.")
+
+
+class ScreeningResult(CamelModel):
+    """What data screening found in both files."""
+
+    counts: dict[str, int] = Field(default_factory=dict, description="Matches per kind.")
+    lines: int = Field(0, ge=0, description="Lines with at least one finding.")
+    redacted_messages: int = Field(0, ge=0, description="Messages that train redacted.")
+    findings: list[Finding] = Field(default_factory=list, description="The first findings (100 at most).")
 
 
 class ValidationResult(CamelModel):
@@ -70,6 +90,7 @@ class ValidationResult(CamelModel):
     billable_training_tokens: int = Field(0, ge=0, description="tokens_per_epoch x epochs.")
     estimated_cost_usd: float = Field(0.0, ge=0)
     model: ModelShape | None = Field(None, description="The base model's shape, for the memory estimate.")
+    screening: ScreeningResult | None = Field(None, description="What data screening found.")
 
     @property
     def summary(self) -> str:

@@ -29,6 +29,7 @@ from hone_trainer.training.data import ReadResult
 from hone_trainer.manifest import write_manifest
 from hone_trainer.training.publish import manifest_info, publish, staging_dir
 from hone_trainer.training.report import Reporter, ReportingForbidden, check_access
+from hone_trainer.training import screening
 from hone_trainer.training.validate import read_file
 
 log = logging.getLogger("hone.trainer")
@@ -111,8 +112,8 @@ class Trainer:
         self.local_model = models.resolve(cfg.base_model)
         self.tokenizer = models.load_tokenizer(self.local_model, trust_remote_code=cfg.base_model.trust_remote_code)
         formatter = ChatFormatter(self.tokenizer, cfg.max_seq_length)
-        self.train_data = self._encode(formatter, read_file(cfg.training_data, "training"), "training")
-        self.val_data = (self._encode(formatter, read_file(cfg.validation_data, "validation"), "validation")
+        self.train_data = self._encode(formatter, self._read(cfg.training_data, "training"), "training")
+        self.val_data = (self._encode(formatter, self._read(cfg.validation_data, "validation"), "validation")
                          if cfg.validation_data else [])
         if cfg.validated is not None:
             self._check_validated(cfg.validated)
@@ -122,6 +123,12 @@ class Trainer:
         self.pack_length = packing.row_length(cfg.max_seq_length, cfg.pack_length)
         self.steps_per_epoch = packing.steps_per_epoch(len(self.train_data), self.hp.batch_size)
         self.total_steps = self.steps_per_epoch * self.hp.epochs
+
+    def _read(self, location: contract.DataFile, kind: Any) -> Any:
+        """A file as ValidatingFiles screened it: what it redacted is redacted here too."""
+        read = read_file(location, kind)
+        screening.screen(read, self.config.screening)
+        return read
 
     def _setup_deepspeed_config(self) -> None:
         """The generated DeepSpeed config; under ZeRO-3 registered before the model is built."""

@@ -15,7 +15,8 @@ from typing import Any
 from hone_trainer import contract, templating
 from hone_trainer.training import packing
 from hone_trainer.training.formatting import ChatFormatter
-from hone_trainer.contract import ProblemKind, TrainerConfig, ValidationResult
+from hone_trainer.contract import ProblemKind, ScreeningResult, TrainerConfig, ValidationResult
+from hone_trainer.training import screening
 from hone_trainer.training.data import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, Example, FileKind, ReadResult, read_jsonl
 from hone_trainer.storage import open_binary
 
@@ -167,6 +168,9 @@ def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape |
     train = read_file(config.training_data, "training")
     val = read_file(config.validation_data, "validation") if config.validation_data else None
     reads = [r for r in (train, val) if r is not None]
+    screened = ScreeningResult()
+    for r in reads:  # before counting: the counts describe what trains (redacted, when it is)
+        screening.screen(r, config.screening, screened)
 
     n_train = len(train.examples)
     if 0 < n_train < MIN_EXAMPLES:
@@ -199,6 +203,13 @@ def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape |
         train.problem(ProblemKind.TOO_FEW_EXAMPLES, "no example keeps an assistant token after truncation at "
                       f"maxSeqLength={config.max_seq_length}: raise spec.hyperparameters.maxSeqLength")
 
+    if screened.lines:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(screened.counts.items()))
+        done = {"report": "reported only", "redact": "redacted before counting and training"}
+        actions = sorted({done[f.action] for f in screened.findings if f.action in done})
+        if actions:
+            warnings.append(f"data screening: {screened.lines} line(s) hold personal data or blocklisted terms "
+                            f"({counts}); {' and '.join(actions)} (status.dataset.screening lists the lines)")
     problem_counts: dict[str, int] = {}
     for r in reads:
         for k, v in r.problem_counts.items():
@@ -232,4 +243,5 @@ def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape |
         estimated_cost_usd=contract.cost_usd(billable, config.prices.training),
         max_step_rows=steps[0], max_row_tokens=steps[1], max_step_tokens=steps[2],
         model=shape,
+        screening=screened if screened.lines else None,
     )

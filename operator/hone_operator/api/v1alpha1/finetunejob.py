@@ -284,6 +284,32 @@ QLORA_NEEDS_GPUS = ("method qlora needs GPUs (4-bit bitsandbytes kernels): set r
                     "or use method lora")
 
 
+class ScreeningPatternSpec(ApiModel):
+    """A kind of personal data you add: its name in findings, and what it matches."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$", max_length=40,
+                      description="The kind's name in findings, e.g. employee_id.")
+    regex: str = Field(min_length=1, max_length=1000, description="A regular expression, e.g. EMP-[0-9]{6}.")
+
+
+class DataScreeningSpec(ApiModel):
+    """What ValidatingFiles looks for in every message, and what it does with it (docs/safety.md)."""
+
+    personalData: Literal["off", "report", "redact", "reject"] = Field(
+        "report", alias="personalData",
+        description="report: list the lines in status.dataset.screening; redact: train on the text with each match "
+                    "replaced by [KIND]; reject: fail the job naming the first lines; off: do not look.")
+    kinds: list[Literal["email", "phone", "payment_card", "iban"]] = Field(
+        default_factory=lambda: ["email", "phone", "payment_card", "iban"], max_length=4,
+        description="Built-in detectors (payment cards pass the Luhn check, IBANs their mod-97 checksum).")
+    patterns: list[ScreeningPatternSpec] = Field(default_factory=list, max_length=32,
+                                                 description="Kinds of personal data you add.")
+    blocklist: list[str] = Field(default_factory=list, max_length=1000,
+                                 description="Terms matched as whole words, ignoring case.")
+    blocklistPolicy: Literal["report", "redact", "reject"] = Field(
+        "reject", alias="blocklistPolicy", description="What a blocklisted term does: report, redact or reject.")
+
+
 class FineTuneJobSpec(ApiModel):
     """A fine-tuning job: base model, data, method and hyperparameters."""
 
@@ -309,6 +335,10 @@ class FineTuneJobSpec(ApiModel):
         None, alias="validationData", description="Optional held-out chat JSONL file for validation loss."
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Training hyperparameters.")
+    dataScreening: DataScreeningSpec | None = Field(
+        None, alias="dataScreening",
+        description="Personal data and blocklisted terms in the data: reported, redacted or refused. Default: the "
+                    "operator's setting dataScreening (the chart's value), which reports personal data.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the training pods.")
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings.")
     memory: MemorySpec = Field(default_factory=MemorySpec, description="How each training step fits in GPU memory.")
@@ -358,6 +388,23 @@ class FineTuneJobPhase(str, enum.Enum):
         return phase in {p.value for p in cls if p.terminal}
 
 
+class ScreeningFinding(StatusModel):
+    file: Literal["training", "validation"] = Field(description="training or validation.")
+    line: int = Field(description="1-based line number.")
+    message: int = Field(description="Index of the message in the line's messages.")
+    kind: str = Field(description="email, phone, payment_card, iban, a pattern's name, or blocklist.")
+    action: Literal["report", "redact", "reject"] = Field(description="What was done about it.")
+
+
+class ScreeningStatus(StatusModel):
+    """What data screening found in both files."""
+
+    counts: dict[str, int] | None = Field(None, description="Matches per kind.")
+    lines: int = Field(0, description="Lines with at least one finding.")
+    redactedMessages: int = Field(0, alias="redactedMessages", description="Messages that train redacted.")
+    findings: list[ScreeningFinding] | None = Field(None, description="The first findings (100 at most).")
+
+
 class DatasetStatus(StatusModel):
     """What the ValidatingFiles step found in the data."""
 
@@ -380,6 +427,7 @@ class DatasetStatus(StatusModel):
     problemCounts: dict[str, int] | None = Field(None, alias="problemCounts", description="Problems found, per kind.")
     problems: list[Problem] | None = Field(None, description="The first problems found, with file and line.")
     warnings: list[str] | None = Field(None, description="Warnings that do not stop training.")
+    screening: ScreeningStatus | None = Field(None, description="What data screening found (never the text itself).")
 
 
 class MemoryStatus(StatusModel):

@@ -1,0 +1,150 @@
+"""Data screening in ValidatingFiles (#19 item 1): personal data and blocklisted terms, reported by line and kind
+without their text, redacted in what trains (and counts), or refused naming the line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hone_trainer import contract
+from hone_trainer.training import screening
+from hone_trainer.training.validate import validate
+from hone_dev.tiny import make_tokenizer
+from tests.test_validate import chat, config_for, good_lines
+
+CARD = "4111 1111 1111 1111"  # passes Luhn
+IBAN = "GB82 WEST 1234 5698 7654 32"  # the ISO 13616 example, mod-97 == 1
+EMAIL = "maria.silva@example.pt"
+PHONE = "+351 912 345 678"
+SECRETS = (CARD, IBAN, EMAIL, PHONE, "4111111111111111", "GB82WEST12345698765432")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def kinds(text: str, **settings) -> list[str]:
+    return [m.kind for m in screening.find(text, contract.DataScreening(**settings))]
+
+
+def test_detectors_check_what_they_match() -> None:
+    assert kinds(f"Card {CARD}, or 4111-1111-1111-1111.") == ["payment_card", "payment_card"]
+    assert kinds("Card 4111 1111 1111 1112.") == []  # fails Luhn
+    assert kinds(f"Pay to {IBAN} please") == ["iban"]
+    assert kinds("Pay to GB83 WEST 1234 5698 7654 32 please") == []  # wrong check digits
+    assert kinds(f"Write to {EMAIL} or call {PHONE} or (415) 555-2671.") == ["email", "phone", "phone"]
+    # Ordinary numbers are not personal data: an order, a size, a year, a price.
+    assert kinds("Order 123456 shipped in 2026 with 56mm wheels for 49.99 EUR.") == []
+    assert kinds("Ask EMP-004211 or emp-9", patterns=[contract.ScreeningPattern(name="employee_id",
+                                                                                   regex=r"EMP-\d{6}")]) == \
+        ["employee_id"]
+    assert kinds("Our Competitor Co. rocks; competitors don't", blocklist=["competitor co"]) == ["blocklist"]
+    assert kinds(f"mail {EMAIL}", personal_data="off") == []
+
+
+def _write(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_report_lists_lines_and_kinds_never_the_text(tokenizer, tmp_path: Path) -> None:
+    lines = good_lines(20) + [chat(f"My card is {CARD}, mail {EMAIL}", "Thanks, noted.")]
+    result = validate(config_for(_write(tmp_path, lines)), tokenizer)
+    assert result.ok
+    s = result.screening
+    assert s is not None and s.counts == {"payment_card": 1, "email": 1} and s.lines == 1 and s.redacted_messages == 0
+    assert [(f.line, f.message, f.kind, f.action) for f in s.findings] == [
+        (21, 1, "payment_card", "report"), (21, 1, "email", "report")]
+    assert any("1 line(s) hold personal data" in w and "reported only" in w for w in result.warnings)
+    plain = validate(config_for(_write(tmp_path, lines), screening=contract.DataScreening(personal_data="off")),
+                     tokenizer)
+    assert plain.screening is None and plain.tokens_per_epoch == result.tokens_per_epoch  # reporting changes nothing
+    assert not any(secret in result.model_dump_json() for secret in SECRETS)
+    # The job's status.dataset.screening, as the operator writes it from the result.
+    from hone_operator.reconcile.finetunejob import dataset_status
+
+    dataset = dataset_status(result)
+    assert dataset["screening"] == {"counts": {"payment_card": 1, "email": 1}, "lines": 1, "redactedMessages": 0,
+                                    "findings": [{"file": "training", "line": 21, "message": 1,
+                                                  "kind": "payment_card", "action": "report"},
+                                                 {"file": "training", "line": 21, "message": 1,
+                                                  "kind": "email", "action": "report"}]}
+
+
+def test_redact_trains_and_counts_the_redacted_text(tokenizer, tmp_path: Path) -> None:
+    lines = good_lines(20) + [chat(f"Refund to {IBAN}, call {PHONE}", f"Sent to {EMAIL}.")]
+    redacted = good_lines(20) + [chat("Refund to [IBAN], call [PHONE]", "Sent to [EMAIL].")]
+    config = config_for(_write(tmp_path, lines), screening=contract.DataScreening(personal_data="redact"))
+    result = validate(config, tokenizer)
+    assert result.ok and result.screening is not None and result.screening.redacted_messages == 2
+    assert any("redacted before counting and training" in w for w in result.warnings)
+    # The counts are those of the file as if it had been written redacted.
+    (tmp_path / "redacted.jsonl").write_text("\n".join(redacted) + "\n")
+    expected = validate(config_for(tmp_path / "redacted.jsonl"), tokenizer)
+    assert result.tokens_per_epoch == expected.tokens_per_epoch
+    assert not any(secret in result.model_dump_json() for secret in SECRETS)
+
+
+def test_reject_fails_naming_the_line_and_the_trainer_refuses_too(tokenizer, tmp_path: Path) -> None:
+    lines = good_lines(20) + [chat("Hi", f"Your card {CARD} is on file.")]
+    config = config_for(_write(tmp_path, lines), screening=contract.DataScreening(personal_data="reject"))
+    result = validate(config, tokenizer)
+    assert not result.ok
+    problem = result.problems[0]
+    assert (problem.line, problem.kind.value) == (21, "screening_rejected")
+    assert "messages[2] holds payment_card" in problem.message and "spec.dataScreening" in problem.message
+    assert CARD not in result.model_dump_json()
+    # The blocklist's own policy: here only reported, beside personal data redacted.
+    mixed = contract.DataScreening(personal_data="redact", blocklist=["ollie shop"], blocklist_policy="report")
+    result = validate(config_for(_write(tmp_path, lines), screening=mixed), tokenizer)
+    assert result.ok and result.screening.counts == {"payment_card": 1, "blocklist": 21}
+
+
+def test_the_trainer_trains_on_exactly_what_validation_redacted_and_counted(tmp_path: Path) -> None:
+    from hone_trainer.training.trainer import Trainer
+    from hone_dev.tiny import make_tiny_llama
+
+    tokenizer = make_tokenizer(tmp_path / "model")
+    make_tiny_llama(tmp_path / "model")
+    path = _write(tmp_path, good_lines(20) + [chat(f"Mail me at {EMAIL}", "Will do.")])
+    config = config_for(path, batch_size=4, screening=contract.DataScreening(personal_data="redact")).model_copy(
+        update={"base_model": contract.ModelSource(location=str(tmp_path / "model"))})
+    result = validate(config, tokenizer)
+    assert result.ok and result.hyperparameters is not None
+    trainer = Trainer(config.resolved(result.hyperparameters, result.examples, result.tokens_per_epoch))
+    trainer._setup_data()  # holds the file to the validated counts: it would refuse unredacted text
+    text = "".join(tokenizer.decode(e.input_ids) for e in trainer.train_data)
+    assert "[EMAIL]" in text and EMAIL not in text
+    assert sum(len(e.input_ids) for e in trainer.train_data) == result.tokens_per_epoch
+    # Without the screening the trainer reads other text than was validated, and says so instead of training.
+    from hone_trainer.training.trainer import DataError
+
+    unscreened = trainer.config.model_copy(update={"screening": contract.DataScreening(personal_data="off")})
+    with pytest.raises(DataError, match="changed since it was validated"):
+        Trainer(unscreened)._setup_data()
+
+
+def test_the_finetunejob_spec_and_the_chart_default_reach_the_trainer() -> None:
+    from hone_operator.api.v1alpha1 import FineTuneJob
+    from hone_operator.builders import finetunejob as ftj_build
+    from hone_operator.settings import OperatorSettings
+    from hone_dev.repo import load_sample
+
+    obj = load_sample("finetunejob-minimal.yaml")
+    obj["metadata"].update(namespace="team-a", uid="u-1")
+    settings = OperatorSettings(data_screening={"personalData": "redact", "blocklist": ["acme"]})
+
+    def screening_of(body: dict) -> dict:
+        objs = ftj_build.all_objects(FineTuneJob.model_validate(body), settings)
+        cm = next(o for o in objs if o["kind"] == "ConfigMap" and "config.json" in o.get("data", {}))
+        return json.loads(cm["data"]["config.json"])["screening"]
+
+    assert screening_of(obj) == {"personalData": "redact", "kinds": ["email", "phone", "payment_card", "iban"],
+                                 "patterns": [], "blocklist": ["acme"], "blocklistPolicy": "reject"}
+    obj["spec"]["dataScreening"] = {"personalData": "reject", "patterns": [{"name": "ticket", "regex": "T-[0-9]+"}]}
+    assert screening_of(obj)["personalData"] == "reject"
+    assert screening_of(obj)["patterns"] == [{"name": "ticket", "regex": "T-[0-9]+"}]
