@@ -148,3 +148,26 @@ def test_an_unreachable_budget_means_503_never_unmetered_service(settings) -> No
         await quota.stop()
 
     run(scenario())
+
+
+def test_a_new_day_without_the_operator_stops_only_what_a_limit_governs(settings) -> None:
+    """At midnight a pod needs a new grant where the budget limits inference; where the budget limits nothing,
+    an operator that cannot be reached does not stop serving."""
+    answers = {"limit": None}
+    endpoint = Endpoint(lambda r: {**DAY, "resetsAt": "2026-12-03T00:00:00Z", "tokensPerDay": answers["limit"],
+                                   "grantedTokens": answers["limit"], "servedTokens": r["servedTokens"]})
+
+    async def scenario() -> None:
+        quota = Quota.from_env(settings(endpoint.url))
+        quota.start()
+        quota.release(await quota.admit(10), 10)  # the answer's day is already over: resetsAt is past
+        endpoint.server.shutdown()
+        endpoint.server.server_close()
+        quota.release(await quota.admit(10), 10)  # no limit: served, and metered for the next report
+        quota.answer.granted = quota.cap = 1000  # had the budget limited the day...
+        with pytest.raises(ApiError) as unavailable:
+            await quota.admit(10)
+        assert unavailable.value.code == "quota_unavailable"
+        quota._task.cancel()
+
+    run(scenario())

@@ -140,7 +140,9 @@ class Quota:
     async def admit(self, need: int) -> Ticket:
         """Reserve ``need`` tokens (a request's largest possible usage) or raise the 429/503 that says why."""
         if self.answer is None or self._day_over():
-            if not await self._sync(need) and (self.answer is None or self._day_over()):
+            # A new day needs a new grant where the budget limits inference; where it limits nothing (or
+            # there is no budget), a pod that cannot reach the operator goes on metering and serving.
+            if not await self._sync(need) and (self.answer is None or (self._day_over() and self._limited())):
                 raise self._unreachable()
         answer = self.answer
         assert answer is not None
@@ -177,6 +179,10 @@ class Quota:
             self._write_journal()
             if self._wake is not None:
                 self._wake.set()
+
+    def _limited(self) -> bool:
+        a = self.answer
+        return a is not None and (a.granted is not None or a.minute_share is not None)
 
     def _fits(self, need: int) -> bool:
         return self.cap is None or self.served + self.reserved + need <= self.cap
