@@ -442,3 +442,20 @@ def test_the_losses_the_trainer_reports_are_exported_per_job(kube: Kube, operato
              in operator.metrics(), what="train loss gauge")
     assert f'hone_finetunejob_validation_loss{{finetunejob="{NAME}",namespace="{NS}"}} 1.25' in operator.metrics()
     assert len(ftj(kube, NS, NAME)["status"]["progress"]["trainCurve"]) == 20  # the CRD keeps the curve
+
+
+def test_a_quota_port_in_use_ends_the_operator_saying_why(apiserver, tmp_path: Path) -> None:
+    import socket
+
+    from hone_dev.cluster import OperatorProcess
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        op = OperatorProcess(apiserver, tmp_path / "op.log", {"HONE_QUOTA_PORT": str(port)}).start(wait=False)
+        try:
+            assert op.proc is not None and op.proc.wait(60) != 0  # exits: no retry loop, no half-started operator
+        finally:
+            op.stop()
+    assert f"the quota endpoint cannot listen on port {port}" in op.log()

@@ -96,6 +96,7 @@ class OperatorProcess:
         self.kubeconfig = apiserver.service_account_kubeconfig(log_path.with_name(log_path.stem + ".kubeconfig"),
                                                                 namespace, account)
         self.metrics_port = free_port()
+        self.quota_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> "OperatorProcess":
@@ -104,6 +105,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "HONE_METRICS_PORT": str(self.metrics_port),
             "HONE_HEALTH_PORT": "0",
+            "HONE_QUOTA_PORT": str(self.quota_port),
             "HONE_RETRY_DELAY_SECONDS": "0.5",
             "HONE_RUNTIME_IMAGE": "registry.example/hone-runtime:test",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")]),

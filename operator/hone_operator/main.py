@@ -35,14 +35,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         log.info("metrics on :%d/metrics", cfg.metrics_port)
     api = kube.load_api_client(pool_size=cfg.reconcile_workers * 2)
     controller = Controller(cfg, kube.Kube(api), metrics)
-    await controller.start()
-    memo["controller"] = controller
-    if cfg.quota_port:
+    if cfg.quota_port:  # bound before anything starts: a port that cannot be had ends the operator, saying why
         from hone_operator.quota import QuotaService
 
         quota = QuotaService(controller)
-        await quota.start(cfg.quota_port)
+        try:
+            await quota.start(cfg.quota_port)
+        except OSError as exc:
+            raise kopf.PermanentError(f"the quota endpoint cannot listen on port {cfg.quota_port} ({exc}); "
+                                      "free the port or change quota_port (the chart's quota.port)") from exc
         memo["quota"] = quota
+    await controller.start()
+    memo["controller"] = controller
 
 
 @kopf.on.cleanup()
