@@ -148,3 +148,35 @@ def test_the_finetunejob_spec_and_the_chart_default_reach_the_trainer() -> None:
     obj["spec"]["dataScreening"] = {"personalData": "reject", "patterns": [{"name": "ticket", "regex": "T-[0-9]+"}]}
     assert screening_of(obj)["personalData"] == "reject"
     assert screening_of(obj)["patterns"] == [{"name": "ticket", "regex": "T-[0-9]+"}]
+
+
+PLANTED = [  # (line, message index, kind) of every planted value; line 3 holds a Luhn-invalid card: no finding
+    chat("Email me at ana@example.com", "Sure."),
+    chat("Card 5555 5555 5555 4444 please", "Charged."),
+    chat("Card 5555 5555 5555 4445 please", "That number is wrong."),
+    chat(f"IBAN {IBAN}", "Refund sent to [your account]."),
+    chat("What about Acme Rockets?", "Acme Rockets is a competitor."),
+]
+EXPECTED = [(21, 1, "email"), (22, 1, "payment_card"), (24, 1, "iban"), (25, 1, "blocklist"), (25, 2, "blocklist")]
+
+
+@pytest.mark.parametrize("policy", ["report", "redact", "reject"])
+def test_planted_values_are_found_exactly_by_line_under_each_policy(tokenizer, tmp_path: Path, policy: str) -> None:
+    cfg = contract.DataScreening(personal_data=policy, blocklist=["acme rockets"], blocklist_policy=policy)
+    path = _write(tmp_path, good_lines(20) + PLANTED)
+    result = validate(config_for(path, screening=cfg), tokenizer)
+    assert [(f.line, f.message, f.kind) for f in result.screening.findings] == EXPECTED
+    assert {f.action for f in result.screening.findings} == {policy}
+    assert result.ok is (policy != "reject")
+    if policy == "reject":
+        assert [p.line for p in result.problems] == [21, 22, 24, 25, 25]
+    from hone_trainer.training.validate import read_file
+
+    read = read_file(contract.DataFile(location=str(path)), "training")
+    screening.screen(read, cfg)
+    trained = json.dumps([m.content for e in read.examples for m in e.messages])
+    planted = ["ana@example.com", "5555 5555 5555 4444", IBAN, "Acme Rockets"]
+    if policy == "redact":  # what trains holds none of them; the Luhn-invalid number is left as it was
+        assert not any(value in trained for value in planted) and "5555 5555 5555 4445" in trained
+    else:
+        assert all(value in trained for value in planted)
