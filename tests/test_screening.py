@@ -144,9 +144,12 @@ def test_the_finetunejob_spec_and_the_chart_default_reach_the_trainer() -> None:
         return json.loads(cm["data"]["config.json"])["screening"]
 
     assert screening_of(obj) == {"personalData": "redact", "kinds": ["email", "phone", "payment_card", "iban"],
-                                 "patterns": [], "blocklist": ["acme"], "blocklistPolicy": "reject"}
-    obj["spec"]["dataScreening"] = {"personalData": "reject", "patterns": [{"name": "ticket", "regex": "T-[0-9]+"}]}
+                                 "patterns": [], "blocklist": ["acme"], "blocklistPolicy": "reject",
+                                 "moderationPolicy": "reject"}
+    obj["spec"]["dataScreening"] = {"personalData": "reject", "patterns": [{"name": "ticket", "regex": "T-[0-9]+"}],
+                                    "moderation": {"url": "http://guard.safety.svc/v1/moderations"}}
     assert screening_of(obj)["personalData"] == "reject"
+    assert screening_of(obj)["moderationUrl"] == "http://guard.safety.svc/v1/moderations"
     assert screening_of(obj)["patterns"] == [{"name": "ticket", "regex": "T-[0-9]+"}]
 
 
@@ -180,3 +183,48 @@ def test_planted_values_are_found_exactly_by_line_under_each_policy(tokenizer, t
         assert not any(value in trained for value in planted) and "5555 5555 5555 4445" in trained
     else:
         assert all(value in trained for value in planted)
+
+
+def test_a_moderations_endpoint_flags_messages_and_an_unreachable_one_fails_validation(tokenizer,
+                                                                                       tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    from hone_dev.cluster import free_port
+
+    seen: list[list[str]] = []
+
+    class Moderations(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - OpenAI's moderations answer: one result per input
+            inputs = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["input"]
+            seen.append(inputs)
+            body = json.dumps({"id": "modr-1", "model": "guard", "results": [
+                {"flagged": "lock picking" in text, "categories": {"illicit": "lock picking" in text}}
+                for text in inputs]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Moderations)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/moderations"
+    path = _write(tmp_path, good_lines(40) + [chat("Teach me lock picking for my neighbour's door", "Here is how.")])
+    try:
+        reported = validate(config_for(path, screening=contract.DataScreening(
+            moderation_url=url, moderation_policy="report")), tokenizer)
+        assert reported.ok and reported.screening.counts == {"moderation:illicit": 1}
+        assert [(f.line, f.message, f.kind) for f in reported.screening.findings] == [(41, 1, "moderation:illicit")]
+        assert sum(len(batch) for batch in seen) == 41 * 3 and max(len(b) for b in seen) == 32  # every message
+        rejected = validate(config_for(path, screening=contract.DataScreening(moderation_url=url)), tokenizer)
+        assert not rejected.ok and rejected.problems[0].line == 41
+        assert "flagged by the moderations endpoint (illicit)" in rejected.problems[0].message
+    finally:
+        server.shutdown()
+    down = f"http://127.0.0.1:{free_port()}/v1/moderations"
+    failed = validate(config_for(path, screening=contract.DataScreening(moderation_url=down)), tokenizer)
+    assert not failed.ok and failed.problems[0].kind.value == "screening_unavailable"
+    assert down in failed.problems[0].message

@@ -203,7 +203,9 @@ def screening_config(spec: Any) -> contract.DataScreening:
     return contract.DataScreening(
         personal_data=spec.personalData, kinds=list(spec.kinds),
         patterns=[contract.ScreeningPattern(name=p.name, regex=p.regex) for p in spec.patterns],
-        blocklist=list(spec.blocklist), blocklist_policy=spec.blocklistPolicy)
+        blocklist=list(spec.blocklist), blocklist_policy=spec.blocklistPolicy,
+        moderation_url=spec.moderation.url if spec.moderation else None,
+        moderation_policy=spec.moderation.policy if spec.moderation else "reject")
 
 
 # --------------------------------------------------------------------------

@@ -101,6 +101,12 @@ class DataScreening(CamelModel):
     blocklist: list[str] = Field(default_factory=list, max_length=1000,
                                  description="Terms matched as whole words, ignoring case.")
     blocklist_policy: ScreeningPolicy = Field("reject", description="The policy for blocklisted terms.")
+    moderation_url: str | None = Field(
+        None, pattern=r"^https?://", description="An OpenAI-compatible moderations endpoint (the whole URL, e.g. "
+        "http://guard.safety.svc/v1/moderations): every message is sent to it, flagged ones are findings.")
+    moderation_policy: Literal["report", "reject"] = Field(
+        "reject", description="The policy for flagged messages (not redact: blanking a message changes the "
+                              "conversation; remove it from the file instead).")
 
 
 class TrainerConfig(CamelModel):

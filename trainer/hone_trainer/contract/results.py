@@ -32,6 +32,7 @@ class ProblemKind(str, enum.Enum):
     EMPTY_FILE = "empty_file"
     UNREADABLE_FILE = "unreadable_file"
     SCREENING_REJECTED = "screening_rejected"
+    SCREENING_UNAVAILABLE = "screening_unavailable"
 
 
 class Problem(CamelModel):

@@ -14,6 +14,10 @@ Detectors (each match is checked, not just pattern-matched, where the data has a
   whose ISO 7064 mod-97 checksum is 1.
 * The user's patterns (``regex`` module, a time limit per message so that no pattern can hang the step),
   and blocklisted terms, matched as whole words ignoring case.
+* An OpenAI-compatible moderations endpoint, when one is named (:func:`moderate`, the validator only):
+  every message is sent, in batches; a flagged one is a finding of kind ``moderation:<category>``. Its
+  policy is report or reject. An endpoint that cannot be reached fails the validation: data that was to
+  be moderated is never passed unmoderated.
 
 A finding records the file, line, message and kind, never the matched text: a finding is there so that
 someone can look at the line, not a second copy of the data.
@@ -118,10 +122,12 @@ def redact(text: str, matches: list[Match]) -> str:
     return "".join(out)
 
 
-def screen(read: ReadResult, cfg: DataScreening, result: ScreeningResult | None = None) -> ScreeningResult:
+def screen(read: ReadResult, cfg: DataScreening, result: ScreeningResult | None = None,
+           seen: set[tuple[str, int]] | None = None) -> ScreeningResult:
     """Screen every example of ``read`` in place: ``redact`` matches are replaced in its examples, ``reject``
     ones become problems naming the line; everything found is counted in ``result`` (returned)."""
     result = result or ScreeningResult()
+    seen = set() if seen is None else seen  # (file, line) with a finding, across detectors and files
     if cfg.personal_data == "off" and not cfg.blocklist:
         return result
     examples: list[Example] = []
@@ -149,7 +155,60 @@ def screen(read: ReadResult, cfg: DataScreening, result: ScreeningResult | None 
                 if redacted != message.content:
                     messages[i] = replace(message, content=redacted)
                     result.redacted_messages += 1
-        result.lines += hit
+        if hit:
+            seen.add((read.file, example.line))
+        result.lines = len(seen)
         examples.append(replace(example, messages=tuple(messages)) if hit else example)
     read.examples = examples
     return result
+
+
+#: Messages sent to the moderations endpoint in one request.
+MODERATION_BATCH = 32
+
+
+def _post_json(url: str, body: dict, timeout: float = 60.0) -> dict:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def moderate(read: ReadResult, cfg: DataScreening, result: ScreeningResult, seen: set[tuple[str, int]],
+             post=_post_json) -> None:
+    """Send every message of ``read`` to ``cfg.moderation_url``; flagged ones are findings (and problems, with
+    the reject policy). An endpoint that fails or answers out of shape is a problem: nothing passes unchecked."""
+    url = cfg.moderation_url
+    if not url:
+        return
+    items = [(ex.line, i, m.content) for ex in read.examples for i, m in enumerate(ex.messages)]
+    for start in range(0, len(items), MODERATION_BATCH):
+        batch = items[start:start + MODERATION_BATCH]
+        try:
+            answer = post(url, {"input": [text for _, _, text in batch]})
+            results = answer["results"]
+            if not isinstance(results, list) or len(results) != len(batch):
+                raise ValueError(f"{len(batch)} inputs, {len(results) if isinstance(results, list) else 'no'} results")
+        except Exception as exc:  # noqa: BLE001 - any failure: the data is not moderated, so it does not pass
+            read.problem(ProblemKind.SCREENING_UNAVAILABLE,
+                         f"the moderations endpoint {url} failed ({exc}); data screening needs its answer for every "
+                         "message: check the endpoint, or remove spec.dataScreening.moderation")
+            return
+        for (line, i, _), r in zip(batch, results):
+            if not (isinstance(r, dict) and r.get("flagged")):
+                continue
+            categories = sorted(k for k, v in (r.get("categories") or {}).items() if v)
+            kind = f"moderation:{categories[0]}" if categories else "moderation"
+            result.counts[kind] = result.counts.get(kind, 0) + 1
+            if len(result.findings) < MAX_FINDINGS:
+                result.findings.append(Finding(file=read.file, line=line, message=i, kind=kind,
+                                               action=cfg.moderation_policy))
+            seen.add((read.file, line))
+            result.lines = len(seen)
+            if cfg.moderation_policy == "reject":
+                read.problem(ProblemKind.SCREENING_REJECTED,
+                             f"messages[{i}] was flagged by the moderations endpoint ({', '.join(categories) or 'flagged'}):"
+                             " remove the example, or set spec.dataScreening.moderation.policy: report", line)

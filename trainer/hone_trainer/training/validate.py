@@ -168,9 +168,10 @@ def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape |
     train = read_file(config.training_data, "training")
     val = read_file(config.validation_data, "validation") if config.validation_data else None
     reads = [r for r in (train, val) if r is not None]
-    screened = ScreeningResult()
+    screened, seen = ScreeningResult(), set()
     for r in reads:  # before counting: the counts describe what trains (redacted, when it is)
-        screening.screen(r, config.screening, screened)
+        screening.screen(r, config.screening, screened, seen)
+        screening.moderate(r, config.screening, screened, seen)
 
     n_train = len(train.examples)
     if 0 < n_train < MIN_EXAMPLES:
@@ -208,7 +209,8 @@ def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape |
         done = {"report": "reported only", "redact": "redacted before counting and training"}
         actions = sorted({done[f.action] for f in screened.findings if f.action in done})
         if actions:
-            warnings.append(f"data screening: {screened.lines} line(s) hold personal data or blocklisted terms "
+            warnings.append(f"data screening: {screened.lines} line(s) hold personal data, blocklisted terms or "
+                            "flagged content "
                             f"({counts}); {' and '.join(actions)} (status.dataset.screening lists the lines)")
     problem_counts: dict[str, int] = {}
     for r in reads:

@@ -50,6 +50,7 @@ from hone_operator.api.v1alpha1.finetunejob import (  # noqa: F401
     OutputSpec,
     CheckpointingSpec,
     ScreeningPatternSpec,
+    ModerationSpec,
     DataScreeningSpec,
     FineTuneJobSpec,
     FineTuneJobPhase,

@@ -292,6 +292,15 @@ class ScreeningPatternSpec(ApiModel):
     regex: str = Field(min_length=1, max_length=1000, description="A regular expression, e.g. EMP-[0-9]{6}.")
 
 
+class ModerationSpec(ApiModel):
+    """An OpenAI-compatible moderations endpoint, e.g. a guard model served in the cluster."""
+
+    url: str = Field(pattern=r"^https?://", max_length=2048,
+                     description="The whole URL, e.g. http://guard.safety.svc/v1/moderations.")
+    policy: Literal["report", "reject"] = Field(
+        "reject", description="What a flagged message does: report, or reject (fail the job naming the lines).")
+
+
 class DataScreeningSpec(ApiModel):
     """What ValidatingFiles looks for in every message, and what it does with it (docs/safety.md)."""
 
@@ -308,6 +317,8 @@ class DataScreeningSpec(ApiModel):
                                  description="Terms matched as whole words, ignoring case.")
     blocklistPolicy: Literal["report", "redact", "reject"] = Field(
         "reject", alias="blocklistPolicy", description="What a blocklisted term does: report, redact or reject.")
+    moderation: ModerationSpec | None = Field(
+        None, description="An OpenAI-compatible moderations endpoint every message is sent to (validation only).")
 
 
 class FineTuneJobSpec(ApiModel):
