@@ -246,3 +246,26 @@ def test_pause_and_resume_keep_the_checkpoints(api: str) -> None:
     assert done.trained_tokens == max(e.data["trained_tokens"] for e in events if e.type == "metrics")
     with pytest.raises(openai.BadRequestError):
         c.fine_tuning.jobs.resume(job.id)
+
+
+def test_the_local_model_server_meters_at_its_base_models_prices(tiny: Path, tmp_path: Path) -> None:
+    """`hone api --local` serves fine-tunes with the built-in server, at the base model's price table."""
+    from hone_operator.openai_api.serving import ServerPool, Target
+    from hone_operator.settings import OperatorSettings
+
+    settings = OperatorSettings(model_prices={str(tiny): {"training": 1, "prompt": 2, "completion": 4}})
+    pool = ServerPool(tmp_path, settings)
+    try:
+        url = pool.url(Target(project="local", base_name="tiny", base_uri=str(tiny), adapters=()))
+        status, body = http("POST", f"{url}/v1/completions",
+                            json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 3}).encode(),
+                            {"Content-Type": "application/json"})
+        assert status == 200, body
+        usage = json.loads(body)["usage"]
+        _, text = http("GET", f"{url}/metrics")
+        cost = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("hone_cost_usd_total{")}
+        assert cost['kind="prompt",model="tiny"'] == pytest.approx(usage["prompt_tokens"] * 2 / 1e6)
+        assert cost['kind="completion",model="tiny"'] == pytest.approx(usage["completion_tokens"] * 4 / 1e6)
+    finally:
+        pool.stop()

@@ -47,9 +47,10 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
     if api_keys_file:
         keys = {line.strip() for line in Path(api_keys_file).read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
-    store = LocalStore(workdir, load())
+    settings = load()
+    store = LocalStore(workdir, settings)
     worker = Worker(store)
-    pool = ServerPool(workdir.resolve())
+    pool = ServerPool(workdir.resolve(), settings)
     app = create_app(Api(store, worker, pool, keys))
     worker.start()
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler it found:

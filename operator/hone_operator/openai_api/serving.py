@@ -11,6 +11,7 @@ meanwhile requests wait for it to be ready.
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from hone_operator.openai_api.errors import ApiError
 
@@ -43,8 +44,10 @@ class Target:
 
 
 class ServerPool:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, settings: Any = None) -> None:
+        """``settings`` (the operator's): the price table each server meters at, its base model's."""
         self.workdir = workdir
+        self.settings = settings
         self._lock = threading.Lock()
         self._target: Target | None = None
         self._proc: subprocess.Popen | None = None
@@ -70,6 +73,12 @@ class ServerPool:
             port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "hone_trainer", "serve", "--model", target.base_uri,
                "--served-model-name", target.base_name, "--host", "127.0.0.1", "--port", str(port)]
+        if self.settings is not None:  # metered at the base model's prices, as `hone serve` and the cluster do
+            config = self.workdir / "server-config.json"
+            config.parent.mkdir(parents=True, exist_ok=True)
+            prices = self.settings.prices_for(target.base_uri)
+            config.write_text(json.dumps({"prices": prices.model_dump(by_alias=True)}))
+            cmd += ["--config", str(config)]
         for name, path in target.adapters:
             cmd += ["--adapter", f"{name}={path}"]
         log_path = self.workdir / "server.log"
