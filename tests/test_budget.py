@@ -381,9 +381,9 @@ def serving_tb(**inference: Any) -> dict[str, Any]:
 
 
 def report(b: dict[str, Any], pod: str, served: int, want: int = 0, in_flight: int = 0, at: str = NOON,
-           day: str | None = "2026-12-03") -> tuple[dict[str, Any], budget.ServerAnswer]:
-    status, answer = budget.inference_report(b, budget.ServerReport(pod, f"uid-{pod}", day, served, in_flight, want),
-                                             budget.parse_time(at))
+           day: str | None = "2026-12-03") -> tuple[dict[str, Any], contract.QuotaAnswer]:
+    sent = contract.QuotaReport(pod=pod, uid=f"uid-{pod}", day=day, served=served, in_flight=in_flight, want=want)
+    status, answer = budget.inference_report(b, sent, budget.parse_time(at))
     if status is None:
         return b, answer
     return stored(b, budget.status_write(b, status)), answer

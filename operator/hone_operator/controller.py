@@ -33,6 +33,7 @@ from hone_operator.reconcile import finetunejob as ftj_reconcile
 from hone_operator.reconcile import modelserving as msv_reconcile
 from hone_operator.reconcile.pods import blocked_pod
 from hone_operator.reconcile.status import now
+from hone_trainer.contract import QuotaAnswer, QuotaReport
 from hone_operator.kube import Conflict, Kube, NotFound
 from hone_operator.metrics import JobSample, OperatorMetrics
 from hone_operator.settings import OperatorSettings
@@ -437,7 +438,7 @@ class Controller:
             delay = max(1.0, (desired.resetsAt - at).total_seconds() + 1.0)
             self._loop.call_soon_threadsafe(self.enqueue, (TOKENBUDGET, *key), delay)
 
-    def apply_server_report(self, namespace: str, report: budget_mod.ServerReport) -> budget_mod.ServerAnswer:
+    def apply_server_report(self, namespace: str, report: QuotaReport) -> QuotaAnswer:
         """A serving pod's usage report applied to its namespace's governing TokenBudget (a worker thread of
         the quota endpoint; one namespace at a time). Written with the budget's resourceVersion: on a
         conflict the budget is read again and the report applied again."""
@@ -446,7 +447,7 @@ class Controller:
         for _ in range(8):
             active = budget_mod.governing(budgets)
             if active is None:  # no budget: metered by /metrics only, nothing to enforce
-                return budget_mod.ServerAnswer(None, False, None, None)
+                return QuotaAnswer()
             status, answer = budget_mod.inference_report(active, report, budget_mod.parse_time(now()))
             write = budget_mod.status_write(active, status) if status is not None else None
             if write is None or self._write_budget(namespace, write) is not None:

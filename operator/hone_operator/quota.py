@@ -1,8 +1,8 @@
 """The leader's quota endpoint: serving pods report the tokens they served and are granted tokens to serve.
 
-``POST /quota/v1/report`` with the pod's ServiceAccount token (``Authorization: Bearer``) and a JSON body
-``{"pod", "uid", "day", "servedTokens", "inFlightTokens", "wantTokens"}``. The answer is
-:class:`~hone_operator.reconcile.budget.ServerAnswer` as JSON.
+``POST /quota/v1/report`` with the pod's ServiceAccount token (``Authorization: Bearer``) and a
+:class:`~hone_trainer.contract.QuotaReport` as JSON; the answer is a :class:`~hone_trainer.contract.QuotaAnswer`
+(the serving pod reads both with the same models).
 
 Who may report what:
 
@@ -32,10 +32,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from hone_operator.builders.common import COMPONENT_LABEL, MODELSERVING_LABEL
 from hone_operator.builders.modelserving import QUOTA_AUDIENCE as AUDIENCE
-from hone_operator.reconcile import budget as budget_mod
+from hone_trainer.contract import QuotaReport
 
 if TYPE_CHECKING:
     from hone_operator.controller import Controller
@@ -101,7 +102,7 @@ class QuotaService:
         with self._guard:
             lock = self._locks.setdefault(namespace, threading.Lock())
         with lock:
-            return self.controller.apply_server_report(namespace, report).to_json()
+            return self.controller.apply_server_report(namespace, report).to_wire()
 
     def _review(self, auth: str) -> tuple[str, str]:
         """The token's ServiceAccount namespace, and the pod uid a pod-bound token names (else "")."""
@@ -142,20 +143,10 @@ class QuotaService:
             self._pods[uid] = (namespace, name)
 
 
-def _parse(body: Any) -> budget_mod.ServerReport:
-    if not isinstance(body, dict):
-        raise QuotaError(400, "the body must be a JSON object")
-
-    def count(key: str) -> int:
-        value = body.get(key, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise QuotaError(400, f"{key}: must be a whole number >= 0")
-        return value
-
-    pod, uid, day = body.get("pod"), body.get("uid"), body.get("day")
-    if not isinstance(pod, str) or not pod or not isinstance(uid, str) or not uid:
-        raise QuotaError(400, "pod and uid: the serving pod's name and uid are required")
-    if day is not None and not isinstance(day, str):
-        raise QuotaError(400, "day: a YYYY-MM-DD string or null")
-    return budget_mod.ServerReport(pod=pod, uid=uid, day=day, served=count("servedTokens"),
-                                   in_flight=count("inFlightTokens"), want=count("wantTokens"))
+def _parse(body: Any) -> QuotaReport:
+    try:
+        return QuotaReport.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise QuotaError(400, f"{where}: {first['msg']}") from None

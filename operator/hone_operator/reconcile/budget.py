@@ -43,7 +43,7 @@ from hone_operator.api.v1alpha1.tokenbudget import (
     TokenBudgetStatus,
     TrainingUsage,
 )
-from hone_trainer.contract import cost_usd
+from hone_trainer.contract import QuotaAnswer, QuotaReport, cost_usd
 
 #: NearLimit from this share of a limit on.
 NEAR = 0.8
@@ -328,83 +328,46 @@ LIVE_SECONDS = 60.0
 KEEPALIVE_SECONDS = 20.0
 
 
-@dataclass(frozen=True)
-class ServerReport:
-    """What a serving pod reports: the tokens it served in ``day`` (None before it knows the budget's day),
-    what it holds for requests running now, and how many more it wants to hold."""
-
-    pod: str
-    uid: str
-    day: str | None
-    served: int
-    in_flight: int = 0
-    want: int = 0
-
-
-@dataclass
-class ServerAnswer:
-    """What the pod is told: its grant for the day (None: no daily limit), its per-minute share (None: none)."""
-
-    budget: str | None
-    enforce: bool
-    day: str | None
-    resets_at: datetime | None
-    served: int = 0
-    granted: int | None = None
-    tokens_per_day: int | None = None
-    remaining_today: int | None = None
-    tokens_per_minute: int | None = None
-    minute_share: int | None = None
-    retired: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"budget": self.budget, "enforce": self.enforce, "day": self.day,
-                "resetsAt": self.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ") if self.resets_at else None,
-                "servedTokens": self.served, "grantedTokens": self.granted, "tokensPerDay": self.tokens_per_day,
-                "remainingTodayTokens": self.remaining_today, "tokensPerMinute": self.tokens_per_minute,
-                "minuteShareTokens": self.minute_share, "retired": self.retired}
-
-
 def grant_chunk(limit: int) -> int:
     """Tokens granted beyond what a pod asks for, so that it need not ask before every request: 1% of the
     daily limit."""
     return limit // 100
 
 
-def inference_report(budget: dict[str, Any], report: ServerReport,
-                     now: datetime) -> tuple[TokenBudgetStatus | None, ServerAnswer]:
+def inference_report(budget: dict[str, Any], report: QuotaReport,
+                     now: datetime) -> tuple[TokenBudgetStatus | None, QuotaAnswer]:
     """A serving pod's report applied to ``budget``: the budget's new status (None: nothing to write) and
     the pod's answer. The served count only grows (a report repeated or delayed changes nothing); the grant
     is what the pod asked to hold, when the day's remainder has it."""
     name = budget["metadata"]["name"]
     spec, status = ledger(budget, now)
-    w = windows(now, spec.timeZone)
-    inference = status.inference or InferenceUsage(day=w.day)
+    assert status.training is not None
+    day = status.training.day  # the windows ledger() rolled to
+    inference = status.inference or InferenceUsage(day=day)
     status.inference = inference
     limits = spec.inference
-    answer = ServerAnswer(name, spec.enforce, w.day, w.resets_at, tokens_per_day=limits.tokensPerDay,
-                          tokens_per_minute=limits.tokensPerMinute)
+    answer = QuotaAnswer(budget=name, enforce=spec.enforce, day=day, resets_at=status.resetsAt,
+                         tokens_per_day=limits.tokensPerDay, tokens_per_minute=limits.tokensPerMinute)
     if report.uid in (inference.retiredPods or []):
         answer.retired = True
         return None, answer
-    servers = list(inference.servers or [])
+    servers = inference.servers = list(inference.servers or [])
     record = next((g for g in servers if g.uid == report.uid), None)
     before = record.model_copy() if record is not None else None
     if record is None:
         record = ServerGrant(pod=report.pod, uid=report.uid)
         servers.append(record)
     # A count for a past day says nothing of today's: today the pod has served what its record says.
-    if report.day == w.day:
+    if report.day == day:
         record.servedTokens = max(record.servedTokens, report.served)
-    others = [g for g in servers if g.uid != report.uid]
     limit = limits.tokensPerDay
     if limit is None or not spec.enforce:
         record.grantedTokens = record.servedTokens  # nothing to hold: every request is admitted
     else:
         held = max(0, record.grantedTokens - record.servedTokens)
         base = min(report.in_flight, held)  # what requests running now were admitted against
-        used = inference.retiredTokensToday + sum(g.servedTokens for g in servers)
-        free = max(0, limit - used - sum(max(0, g.grantedTokens - g.servedTokens) for g in others) - base)
+        _totals(spec, status)  # the day's served and held tokens, this pod's hold included
+        free = max(0, limit - inference.tokensToday - inference.grantedTokens + held - base)
         extra = 0
         if 0 < report.want <= free:
             extra = min(report.want + grant_chunk(limit), free)
@@ -415,7 +378,6 @@ def inference_report(budget: dict[str, Any], report: ServerReport,
         (record.servedTokens, record.grantedTokens)
     if changed or stale:
         record.reportedAt = now
-    inference.servers = servers
     _totals(spec, status)
     answer.served = record.servedTokens
     answer.granted = record.grantedTokens if limit is not None and spec.enforce else None

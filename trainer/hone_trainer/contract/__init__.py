@@ -85,6 +85,8 @@ from hone_trainer.contract.results import (  # noqa: F401
 )
 from hone_trainer.contract.server import (  # noqa: F401
     AdapterSource,
+    QuotaAnswer,
+    QuotaReport,
     QuotaSettings,
     ServerConfig,
     normalise_location,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from hone_trainer.contract.base import CamelModel
 from hone_trainer.contract.commands import SERVER_PORT
@@ -32,6 +33,44 @@ class QuotaSettings(CamelModel):
     report_seconds: float = Field(1.0, gt=0, le=60, description="How often a busy server reports.")
     wait_seconds: float = Field(5.0, gt=0, le=60,
                                 description="How long a request waits for a grant before HTTP 503.")
+
+
+class QuotaReport(CamelModel):
+    """A serving pod's report to the operator's quota endpoint (``POST /quota/v1/report``): the tokens it
+    served in ``day`` (None before it knows the budget's day), what it keeps holding for requests running
+    now, and how many more it wants to hold."""
+
+    # Pods and the operator may run different versions during an upgrade: unknown keys are ignored.
+    model_config = ConfigDict(**{**CamelModel.model_config, "extra": "ignore"})
+
+    pod: str = Field(min_length=1, strict=True, description="The serving pod's name.")
+    uid: str = Field(min_length=1, strict=True, description="The pod's uid.")
+    day: str | None = Field(None, strict=True, description="The budget's day the count is for (YYYY-MM-DD).")
+    served: int = Field(0, ge=0, strict=True, alias="servedTokens")
+    in_flight: int = Field(0, ge=0, strict=True, alias="inFlightTokens")
+    want: int = Field(0, ge=0, strict=True, alias="wantTokens")
+
+
+class QuotaAnswer(CamelModel):
+    """The quota endpoint's answer: the pod's grant for the day (None: no daily limit) and its per-minute
+    share (None: none), with what the pod needs to say so in OpenAI's headers and errors."""
+
+    model_config = ConfigDict(**{**CamelModel.model_config, "extra": "ignore"})
+
+    budget: str | None = Field(None, description="The governing TokenBudget; None: the namespace has none.")
+    enforce: bool = False
+    day: str | None = None
+    resets_at: datetime | None = None
+    served: int = Field(0, alias="servedTokens", description="What the budget records the pod served today.")
+    granted: int | None = Field(None, alias="grantedTokens", description="The most the pod may serve today.")
+    tokens_per_day: int | None = None
+    remaining_today: int | None = Field(None, alias="remainingTodayTokens")
+    tokens_per_minute: int | None = None
+    minute_share: int | None = Field(None, alias="minuteShareTokens")
+    retired: bool = Field(False, description="The pod's record was retired: it may not serve under the budget.")
+
+    def to_wire(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
 
 
 class ServerConfig(CamelModel):

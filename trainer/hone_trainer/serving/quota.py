@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hone_trainer.contract.server import QuotaSettings
+from hone_trainer.contract.server import QuotaAnswer, QuotaReport, QuotaSettings
 from hone_trainer.serving.protocol import ApiError
 
 log = logging.getLogger("hone.server.quota")
@@ -64,29 +64,6 @@ class Ticket:
 
 
 @dataclass
-class Answer:
-    budget: str | None = None
-    enforce: bool = False
-    day: str | None = None
-    resets_at: datetime | None = None
-    granted: int | None = None
-    tokens_per_day: int | None = None
-    remaining_today: int | None = None
-    tokens_per_minute: int | None = None
-    minute_share: int | None = None
-    retired: bool = False
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> "Answer":
-        resets = data.get("resetsAt")
-        return cls(budget=data.get("budget"), enforce=bool(data.get("enforce")), day=data.get("day"),
-                   resets_at=datetime.fromisoformat(resets.replace("Z", "+00:00")) if resets else None,
-                   granted=data.get("grantedTokens"), tokens_per_day=data.get("tokensPerDay"),
-                   remaining_today=data.get("remainingTodayTokens"), tokens_per_minute=data.get("tokensPerMinute"),
-                   minute_share=data.get("minuteShareTokens"), retired=bool(data.get("retired")))
-
-
-@dataclass
 class Quota:
     settings: QuotaSettings
     pod: str
@@ -94,7 +71,7 @@ class Quota:
     day: str | None = None
     served: int = 0
     reserved: int = 0
-    answer: Answer | None = None
+    answer: QuotaAnswer | None = None
     #: The most the pod may have served plus reserved now: the grant, or while a report is in flight the
     #: lower of the grant and what the pod said it keeps. None: no daily limit.
     cap: int | None = None
@@ -314,13 +291,13 @@ class Quota:
             keep = max(self.reserved, self.cap - self.served)
         want = max(0, self.reserved + self._waiting - keep)  # what the requests waiting now need beyond it
         sent = (self.day, self.served)
-        body = {"pod": self.pod, "uid": self.uid, "day": self.day, "servedTokens": self.served,
-                "inFlightTokens": keep, "wantTokens": want}
+        body = QuotaReport(pod=self.pod, uid=self.uid, day=self.day, served=self.served, in_flight=keep,
+                           want=want).model_dump(mode="json", by_alias=True)
         if self.cap is not None:  # in flight: no more than what the pod said it keeps
             self.cap = min(self.cap, self.served + keep)
         # A failed report leaves the cap there: the operator may have applied it and lowered the grant.
         data = await asyncio.to_thread(self._post, body)
-        answer = Answer.parse(data)
+        answer = QuotaAnswer.model_validate(data)
         if self.day is not None and answer.day != self.day:
             log.info("a new budget day %s: served %d tokens on %s", answer.day, self.served, self.day)
             self.served = 0
