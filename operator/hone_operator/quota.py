@@ -140,6 +140,8 @@ class QuotaService:
         if not labels.get(MODELSERVING_LABEL) or labels.get(COMPONENT_LABEL) != "server":
             raise QuotaError(403, f"pod {namespace}/{name} is not a ModelServing's server pod")
         with self._guard:
+            if len(self._pods) > 4096:  # pods come and go: keep the cache bounded, as the token cache is
+                self._pods.clear()
             self._pods[uid] = (namespace, name)
 
 
