@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from hone_trainer.contract.base import CamelModel
 from hone_trainer.contract.hyperparameters import ResolvedHyperparameters
@@ -59,6 +59,12 @@ class ScreeningResult(CamelModel):
     lines: int = Field(0, ge=0, description="Lines with at least one finding.")
     redacted_messages: int = Field(0, ge=0, description="Messages that train redacted.")
     findings: list[Finding] = Field(default_factory=list, description="The first findings (100 at most).")
+    #: (file, line) of every line with a finding, across detectors and files: what ``lines`` counts.
+    _seen: set[tuple[str, int]] = PrivateAttr(default_factory=set)
+
+    def found(self, file: str, line: int) -> None:
+        self._seen.add((file, line))
+        self.lines = len(self._seen)
 
 
 class ValidationResult(CamelModel):

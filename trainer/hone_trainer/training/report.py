@@ -14,9 +14,11 @@ A report that cannot be delivered is logged and dropped: progress reporting
 never stops training. The last step's report is the exception: it holds the
 final curves and trained tokens the job's status keeps, so it is retried with
 backoff for up to ``FINAL_REPORT_SECONDS`` (``HONE_FINAL_REPORT_SECONDS``)
-while the API server is slow or unreachable, then dropped the same way. Before training starts, :func:`check_access` proves the
-one permission the trainer has (an empty merge patch of its status, which
-changes nothing): a ServiceAccount the API server refuses (401, 403) fails the
+while the API server is slow or unreachable, then dropped the same way.
+
+Before training starts, :func:`check_access` proves the one permission the
+trainer has (an empty merge patch of its status, which changes nothing): a
+ServiceAccount the API server refuses (401, 403) fails the
 run at once with :class:`ReportingForbidden`, naming the request and the
 server's answer, instead of training for hours with no progress shown.
 """

@@ -122,12 +122,10 @@ def redact(text: str, matches: list[Match]) -> str:
     return "".join(out)
 
 
-def screen(read: ReadResult, cfg: DataScreening, result: ScreeningResult | None = None,
-           seen: set[tuple[str, int]] | None = None) -> ScreeningResult:
+def screen(read: ReadResult, cfg: DataScreening, result: ScreeningResult | None = None) -> ScreeningResult:
     """Screen every example of ``read`` in place: ``redact`` matches are replaced in its examples, ``reject``
     ones become problems naming the line; everything found is counted in ``result`` (returned)."""
     result = result or ScreeningResult()
-    seen = set() if seen is None else seen  # (file, line) with a finding, across detectors and files
     if cfg.personal_data == "off" and not cfg.blocklist:
         return result
     examples: list[Example] = []
@@ -156,8 +154,7 @@ def screen(read: ReadResult, cfg: DataScreening, result: ScreeningResult | None 
                     messages[i] = replace(message, content=redacted)
                     result.redacted_messages += 1
         if hit:
-            seen.add((read.file, example.line))
-        result.lines = len(seen)
+            result.found(read.file, example.line)
         examples.append(replace(example, messages=tuple(messages)) if hit else example)
     read.examples = examples
     return result
@@ -177,8 +174,7 @@ def _post_json(url: str, body: dict, timeout: float = 60.0) -> dict:
         return json.loads(resp.read())
 
 
-def moderate(read: ReadResult, cfg: DataScreening, result: ScreeningResult, seen: set[tuple[str, int]],
-             post=_post_json) -> None:
+def moderate(read: ReadResult, cfg: DataScreening, result: ScreeningResult, post=_post_json) -> None:
     """Send every message of ``read`` to ``cfg.moderation_url``; flagged ones are findings (and problems, with
     the reject policy). An endpoint that fails or answers out of shape is a problem: nothing passes unchecked."""
     url = cfg.moderation_url
@@ -206,8 +202,7 @@ def moderate(read: ReadResult, cfg: DataScreening, result: ScreeningResult, seen
             if len(result.findings) < MAX_FINDINGS:
                 result.findings.append(Finding(file=read.file, line=line, message=i, kind=kind,
                                                action=cfg.moderation_policy))
-            seen.add((read.file, line))
-            result.lines = len(seen)
+            result.found(read.file, line)
             if cfg.moderation_policy == "reject":
                 read.problem(ProblemKind.SCREENING_REJECTED,
                              f"messages[{i}] was flagged by the moderations endpoint ({', '.join(categories) or 'flagged'}):"

@@ -168,10 +168,10 @@ def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape |
     train = read_file(config.training_data, "training")
     val = read_file(config.validation_data, "validation") if config.validation_data else None
     reads = [r for r in (train, val) if r is not None]
-    screened, seen = ScreeningResult(), set()
+    screened = ScreeningResult()
     for r in reads:  # before counting: the counts describe what trains (redacted, when it is)
-        screening.screen(r, config.screening, screened, seen)
-        screening.moderate(r, config.screening, screened, seen)
+        screening.screen(r, config.screening, screened)
+        screening.moderate(r, config.screening, screened)
 
     n_train = len(train.examples)
     if 0 < n_train < MIN_EXAMPLES:
