@@ -63,17 +63,24 @@ def baseline(model_loc: str, requests: list[list[dict[str, str]]], max_tokens: i
 
     local = models.resolve(ModelSource(location=model_loc))
     tok = models.load_tokenizer(local)
-    model = models.load_model(local, torch.float32)
+    # The device and precision the server picks (serving/loading.py): bfloat16 on a GPU, float32 on CPU.
+    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    model = models.load_model(local, dtype).to(device)
     model.eval()
     latencies, tokens = [], 0
+    with torch.inference_mode():  # warm-up (the server gets one too): kernels chosen and loaded, caches filled
+        model.generate(input_ids=torch.tensor([[1, 2, 3]], device=device), max_new_tokens=2, do_sample=False,
+                       pad_token_id=tok.pad_token_id or tok.eos_token_id)
     started = time.perf_counter()
     for messages in requests:
         t0 = time.perf_counter()
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                      return_dict=True)["input_ids"]
+                                      return_dict=True)["input_ids"].to(device)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                                  do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        if device == "cuda":
+            torch.cuda.synchronize()
         tokens += out.shape[1] - ids.shape[1]
         latencies.append(time.perf_counter() - t0)
     wall = time.perf_counter() - started
@@ -143,11 +150,15 @@ def main() -> int:
                     paired.add(f"concurrency {c} tokens/s vs baseline", r["tok_s"], base["tok_s"])
                 ttft = {c: results[f"hone server, concurrency {c}"][-1]["ttft"] for c in (1, CONCURRENCY[-1])}
                 paired.add(f"time to first token, concurrency {CONCURRENCY[-1]} vs 1", ttft[CONCURRENCY[-1]], ttft[1])
-                print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
+                print(f"run {run + 1}/{args.runs}: baseline {base['tok_s']:.1f} tokens/s; server " +
+                      ", ".join(f"c{c} {results[f'hone server, concurrency {c}'][-1]['tok_s']:.1f}" for c in CONCURRENCY)
+                      + f"; TTFT c1 {ttft[1]:.3f} s, c{CONCURRENCY[-1]} {ttft[CONCURRENCY[-1]]:.3f} s",
+                      file=sys.stderr, flush=True)
         finally:
             server.stop()
+    gpu = f", {torch.cuda.get_device_name()} (bfloat16)" if torch.cuda.is_available() else " (float32)"
     print(f"model {args.model}, {args.requests} requests x <= {args.max_tokens} tokens, greedy, "
-          f"median of {args.runs} interleaved runs, {os.cpu_count()} CPUs")
+          f"median of {args.runs} interleaved runs, {os.cpu_count()} CPUs{gpu}")
     print(f"{'setting':<36} {'tokens/s':>9} {'p50 s':>7} {'p99 s':>7} {'TTFT s':>7}")
     for name, runs in results.items():
         ttft = f"{statistics.median(r['ttft'] for r in runs):7.2f}" if "ttft" in runs[0] else f"{'-':>7}"
