@@ -137,3 +137,41 @@ def test_a_batch_mixing_adapters_gives_each_row_its_own_adapter(three_adapters) 
     for t, want, case in zip(tracked, expected, cases):
         assert t.last is not None and t.last.finish_reason == "length", (case, t.last)
         assert t.seq.generated == want, case
+
+
+def test_prompts_that_start_alike_reuse_the_prefix_and_answer_as_alone(model_and_tokenizer) -> None:
+    """Prompts sharing a long beginning (a system prompt): later ones compute only the rest against the kept
+    keys and values, in a batch with rows that hit, miss, and hit different lengths; each row's greedy tokens
+    are what ``generate`` gives its whole prompt alone. A prefix is never reused across adapters or past the
+    cache's bound."""
+    from hone_trainer.serving.prefix import BLOCK
+
+    model, tok = model_and_tokenizer
+    system = tok("You are the support assistant of an Amsterdam skateboard shop. Answer briefly. " * 2)["input_ids"]
+    assert len(system) > 2 * BLOCK
+    questions = ["Do you ship to Porto?", "What is your return policy?", "Which wheels for rough streets?"]
+    prompts = [system + tok(q)["input_ids"] for q in questions]
+    other = tok("Bearings should be cleaned every month")["input_ids"]  # shares nothing
+    engine = Engine(model, tok, max_batch_size=4, prefix_cache_tokens=8 * BLOCK)
+    assert engine.prefixes is not None
+    engine.start()
+    try:
+        first = Tracked(prompts[0], 12)
+        engine.submit([first.seq])
+        assert first.ended.wait(120)
+        kept = engine.prefixes.tokens
+        assert kept == (len(prompts[0]) - 1) // BLOCK * BLOCK  # its whole blocks, all but the last token
+        rest = [Tracked(p, 12) for p in (prompts[1], other, prompts[2])]
+        engine.submit([t.seq for t in rest])  # one prefill: two rows hit, one misses
+        for t in rest:
+            assert t.ended.wait(120)
+    finally:
+        engine.stop()
+    shared = len(system) // BLOCK * BLOCK
+    assert engine.prefixes.hit_tokens >= 2 * shared
+    assert engine.prefixes.tokens <= 8 * BLOCK  # bounded
+    for t, prompt in zip([first, *rest], [prompts[0], prompts[1], other, prompts[2]]):
+        assert t.seq.generated == alone(model, prompt, 12)
+
+    # Another adapter's rows never see the base model's prefixes (keys and values differ per adapter).
+    assert engine.prefixes.lookup("some-adapter", prompts[1]) == (0, [])

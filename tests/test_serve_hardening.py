@@ -286,3 +286,23 @@ def test_content_cannot_forge_a_turn_of_the_chat_template(models, server) -> Non
         assert body["error"]["code"] == "special_token_in_content" and "<|im_end|>" in body["error"]["message"]
     finally:
         strict.stop()
+
+
+def test_prompts_that_start_alike_are_served_from_the_prefix_cache(server: ServerProcess) -> None:
+    """A second prompt starting like the first computes only its end: the hit counter moves by whole blocks,
+    the usage still bills every prompt token, and the answer is the one the prompt gets on its own."""
+    from hone_trainer.serving.prefix import BLOCK
+
+    shared = "You are the support assistant of a skateboard shop in Amsterdam; answer in one short sentence. " * 2
+    before = server.metrics()[("hone_inference_prefix_cache_hit_tokens_total", ())]
+    answers = []
+    for question in ("Do you ship to Porto?", "Do you ship to Porto?", "What is the return window?"):
+        status, body = _post(server, "/v1/completions", {"model": "tiny", "prompt": shared + question,
+                                                          "max_tokens": 6, "temperature": 0})
+        assert status == 200, body
+        answers.append((body["choices"][0]["text"], body["usage"]["prompt_tokens"]))
+    assert answers[0] == answers[1]  # the same prompt, computed whole and then mostly from the cache
+    m = server.metrics()
+    hits = m[("hone_inference_prefix_cache_hit_tokens_total", ())] - before
+    assert hits >= 2 * BLOCK and hits % BLOCK == 0
+    assert m[("hone_inference_prefix_cache_tokens", ())] >= BLOCK

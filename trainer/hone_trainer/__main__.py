@@ -213,6 +213,7 @@ def server_config(args: argparse.Namespace) -> contract.ServerConfig:
     flags = {"host": args.host, "port": args.port, "apiKeysFile": getattr(args, "api_keys_file", None),
              "maxConcurrentRequests": getattr(args, "max_concurrent_requests", None),
              "maxBatchSize": getattr(args, "max_batch_size", None),
+             "prefixCacheTokens": getattr(args, "prefix_cache_tokens", None),
              "servedModelName": getattr(args, "served_model_name", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.adapter:
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--api-keys-file", help="file with accepted API keys, one per line")
     s.add_argument("--max-concurrent-requests", type=int, help="queued plus running requests before HTTP 429")
     s.add_argument("--max-batch-size", type=int, help="sequences decoded together")
+    s.add_argument("--prefix-cache-tokens", type=int,
+                   help="prompt tokens kept for prompts that start the same way (default 4096; 0: off)")
     s.add_argument("--trust-remote-code", action="store_true", help="run the base model's own Python code")
     s.add_argument("--graceful-seconds", type=int, default=30, help="how long in-flight requests may finish on SIGTERM")
     s.add_argument("--termination-log", default=None, help="where to write why loading failed (in a pod: "

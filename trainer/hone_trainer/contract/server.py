@@ -85,6 +85,9 @@ class ServerConfig(CamelModel):
     api_keys_file: str | None = Field(None, description="Accepted API keys, one per line; none: no key needed.")
     max_concurrent_requests: int = Field(64, ge=1, description="Queued plus running; beyond it: HTTP 429.")
     max_batch_size: int = Field(8, ge=1, le=256, description="Sequences decoded together in one step.")
+    prefix_cache_tokens: int = Field(
+        4096, ge=0, description="Prompt tokens whose keys and values are kept for later prompts that start the "
+        "same way (per adapter; least recently used dropped first); 0 turns prefix caching off.")
     default_max_tokens: int = Field(512, ge=1, description="Completion limit when a request sets none.")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024,
                                    description="Largest request body, in bytes; beyond it: HTTP 413.")

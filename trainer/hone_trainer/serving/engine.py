@@ -28,6 +28,11 @@ depend on what else is in the batch (up to float rounding). Models with
 sliding-window or other non-standard cache layers are still served, but a
 batch then admits new sequences only when it is empty.
 
+A prefill computes only what the prefix cache (:mod:`hone_trainer.serving.prefix`)
+does not hold: a row's cached keys and values fill the first columns of the
+new rows' cache, the rest of its prompt the columns after them, with the
+padding of either part masked.
+
 On CPU the model's linear layers are packed for oneDNN when the engine is
 built (:mod:`hone_trainer.serving.packed`: about twice MKL's speed at a
 step's few rows). The engine thread should be the only live thread that has
@@ -106,11 +111,11 @@ class _ReservedLayer(DynamicLayer):
     """
 
     @classmethod
-    def holding(cls, keys: torch.Tensor, values: torch.Tensor) -> "_ReservedLayer":
+    def holding(cls, keys: torch.Tensor, values: torch.Tensor, room: int = RESERVE) -> "_ReservedLayer":
         layer = cls()
         layer.device = keys.device
         layer.is_initialized = True
-        layer.adopt(keys, values)
+        layer.adopt(keys, values, room)
         return layer
 
     def adopt(self, keys: torch.Tensor, values: torch.Tensor, room: int = RESERVE) -> None:
@@ -208,7 +213,7 @@ class Engine:
     """Owns the model; :meth:`submit` is safe to call from any thread."""
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8, adapters: Sequence[str] = (),
-                 eos_token_ids: Sequence[int] = ()):
+                 eos_token_ids: Sequence[int] = (), prefix_cache_tokens: int = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -225,6 +230,10 @@ class Engine:
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         self.eos = set(int(t) for t in eos_token_ids)
         self.can_join = _full_attention_only(config)
+        from hone_trainer.serving.prefix import PrefixCache
+
+        # Only over full-attention caches (a sliding window drops the prefix's first tokens).
+        self.prefixes = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 and self.can_join else None
         self._cache_kwarg = _cache_kwarg(model)
         self._pending: deque[SequenceState] = deque()
         self._pending_lock = threading.Lock()
@@ -321,18 +330,40 @@ class Engine:
         return out.logits[:, -1, :].float(), cache if cache is not None else out.past_key_values
 
     def _prefill(self, seqs: list[SequenceState]) -> None:
-        longest = max(len(s.prompt_ids) for s in seqs)
+        """Compute the prompts (those parts not in the prefix cache) and join them to the batch.
+
+        The columns are the cached prefixes (``P`` columns, each row's right-aligned) then the rest of the
+        prompts (``L`` columns, right-aligned): padding in between is masked, and positions count each row's
+        real tokens, so a row's logits are what its whole prompt computed alone gives (up to rounding)."""
+        hits = [self.prefixes.lookup(s.adapter, s.prompt_ids) if self.prefixes else (0, []) for s in seqs]
+        cached = [n for n, _ in hits]
+        rest = [s.prompt_ids[n:] for s, n in zip(seqs, cached)]
+        P, L = max(cached), max(len(r) for r in rest)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(seqs), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, longest - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
-            mask[i, longest - len(s.prompt_ids):] = 1
+        ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), P + L), dtype=torch.long)
+        for i, (n, r) in enumerate(zip(cached, rest)):
+            ids[i, L - len(r):] = torch.tensor(r)
+            mask[i, P - n:P] = 1
+            mask[i, P + L - len(r):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        logits, cache = self._forward(ids, mask, positions, DynamicCache(), seqs)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, P:]
+        cache = DynamicCache()
+        if P:  # the cached prefixes, each row's right-aligned in the first P columns
+            template = next(layers for n, layers in hits if n)
+            for layer, (k0, v0) in enumerate(template):
+                keys = k0.new_zeros((len(seqs), k0.shape[0], P, k0.shape[2]))
+                values = v0.new_zeros((len(seqs), v0.shape[0], P, v0.shape[2]))
+                for i, (n, layers) in enumerate(hits):
+                    if n:
+                        keys[i, :, P - n:], values[i, :, P - n:] = layers[layer]
+                cache.layers.append(_ReservedLayer.holding(keys, values, room=L + RESERVE))
+        logits, cache = self._forward(ids, mask, positions, cache, seqs)
         if self.can_join:  # from now on, steps append in place
-            cache.layers[:] = [_ReservedLayer.holding(layer.keys, layer.values) for layer in cache.layers]
+            cache.layers[:] = [layer if isinstance(layer, _ReservedLayer) else
+                               _ReservedLayer.holding(layer.keys, layer.values) for layer in cache.layers]
+        if self.prefixes is not None:
+            self._keep_prefixes(seqs, cached, mask, cache)
         for s in seqs:
             s.prefilled = True
         new = _Batch()
@@ -340,6 +371,18 @@ class Engine:
         new.rows, new.cache, new.mask, new.next_tokens = seqs, cache, mask, tokens
         self._batch.join(new)
         self._after_step(offset=len(self._batch) - len(seqs), failed=failed)
+
+    def _keep_prefixes(self, seqs: list[SequenceState], cached: list[int], mask: torch.Tensor, cache: Any) -> None:
+        """Store the whole blocks of each prompt that the prefix cache does not hold yet."""
+        assert self.prefixes is not None
+        for i, (s, n) in enumerate(zip(seqs, cached)):
+            keep = self.prefixes.cacheable(s.prompt_ids)
+            if keep <= n:
+                continue
+            cols = mask[i].nonzero().flatten()[:keep]  # the row's real tokens, in order
+            self.prefixes.store(s.adapter, s.prompt_ids, [(layer.keys[i].index_select(1, cols),
+                                                           layer.values[i].index_select(1, cols))
+                                                          for layer in cache.layers])
 
     def _decode(self) -> None:
         batch = self._batch

@@ -40,6 +40,7 @@ class Metrics:
               registry=r).set_function(lambda: 1 if state.ready else 0)
         self.info = Gauge("hone_inference_model_info", "Models this server serves (value 1).",
                           ["model", "base_model", "adapter"], registry=r)
+        r.register(_PrefixCache(state))
 
     def meter(self, model: str, prompt: int, completion: int) -> None:
         self.tokens.labels(model, "prompt").inc(prompt)
@@ -47,3 +48,24 @@ class Metrics:
         # Exact, not rounded per request: rounding 27 tokens to a millionth of a dollar loses 1%.
         self.cost.labels(model, "prompt").inc(prompt * self.prices.prompt / 1_000_000)
         self.cost.labels(model, "completion").inc(completion * self.prices.completion / 1_000_000)
+
+
+class _PrefixCache:
+    """The engine's prefix cache: prompt tokens it saved computing, and what it holds."""
+
+    def __init__(self, state: "State") -> None:
+        self.state = state
+
+    def describe(self) -> list:
+        return []  # collected at scrape time only (the engine comes with the model)
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        prefixes = self.state.engine.prefixes if self.state.engine is not None else None
+        yield CounterMetricFamily(
+            "hone_inference_prefix_cache_hit_tokens", "Prompt tokens whose keys and values came from the prefix "
+            "cache instead of being computed (they are billed as prompt tokens all the same).",
+            value=prefixes.hit_tokens if prefixes is not None else 0)
+        yield GaugeMetricFamily("hone_inference_prefix_cache_tokens", "Prompt tokens the prefix cache holds.",
+                                value=prefixes.tokens if prefixes is not None else 0)
