@@ -290,19 +290,31 @@ def test_content_cannot_forge_a_turn_of_the_chat_template(models, server) -> Non
 
 def test_prompts_that_start_alike_are_served_from_the_prefix_cache(server: ServerProcess) -> None:
     """A second prompt starting like the first computes only its end: the hit counter moves by whole blocks,
-    the usage still bills every prompt token, and the answer is the one the prompt gets on its own."""
+    ``usage.prompt_tokens_details.cached_tokens`` says how many (OpenAI's field; streams too), the usage still
+    bills every prompt token, and the answer is the one the prompt gets on its own."""
+    import openai
+
     from hone_trainer.serving.prefix import BLOCK
 
     shared = "You are the support assistant of a skateboard shop in Amsterdam; answer in one short sentence. " * 2
     before = server.metrics()[("hone_inference_prefix_cache_hit_tokens_total", ())]
-    answers = []
+    answers, cached = [], []
     for question in ("Do you ship to Porto?", "Do you ship to Porto?", "What is the return window?"):
         status, body = _post(server, "/v1/completions", {"model": "tiny", "prompt": shared + question,
                                                           "max_tokens": 6, "temperature": 0})
         assert status == 200, body
         answers.append((body["choices"][0]["text"], body["usage"]["prompt_tokens"]))
+        cached.append(body["usage"]["prompt_tokens_details"]["cached_tokens"])
     assert answers[0] == answers[1]  # the same prompt, computed whole and then mostly from the cache
     m = server.metrics()
     hits = m[("hone_inference_prefix_cache_hit_tokens_total", ())] - before
     assert hits >= 2 * BLOCK and hits % BLOCK == 0
     assert m[("hone_inference_prefix_cache_tokens", ())] >= BLOCK
+    assert cached[1] >= 2 * BLOCK and cached[2] >= 2 * BLOCK and sum(cached) == hits
+    assert all(c % BLOCK == 0 and c < answers[0][1] for c in cached)
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    stream = client.completions.create(model="tiny", prompt=shared + "Do you ship to Porto?", max_tokens=6,
+                                       temperature=0, stream=True, stream_options={"include_usage": True})
+    usage = [chunk.usage for chunk in stream if chunk.usage is not None][-1]
+    assert usage.prompt_tokens == answers[0][1] and usage.prompt_tokens_details.cached_tokens == cached[1]

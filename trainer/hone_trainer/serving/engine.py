@@ -90,6 +90,7 @@ class SequenceState:
     generated: list[int] = field(default_factory=list)
     emitted_chars: int = 0
     prefilled: bool = False
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
     cancelled: bool = False
     finished: bool = False
     generator: torch.Generator | None = None
@@ -337,6 +338,8 @@ class Engine:
         real tokens, so a row's logits are what its whole prompt computed alone gives (up to rounding)."""
         hits = [self.prefixes.lookup(s.adapter, s.prompt_ids) if self.prefixes else (0, []) for s in seqs]
         cached = [n for n, _ in hits]
+        for s, n in zip(seqs, cached):
+            s.cached_tokens = n
         rest = [s.prompt_ids[n:] for s, n in zip(seqs, cached)]
         P, L = max(cached), max(len(r) for r in rest)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -65,6 +65,7 @@ class Generation:
         self.ctx, self.state = ctx, ctx.state
         self.first_token_seen = False
         self.prompt_tokens = sum(len(p) for p in prompts)
+        self.per_prompt = req.n  # choices of one prompt: self.choices[k * n:(k + 1) * n]
         self.choices: list[Choice] = []
         self.events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self.unfinished = 0
@@ -112,17 +113,26 @@ class Generation:
     def completion_tokens(self) -> int:
         return sum(len(c.seq.generated) for c in self.choices)
 
-    def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+    @property
+    def cached_tokens(self) -> int:
+        """OpenAI's ``prompt_tokens_details.cached_tokens``: the prompt tokens read from the prefix cache, per
+        prompt counted once, as its tokens are (those every choice of it read from the cache)."""
+        n = self.per_prompt
+        return sum(min(c.seq.cached_tokens for c in self.choices[k:k + n]) for k in range(0, len(self.choices), n))
 
-    def delivered_usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+
+    def delivered_usage(self) -> dict[str, Any]:
         """What a stream's client has been sent: its usage once the stream has run to its end."""
         prompt = self.prompt_tokens if self.prompt_delivered else 0
         completion = sum(c.delivered for c in self.choices)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens if self.prompt_delivered else 0}}
 
-    def meter(self, ctx: RequestContext, usage: dict[str, int] | None) -> None:
+    def meter(self, ctx: RequestContext, usage: dict[str, Any] | None) -> None:
         """Bill ``usage`` (None: nothing), once per request."""
         if self.metered:
             return
@@ -229,7 +239,7 @@ async def _stream(ctx: RequestContext, gen: Generation, req: SamplingRequest, ri
     resumes only after that), so an abandoned stream is billed exactly what its client was sent."""
     obj = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
         body: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": req.model,
                                 "system_fingerprint": None, "choices": choices}
         if req.include_usage:
