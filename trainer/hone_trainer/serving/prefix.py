@@ -87,18 +87,18 @@ class PrefixCache:
     def store(self, adapter: str, prompt: Sequence[int], layers: Layers) -> None:
         """Keep the whole blocks of ``prompt`` (all but its last token) whose keys and values are ``layers``,
         per layer ``[kv heads, >= cacheable(prompt), head dim]`` for the prompt's first tokens."""
-        parent, chain = 0, []
-        for k in range(self.cacheable(prompt) // BLOCK):
+        blocks = self.cacheable(prompt) // BLOCK
+        found = self._chain(adapter, prompt, blocks)  # held already
+        chain = [key for key, _ in found]
+        parent = found[-1][1].id if found else 0
+        for k in range(len(found), blocks):
             key = (adapter, parent, tuple(prompt[k * BLOCK:(k + 1) * BLOCK]))
-            block = self._blocks.get(key)
-            if block is None:
-                cols = slice(k * BLOCK, (k + 1) * BLOCK)
-                block = _Block(self._next_id, [(keys[:, cols].clone(), values[:, cols].clone())
-                                               for keys, values in layers])
-                self._next_id += 1
-                self._blocks[key] = block
+            cols = slice(k * BLOCK, (k + 1) * BLOCK)
+            self._blocks[key] = _Block(self._next_id, [(keys[:, cols].clone(), values[:, cols].clone())
+                                                      for keys, values in layers])
+            parent = self._next_id
+            self._next_id += 1
             chain.append(key)
-            parent = block.id
         for key in reversed(chain):  # the chain's first block is the last to go
             self._blocks.move_to_end(key)
         while len(self._blocks) > self.max_blocks:
