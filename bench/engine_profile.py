@@ -15,10 +15,12 @@ layers instead of its in-place one (``--plain-cache``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT / "devtools")]
@@ -39,13 +41,14 @@ def main() -> int:
 
     from hone_trainer import models
     from hone_trainer.contract import ModelSource
+    from hone_trainer.serving import loading
     from hone_trainer.serving.engine import Engine, SamplingParams, SequenceState
 
     torch.set_grad_enabled(False)
     local = models.resolve(ModelSource(location=args.model))
     tok = models.load_tokenizer(local)
-    cuda = torch.cuda.is_available()
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    device, dtype = loading.device_and_dtype()  # what the server picks
+    cuda = device == "cuda"
     model = models.load_model(local, dtype).to(device).eval()
     engine = Engine(model, tok, max_batch_size=args.batch)
     if args.plain_cache:
@@ -57,6 +60,12 @@ def main() -> int:
         if cuda:
             torch.cuda.synchronize()
 
+    def profiler(on: bool) -> Any:
+        if not on:
+            return contextlib.nullcontext()
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        return torch.profiler.profile(activities=activities)
+
     def engine_steps(n: int, profile: bool = False):
         seqs = [SequenceState(prompt_ids=p, adapter="__base__", emit=lambda ev: None,
                               params=SamplingParams(max_tokens=n + 1, temperature=0)) for p in prompts]
@@ -65,15 +74,10 @@ def main() -> int:
             engine._prefill(engine._admit())
             sync()
             started = time.perf_counter()
-            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] +
-                                          ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])) if profile else None
-            if prof:
-                prof.__enter__()
-            for _ in range(n):
-                engine._decode()
-            sync()
-            if prof:
-                prof.__exit__(None, None, None)
+            with profiler(profile) as prof:
+                for _ in range(n):
+                    engine._decode()
+                sync()
             return (time.perf_counter() - started) / n, prof
 
     def generate_steps(n: int, profile: bool = False):
@@ -92,16 +96,11 @@ def main() -> int:
             run(1)
             sync()
             prefill = time.perf_counter() - t
-            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] +
-                                          ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])) if profile else None
-            if prof:
-                prof.__enter__()
-            t = time.perf_counter()
-            run(n + 1)
-            sync()
-            wall = time.perf_counter() - t
-            if prof:
-                prof.__exit__(None, None, None)
+            with profiler(profile) as prof:
+                t = time.perf_counter()
+                run(n + 1)
+                sync()
+                wall = time.perf_counter() - t
             return (wall - prefill) / n, prof
 
     engine_steps(4)

@@ -43,11 +43,11 @@ def build(model_loc: str, adapters: int, rank: int):
 
     from hone_trainer import models
     from hone_trainer.contract import ModelSource
+    from hone_trainer.serving import loading
 
     local = models.resolve(ModelSource(location=model_loc))
     tok = models.load_tokenizer(local)
-    # The device and precision the server picks (serving/loading.py): bfloat16 on a GPU, float32 on CPU.
-    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    device, dtype = loading.device_and_dtype()  # what the server picks
     model = models.load_model(local, dtype).to(device)
     torch.manual_seed(0)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=False)

@@ -60,11 +60,11 @@ def baseline(model_loc: str, requests: list[list[dict[str, str]]], max_tokens: i
 
     from hone_trainer import models
     from hone_trainer.contract import ModelSource
+    from hone_trainer.serving import loading
 
     local = models.resolve(ModelSource(location=model_loc))
     tok = models.load_tokenizer(local)
-    # The device and precision the server picks (serving/loading.py): bfloat16 on a GPU, float32 on CPU.
-    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    device, dtype = loading.device_and_dtype()  # what the server picks
     model = models.load_model(local, dtype).to(device)
     model.eval()
     latencies, tokens = [], 0
@@ -156,7 +156,11 @@ def main() -> int:
                       file=sys.stderr, flush=True)
         finally:
             server.stop()
-    gpu = f", {torch.cuda.get_device_name()} (bfloat16)" if torch.cuda.is_available() else " (float32)"
+    from hone_trainer.serving import loading
+
+    device, dtype = loading.device_and_dtype()
+    where = f", {torch.cuda.get_device_name()}" if device == "cuda" else ""
+    gpu = f"{where} ({str(dtype).removeprefix('torch.')})"
     print(f"model {args.model}, {args.requests} requests x <= {args.max_tokens} tokens, greedy, "
           f"median of {args.runs} interleaved runs, {os.cpu_count()} CPUs{gpu}")
     print(f"{'setting':<36} {'tokens/s':>9} {'p50 s':>7} {'p99 s':>7} {'TTFT s':>7}")

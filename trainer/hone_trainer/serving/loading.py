@@ -141,10 +141,7 @@ def load(config: ServerConfig) -> Served:
     try:
         local = models.resolve(config.base_model)
         tokenizer = models.load_tokenizer(local, trust_remote_code=config.base_model.trust_remote_code)
-        if torch.cuda.is_available():
-            device, dtype = "cuda", (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-        else:
-            device, dtype = "cpu", torch.float32
+        device, dtype = device_and_dtype()
         model = models.load_model(local, dtype, trust_remote_code=config.base_model.trust_remote_code)
     except models.ModelError as exc:
         raise ServingError(str(exc)) from exc
@@ -171,6 +168,16 @@ def load(config: ServerConfig) -> Served:
         model.eval()
     eos = _eos_ids(model, tokenizer)
     return Served(model, tokenizer, base_name, names, artifacts, eos)
+
+
+def device_and_dtype() -> tuple[str, Any]:
+    """Where and in what precision the server runs the model: a GPU in bfloat16 (float16 where the GPU has no
+    bfloat16), else the CPU in float32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return "cpu", torch.float32
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
