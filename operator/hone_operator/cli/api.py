@@ -38,7 +38,7 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
     import uvicorn
 
     from hone_operator.openai_api.app import Api, create_app
-    from hone_operator.openai_api.local import LocalStore, Worker
+    from hone_operator.openai_api.local import LocalBackend, LocalStore, Worker
     from hone_operator.openai_api.serving import ServerPool
     from hone_operator.settings import load
 
@@ -51,7 +51,7 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
     store = LocalStore(workdir, settings)
     worker = Worker(store)
     pool = ServerPool(workdir.resolve(), settings)
-    app = create_app(Api(store, worker, pool, keys))
+    app = create_app(Api(LocalBackend(store, worker, pool, keys)))
     worker.start()
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler it found:
     # this one, which leaves through the finally below (the trainer checkpoints, the model server stops).

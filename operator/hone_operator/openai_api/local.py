@@ -37,7 +37,7 @@ from typing import Any, Callable
 from hone_operator.api.v1alpha1 import FineTuneJob
 from hone_operator.openai_api import objects
 from hone_operator.openai_api.errors import ApiError, bad_request, not_found
-from hone_operator.openai_api.requests import JobCreate
+from hone_operator.openai_api.requests import JobCreate, finetunejob
 from hone_operator.settings import OperatorSettings
 from hone_trainer.storage import write_atomically
 
@@ -55,6 +55,13 @@ def now() -> int:
 
 def _write_json(path: Path, value: Any) -> None:
     write_atomically(path, json.dumps(value, indent=1, default=str))
+
+
+def check_purpose(record: dict[str, Any], param: str) -> None:
+    """A job trains only on files uploaded for fine-tuning (OpenAI's rule)."""
+    if record["purpose"] != "fine-tune":
+        raise bad_request(f"{record['id']} was uploaded with purpose {record['purpose']!r}; upload the data with "
+                          "purpose 'fine-tune'", param, "invalid_file_purpose")
 
 
 def merge_status(ftj: FineTuneJob, **status: Any) -> None:
@@ -144,47 +151,16 @@ class LocalStore:
     # ---- jobs -------------------------------------------------------------------------------
 
     def create_job(self, project: str, req: JobCreate) -> FineTuneJob:
-        catalog = self.settings.catalog
-        if req.model not in catalog:
-            raise ApiError(404, f"The model '{req.model}' does not exist or is not available for fine-tuning here. "
-                                f"Available: {', '.join(sorted(catalog))}.", param="model", code="model_not_found")
-        hp = req.resolved_hyperparameters()
-        suffix = req.hone_suffix()
-        if req.integrations:
-            kinds = sorted({str(i.get("type")) for i in req.integrations})
-            raise bad_request(f"integrations {kinds} are not supported by Hone: its metrics are in Prometheus and "
-                              "in the job's events; remove integrations", "integrations", "unsupported_integration")
         data = {}
         for param, file_id in (("training_file", req.training_file), ("validation_file", req.validation_file)):
-            if file_id is None:
-                continue
-            record = self.get_file(project, file_id, param)
-            if record["purpose"] != "fine-tune":
-                raise bad_request(f"{file_id} was uploaded with purpose {record['purpose']!r}; upload the data "
-                                  "with purpose 'fine-tune'", param, "invalid_file_purpose")
-            data[param] = {"uri": f"file://{self.file_content(project, file_id)}"}
+            if file_id is not None:
+                check_purpose(self.get_file(project, file_id, param), param)
+                data[param] = {"uri": f"file://{self.file_content(project, file_id)}"}
         job_id = objects.new_id("ftjob")
-        entry = catalog[req.model]
-        hyper: dict[str, Any] = {"epochs": hp.n_epochs or "auto", "batchSize": hp.batch_size or "auto",
-                                 "learningRateMultiplier": hp.learning_rate_multiplier or "auto"}
-        if req.seed is not None:
-            hyper["seed"] = req.seed
-        annotations = {objects.MODEL: req.model, objects.TRAINING_FILE: req.training_file}
-        if req.validation_file:
-            annotations[objects.VALIDATION_FILE] = req.validation_file
-        if req.metadata is not None:
-            annotations[objects.METADATA] = json.dumps(req.metadata)
-        doc = {
-            "metadata": {"name": job_id, "namespace": project, "uid": job_id.removeprefix("ftjob-"),
-                         "labels": {objects.CREATED_BY: "hone-api"}, "annotations": annotations,
-                         "creationTimestamp": datetime.now(timezone.utc).isoformat(), "generation": 1},
-            "spec": {"baseModel": {"uri": entry.uri, **({"revision": entry.revision} if entry.revision else {})},
-                     "trainingData": data["training_file"],
-                     **({"validationData": data["validation_file"]} if "validation_file" in data else {}),
-                     "hyperparameters": hyper, "suffix": suffix,
-                     "output": {"uri": f"file://{self.output_root()}"}},
-            "status": {"phase": "ValidatingFiles"},
-        }
+        doc = finetunejob(req, self.settings.catalog, project, job_id, data, {"uri": f"file://{self.output_root()}"})
+        doc["metadata"].update(uid=job_id.removeprefix("ftjob-"), generation=1,
+                               creationTimestamp=datetime.now(timezone.utc).isoformat())
+        doc["status"] = {"phase": "ValidatingFiles"}
         ftj = FineTuneJob.model_validate(doc)
         folder = self.job_dir(project, job_id)
         folder.mkdir(parents=True)
@@ -499,3 +475,95 @@ def control(store: LocalStore, worker: Worker, project: str, job_id: str, action
                                        phase="Queued" if ftj.status.dataset is not None else "ValidatingFiles")
             store.add_event(project, job_id, "Fine-tuning job resumed")
         return ftj
+
+
+class LocalBackend:
+    """``hone api --local``: the store and worker above, and a model server started on demand.
+
+    Any key is accepted unless ``api_keys`` lists the accepted ones; there is no RBAC on one machine, and
+    a project is only a name (checked like a namespace's before it becomes a folder)."""
+
+    def __init__(self, store: LocalStore, worker: Worker, pool: Any, api_keys: set[str] | None) -> None:
+        self.store, self.worker, self.pool, self.api_keys = store, worker, pool, api_keys
+        self.settings = store.settings
+
+    def authenticate(self, authorization: str | None) -> Any:
+        from hone_operator.openai_api.backend import Caller
+
+        if self.api_keys is not None:
+            auth = authorization or ""
+            if not auth.startswith("Bearer ") or auth[7:].strip() not in self.api_keys:
+                raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return Caller("local")
+
+    def authorize(self, caller: Any, project: str, verb: str, resource: str) -> None:
+        self.store.project_dir(project)  # checks the name
+
+    # files
+    def create_file(self, project: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+        return self.store.create_file(project, filename, purpose, content)
+
+    def list_files(self, project: str) -> list[dict[str, Any]]:
+        return self.store.list_files(project)
+
+    def get_file(self, project: str, file_id: str) -> dict[str, Any]:
+        return self.store.get_file(project, file_id)
+
+    def file_response(self, project: str, file_id: str) -> Any:
+        from starlette.responses import FileResponse
+
+        return FileResponse(self.store.file_content(project, file_id), media_type="application/octet-stream")
+
+    def delete_file(self, project: str, file_id: str) -> None:
+        self.store.delete_file(project, file_id)
+
+    # jobs
+    def create_job(self, project: str, req: JobCreate) -> FineTuneJob:
+        return self.store.create_job(project, req)
+
+    def list_jobs(self, project: str) -> list[FineTuneJob]:
+        return self.store.list_jobs(project)
+
+    def get_job(self, project: str, job_id: str) -> FineTuneJob:
+        return self.store.get_job(project, job_id)
+
+    def control(self, project: str, job_id: str, action: str) -> FineTuneJob:
+        return control(self.store, self.worker, project, job_id, action)
+
+    def events(self, project: str, job_id: str) -> list[dict[str, Any]]:
+        return self.store.events(project, job_id)
+
+    def checkpoints(self, project: str, job_id: str) -> list[dict[str, Any]]:
+        return self.store.checkpoints(project, job_id)
+
+    # models
+    def fine_tunes(self, project: str) -> list[FineTuneJob]:
+        return [j for j in self.store.list_jobs(project) if objects.is_fine_tune(j)]
+
+    def delete_model(self, project: str, job: FineTuneJob) -> None:
+        def mark(ftj: FineTuneJob) -> None:
+            ftj.metadata.annotations = {**objects.annotations(ftj), objects.MODEL_DELETED: "true"}
+
+        self.store.update_job(project, job.metadata.name, mark)
+        self.pool.stop()  # a running server may hold it
+        assert job.status.fineTunedModel is not None
+        artifact = job.status.fineTunedModel.artifactUri
+        if artifact and Path(artifact).is_dir() and self.store.output_root() in Path(artifact).resolve().parents:
+            shutil.rmtree(artifact, ignore_errors=True)  # only ever under the API's own output folder
+
+    def inference_url(self, project: str, name: str, job: FineTuneJob | None) -> str:
+        from hone_operator import local
+        from hone_operator.api.v1alpha1.finetunejob import BaseModelSpec
+        from hone_operator.openai_api.serving import Target
+
+        catalog = self.settings.catalog
+        if job is None:
+            base_name, base_uri = name, catalog[name].uri
+        else:
+            base_uri = job.spec.baseModel.uri
+            base_name = next((n for n, e in catalog.items() if e.uri == base_uri), base_uri)
+        adapters = tuple(sorted((j.status.fineTunedModel.name, j.status.fineTunedModel.artifactUri or "")
+                                for j in self.fine_tunes(project)
+                                if j.spec.baseModel.uri == base_uri and j.status.fineTunedModel is not None))
+        location = local.base_model_source(BaseModelSpec(uri=base_uri), self.store.root).location
+        return self.pool.url(Target(project, base_name, location, adapters))

@@ -39,6 +39,12 @@ def phase(ftj: FineTuneJob) -> str:
     return ftj.status.phase.value if ftj.status.phase is not None else "ValidatingFiles"
 
 
+def is_fine_tune(ftj: FineTuneJob) -> bool:
+    """Whether the job's model can be listed and requested: it succeeded, and its model was not deleted."""
+    return phase(ftj) == "Succeeded" and ftj.status.fineTunedModel is not None \
+        and annotations(ftj).get(MODEL_DELETED) != "true"
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 

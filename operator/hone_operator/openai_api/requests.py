@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -88,6 +89,46 @@ class JobCreate(_Strict):
             raise bad_request("suffix: up to 40 characters of a-z, 0-9, '-', '_' and '.', starting and ending "
                               "with a letter or digit (it becomes part of the fine-tuned model's name)", "suffix")
         return suffix
+
+
+def finetunejob(req: JobCreate, catalog: dict[str, Any], namespace: str, job_id: str,
+                data: dict[str, dict[str, Any]], output: dict[str, Any]) -> dict[str, Any]:
+    """The FineTuneJob a create request makes (both modes): the catalog entry as its base model, the
+    hyperparameters in the spec, what OpenAI's job object holds besides in annotations.
+
+    ``data``: the DataSource of ``training_file`` (and ``validation_file``), resolved from the file ids by
+    the caller; ``output``: where the result is published. A request Hone cannot honour is OpenAI's 400 (or
+    the 404 of an unknown model) before anything is created."""
+    if req.model not in catalog:
+        raise ApiError(404, f"The model '{req.model}' does not exist or is not available for fine-tuning here. "
+                            f"Available: {', '.join(sorted(catalog))}.", param="model", code="model_not_found")
+    hp = req.resolved_hyperparameters()
+    suffix = req.hone_suffix()
+    if req.integrations:
+        kinds = sorted({str(i.get("type")) for i in req.integrations})
+        raise bad_request(f"integrations {kinds} are not supported by Hone: its metrics are in Prometheus and "
+                          "in the job's events; remove integrations", "integrations", "unsupported_integration")
+    from hone_operator.openai_api import objects
+
+    entry = catalog[req.model]
+    hyper: dict[str, Any] = {"epochs": hp.n_epochs or "auto", "batchSize": hp.batch_size or "auto",
+                             "learningRateMultiplier": hp.learning_rate_multiplier or "auto"}
+    if req.seed is not None:
+        hyper["seed"] = req.seed
+    annotations = {objects.MODEL: req.model, objects.TRAINING_FILE: req.training_file}
+    if req.validation_file:
+        annotations[objects.VALIDATION_FILE] = req.validation_file
+    if req.metadata is not None:
+        annotations[objects.METADATA] = json.dumps(req.metadata)
+    return {
+        "apiVersion": "hone.dev/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": job_id, "namespace": namespace, "labels": {objects.CREATED_BY: "hone-api"},
+                     "annotations": annotations},
+        "spec": {"baseModel": {"uri": entry.uri, **({"revision": entry.revision} if entry.revision else {})},
+                 "trainingData": data["training_file"],
+                 **({"validationData": data["validation_file"]} if "validation_file" in data else {}),
+                 "hyperparameters": hyper, **({"suffix": suffix} if suffix else {}), "output": output},
+    }
 
 
 def parse(model: type[BaseModel], body: Any) -> Any:
