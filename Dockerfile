@@ -1,12 +1,14 @@
 # syntax=docker/dockerfile:1
 #
-# Two images, one target each:
+# Three images, one target each:
 #
 #   docker build --target operator -t hone-operator:0.1.0 .
+#   docker build --target api      -t hone-api:0.1.0 .
 #   docker build --target runtime  -t hone-runtime:0.1.0 .                           # CUDA (default)
 #   docker build --target runtime  --build-arg TORCH_VARIANT=cpu -t hone-runtime:0.1.0-cpu .
 #
-# operator: kopf + the Kubernetes client, no torch (small). runtime: the validator,
+# operator: kopf + the Kubernetes client, no torch (small). api: `hone api` in a cluster
+# (the Kubernetes client, starlette/uvicorn, s3fs; no torch, no kopf). runtime: the validator,
 # trainer (torchrun + DeepSpeed) and the built-in server, with the embedded
 # SmolLM2-135M-Instruct. The CUDA runtime libraries come with torch's CUDA wheels; the
 # node provides only the driver (NVIDIA container toolkit). Both run as a non-root user
@@ -39,6 +41,31 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=4)"]
 ENTRYPOINT ["hone"]
 CMD ["operator"]
+
+# ---------------------------------------------------------------- api
+FROM ${PYTHON_IMAGE} AS api-build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/hone
+WORKDIR /src
+COPY pyproject.toml README.md .ci/constraints-image.txt ./
+COPY operator ./operator
+COPY trainer ./trainer
+RUN /opt/hone/bin/pip install --no-cache-dir --constraint constraints-image.txt ".[api]"
+
+FROM ${PYTHON_IMAGE} AS api
+LABEL org.opencontainers.image.title="hone-api" \
+      org.opencontainers.image.description="Hone API: OpenAI's fine-tuning API over FineTuneJobs (no torch)" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/hone-dev/hone"
+COPY --from=api-build /opt/hone /opt/hone
+ENV PATH=/opt/hone/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
+ENTRYPOINT ["hone"]
+CMD ["api"]
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime-build

@@ -32,6 +32,12 @@ def test_operator_never_imports_torch_or_the_trainer_runtime() -> None:
                            ("torch", "deepspeed", "transformers", "peft"))
 
 
+def test_the_api_image_runs_hone_api_without_kopf_or_torch() -> None:
+    """The api image installs the api extra only: ``hone api`` in a cluster must need nothing else."""
+    assert_imports_without("hone_operator.cli, hone_operator.cli.api, hone_operator.openai_api.app, "
+                           "hone_operator.openai_api.cluster", ("kopf", "torch", "transformers", "peft"))
+
+
 def test_trainer_contract_needs_neither_kopf_nor_kubernetes() -> None:
     assert_imports_without("hone_trainer.contract", ("kopf", "kubernetes", "torch"))
 

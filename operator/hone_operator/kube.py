@@ -34,6 +34,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("authentication.k8s.io/v1", "TokenReview"): "tokenreviews",
+    ("authorization.k8s.io/v1", "SubjectAccessReview"): "subjectaccessreviews",
     ("hone.dev/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("hone.dev/v1alpha1", "ModelServing"): "modelservings",
     ("hone.dev/v1alpha1", "TokenBudget"): "tokenbudgets",
@@ -116,8 +117,11 @@ class Kube:
         except NotFound:
             return None
 
-    def list(self, api_version: str, kind: str, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         data = self._call("GET", path(api_version, kind, namespace), query=query)
         return list((data or {}).get("items") or [])
 

@@ -120,6 +120,17 @@ class OperatorSettings(BaseSettings):
     catalog: dict[str, CatalogModel] = Field(
         default_factory=lambda: dict(DEFAULT_CATALOG),
         description="Base models by the name an OpenAI client gives as `model` (hone api).")
+    api_store: str | None = Field(
+        None, pattern=r"^s3://[^/]+", description="Where `hone api` in a cluster keeps the bytes of uploaded files "
+        "(<api_store>/files/<namespace>/) and where the jobs it creates publish (<api_store>/models/<namespace>/): "
+        "s3://bucket/prefix. The cluster mode needs it; local mode keeps both in its workdir.")
+    api_store_secret: str = Field(
+        "hone-api-store", description="The Secret, in each namespace whose jobs are made through `hone api`, with "
+        "the credentials of api_store (keys access-key-id, secret-access-key, and endpoint-url, region where "
+        "needed) that the job's training and serving pods mount to read the data and publish the model.")
+    api_serve_fine_tunes: bool = Field(
+        True, description="Give each job made through `hone api` a ModelServing of the same name (owned by the "
+        "job), so that its fine-tuned model answers chat completions once it succeeds, as on OpenAI.")
     default_budget: TokenBudgetSpec | None = Field(
         default_factory=TokenBudgetSpec,
         description="The TokenBudget (spec) the operator creates, named default, in a namespace that has none when "

@@ -87,6 +87,9 @@ Checks values.schema.json cannot express; each failure names the key and what to
 {{- fail (printf "watchNamespaces: %q is not a valid namespace name" .) -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.api.enabled (not .Values.api.store) -}}
+{{- fail "api.enabled needs api.store: the s3://bucket/prefix where hone api keeps uploaded files and its jobs' models" -}}
+{{- end -}}
 {{- range $ns, $_ := .Values.budgets -}}
 {{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $ns) -}}
 {{- fail (printf "budgets: %q is not a valid namespace name (the keys of budgets are namespaces)" $ns) -}}

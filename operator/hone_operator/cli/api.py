@@ -19,10 +19,18 @@ from hone_operator.cli.common import fail, require_runtime
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".hone/api"),
               show_default=True, help="Where local mode keeps uploaded files, jobs, checkpoints and models.")
 @click.option("--api-keys-file", type=click.Path(dir_okay=False, exists=True),
-              help="Accepted API keys, one per line (default: any key, or none, is accepted).")
-def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: str | None) -> None:
+              help="Local mode: accepted API keys, one per line (default: any key, or none, is accepted).")
+@click.option("--store-credentials", type=click.Path(file_okay=False, exists=True),
+              help="Cluster mode: a folder with the api_store's credentials, one file per key (a mounted Secret).")
+def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: str | None,
+        store_credentials: str | None) -> None:
     """Serve OpenAI's fine-tuning API: files, fine_tuning.jobs (events, checkpoints, pause, resume, cancel),
     models, and chat/completions routed by model name.
+
+    In a cluster (the default; kubeconfig or in-cluster credentials), a job is a FineTuneJob that the
+    operator runs, the API key is a Kubernetes bearer token (checked with a TokenReview), every call is
+    authorised with a SubjectAccessReview against the caller's RBAC in the project's namespace (the
+    client's project=, else the ServiceAccount's own namespace), and uploads go to the settings' api_store.
 
     With --local, jobs run here one at a time with the local trainer (as `hone run`), and a model is served
     by the built-in server, started when a request names it. Point the openai client at
@@ -31,23 +39,38 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
     """
     import logging
 
-    if not local_mode:
-        fail("the cluster mode of `hone api` (FineTuneJobs through the Kubernetes API, TokenReview and "
-             "SubjectAccessReview) is not built yet; run `hone api --local` on one machine")
-    require_runtime("api --local", "hone_trainer.training.validate")
     import uvicorn
 
     from hone_operator.openai_api.app import Api, create_app
-    from hone_operator.openai_api.local import LocalBackend, LocalStore, Worker
-    from hone_operator.openai_api.serving import ServerPool
     from hone_operator.settings import load
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load()
+    if not local_mode:
+        from hone_operator.kube import Kube, load_api_client
+        from hone_operator.openai_api.cluster import ClusterBackend
+
+        if not settings.api_store:
+            fail("hone api in a cluster needs the setting api_store (HONE_API_STORE=s3://bucket/prefix): where "
+                 "uploaded files and the models of its jobs are kept; or run `hone api --local` on one machine")
+        try:
+            kube = Kube(load_api_client())
+        except Exception as exc:  # noqa: BLE001 - no kubeconfig and not in a pod
+            fail(f"no cluster to talk to ({exc}); set KUBECONFIG, or run `hone api --local` on one machine")
+        app = create_app(Api(ClusterBackend(kube, settings, store_credentials)))
+        click.echo(f"OpenAI-compatible fine-tuning API at http://{host}:{port}/v1 over the cluster; state in "
+                   f"FineTuneJobs and {settings.api_store}")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+
+    require_runtime("api --local", "hone_trainer.training.validate")
+    from hone_operator.openai_api.local import LocalBackend, LocalStore, Worker
+    from hone_operator.openai_api.serving import ServerPool
+
     keys = None
     if api_keys_file:
         keys = {line.strip() for line in Path(api_keys_file).read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
-    settings = load()
     store = LocalStore(workdir, settings)
     worker = Worker(store)
     pool = ServerPool(workdir.resolve(), settings)

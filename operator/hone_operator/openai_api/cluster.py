@@ -1,0 +1,341 @@
+"""``hone api`` in a cluster: Kubernetes is the state, the caller's RBAC decides, an object store holds the bytes.
+
+* **Identity.** A bearer token is checked with a TokenReview (a ServiceAccount token, or any token the
+  cluster's authenticators accept, e.g. OIDC). The project is the ``OpenAI-Project`` header, else the
+  ServiceAccount's own namespace.
+* **Authorisation.** Every call is a SubjectAccessReview for the caller: the Kubernetes verb the call
+  amounts to on ``finetunejobs`` (files are a job's data) or ``modelservings`` (inference) in the
+  project's namespace. The API's own ServiceAccount can do more; it never acts for a caller who may not.
+  Every lookup is inside the project's namespace, so an object of another namespace is a 404.
+* **Jobs** are FineTuneJobs (:func:`~hone_operator.openai_api.requests.finetunejob`); the operator runs
+  them. Pause, resume and cancel patch ``spec.suspend`` / ``spec.cancel``. Events are the Kubernetes
+  Events the operator posts for the job, and its latest progress report as a ``metrics`` event.
+* **Files.** The record of an upload is a ConfigMap in the namespace, labelled ``api.hone.dev/file``
+  (``kubectl get cm -l api.hone.dev/file`` lists them; RBAC and GitOps see them as any object), and
+  its bytes are in the object store of the settings' ``api_store``, under
+  ``<api_store>/files/<namespace>/``. A ConfigMap rather than a new kind: nothing more to install or
+  upgrade, and a record is small. The content is written before the record and deleted after it, so a
+  listed file always has its bytes.
+* **Models.** The catalog's base models and the namespace's succeeded fine-tunes. A job made here gets a
+  ModelServing of the same name (``api_serve_fine_tunes``), owned by the job, which serves the
+  fine-tune once it succeeds; inference goes to the Ready ModelServing of the namespace that serves the
+  requested name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from typing import Any, Iterator
+
+from starlette.responses import StreamingResponse
+
+from hone_operator.api.v1alpha1 import FineTuneJob
+from hone_operator.kube import Conflict, Kube
+from hone_operator.openai_api import objects
+from hone_operator.openai_api.backend import Caller
+from hone_operator.openai_api.errors import ApiError, bad_request, not_found
+from hone_operator.openai_api.local import PROJECT, check_purpose, now
+from hone_operator.openai_api.requests import JobCreate, finetunejob
+from hone_operator.settings import OperatorSettings
+
+log = logging.getLogger("hone.api")
+
+API_VERSION = "hone.dev/v1alpha1"
+#: Label of the ConfigMaps that record uploaded files (value "true"), and of their purpose.
+FILE_LABEL = objects.ANNOTATION_PREFIX + "file"
+PURPOSE_LABEL = objects.ANNOTATION_PREFIX + "purpose"
+RECORD_KEY = "file.json"
+#: How long a TokenReview's answer is reused for the same token.
+REVIEW_SECONDS = 10.0
+
+
+class ClusterBackend:
+    def __init__(self, kube: Kube, settings: OperatorSettings, store_credentials_dir: str | None = None) -> None:
+        if not settings.api_store:
+            raise ValueError("hone api in a cluster needs the setting api_store (s3://bucket/prefix): where uploaded "
+                             "files and the models of its jobs are kept")
+        self.kube, self.settings = kube, settings
+        self.store = settings.api_store.rstrip("/")
+        self.credentials_dir = store_credentials_dir
+        self._reviews: dict[str, tuple[float, Caller]] = {}
+        self._lock = threading.Lock()
+
+    # ---- identity and RBAC ------------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        auth = authorization or ""
+        token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not token:
+            raise ApiError(401, "You didn't provide an API key: send a Kubernetes bearer token (a ServiceAccount "
+                                "token from `kubectl create token`, or a token of the cluster's identity provider) "
+                                "as the API key.", code="invalid_api_key")
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with self._lock:
+            cached = self._reviews.get(key)
+        if cached is not None and time.monotonic() - cached[0] < REVIEW_SECONDS:
+            return cached[1]
+        review = self.kube.create({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                                   "metadata": {}, "spec": {"token": token}})
+        status = (review or {}).get("status") or {}
+        if not status.get("authenticated"):
+            raise ApiError(401, f"Incorrect API key provided: the cluster refused the token "
+                                f"({status.get('error') or 'not authenticated'}).", code="invalid_api_key")
+        user = status.get("user") or {}
+        name = user.get("username", "")
+        parts = name.split(":")
+        own = parts[2] if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"] else None
+        caller = Caller(name, tuple(user.get("groups") or ()), user.get("uid", ""),
+                        {k: list(v) for k, v in (user.get("extra") or {}).items()}, own)
+        with self._lock:
+            if len(self._reviews) > 4096:
+                self._reviews.clear()
+            self._reviews[key] = (time.monotonic(), caller)
+        return caller
+
+    def authorize(self, caller: Caller, project: str, verb: str, resource: str) -> None:
+        if not PROJECT.match(project):
+            raise bad_request(f"OpenAI-Project {project!r}: the project is the namespace to work in, a lowercase "
+                              "name of letters, digits and '-' (at most 63)", "OpenAI-Project")
+        spec: dict[str, Any] = {"user": caller.name, "groups": list(caller.groups),
+                                "resourceAttributes": {"namespace": project, "verb": verb, "group": "hone.dev",
+                                                       "resource": resource}}
+        if caller.uid:
+            spec["uid"] = caller.uid
+        if caller.extra:
+            spec["extra"] = caller.extra
+        review = self.kube.create({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                                   "metadata": {}, "spec": spec})
+        if not ((review or {}).get("status") or {}).get("allowed"):
+            raise ApiError(403, f"{caller.name} may not {verb} {resource}.hone.dev in namespace {project!r} "
+                                f"(Kubernetes RBAC): ask for a Role there that grants it, or name your own "
+                                f"namespace as the project.", code="permission_denied")
+
+    # ---- files ------------------------------------------------------------------------------
+
+    def _fs(self) -> tuple[Any, str]:
+        from hone_trainer.storage import filesystem
+
+        return filesystem(self.store, self.credentials_dir)
+
+    def _content_uri(self, project: str, file_id: str) -> str:
+        return f"{self.store}/files/{project}/{file_id}.jsonl"
+
+    def _path(self, uri: str) -> str:
+        return uri.removeprefix("s3://")
+
+    def create_file(self, project: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+        file_id = objects.new_id("file")
+        uri = self._content_uri(project, file_id)
+        fs, _ = self._fs()
+        fs.pipe_file(self._path(uri), content)  # first the bytes: a listed record always has them
+        record = {"id": file_id, "bytes": len(content), "created_at": now(), "filename": filename,
+                  "purpose": purpose, "uri": uri}
+        try:
+            self.kube.create({"apiVersion": "v1", "kind": "ConfigMap",
+                              "metadata": {"name": file_id, "namespace": project,
+                                           "labels": {FILE_LABEL: "true", PURPOSE_LABEL: purpose,
+                                                      objects.CREATED_BY: "hone-api"}},
+                              "data": {RECORD_KEY: json.dumps(record)}})
+        except Exception:
+            fs.rm_file(self._path(uri))
+            raise
+        return record
+
+    @staticmethod
+    def _record(cm: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            record = json.loads((cm.get("data") or {}).get(RECORD_KEY, ""))
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) and record.get("id") == cm["metadata"]["name"] else None
+
+    def list_files(self, project: str) -> list[dict[str, Any]]:
+        out = []
+        for cm in self.kube.list("v1", "ConfigMap", project, label_selector=f"{FILE_LABEL}=true"):
+            if (record := self._record(cm)) is not None:
+                out.append(record)
+        return out
+
+    def get_file(self, project: str, file_id: str, param: str | None = None) -> dict[str, Any]:
+        if not objects.FILE_ID.match(file_id):
+            raise not_found("file", file_id, param)
+        cm = self.kube.get("v1", "ConfigMap", project, file_id)
+        record = self._record(cm) if cm is not None and (cm["metadata"].get("labels") or {}).get(FILE_LABEL) == "true" \
+            else None
+        if record is None:
+            raise not_found("file", file_id, param)
+        return record
+
+    def file_response(self, project: str, file_id: str) -> Any:
+        record = self.get_file(project, file_id)
+        fs, _ = self._fs()
+        fp = fs.open(self._path(record["uri"]), "rb")
+
+        def chunks() -> Iterator[bytes]:
+            with fp:
+                while piece := fp.read(1 << 20):
+                    yield piece
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    def delete_file(self, project: str, file_id: str) -> None:
+        record = self.get_file(project, file_id)
+        for job in self._jobs(project):
+            ann = objects.annotations(job)
+            if not (job.status.phase and job.status.phase.terminal) and \
+                    file_id in (ann.get(objects.TRAINING_FILE), ann.get(objects.VALIDATION_FILE)):
+                raise bad_request(f"file {file_id} is the data of job {job.metadata.name}, which has not finished; "
+                                  "cancel the job first", "file_id")
+        self.kube.delete("v1", "ConfigMap", project, file_id)  # gone from listings first, then the bytes
+        fs, _ = self._fs()
+        try:
+            fs.rm_file(self._path(record["uri"]))
+        except FileNotFoundError:
+            pass
+
+    # ---- jobs -------------------------------------------------------------------------------
+
+    def _secret(self) -> dict[str, str]:
+        return {"name": self.settings.api_store_secret}
+
+    def create_job(self, project: str, req: JobCreate) -> FineTuneJob:
+        data = {}
+        for param, file_id in (("training_file", req.training_file), ("validation_file", req.validation_file)):
+            if file_id is not None:
+                record = self.get_file(project, file_id, param)
+                check_purpose(record, param)
+                data[param] = {"uri": record["uri"], "credentialsSecret": self._secret()}
+        job_id = objects.new_id("ftjob")
+        doc = finetunejob(req, self.settings.catalog, project, job_id, data,
+                          {"uri": f"{self.store}/models", "credentialsSecret": self._secret()})
+        doc["spec"]["checkpointing"] = {"keep": 3}  # OpenAI keeps the last three
+        FineTuneJob.model_validate(doc)  # what the CRD's schema will check, said as OpenAI would
+        created = self.kube.create(doc)
+        if self.settings.api_serve_fine_tunes:
+            meta = created["metadata"]
+            self.kube.create({
+                "apiVersion": API_VERSION, "kind": "ModelServing",
+                "metadata": {"name": job_id, "namespace": project, "labels": {objects.CREATED_BY: "hone-api"},
+                             "ownerReferences": [{"apiVersion": API_VERSION, "kind": "FineTuneJob", "name": job_id,
+                                                  "uid": meta["uid"], "blockOwnerDeletion": False}]},
+                "spec": {"fineTuneJobRef": {"name": job_id}},
+            })
+        return FineTuneJob.model_validate(created)
+
+    def _jobs(self, project: str) -> list[FineTuneJob]:
+        out = []
+        for body in self.kube.list(API_VERSION, "FineTuneJob", project):
+            try:
+                out.append(FineTuneJob.model_validate(body))
+            except ValueError:
+                log.warning("FineTuneJob %s/%s does not parse; left out", project, body["metadata"].get("name"))
+        return out
+
+    def list_jobs(self, project: str) -> list[FineTuneJob]:
+        """Every FineTuneJob of the namespace, the API's and those applied as YAML alike, newest first."""
+        return sorted(self._jobs(project), key=lambda j: (str(j.metadata.creationTimestamp), j.metadata.name),
+                      reverse=True)
+
+    def get_job(self, project: str, job_id: str) -> FineTuneJob:
+        if not PROJECT.match(job_id):  # a Kubernetes name (API jobs are ftjob-…; YAML jobs keep theirs)
+            raise not_found("job", job_id)
+        body = self.kube.get(API_VERSION, "FineTuneJob", project, job_id)
+        if body is None:
+            raise not_found("job", job_id)
+        return FineTuneJob.model_validate(body)
+
+    def control(self, project: str, job_id: str, action: str, attempt: int = 0) -> FineTuneJob:
+        ftj = self.get_job(project, job_id)
+        status = objects.STATUS[objects.phase(ftj)]
+        if ftj.status.phase is not None and ftj.status.phase.terminal:
+            raise bad_request(f"Job {job_id} has already {'completed' if status == 'succeeded' else status} "
+                              f"(status {status}); only a job that has not finished can be {action}d",
+                              "fine_tuning_job_id", "job_already_finished")
+        if action == "resume" and not ftj.spec.suspend:
+            raise bad_request(f"Job {job_id} is not paused (status {status})", "fine_tuning_job_id", "job_not_paused")
+        change = {"cancel": True} if action == "cancel" else {"suspend": action == "pause"}
+        # The resourceVersion makes it a compare-and-swap: a job that finished meanwhile is not changed
+        # (the operator wrote its status since): read it again and decide again.
+        try:
+            body = self.kube.patch(API_VERSION, "FineTuneJob", project, job_id,
+                                   {"metadata": {"resourceVersion": ftj.metadata.resourceVersion}, "spec": change})
+        except Conflict:
+            if attempt >= 5:
+                raise
+            return self.control(project, job_id, action, attempt + 1)
+        return FineTuneJob.model_validate(body)
+
+    def events(self, project: str, job_id: str) -> list[dict[str, Any]]:
+        ftj = self.get_job(project, job_id)
+        uid = ftj.metadata.uid or ""
+        out = []
+        for ev in self.kube.list("v1", "Event", project, field_selector=f"involvedObject.uid={uid}"):
+            when = ev.get("lastTimestamp") or ev.get("eventTime") or ev.get("firstTimestamp") \
+                or ev["metadata"].get("creationTimestamp")
+            level = "warn" if ev.get("type") == "Warning" else "info"
+            if ev.get("reason") == "Failed":
+                level = "error"
+            out.append({"id": f"ftevent-{ev['metadata'].get('uid') or ev['metadata']['name']}",
+                        "created_at": objects.unix(when) or 0, "level": level,
+                        "message": ev.get("message") or ev.get("reason") or "", "type": "message", "data": None})
+        progress = ftj.status.progress
+        if progress is not None and progress.step and progress.total_steps:
+            loss = f", training loss={progress.train_loss:.4f}" if progress.train_loss is not None else ""
+            out.append({"id": f"ftevent-{uid}-step-{progress.step}",
+                        "created_at": objects.unix(progress.updated_at) or 0, "level": "info",
+                        "message": f"Step {progress.step}/{progress.total_steps}{loss}", "type": "metrics",
+                        "data": {"step": progress.step, "total_steps": progress.total_steps,
+                                 "train_loss": progress.train_loss, "valid_loss": progress.validation_loss,
+                                 "trained_tokens": progress.trained_tokens}})
+        return sorted(out, key=lambda e: (e["created_at"], e["id"]), reverse=True)
+
+    def checkpoints(self, project: str, job_id: str) -> list[dict[str, Any]]:
+        """The complete checkpoints the job's status lists (the trainer reports them when it publishes),
+        newest first; ``created_at`` is when the job completed."""
+        ftj = self.get_job(project, job_id)
+        done = objects.unix(ftj.status.completionTime) or 0
+        items = sorted(ftj.status.checkpoints or [], key=lambda c: c.step, reverse=True)
+        return [objects.checkpoint_object(ftj, c.step, done, {"train_loss": c.train_loss}) for c in items]
+
+    # ---- models -----------------------------------------------------------------------------
+
+    def fine_tunes(self, project: str) -> list[FineTuneJob]:
+        return [j for j in self._jobs(project) if objects.is_fine_tune(j)]
+
+    def delete_model(self, project: str, job: FineTuneJob) -> None:
+        self.kube.patch(API_VERSION, "FineTuneJob", project, job.metadata.name,
+                        {"metadata": {"annotations": {objects.MODEL_DELETED: "true"}}})
+        msv = self.kube.get(API_VERSION, "ModelServing", project, job.metadata.name)
+        if msv is not None and (msv["metadata"].get("labels") or {}).get(objects.CREATED_BY) == "hone-api":
+            self.kube.delete(API_VERSION, "ModelServing", project, job.metadata.name)
+        assert job.status.fineTunedModel is not None
+        artifact = (job.status.fineTunedModel.artifactUri or "").rstrip("/")
+        if artifact.startswith(f"{self.store}/models/{project}/"):  # only what the API's own jobs published
+            fs, _ = self._fs()
+            try:
+                fs.rm(self._path(artifact), recursive=True)
+            except FileNotFoundError:
+                pass
+
+    def inference_url(self, project: str, name: str, job: FineTuneJob | None) -> str:
+        waiting = []
+        for msv in self.kube.list(API_VERSION, "ModelServing", project):
+            status = msv.get("status") or {}
+            if name not in (status.get("servedModels") or []) and not (
+                    job is not None and (msv.get("spec") or {}).get("fineTuneJobRef", {}).get("name")
+                    == job.metadata.name):
+                continue
+            if status.get("phase") == "Ready" and status.get("url") and name in (status.get("servedModels") or []):
+                return str(status["url"]).removesuffix("/").removesuffix("/v1")
+            waiting.append(f"{msv['metadata']['name']} ({status.get('phase') or 'Pending'})")
+        if waiting:
+            raise ApiError(503, f"The model '{name}' is not ready yet: ModelServing {', '.join(waiting)} in namespace "
+                                f"{project!r} is starting; try again shortly.", type="server_error",
+                           code="model_not_ready")
+        raise ApiError(404, f"The model '{name}' is not served in namespace {project!r}: no ModelServing serves it. "
+                            "Create one (spec.fineTuneJobRef, or spec.baseModel for a base model).", param="model",
+                       code="model_not_served")
