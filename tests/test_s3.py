@@ -93,3 +93,38 @@ def test_base_model_from_s3_fetches_only_safe_files(s3, tmp_path: Path, monkeypa
     monkeypatch.setenv("HONE_CACHE", str(tmp_path / "cache"))
     local = models.resolve(contract.ModelSource(location=f"s3://{BUCKET}/base", credentials_dir=creds))
     assert sorted(p.name for p in local.path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_an_adapter_published_to_s3_is_served_from_there_with_every_file_its_manifest_lists(s3, tmp_path: Path) -> None:
+    """peft writes a README.md beside the weights, and a published folder may hold subfolders: serving from S3
+    fetches exactly what the manifest lists and verifies it, as it does for a folder on a claim."""
+    from hone_trainer.serving.loading import ServingError, local_artifact
+
+    creds, fs = s3
+    staging = tmp_path / "adapter"
+    (staging / "logs").mkdir(parents=True)
+    (staging / "adapter_model.safetensors").write_bytes(b"\x01" * 64)
+    (staging / "adapter_config.json").write_text("{}")
+    (staging / "README.md").write_text("---\nlibrary_name: peft\n---\n")
+    (staging / "logs" / "losses.csv").write_text("step,loss\n1,2.0\n")
+    (staging / "merged").mkdir()
+    (staging / "merged" / "model.safetensors").write_bytes(b"\x02" * 128)
+    write_manifest(staging, {"kind": "HoneModel", "fineTunedModel": "ft:x:n::1"})
+    uri = publish(staging, f"s3://{BUCKET}/team-a/job/model", creds)
+    art = local_artifact(uri, creds)
+    assert art.is_adapter and (art.path / "README.md").exists() and (art.path / "logs" / "losses.csv").exists()
+    assert not (art.path / "merged").exists()  # the merged full model is not what serving an adapter reads
+
+    # A manifest that names a path outside its folder is refused before anything is written there.
+    manifest = json.loads(fs.cat(f"{BUCKET}/team-a/job/model/{MANIFEST}"))
+    manifest["files"]["../escaped.safetensors"] = {"sha256": "0" * 64, "bytes": 1}
+    fs.pipe_file(f"{BUCKET}/team-a/job/model/{MANIFEST}", json.dumps(manifest).encode())
+    with pytest.raises(ServingError, match="not inside the folder"):
+        local_artifact(uri, creds)
+    assert not (art.path.parent / "escaped.safetensors").exists()
+    # And one that lists a file the store lacks is not served.
+    manifest["files"].pop("../escaped.safetensors")
+    manifest["files"]["adapter_model.safetensors"]["bytes"] += 1
+    fs.pipe_file(f"{BUCKET}/team-a/job/model/{MANIFEST}", json.dumps(manifest).encode())
+    with pytest.raises(ServingError, match="does not match its manifest"):
+        local_artifact(uri, creds)

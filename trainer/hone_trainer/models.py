@@ -121,16 +121,13 @@ def _fetch_s3(source: ModelSource) -> LocalModel:
     return _check_local_dir(download_folder(source.location, source.credentials_dir), source.location)
 
 
-def download_folder(location: str, credentials_dir: str | None, fresh: bool = False) -> Path:
-    """The top level of ``s3://bucket/prefix`` in the local cache (safetensors, JSON and tokenizer files only).
-
-    ``fresh`` fetches everything again (a published adapter may have been
-    replaced under the same URI); otherwise files already cached are kept.
+def download_folder(location: str, credentials_dir: str | None) -> Path:
+    """The top level of ``s3://bucket/prefix`` in the local cache (safetensors, JSON and tokenizer files only);
+    files already cached are kept. (A published adapter is fetched by its manifest instead:
+    :func:`hone_trainer.serving.loading.download_published`.)
     """
     fs, root = filesystem(location, credentials_dir)
     target = cache_root() / "s3" / hashlib.sha256(location.encode()).hexdigest()[:16]
-    if fresh:
-        shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True, exist_ok=True)
     try:
         names = [p for p in fs.ls(root, detail=False)]

@@ -47,20 +47,56 @@ class Artifact:
         return self.manifest.get("baseModel") or {}
 
 
+def download_published(location: str, credentials_dir: str | None) -> Path:
+    """A published ``s3://`` folder in the local cache, fetched afresh: its manifest, then every file the manifest
+    lists (subfolders included) but ``merged/`` (a full merged model, which serving an adapter does not read).
+    A name that would leave the folder is refused."""
+    import hashlib
+    import json
+
+    from hone_trainer.storage import filesystem
+
+    fs, root = filesystem(location, credentials_dir)
+    root = root.rstrip("/")
+    target = models.cache_root() / "s3" / hashlib.sha256(location.encode()).hexdigest()[:16]
+    shutil.rmtree(target, ignore_errors=True)  # a model may have been published again under the same URI
+    target.mkdir(parents=True)
+    top = target.resolve()
+    try:
+        fs.get(f"{root}/{MANIFEST}", str(target / MANIFEST))
+        names = list(json.loads((target / MANIFEST).read_text()).get("files") or {})
+    except FileNotFoundError:
+        raise ServingError(f"{location} has no {MANIFEST}: it was never completely published") from None
+    except (OSError, ValueError) as exc:
+        raise ServingError(f"could not read {location}/{MANIFEST}: {exc}") from exc
+    for name in names:
+        if name.split("/", 1)[0] == "merged":
+            continue
+        dest = (target / name).resolve()
+        if top not in dest.parents:
+            raise ServingError(f"{location}/{MANIFEST} lists {name!r}, which is not inside the folder; publish it "
+                               "again (re-run the FineTuneJob)")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fs.get(f"{root}/{name}", str(dest))
+        except (OSError, ValueError) as exc:
+            raise ServingError(f"could not fetch {location}/{name}: {exc}") from exc
+    return target
+
+
 def local_artifact(location: str, credentials_dir: str | None = None) -> Artifact:
     """Fetch (S3) or find (a directory) a published folder and verify it against its manifest."""
+    without: tuple[str, ...] = ()
     if location.startswith("s3://"):
-        try:
-            folder = models.download_folder(location, credentials_dir, fresh=True)
-        except models.ModelError as exc:
-            raise ServingError(str(exc)) from exc
+        folder = download_published(location, credentials_dir)
+        without = ("merged",)
     else:
         folder = Path(location.removeprefix("file://"))
         if not folder.is_dir():
             raise ServingError(f"{location}: no such directory; point it at a folder `hone run` or a "
                                "FineTuneJob published (it holds manifest.json)")
     try:
-        manifest = verify(folder)
+        manifest = verify(folder, without=without)
     except PublishError as exc:
         raise ServingError(f"{location}: {exc}; publish it again (re-run the FineTuneJob) "
                            "instead of editing its files") from exc
