@@ -534,6 +534,89 @@ def test_two_nodes_train_one_adapter_through_the_headless_service(cluster: Clust
     assert cluster.get("ftj/pair", "{.status.progress.step}") == "16"
 
 
+def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, shop: Path, tmp_path: Path) -> None:
+    """helm upgrade with api.enabled: the chart's hone api pod, OpenAI's flow with a ServiceAccount token as the
+    API key, and every step through the pods (validation and training read the upload from S3, the model is
+    published there, the job's own ModelServing serves it). S3 is moto, on the node's address."""
+    from moto.server import ThreadedMotoServer
+    from openai import InternalServerError, OpenAI
+
+    from hone_dev.cluster import free_port
+    from hone_trainer.storage import filesystem
+
+    node_ip, port = str(cluster.node.bridge.gateway), free_port()
+    moto = ThreadedMotoServer(ip_address=node_ip, port=port)
+    moto.start()
+    try:
+        creds = {"access-key-id": "testing", "secret-access-key": "testing",
+                 "endpoint-url": f"http://{node_ip}:{port}", "region": "eu-west-1"}
+        folder = tmp_path / "creds"
+        folder.mkdir()
+        for key, value in creds.items():
+            (folder / key).write_text(value)
+        fs, _ = filesystem("s3://x", str(folder))
+        fs.mkdir("hone-api-e2e")
+        for ns in ("hone-system", NS):
+            cluster.kubectl("-n", ns, "create", "secret", "generic", "hone-api-store",
+                            *[f"--from-literal={k}={v}" for k, v in creds.items()])
+        values = tmp_path / "api-values.yaml"
+        values.write_text(yaml.safe_dump({
+            "api": {"enabled": True, "replicas": 1, "store": "s3://hone-api-e2e/api", "storePorts": [port]},
+            "catalog": {"tiny": {"uri": "pvc://hone-models/base/tiny",
+                                 "resources": {"gpusPerNode": 0, "cpu": "2", "memory": "6Gi"}}}}))
+        cluster.run("helm", "upgrade", "hone", str(ROOT / "charts" / "hone"), "-n", "hone-system", "--reuse-values",
+                    "-f", str(values))
+        for deployment in ("hone", "hone-api"):
+            cluster.kubectl("-n", "hone-system", "rollout", "status", f"deployment/{deployment}", "--timeout=120s",
+                            timeout=150)
+        # A developer of the shop: may run fine-tuning jobs and use their models there, nothing else.
+        _apply(cluster, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dev", "namespace": NS}},
+               {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "fine-tuner", "namespace": NS},
+                "rules": [{"apiGroups": ["hone.dev"], "resources": ["finetunejobs"],
+                           "verbs": ["get", "list", "create", "patch"]},
+                          {"apiGroups": ["hone.dev"], "resources": ["modelservings"], "verbs": ["get", "list"]}]},
+               {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "dev-fine-tuner", "namespace": NS},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fine-tuner"},
+                "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": NS}]})
+        token = cluster.kubectl("-n", NS, "create", "token", "dev").stdout.strip()
+        address = cluster.get("svc/hone-api", "{.spec.clusterIP}", ns="hone-system")
+        client = OpenAI(base_url=f"http://{address}/v1", api_key=token, max_retries=0, timeout=60)
+
+        # OpenAI's guide, unchanged but for base_url, api_key and the model name.
+        upload = client.files.create(file=open(EXAMPLE / "train.jsonl", "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="tiny", training_file=upload.id, suffix="shop",
+                                             method={"type": "supervised",
+                                                     "supervised": {"hyperparameters": {"n_epochs": 1}}})
+        done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in
+                        ("succeeded", "failed", "cancelled") and j, timeout=420, interval=1, what="the job to end")
+        assert done.status == "succeeded", (done.error, cluster.kubectl("-n", NS, "describe", "ftj", job.id).stdout)
+        assert done.fine_tuned_model.startswith("ft:tiny:shop:shop:") and done.trained_tokens > 0
+        events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+        assert any("published" in m for m in events), events
+        assert fs.exists(f"hone-api-e2e/api/models/{NS}/{job.id}/model/manifest.json")
+        assert done.fine_tuned_model in [m.id for m in client.models.list()]
+
+        def answer() -> Any:
+            try:
+                return client.chat.completions.create(model=done.fine_tuned_model, max_tokens=8, temperature=0,
+                                                      messages=[{"role": "user", "content": "Do you ship to Porto?"}])
+            except InternalServerError as exc:  # its ModelServing still rolling out: 503 model_not_ready
+                assert exc.body["code"] == "model_not_ready", exc.body
+                return None
+        reply = wait_for(answer, timeout=300, interval=1, what="the fine-tune to answer through hone api")
+        assert reply.model == done.fine_tuned_model and reply.usage.completion_tokens > 0
+        # The API's own requests: its ServiceAccount, and only what the chart grants it.
+        api_user = "system:serviceaccount:hone-system:hone-api"
+        calls = cluster.audit(lambda audit: {(a.verb, a.resource, a.status) for a in audit if a.user == api_user})
+        assert {("create", "tokenreviews"), ("create", "subjectaccessreviews"), ("create", "finetunejobs"),
+                ("create", "modelservings"), ("create", "configmaps")} <= {c[:2] for c in calls if c[2] < 300}
+        assert not [c for c in calls if c[2] == 403], calls
+    finally:
+        moto.stop()
+
+
 def test_namespaced_install_with_leader_election(cluster: Cluster, shop: Path) -> None:
     """helm install with watchNamespaces and two replicas: one leads (the Lease names its pod), serves one
     namespace with a Role there, and a ModelServing whose image cannot be pulled says so."""

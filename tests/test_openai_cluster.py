@@ -86,7 +86,8 @@ def cluster(apiserver: ApiServerThread, kube: Kube, s3, tmp_path: Path) -> Itera
     api_account = (account[0], "hone-api")
     kubeconfig = apiserver.service_account_kubeconfig(tmp_path / "api.kubeconfig", *api_account)
     settings = tmp_path / "settings.yaml"
-    settings.write_text(yaml.safe_dump({"apiStore": STORE, "catalog": {"tiny": {"uri": "pvc://models/tiny"}}}))
+    settings.write_text(yaml.safe_dump({"apiStore": STORE, "catalog": {"tiny": {
+        "uri": "pvc://models/tiny", "method": "qlora", "resources": {"gpusPerNode": 2, "gpuMemory": "24Gi"}}}}))
     for ns, account_name, verbs in (("team-a", "alice", USER), ("team-a", "reader", {"finetunejobs": ["get", "list"]}),
                                     ("team-a", "nobody", {}), ("team-b", "bob", USER)):
         grant(kube, ns, account_name, verbs)
@@ -137,6 +138,9 @@ def test_the_openai_flow_over_finetunejobs(cluster: Env) -> None:
     assert spec["trainingData"] == {"uri": f"{STORE}/files/team-a/{uploaded.id}.jsonl",
                                     "credentialsSecret": {"name": "hone-api-store"}}
     assert spec["output"]["uri"] == f"{STORE}/models" and spec["hyperparameters"]["epochs"] == 2
+    # The catalog entry's method and resources: what a GPU platform team sets once for a base model.
+    assert spec["method"] == "qlora" and spec["resources"]["gpusPerNode"] == 2
+    assert spec["resources"]["gpuMemory"] == "24Gi"
     msv = kube.get(API, "ModelServing", "team-a", job.id)  # serves the fine-tune once it succeeds
     assert msv is not None and msv["spec"]["fineTuneJobRef"] == {"name": job.id}
     assert msv["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]

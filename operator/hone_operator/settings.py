@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hone_operator.api.v1alpha1.tokenbudget import TokenBudgetSpec
-from hone_operator.api.v1alpha1.finetunejob import DataScreeningSpec
+from hone_operator.api.v1alpha1.finetunejob import DataScreeningSpec, ResourcesSpec
 from hone_trainer import __version__
 from hone_trainer.contract import PriceTable
 
@@ -33,6 +33,11 @@ class CatalogModel(BaseModel):
     uri: str = Field(description="Where the model is: embedded://, hf://<id>, pvc://, s3:// or a local path.")
     revision: str | None = Field(None, description="Hub revision (a commit, tag or branch).")
     description: str | None = Field(None, description="Shown nowhere but here: what the entry is for.")
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="How jobs made through `hone api` fine-tune it (qlora where only a 4-bit base fits).")
+    resources: ResourcesSpec | None = Field(
+        None, description="spec.resources of the FineTuneJobs `hone api` makes for it (GPUs per node, nodes, CPU, "
+                          "memory, node selector, tolerations); none: the FineTuneJob's defaults (one GPU).")
 
 
 #: The catalog without settings: the model embedded in the runtime package.

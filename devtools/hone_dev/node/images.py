@@ -76,10 +76,10 @@ def stages(dockerfile: Path = ROOT / "Dockerfile") -> dict[str, dict]:
 
 
 def hone_images(app_version: str, registry: str = "ghcr.io/hone-dev") -> dict[str, Image]:
-    """The operator and runtime images as the chart names them (``<registry>/hone-<target>:<appVersion>``)."""
+    """The operator, api and runtime images as the chart names them (``<registry>/hone-<target>:<appVersion>``)."""
     found = stages()
     images = {}
-    for target in ("operator", "runtime"):
+    for target in ("operator", "api", "runtime"):
         stage = found[target]
         reference = f"{registry}/hone-{target}:{app_version}"
         images[reference] = Image(reference, target, tuple(stage["entrypoint"]), tuple(stage["cmd"]),

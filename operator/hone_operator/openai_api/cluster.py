@@ -217,14 +217,22 @@ class ClusterBackend:
         created = self.kube.create(doc)
         if self.settings.api_serve_fine_tunes:
             meta = created["metadata"]
-            self.kube.create({
-                "apiVersion": API_VERSION, "kind": "ModelServing",
-                "metadata": {"name": job_id, "namespace": project, "labels": {objects.CREATED_BY: "hone-api"},
-                             "ownerReferences": [{"apiVersion": API_VERSION, "kind": "FineTuneJob", "name": job_id,
-                                                  "uid": meta["uid"], "blockOwnerDeletion": False}]},
-                "spec": {"fineTuneJobRef": {"name": job_id}},
-            })
+            try:
+                self._serving(project, job_id, meta["uid"])
+            except Exception:  # the request fails as a whole: no job left that nothing will serve
+                self.kube.delete(API_VERSION, "FineTuneJob", project, job_id)
+                raise
         return FineTuneJob.model_validate(created)
+
+    def _serving(self, project: str, job_id: str, uid: str) -> None:
+        """The job's ModelServing: owned by it (deleted with it), Waiting until it succeeds, then serving it."""
+        self.kube.create({
+            "apiVersion": API_VERSION, "kind": "ModelServing",
+            "metadata": {"name": job_id, "namespace": project, "labels": {objects.CREATED_BY: "hone-api"},
+                         "ownerReferences": [{"apiVersion": API_VERSION, "kind": "FineTuneJob", "name": job_id,
+                                              "uid": uid, "blockOwnerDeletion": False}]},
+            "spec": {"fineTuneJobRef": {"name": job_id}},
+        })
 
     def _jobs(self, project: str) -> list[FineTuneJob]:
         out = []

@@ -125,6 +125,9 @@ def finetunejob(req: JobCreate, catalog: dict[str, Any], namespace: str, job_id:
         "metadata": {"name": job_id, "namespace": namespace, "labels": {objects.CREATED_BY: "hone-api"},
                      "annotations": annotations},
         "spec": {"baseModel": {"uri": entry.uri, **({"revision": entry.revision} if entry.revision else {})},
+                 "method": entry.method,
+                 **({"resources": entry.resources.model_dump(by_alias=True, exclude_none=True)}
+                    if entry.resources is not None else {}),
                  "trainingData": data["training_file"],
                  **({"validationData": data["validation_file"]} if "validation_file" in data else {}),
                  "hyperparameters": hyper, **({"suffix": suffix} if suffix else {}), "output": output},
