@@ -176,10 +176,10 @@ def test_broken_specs_are_rejected_naming_the_field(path: str, value: Any, field
 # CRDs' CEL rules in the API server, at the same field and with the same message.
 CROSS_FIELD = [
     ({"trainingData": {"uri": "pvc://data/train.jsonl", "inline": "{}"}}, "spec.trainingData",
-     "set exactly one of uri, configMap, inline (got uri, inline)"),
-    ({"trainingData": {}}, "spec.trainingData", "set exactly one of uri, configMap, inline (got none)"),
+     "set exactly one of uri, configMap, inline, file (got uri, inline)"),
+    ({"trainingData": {}}, "spec.trainingData", "set exactly one of uri, configMap, inline, file (got none)"),
     ({"validationData": {"uri": "pvc://d/v.jsonl", "configMap": {"name": "c", "key": "k"}, "inline": "{}"}},
-     "spec.validationData", "set exactly one of uri, configMap, inline (got uri, configMap, inline)"),
+     "spec.validationData", "set exactly one of uri, configMap, inline, file (got uri, configMap, inline)"),
     ({"method": "qlora", "resources": {"gpusPerNode": 0}}, "spec",
      "method qlora needs GPUs (4-bit bitsandbytes kernels): set resources.gpusPerNode >= 1 or use method lora"),
     ({"deepspeed": {"zeroStage": 2, "offloadParams": True}}, "spec.deepspeed",

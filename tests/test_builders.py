@@ -253,6 +253,24 @@ def test_inline_data_travels_in_the_config_map() -> None:
     assert config.training_data.location == "/etc/hone/training.jsonl"
 
 
+def test_a_file_uploaded_to_hone_api_is_read_from_its_store() -> None:
+    """trainingData: {file: file-…} in YAML: the same bytes an API-made job trains on, with the API store's Secret."""
+    file_id = "file-" + "a1" * 12
+    ftj = with_spec(load("finetunejob-minimal.yaml"), trainingData={"file": file_id})
+    settings = SETTINGS.model_copy(update={"api_store": "s3://ml-data/hone-api"})
+    objs = ftj_build.all_objects(ftj, settings)
+    config = contract.TrainerConfig.model_validate_json(objs[0]["data"]["config.json"])
+    assert config.training_data.location == f"s3://ml-data/hone-api/files/team-a/{file_id}.jsonl"
+    assert config.training_data.credentials_dir == "/var/run/secrets/hone/hone-api-store"
+    train = pod_specs(objs)[-1]
+    assert {v["secret"]["secretName"] for v in train["volumes"] if "secret" in v} == {"hone-api-store"}
+    with pytest.raises(SpecError) as info:  # an operator installed without hone api's store
+        ftj_build.resolve(ftj, SETTINGS)
+    assert info.value.param == "spec.trainingData.file" and "api_store" in str(info.value)
+    with pytest.raises(ValueError, match="set exactly one of uri, configMap, inline, file"):
+        with_spec(ftj, trainingData={"file": file_id, "uri": "s3://x/y.jsonl"})
+
+
 @pytest.mark.parametrize("field,uri", [
     ("spec.baseModel.uri", "file:///models/llama"),
     ("spec.trainingData.uri", "file:///data/train.jsonl"),

@@ -607,6 +607,16 @@ def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, s
                 return None
         reply = wait_for(answer, timeout=300, interval=1, what="the fine-tune to answer through hone api")
         assert reply.model == done.fine_tuned_model and reply.usage.completion_tokens > 0
+        # The same upload from YAML: a FineTuneJob applied with kubectl names it by id, and the API lists it.
+        yaml_job = _finetunejob("from-upload", epochs=1)
+        yaml_job["spec"]["trainingData"] = {"file": upload.id}
+        _apply(cluster, yaml_job)
+        cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Succeeded", "ftj/from-upload",
+                        "--timeout=300s", timeout=320)
+        listed = {j.id: j for j in client.fine_tuning.jobs.list()}
+        assert listed["from-upload"].status == "succeeded" and job.id in listed
+        assert cluster.get("ftj/from-upload", "{.status.dataset.examples}") == \
+            cluster.get(f"ftj/{job.id}", "{.status.dataset.examples}")
         # The API's own requests: its ServiceAccount, and only what the chart grants it.
         api_user = "system:serviceaccount:hone-system:hone-api"
         calls = cluster.audit(lambda audit: {(a.verb, a.resource, a.status) for a in audit if a.user == api_user})

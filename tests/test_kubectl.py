@@ -422,7 +422,7 @@ def test_cel_rules_refuse_at_apply_time(kubectl, tmp_path: Path) -> None:
     out = kubectl("-n", "team-a", "apply", "-f", "-", stdin=json.dumps(both), ok=False)
     assert out.returncode == 1
     assert out.stderr.strip() == ('The FineTuneJob "support-assistant" is invalid: spec.trainingData: Invalid value: '
-                                  '"object": set exactly one of uri, configMap, inline (got uri, configMap)')
+                                  '"object": set exactly one of uri, configMap, inline, file (got uri, configMap)')
     kubectl("-n", "team-a", "apply", "-f", "-", stdin=json.dumps(sample))
     moved = copy.deepcopy(sample)
     moved["spec"]["baseModel"]["uri"] = "org/another-model"

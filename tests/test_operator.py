@@ -289,7 +289,7 @@ def test_invalid_spec_is_rejected_at_apply_or_failed_with_the_field(kube: Kube, 
     body["spec"]["trainingData"] = {"configMap": {"name": "chats", "key": "a.jsonl"}, "inline": "{}"}
     with pytest.raises(Exception) as info:
         apply(kube, body, name="two-sources")
-    assert "spec.trainingData: Invalid value: \\\"object\\\": set exactly one of uri, configMap, inline" in str(info.value)
+    assert "spec.trainingData: Invalid value: \\\"object\\\": set exactly one of uri, configMap, inline, file" in str(info.value)
     # ...and the operator names the field for the rest.
     body = load_sample("finetunejob-minimal.yaml")
     body["spec"]["trainingData"] = {"uri": "ftp://files.example/train.jsonl"}

@@ -67,6 +67,10 @@ def _data(src: DataSource | None, base: Path, param: str) -> contract.DataFile |
                                                               f"{param}.configMap")))
     if src.inline is not None:
         return None  # written to a file by the caller
+    if src.file is not None:
+        raise LocalSpecError(f"{param}.file", f"{src.file} is a file uploaded to hone api in a cluster; `hone run` "
+                                              "reads uri, configMap or inline: download it (client.files.content) "
+                                              "and give its path as uri")
     assert src.uri is not None
     location = local_path(src.uri, base, f"{param}.uri")
     if "://" not in location and not Path(location).exists():

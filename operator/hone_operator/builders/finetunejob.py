@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from hone_operator.api.v1alpha1 import (
+    DataSource,
     FineTuneJob,
     parse_pvc_uri,
     uri_scheme,
 )
 from hone_operator.builders import common
-from hone_operator.builders.storage import Storage, base_model_source, data_location, in_cluster, join_path
+from hone_operator.builders.storage import (
+    Storage, base_model_source, data_location, in_cluster, join_path, uploaded,
+)
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -105,9 +108,13 @@ def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.Trai
 
     model = base_model_source(spec.baseModel, storage, "spec.baseModel.uri")
 
-    training = data_location(spec.trainingData, "training", storage, "spec.trainingData")
+    def source(src: DataSource, param: str) -> DataSource:
+        return uploaded(src, settings.api_store, settings.api_store_secret, ns, param)
+
+    training = data_location(source(spec.trainingData, "spec.trainingData"), "training", storage, "spec.trainingData")
     validation = (
-        data_location(spec.validationData, "validation", storage, "spec.validationData")
+        data_location(source(spec.validationData, "spec.validationData"), "validation", storage,
+                      "spec.validationData")
         if spec.validationData
         else None
     )

@@ -80,6 +80,24 @@ def in_cluster(uri: str, param: str) -> None:
         )
 
 
+def uploaded_file_uri(store: str, namespace: str, file_id: str) -> str:
+    """Where ``hone api`` keeps the bytes of an uploaded file (``store``: its settings' api_store)."""
+    return f"{store.rstrip('/')}/files/{namespace}/{file_id}.jsonl"
+
+
+def uploaded(src: DataSource, store: str | None, secret: str, namespace: str, param: str) -> DataSource:
+    """A data source that names a file uploaded to ``hone api`` (``file: file-…``) as the URI it lies at in the
+    API's store, read with the namespace's Secret ``secret``; any other source as it is."""
+    if src.file is None:
+        return src
+    if not store:
+        raise SpecError(f"{param}.file", f"{param}.file names a file uploaded to hone api, but this operator has no "
+                                         "api_store (the chart's api.store): give the data as uri, configMap or "
+                                         "inline instead")
+    return DataSource.model_validate({"uri": uploaded_file_uri(store, namespace, src.file),
+                                      "credentialsSecret": {"name": secret}})
+
+
 def data_location(src: DataSource, which: str, storage: Storage, param: str) -> contract.DataFile:
     if src.inline is not None:
         key = f"{which}.jsonl"

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 from starlette.responses import StreamingResponse
 
 from hone_operator.api.v1alpha1 import FineTuneJob
+from hone_operator.builders.storage import uploaded_file_uri
 from hone_operator.kube import Conflict, Kube
 from hone_operator.openai_api import objects
 from hone_operator.openai_api.backend import Caller
@@ -122,7 +123,7 @@ class ClusterBackend:
         return filesystem(self.store, self.credentials_dir)
 
     def _content_uri(self, project: str, file_id: str) -> str:
-        return f"{self.store}/files/{project}/{file_id}.jsonl"
+        return uploaded_file_uri(self.store, project, file_id)
 
     def _path(self, uri: str) -> str:
         return uri.removeprefix("s3://")
@@ -186,8 +187,9 @@ class ClusterBackend:
         record = self.get_file(project, file_id)
         for job in self._jobs(project):
             ann = objects.annotations(job)
-            if not (job.status.phase and job.status.phase.terminal) and \
-                    file_id in (ann.get(objects.TRAINING_FILE), ann.get(objects.VALIDATION_FILE)):
+            named = {ann.get(objects.TRAINING_FILE), ann.get(objects.VALIDATION_FILE), job.spec.trainingData.file,
+                     job.spec.validationData.file if job.spec.validationData else None}
+            if not (job.status.phase and job.status.phase.terminal) and file_id in named:
                 raise bad_request(f"file {file_id} is the data of job {job.metadata.name}, which has not finished; "
                                   "cancel the job first", "file_id")
         self.kube.delete("v1", "ConfigMap", project, file_id)  # gone from listings first, then the bytes

@@ -77,17 +77,25 @@ class LoraSpec(ApiModel):
     )
 
 
+def _got(*fields: str) -> str:
+    """A CEL expression naming which of ``fields`` are set, comma-separated, or 'none'."""
+    parts = []
+    for i, name in enumerate(fields):
+        if i:
+            before = " || ".join(f"has(self.{f})" for f in fields[:i])
+            parts.append(f"(({before}) && has(self.{name}) ? ', ' : '')")
+        parts.append(f"(has(self.{name}) ? '{name}' : '')")
+    none = " && ".join(f"!has(self.{f})" for f in fields)
+    return f"(({none}) ? 'none' : " + " + ".join(parts) + ")"
+
+
 class DataSource(ApiModel):
-    """A chat JSONL file in OpenAI's format. Set exactly one of uri, configMap, inline."""
+    """A chat JSONL file in OpenAI's format. Set exactly one of uri, configMap, inline, file."""
 
     model_config = cel_rules({
-        "rule": "[has(self.uri), has(self.configMap), has(self.inline)].filter(x, x).size() == 1",
-        "messageExpression": "'set exactly one of uri, configMap, inline (got ' + "
-                             "(!has(self.uri) && !has(self.configMap) && !has(self.inline) ? 'none' : "
-                             "(has(self.uri) ? 'uri' : '') + (has(self.uri) && has(self.configMap) ? ', ' : '') + "
-                             "(has(self.configMap) ? 'configMap' : '') + "
-                             "((has(self.uri) || has(self.configMap)) && has(self.inline) ? ', ' : '') + "
-                             "(has(self.inline) ? 'inline' : '')) + ')'",
+        "rule": "[has(self.uri), has(self.configMap), has(self.inline), has(self.file)].filter(x, x).size() == 1",
+        "messageExpression": "'set exactly one of uri, configMap, inline, file (got ' + " + _got(
+            "uri", "configMap", "inline", "file") + " + ')'",
     })
 
     uri: str | None = Field(
@@ -100,6 +108,11 @@ class DataSource(ApiModel):
     )
     inline: str | None = Field(
         None, description="The JSONL text itself, for small examples and tests.", max_length=1_000_000
+    )
+    file: str | None = Field(
+        None, pattern=r"^file-[a-z0-9]{24}$",
+        description="A file uploaded to `hone api` in this namespace, by its id (file-…): read from the API's "
+                    "store with the Secret the operator's api_store_secret names.",
     )
     credentialsSecret: SecretRef | None = Field(
         None,
@@ -116,10 +129,10 @@ class DataSource(ApiModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "DataSource":
-        given = [k for k in ("uri", "configMap", "inline") if getattr(self, k) is not None]
+        given = [k for k in ("uri", "configMap", "inline", "file") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "set exactly one of uri, configMap, inline"
+                "set exactly one of uri, configMap, inline, file"
                 + (f" (got {', '.join(given)})" if given else " (got none)")
             )
         return self
