@@ -164,12 +164,24 @@ def test_the_openai_flow_over_finetunejobs(cluster: Env) -> None:
 
     name = f"ft:tiny:team-a:returns:{ftj['metadata']['uid'][:8]}"
     cluster.status("team-a", job.id, {"phase": "Succeeded", "completionTime": now, "trainedTokens": 720,
+                                      "progress": {"step": 6, "totalSteps": 6, "trainLoss": 1.1,
+                                                   "trainCurve": [{"step": 1, "loss": 2.5}, {"step": 6, "loss": 1.1}],
+                                                   "validationCurve": [{"step": 0, "loss": 2.9},
+                                                                       {"step": 6, "loss": 1.3}]},
                                       "fineTunedModel": {"name": name,
                                                          "artifactUri": f"{STORE}/models/team-a/{job.id}/model"},
                                       "checkpoints": [{"step": 3, "uri": "s3://x/3", "trainLoss": 1.4},
                                                       {"step": 6, "uri": "s3://x/6", "trainLoss": 1.1}]})
     done = alice.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded" and done.fine_tuned_model == name and done.trained_tokens == 720
+    # OpenAI's results file: the per-step metrics, from the job's loss curves.
+    (results,) = done.result_files
+    assert alice.files.content(results).text == ("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n"
+                                                 "1,2.5,,,\n6,1.1,,1.3,\n")
+    listed = {f.id: f for f in alice.files.list()}
+    assert listed[results].purpose == "fine-tune-results" and listed[results].filename == "step_metrics.csv"
+    with pytest.raises(openai.BadRequestError, match="results file"):
+        alice.files.delete(results)
     checkpoints = alice.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [6, 3]
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}:ckpt-step-6"

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from hone_operator.api.v1alpha1 import FineTuneJob
 from hone_operator.builders.storage import uploaded_file_uri
@@ -154,8 +154,39 @@ class ClusterBackend:
             return None
         return record if isinstance(record, dict) and record.get("id") == cm["metadata"]["name"] else None
 
+    # A succeeded job's results file (OpenAI's step_metrics.csv) is not stored: it is the loss curves of the
+    # job's status, under an id derived from the job's uid, so every replica answers the same without a write.
+
+    @staticmethod
+    def _results_id(ftj: FineTuneJob) -> str:
+        return "file-" + hashlib.sha256(f"results:{ftj.metadata.uid}".encode()).hexdigest()[:24]
+
+    @staticmethod
+    def _results_csv(ftj: FineTuneJob) -> str:
+        progress = ftj.status.progress
+        train = [p.to_json_dict() for p in progress.train_curve] if progress else []
+        valid = [p.to_json_dict() for p in progress.validation_curve] if progress else []
+        return objects.results_csv(train, valid)
+
+    def _results(self, project: str) -> dict[str, tuple[FineTuneJob, dict[str, Any]]]:
+        out = {}
+        for job in self._jobs(project):
+            if objects.phase(job) == "Succeeded":
+                record = {"id": self._results_id(job), "bytes": len(self._results_csv(job).encode()),
+                          "created_at": objects.unix(job.status.completionTime) or 0,
+                          "filename": "step_metrics.csv", "purpose": "fine-tune-results"}
+                out[record["id"]] = (job, record)
+        return out
+
+    def _view(self, ftj: FineTuneJob) -> FineTuneJob:
+        """The job as the API shows it: a succeeded one names its results file."""
+        if objects.phase(ftj) == "Succeeded" and objects.RESULT_FILES not in objects.annotations(ftj):
+            ftj.metadata.annotations = {**objects.annotations(ftj),
+                                        objects.RESULT_FILES: json.dumps([self._results_id(ftj)])}
+        return ftj
+
     def list_files(self, project: str) -> list[dict[str, Any]]:
-        out = []
+        out = [record for _, record in self._results(project).values()]
         for cm in self.kube.list("v1", "ConfigMap", project, label_selector=f"{FILE_LABEL}=true"):
             if (record := self._record(cm)) is not None:
                 out.append(record)
@@ -167,12 +198,17 @@ class ClusterBackend:
         cm = self.kube.get("v1", "ConfigMap", project, file_id)
         record = self._record(cm) if cm is not None and (cm["metadata"].get("labels") or {}).get(FILE_LABEL) == "true" \
             else None
+        if record is None and (found := self._results(project).get(file_id)) is not None:
+            record = found[1]
         if record is None:
             raise not_found("file", file_id, param)
         return record
 
     def file_response(self, project: str, file_id: str) -> Any:
         record = self.get_file(project, file_id)
+        if record["purpose"] == "fine-tune-results" and "uri" not in record:
+            job, _ = self._results(project)[file_id]
+            return Response(self._results_csv(job), media_type="application/octet-stream")
         fs, _ = self._fs()
         fp = fs.open(self._path(record["uri"]), "rb")
 
@@ -185,6 +221,9 @@ class ClusterBackend:
 
     def delete_file(self, project: str, file_id: str) -> None:
         record = self.get_file(project, file_id)
+        if "uri" not in record:
+            raise bad_request(f"{file_id} is the results file of a fine-tuning job; it goes when the job is deleted",
+                              "file_id")
         for job in self._jobs(project):
             ann = objects.annotations(job)
             named = {ann.get(objects.TRAINING_FILE), ann.get(objects.VALIDATION_FILE), job.spec.trainingData.file,
@@ -247,7 +286,7 @@ class ClusterBackend:
 
     def list_jobs(self, project: str) -> list[FineTuneJob]:
         """Every FineTuneJob of the namespace, the API's and those applied as YAML alike, newest first."""
-        return sorted(self._jobs(project), key=lambda j: (str(j.metadata.creationTimestamp), j.metadata.name),
+        return sorted((self._view(j) for j in self._jobs(project)), key=lambda j: (str(j.metadata.creationTimestamp), j.metadata.name),
                       reverse=True)
 
     def get_job(self, project: str, job_id: str) -> FineTuneJob:
@@ -256,7 +295,7 @@ class ClusterBackend:
         body = self.kube.get(API_VERSION, "FineTuneJob", project, job_id)
         if body is None:
             raise not_found("job", job_id)
-        return FineTuneJob.model_validate(body)
+        return self._view(FineTuneJob.model_validate(body))
 
     def control(self, project: str, job_id: str, action: str, attempt: int = 0) -> FineTuneJob:
         ftj = self.get_job(project, job_id)
