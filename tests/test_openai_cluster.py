@@ -10,6 +10,7 @@ checked is the API's mapping of the cluster's state to OpenAI's objects.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -48,12 +49,14 @@ def grant(kube: Kube, ns: str, account: str, verbs: dict[str, list[str]]) -> Non
                  "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}]})
 
 
+KEY = "sk-hone-team-a-ci-6f1d2c"
 USER = {"finetunejobs": ["get", "list", "create", "patch", "delete"], "modelservings": ["get", "list"]}
 
 
 class Env:
-    def __init__(self, apiserver: ApiServerThread, kube: Kube, url: str, fs: Any, root: Path):
+    def __init__(self, apiserver: ApiServerThread, kube: Kube, url: str, fs: Any, root: Path, identities: Path):
         self.apiserver, self.kube, self.url, self.fs, self.root = apiserver, kube, url, fs, root
+        self.identities = identities
 
     def token(self, ns: str, account: str) -> str:
         return self.apiserver.call(lambda server: server.service_account_token(ns, account))
@@ -91,10 +94,22 @@ def cluster(apiserver: ApiServerThread, kube: Kube, s3, tmp_path: Path) -> Itera
     for ns, account_name, verbs in (("team-a", "alice", USER), ("team-a", "reader", {"finetunejobs": ["get", "list"]}),
                                     ("team-a", "nobody", {}), ("team-b", "bob", USER)):
         grant(kube, ns, account_name, verbs)
+    # An API key that stands for a user of the group team-a-devs, whose RoleBinding grants it what alice has.
+    identities = tmp_path / "identities.yaml"
+    identities.write_text(yaml.safe_dump([{"sha256": hashlib.sha256(KEY.encode()).hexdigest(), "user": "ci-bot",
+                                           "groups": ["team-a-devs"], "namespace": "team-a"}]))
+    rules = [{"apiGroups": ["hone.dev"], "resources": [res], "verbs": v} for res, v in USER.items()]
+    kube.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                 "metadata": {"name": "devs", "namespace": "team-a"}, "rules": rules})
+    kube.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                 "metadata": {"name": "devs", "namespace": "team-a"},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "devs"},
+                 "subjects": [{"kind": "Group", "name": "team-a-devs", "apiGroup": "rbac.authorization.k8s.io"}]})
     port = free_port()
     log = tmp_path / "api.log"
     proc = subprocess.Popen([sys.executable, "-m", "hone_operator.cli", "api", "--port", str(port),
-                             "--store-credentials", creds], cwd=tmp_path, stdout=log.open("wb"),
+                             "--store-credentials", creds, "--key-identities", str(identities)],
+                            cwd=tmp_path, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT,
                             env={**env(), "KUBECONFIG": str(kubeconfig), "HONE_CONFIG_FILE": str(settings)})
     url = f"http://127.0.0.1:{port}"
@@ -108,7 +123,7 @@ def cluster(apiserver: ApiServerThread, kube: Kube, s3, tmp_path: Path) -> Itera
 
     try:
         wait_for(up, timeout=60, what="hone api to listen")
-        yield Env(apiserver, kube, url, fs, tmp_path)
+        yield Env(apiserver, kube, url, fs, tmp_path, identities)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -301,3 +316,21 @@ def test_inference_goes_to_the_modelserving_that_serves_the_model(cluster: Env, 
         assert sum(served.values()) == 2 * reply.usage.completion_tokens
     finally:
         server.stop()
+
+
+def test_an_api_key_of_the_identities_file_stands_for_its_user_in_rbac(cluster: Env) -> None:
+    """A long-lived key, as OpenAI's were: the file (a mounted Secret) holds its hash and the identity; RBAC
+    bindings of that user or group decide, as for a token; removing it from the file revokes it."""
+    ci = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    f = ci.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")  # project: the key's namespace
+    job = ci.fine_tuning.jobs.create(model="tiny", training_file=f.id)
+    assert cluster.kube.get(API, "FineTuneJob", "team-a", job.id) is not None
+    assert job.organization_id == "org-team-a"
+    with pytest.raises(openai.PermissionDeniedError, match="ci-bot may not list finetunejobs.hone.dev in namespace "
+                                                           "'team-b'"):
+        openai.OpenAI(base_url=f"{cluster.url}/v1", api_key=KEY, project="team-b", max_retries=0).fine_tuning.jobs.list()
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{cluster.url}/v1", api_key=KEY + "x", max_retries=0).fine_tuning.jobs.list()
+    cluster.identities.write_text("[]\n")  # the Secret updated: the key is gone
+    with pytest.raises(openai.AuthenticationError):
+        ci.fine_tuning.jobs.list()

@@ -22,8 +22,11 @@ from hone_operator.cli.common import fail, require_runtime
               help="Local mode: accepted API keys, one per line (default: any key, or none, is accepted).")
 @click.option("--store-credentials", type=click.Path(file_okay=False, exists=True),
               help="Cluster mode: a folder with the api_store's credentials, one file per key (a mounted Secret).")
+@click.option("--key-identities", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Cluster mode: API keys that stand for identities, a YAML list of {sha256, user, groups, "
+                   "namespace} (read again when it changes); other keys must be Kubernetes tokens.")
 def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: str | None,
-        store_credentials: str | None) -> None:
+        store_credentials: str | None, key_identities: Path | None) -> None:
     """Serve OpenAI's fine-tuning API: files, fine_tuning.jobs (events, checkpoints, pause, resume, cancel),
     models, and chat/completions routed by model name.
 
@@ -48,7 +51,7 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
     settings = load()
     if not local_mode:
         from hone_operator.kube import Kube, load_api_client
-        from hone_operator.openai_api.cluster import ClusterBackend
+        from hone_operator.openai_api.cluster import ClusterBackend, KeyIdentities
 
         if not settings.api_store:
             fail("hone api in a cluster needs the setting api_store (HONE_API_STORE=s3://bucket/prefix): where "
@@ -57,7 +60,11 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
             kube = Kube(load_api_client())
         except Exception as exc:  # noqa: BLE001 - no kubeconfig and not in a pod
             fail(f"no cluster to talk to ({exc}); set KUBECONFIG, or run `hone api --local` on one machine")
-        app = create_app(Api(ClusterBackend(kube, settings, store_credentials)))
+        try:
+            keys = KeyIdentities(key_identities) if key_identities else None
+        except (OSError, ValueError) as exc:
+            fail(f"--key-identities {key_identities}: {exc}")
+        app = create_app(Api(ClusterBackend(kube, settings, store_credentials, keys)))
         click.echo(f"OpenAI-compatible fine-tuning API at http://{host}:{port}/v1 over the cluster; state in "
                    f"FineTuneJobs and {settings.api_store}")
         uvicorn.run(app, host=host, port=port, log_level="warning")

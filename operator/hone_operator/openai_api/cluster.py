@@ -1,8 +1,10 @@
 """``hone api`` in a cluster: Kubernetes is the state, the caller's RBAC decides, an object store holds the bytes.
 
 * **Identity.** A bearer token is checked with a TokenReview (a ServiceAccount token, or any token the
-  cluster's authenticators accept, e.g. OIDC). The project is the ``OpenAI-Project`` header, else the
-  ServiceAccount's own namespace.
+  cluster's authenticators accept, e.g. OIDC), unless it is one of the API keys of the key identities
+  file (a Secret listing each key's SHA-256 with the user and groups it stands for, so long-lived
+  ``sk-…``-style keys keep working and RBAC still decides). The project is the ``OpenAI-Project``
+  header, else the ServiceAccount's (or the key's) own namespace.
 * **Authorisation.** Every call is a SubjectAccessReview for the caller: the Kubernetes verb the call
   amounts to on ``finetunejobs`` (files are a job's data) or ``modelservings`` (inference) in the
   project's namespace. The API's own ServiceAccount can do more; it never acts for a caller who may not.
@@ -29,7 +31,11 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from starlette.responses import Response, StreamingResponse
 
@@ -54,14 +60,57 @@ RECORD_KEY = "file.json"
 REVIEW_SECONDS = 10.0
 
 
+class KeyIdentity(BaseModel):
+    """One API key of the identities file: the key's SHA-256 and who it stands for in RBAC."""
+
+    model_config = ConfigDict(extra="forbid")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the key; the key itself is not kept")
+    user: str = Field(min_length=1, description="The user name RBAC sees (RoleBindings name it as kind: User).")
+    groups: list[str] = Field(default_factory=list, description="Groups RBAC sees (kind: Group).")
+    namespace: str | None = Field(None, description="The project when a request names none.")
+
+
+class KeyIdentities:
+    """API keys that stand for identities, from a YAML list of :class:`KeyIdentity` (a mounted Secret's file),
+    read again when the file changes (a Secret's update reaches the pod without a restart)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int] | None = None
+        self._by_hash: dict[str, KeyIdentity] = {}
+        self._lock = threading.Lock()
+        self._load()
+
+    def _load(self) -> None:
+        stat = self.path.stat()
+        mark = (stat.st_mtime_ns, stat.st_size)
+        if mark == self._seen:
+            return
+        raw = yaml.safe_load(self.path.read_text()) or []
+        if not isinstance(raw, list):
+            raise ValueError(f"{self.path}: a list of {{sha256, user, groups, namespace}} entries")
+        entries = [KeyIdentity.model_validate(item) for item in raw]
+        self._by_hash, self._seen = {e.sha256: e for e in entries}, mark
+
+    def find(self, key: str) -> KeyIdentity | None:
+        with self._lock:
+            try:
+                self._load()
+            except (OSError, ValueError) as exc:  # keep the last good list; say why the new one is refused
+                log.error("API key identities %s not reloaded: %s", self.path, exc)
+        return self._by_hash.get(hashlib.sha256(key.encode()).hexdigest())
+
+
 class ClusterBackend:
-    def __init__(self, kube: Kube, settings: OperatorSettings, store_credentials_dir: str | None = None) -> None:
+    def __init__(self, kube: Kube, settings: OperatorSettings, store_credentials_dir: str | None = None,
+                 key_identities: KeyIdentities | None = None) -> None:
         if not settings.api_store:
             raise ValueError("hone api in a cluster needs the setting api_store (s3://bucket/prefix): where uploaded "
                              "files and the models of its jobs are kept")
         self.kube, self.settings = kube, settings
         self.store = settings.api_store.rstrip("/")
         self.credentials_dir = store_credentials_dir
+        self.keys = key_identities
         self._reviews: dict[str, tuple[float, Caller]] = {}
         self._lock = threading.Lock()
 
@@ -72,8 +121,10 @@ class ClusterBackend:
         token = auth[7:].strip() if auth.startswith("Bearer ") else ""
         if not token:
             raise ApiError(401, "You didn't provide an API key: send a Kubernetes bearer token (a ServiceAccount "
-                                "token from `kubectl create token`, or a token of the cluster's identity provider) "
-                                "as the API key.", code="invalid_api_key")
+                                "token from `kubectl create token`, or a token of the cluster's identity provider), "
+                                "or an API key of hone api's key identities, as the API key.", code="invalid_api_key")
+        if self.keys is not None and (identity := self.keys.find(token)) is not None:
+            return Caller(identity.user, tuple(identity.groups), project=identity.namespace)
         key = hashlib.sha256(token.encode()).hexdigest()
         with self._lock:
             cached = self._reviews.get(key)
