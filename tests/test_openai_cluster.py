@@ -272,6 +272,19 @@ def test_pause_resume_and_cancel_patch_the_spec(cluster: Env) -> None:
     assert err.value.code == "job_already_finished"
 
 
+def test_a_namespace_can_turn_off_serving_its_api_jobs(cluster: Env) -> None:
+    alice, bob = cluster.client("team-a", "alice"), cluster.client("team-b", "bob")
+    cluster.kube.create({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "hone-api-settings", "namespace": "team-a"},
+                         "data": {"serveFineTunes": "false"}})
+    f = alice.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    job = alice.fine_tuning.jobs.create(model="tiny", training_file=f.id)
+    g = bob.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    other = bob.fine_tuning.jobs.create(model="tiny", training_file=g.id)  # team-b keeps the default: served
+    assert cluster.kube.get(API, "ModelServing", "team-a", job.id) is None
+    assert cluster.kube.get(API, "ModelServing", "team-b", other.id) is not None
+
+
 def test_bad_requests_name_what_to_fix(cluster: Env) -> None:
     alice = cluster.client("team-a", "alice")
     with pytest.raises(openai.BadRequestError, match="line 2"):

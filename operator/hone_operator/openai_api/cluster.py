@@ -19,7 +19,8 @@
   upgrade, and a record is small. The content is written before the record and deleted after it, so a
   listed file always has its bytes.
 * **Models.** The catalog's base models and the namespace's succeeded fine-tunes. A job made here gets a
-  ModelServing of the same name (``api_serve_fine_tunes``), owned by the job, which serves the
+  ModelServing of the same name (``api_serve_fine_tunes``, or the namespace's ConfigMap
+  ``hone-api-settings``, key ``serveFineTunes``), owned by the job, which serves the
   fine-tune once it succeeds; inference goes to the Ready ModelServing of the namespace that serves the
   requested name.
 """
@@ -56,6 +57,8 @@ API_VERSION = "hone.dev/v1alpha1"
 FILE_LABEL = objects.ANNOTATION_PREFIX + "file"
 PURPOSE_LABEL = objects.ANNOTATION_PREFIX + "purpose"
 RECORD_KEY = "file.json"
+#: A namespace's own choices for the API (key serveFineTunes: "true" or "false").
+NAMESPACE_SETTINGS = "hone-api-settings"
 #: How long a TokenReview's answer is reused for the same token.
 REVIEW_SECONDS = 10.0
 
@@ -307,7 +310,7 @@ class ClusterBackend:
         doc["spec"]["checkpointing"] = {"keep": 3}  # OpenAI keeps the last three
         FineTuneJob.model_validate(doc)  # what the CRD's schema will check, said as OpenAI would
         created = self.kube.create(doc)
-        if self.settings.api_serve_fine_tunes:
+        if self._serves_fine_tunes(project):
             meta = created["metadata"]
             try:
                 self._serving(project, job_id, meta["uid"])
@@ -315,6 +318,17 @@ class ClusterBackend:
                 self.kube.delete(API_VERSION, "FineTuneJob", project, job_id)
                 raise
         return FineTuneJob.model_validate(created)
+
+    def _serves_fine_tunes(self, project: str) -> bool:
+        """The namespace's choice (ConfigMap ``hone-api-settings``, key ``serveFineTunes``), else the settings'."""
+        cm = self.kube.get("v1", "ConfigMap", project, NAMESPACE_SETTINGS)
+        value = ((cm or {}).get("data") or {}).get("serveFineTunes")
+        if value is None:
+            return self.settings.api_serve_fine_tunes
+        if value.strip().lower() not in ("true", "false"):
+            raise ApiError(500, f"ConfigMap {NAMESPACE_SETTINGS} in namespace {project!r}: serveFineTunes is "
+                                f"{value!r}; it must be true or false", type="server_error", code="invalid_settings")
+        return value.strip().lower() == "true"
 
     def _serving(self, project: str, job_id: str, uid: str) -> None:
         """The job's ModelServing: owned by it (deleted with it), Waiting until it succeeds, then serving it."""
