@@ -306,6 +306,7 @@ def test_bad_requests_name_what_to_fix(cluster: Env) -> None:
         alice.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
 
 
+@pytest.mark.slow
 def test_inference_goes_to_the_modelserving_that_serves_the_model(cluster: Env, tiny: Path) -> None:
     server = ServerProcess(["--model", str(tiny), "--served-model-name", "tiny"], cwd=cluster.root)
     try:
