@@ -534,16 +534,21 @@ def test_two_nodes_train_one_adapter_through_the_headless_service(cluster: Clust
     assert cluster.get("ftj/pair", "{.status.progress.step}") == "16"
 
 
-def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, shop: Path, tmp_path: Path) -> None:
+def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, tmp_path: Path) -> None:
     """helm upgrade with api.enabled: the chart's hone api pod, OpenAI's flow with a ServiceAccount token as the
     API key, and every step through the pods (validation and training read the upload from S3, the model is
-    published there, the job's own ModelServing serves it). S3 is moto, on the node's address."""
+    published there, the job's own ModelServing serves it). S3 is moto, on the node's address. A namespace of
+    its own: the shop's TokenBudget is left spent by the tests above."""
     from moto.server import ThreadedMotoServer
     from openai import InternalServerError, OpenAI
 
     from hone_dev.cluster import free_port
     from hone_trainer.storage import filesystem
 
+    ns = "api-shop"
+    cluster.kubectl("create", "namespace", ns)
+    _tiny_model(cluster.node.state / "volumes" / ns / "hone-models")
+    cluster.kubectl("-n", ns, "apply", "-f", str(EXAMPLE / "storage.yaml"))
     node_ip, port = str(cluster.node.bridge.gateway), free_port()
     moto = ThreadedMotoServer(ip_address=node_ip, port=port)
     moto.start()
@@ -556,8 +561,8 @@ def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, s
             (folder / key).write_text(value)
         fs, _ = filesystem("s3://x", str(folder))
         fs.mkdir("hone-api-e2e")
-        for ns in ("hone-system", NS):
-            cluster.kubectl("-n", ns, "create", "secret", "generic", "hone-api-store",
+        for where in ("hone-system", ns):
+            cluster.kubectl("-n", where, "create", "secret", "generic", "hone-api-store",
                             *[f"--from-literal={k}={v}" for k, v in creds.items()])
         values = tmp_path / "api-values.yaml"
         values.write_text(yaml.safe_dump({
@@ -570,17 +575,18 @@ def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, s
             cluster.kubectl("-n", "hone-system", "rollout", "status", f"deployment/{deployment}", "--timeout=120s",
                             timeout=150)
         # A developer of the shop: may run fine-tuning jobs and use their models there, nothing else.
-        _apply(cluster, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dev", "namespace": NS}},
+        objs = [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dev", "namespace": ns}},
                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                "metadata": {"name": "fine-tuner", "namespace": NS},
+                "metadata": {"name": "fine-tuner", "namespace": ns},
                 "rules": [{"apiGroups": ["hone.dev"], "resources": ["finetunejobs"],
                            "verbs": ["get", "list", "create", "patch"]},
                           {"apiGroups": ["hone.dev"], "resources": ["modelservings"], "verbs": ["get", "list"]}]},
                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": "dev-fine-tuner", "namespace": NS},
+                "metadata": {"name": "dev-fine-tuner", "namespace": ns},
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fine-tuner"},
-                "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": NS}]})
-        token = cluster.kubectl("-n", NS, "create", "token", "dev").stdout.strip()
+                "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": ns}]}]
+        cluster.kubectl("-n", ns, "apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+        token = cluster.kubectl("-n", ns, "create", "token", "dev").stdout.strip()
         address = cluster.get("svc/hone-api", "{.spec.clusterIP}", ns="hone-system")
         client = OpenAI(base_url=f"http://{address}/v1", api_key=token, max_retries=0, timeout=60)
 
@@ -591,11 +597,11 @@ def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, s
                                                      "supervised": {"hyperparameters": {"n_epochs": 1}}})
         done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in
                         ("succeeded", "failed", "cancelled") and j, timeout=420, interval=1, what="the job to end")
-        assert done.status == "succeeded", (done.error, cluster.kubectl("-n", NS, "describe", "ftj", job.id).stdout)
-        assert done.fine_tuned_model.startswith("ft:tiny:shop:shop:") and done.trained_tokens > 0
+        assert done.status == "succeeded", (done.error, cluster.kubectl("-n", ns, "describe", "ftj", job.id).stdout)
+        assert done.fine_tuned_model.startswith(f"ft:tiny:{ns}:shop:") and done.trained_tokens > 0
         events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
         assert any("published" in m for m in events), events
-        assert fs.exists(f"hone-api-e2e/api/models/{NS}/{job.id}/model/manifest.json")
+        assert fs.exists(f"hone-api-e2e/api/models/{ns}/{job.id}/model/manifest.json")
         assert done.fine_tuned_model in [m.id for m in client.models.list()]
 
         def answer() -> Any:
@@ -609,14 +615,16 @@ def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, s
         assert reply.model == done.fine_tuned_model and reply.usage.completion_tokens > 0
         # The same upload from YAML: a FineTuneJob applied with kubectl names it by id, and the API lists it.
         yaml_job = _finetunejob("from-upload", epochs=1)
+        yaml_job["metadata"]["namespace"] = ns
         yaml_job["spec"]["trainingData"] = {"file": upload.id}
-        _apply(cluster, yaml_job)
-        cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Succeeded", "ftj/from-upload",
+        yaml_job["spec"].pop("validationData", None)
+        cluster.kubectl("-n", ns, "apply", "-f", "-", stdin=yaml.safe_dump(yaml_job))
+        cluster.kubectl("-n", ns, "wait", "--for=jsonpath={.status.phase}=Succeeded", "ftj/from-upload",
                         "--timeout=300s", timeout=320)
         listed = {j.id: j for j in client.fine_tuning.jobs.list()}
         assert listed["from-upload"].status == "succeeded" and job.id in listed
-        assert cluster.get("ftj/from-upload", "{.status.dataset.examples}") == \
-            cluster.get(f"ftj/{job.id}", "{.status.dataset.examples}")
+        assert cluster.get("ftj/from-upload", "{.status.dataset.examples}", ns=ns) == \
+            cluster.get(f"ftj/{job.id}", "{.status.dataset.examples}", ns=ns)
         # The API's own requests: its ServiceAccount, and only what the chart grants it.
         api_user = "system:serviceaccount:hone-system:hone-api"
         calls = cluster.audit(lambda audit: {(a.verb, a.resource, a.status) for a in audit if a.user == api_user})
