@@ -348,3 +348,35 @@ def test_an_api_key_of_the_identities_file_stands_for_its_user_in_rbac(cluster: 
     cluster.identities.write_text("[]\n")  # the Secret updated: the key is gone
     with pytest.raises(openai.AuthenticationError):
         ci.fine_tuning.jobs.list()
+
+
+def test_a_project_whose_namespace_does_not_exist_is_a_404_naming_it() -> None:
+    """Unit-level: the emulated API server makes namespaces on first use; a real one answers 404 to a create in a
+    namespace that does not exist. The API names the project (not a 500), and leaves no bytes behind."""
+    from hone_operator.kube import NotFound
+    from hone_operator.openai_api.cluster import ClusterBackend
+    from hone_operator.openai_api.errors import ApiError
+    from hone_operator.settings import OperatorSettings
+
+    class NoNamespace:
+        def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+            raise NotFound(f"POST /api/v1/namespaces/{obj['metadata']['namespace']}/configmaps: not found")
+
+    class Store:
+        def __init__(self) -> None:
+            self.files: dict[str, bytes] = {}
+
+        def pipe_file(self, path: str, data: bytes) -> None:
+            self.files[path] = data
+
+        def rm_file(self, path: str) -> None:
+            del self.files[path]
+
+    store = Store()
+    backend = ClusterBackend(NoNamespace(), OperatorSettings(api_store=STORE))  # type: ignore[arg-type]
+    backend._fs = lambda: (store, "")  # type: ignore[method-assign]
+    with pytest.raises(ApiError) as err:
+        backend.create_file("gone", "train.jsonl", "fine-tune", TRAIN)
+    assert (err.value.status, err.value.code, err.value.param) == (404, "project_not_found", "OpenAI-Project")
+    assert "'gone'" in err.value.message
+    assert store.files == {}  # the upload's bytes went again

@@ -42,7 +42,7 @@ from starlette.responses import Response, StreamingResponse
 
 from hone_operator.api.v1alpha1 import FineTuneJob
 from hone_operator.builders.storage import uploaded_file_uri
-from hone_operator.kube import Conflict, Kube
+from hone_operator.kube import Conflict, Kube, NotFound
 from hone_operator.openai_api import objects
 from hone_operator.openai_api.backend import Caller
 from hone_operator.openai_api.errors import ApiError, bad_request, not_found
@@ -171,6 +171,15 @@ class ClusterBackend:
 
     # ---- files ------------------------------------------------------------------------------
 
+    def _create(self, project: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create ``obj`` in the project's namespace; a namespace that does not exist is the project's 404."""
+        try:
+            return self.kube.create(obj)
+        except NotFound:
+            raise ApiError(404, f"Project {project!r} does not exist: there is no namespace of that name in the "
+                                "cluster. Name an existing namespace as the project (OpenAI-Project).",
+                           param="OpenAI-Project", code="project_not_found") from None
+
     def _fs(self) -> tuple[Any, str]:
         from hone_trainer.storage import filesystem
 
@@ -190,7 +199,7 @@ class ClusterBackend:
         record = {"id": file_id, "bytes": len(content), "created_at": now(), "filename": filename,
                   "purpose": purpose, "uri": uri}
         try:
-            self.kube.create({"apiVersion": "v1", "kind": "ConfigMap",
+            self._create(project, {"apiVersion": "v1", "kind": "ConfigMap",
                               "metadata": {"name": file_id, "namespace": project,
                                            "labels": {FILE_LABEL: "true", PURPOSE_LABEL: purpose,
                                                       objects.CREATED_BY: "hone-api"}},
@@ -309,7 +318,7 @@ class ClusterBackend:
                           {"uri": f"{self.store}/models", "credentialsSecret": self._secret()})
         doc["spec"]["checkpointing"] = {"keep": 3}  # OpenAI keeps the last three
         FineTuneJob.model_validate(doc)  # what the CRD's schema will check, said as OpenAI would
-        created = self.kube.create(doc)
+        created = self._create(project, doc)
         if self._serves_fine_tunes(project):
             meta = created["metadata"]
             try:
