@@ -115,6 +115,12 @@ def test_notes_tell_the_user_what_to_do_next() -> None:
     assert ('kubectl -n team-a apply -k "https://github.com/hone-dev/hone//examples/skateboard-support?ref=v0.1.0"'
             in notes)
     assert "hone-metrics.hone-system.svc:8080/metrics" in notes
+    assert "hone api" not in notes  # off by default
+    out = helm("install", "hone", str(CHART), "-n", "hone-system", "--dry-run=client",
+               "-f", str(CHART / "ci" / "api-values.yaml"))
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "http://hone-api.hone-system.svc:80/v1" in notes and "Secret hone-api-store" in notes
 
 
 def test_dockerfile_is_clean_under_hadolint() -> None:
