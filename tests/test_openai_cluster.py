@@ -380,3 +380,37 @@ def test_a_project_whose_namespace_does_not_exist_is_a_404_naming_it() -> None:
     assert (err.value.status, err.value.code, err.value.param) == (404, "project_not_found", "OpenAI-Project")
     assert "'gone'" in err.value.message
     assert store.files == {}  # the upload's bytes went again
+
+
+def test_the_charts_rbac_for_hone_api_is_exactly_what_it_uses(cluster: Env, tmp_path: Path) -> None:
+    """Every call the flow makes is one the chart grants hone api, and every verb the chart grants is used."""
+    from hone_dev.cluster import chart_rbac
+
+    alice = cluster.client("team-a", "alice")
+    f = alice.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    alice.files.list()
+    alice.files.content(f.id)
+    job = alice.fine_tuning.jobs.create(model="tiny", training_file=f.id)
+    alice.fine_tuning.jobs.list()
+    alice.fine_tuning.jobs.list_events(job.id)
+    alice.fine_tuning.jobs.pause(job.id)
+    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    name = "ft:tiny:team-a::1234abcd"
+    cluster.status("team-a", job.id, {"phase": "Succeeded", "completionTime": now,
+                                      "fineTunedModel": {"name": name, "artifactUri": f"{STORE}/models/x"}})
+    with pytest.raises(openai.InternalServerError):  # its ModelServing is not Ready
+        alice.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+    alice.models.delete(name)
+    alice.files.delete(f.id)
+
+    api_user = "system:serviceaccount:hone-system:hone-api"
+    calls = cluster.apiserver.call(lambda server: [a for a in server.audit if a.user == api_user])
+    assert calls and not [a for a in calls if a.status == 403]
+    assert {a.user_agent.split("/")[0] for a in calls} == {"hone-api"}
+    used = {(a.group, a.resource, a.verb) for a in calls}
+    values = tmp_path / "values.yaml"  # as the fixture installed it
+    values.write_text(yaml.safe_dump({"api": {"enabled": True, "store": STORE}}))
+    granted = {(g, r, v) for obj in chart_rbac(values) if obj["kind"] in ("ClusterRole", "Role")
+               and obj["metadata"]["name"].startswith("hone-api") for rule in obj["rules"]
+               for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert used == granted, (sorted(used - granted), sorted(granted - used))

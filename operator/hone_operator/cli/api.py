@@ -51,13 +51,16 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
     settings = load()
     if not local_mode:
         from hone_operator.kube import Kube, load_api_client
+        from hone_trainer import __version__
         from hone_operator.openai_api.cluster import ClusterBackend, KeyIdentities
 
         if not settings.api_store:
             fail("hone api in a cluster needs the setting api_store (HONE_API_STORE=s3://bucket/prefix): where "
                  "uploaded files and the models of its jobs are kept; or run `hone api --local` on one machine")
         try:
-            kube = Kube(load_api_client())
+            client = load_api_client()
+            client.user_agent = f"hone-api/{__version__}"  # its requests apart from the operator's in audit logs
+            kube = Kube(client)
         except Exception as exc:  # noqa: BLE001 - no kubeconfig and not in a pod
             fail(f"no cluster to talk to ({exc}); set KUBECONFIG, or run `hone api --local` on one machine")
         try:
