@@ -631,6 +631,9 @@ def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, t
         assert {("create", "tokenreviews"), ("create", "subjectaccessreviews"), ("create", "finetunejobs"),
                 ("create", "modelservings"), ("create", "configmaps")} <= {c[:2] for c in calls if c[2] < 300}
         assert not [c for c in calls if c[2] == 403], calls
+    except Exception:
+        print(cluster.kubectl("-n", "hone-system", "logs", "deploy/hone-api", ok=False).stdout[-6000:])  # why
+        raise
     finally:
         moto.stop()
 

@@ -414,3 +414,31 @@ def test_the_charts_rbac_for_hone_api_is_exactly_what_it_uses(cluster: Env, tmp_
                and obj["metadata"]["name"].startswith("hone-api") for rule in obj["rules"]
                for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert used == granted, (sorted(used - granted), sorted(granted - used))
+
+
+def test_reviews_and_reads_survive_a_connection_the_api_server_dropped() -> None:
+    """A pooled keep-alive connection closed by the API server as a request goes out fails that request; the
+    API makes reviews and reads (which change nothing) again, and answers other failures at once."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    from hone_operator.openai_api.cluster import _again
+
+    calls: list[int] = []
+
+    def dropped_twice() -> str:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+        return "answer"
+
+    assert _again(dropped_twice) == "answer" and len(calls) == 3
+    denied: list[int] = []
+
+    def forbidden() -> None:
+        denied.append(1)
+        raise ApiException(status=403, reason="Forbidden")
+
+    with pytest.raises(ApiException):
+        _again(forbidden)
+    assert denied == [1]  # an answer, not a failure: asked once

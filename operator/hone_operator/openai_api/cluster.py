@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +59,7 @@ PURPOSE_LABEL = objects.ANNOTATION_PREFIX + "purpose"
 RECORD_KEY = "file.json"
 #: A namespace's own choices for the API (key serveFineTunes: "true" or "false").
 NAMESPACE_SETTINGS = "hone-api-settings"
+T = TypeVar("T")
 #: How long a TokenReview's answer is reused for the same token.
 REVIEW_SECONDS = 10.0
 
@@ -104,6 +105,30 @@ class KeyIdentities:
         return self._by_hash.get(hashlib.sha256(key.encode()).hexdigest())
 
 
+def _transient(exc: Exception) -> bool:
+    """A failure of the call, not an answer to it: a connection the API server closed as the request went out
+    (a pooled keep-alive connection), or an overloaded or restarting API server (429, 5xx)."""
+    import urllib3
+
+    if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError)):
+        return True
+    status = getattr(exc, "status", None)
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def _again(call: Callable[[], T], attempts: int = 3) -> T:
+    """``call``, made again after a transient failure; only for calls that change nothing (reviews, reads)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - re-raised unless transient
+            if attempt == attempts - 1 or not _transient(exc):
+                raise
+            log.warning("API server call failed (%s); trying again", exc)
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 class ClusterBackend:
     def __init__(self, kube: Kube, settings: OperatorSettings, store_credentials_dir: str | None = None,
                  key_identities: KeyIdentities | None = None) -> None:
@@ -133,8 +158,8 @@ class ClusterBackend:
             cached = self._reviews.get(key)
         if cached is not None and time.monotonic() - cached[0] < REVIEW_SECONDS:
             return cached[1]
-        review = self.kube.create({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                                   "metadata": {}, "spec": {"token": token}})
+        review = _again(lambda: self.kube.create({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                                                  "metadata": {}, "spec": {"token": token}}))
         status = (review or {}).get("status") or {}
         if not status.get("authenticated"):
             raise ApiError(401, f"Incorrect API key provided: the cluster refused the token "
@@ -162,14 +187,20 @@ class ClusterBackend:
             spec["uid"] = caller.uid
         if caller.extra:
             spec["extra"] = caller.extra
-        review = self.kube.create({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                                   "metadata": {}, "spec": spec})
+        review = _again(lambda: self.kube.create({"apiVersion": "authorization.k8s.io/v1",
+                                                  "kind": "SubjectAccessReview", "metadata": {}, "spec": spec}))
         if not ((review or {}).get("status") or {}).get("allowed"):
             raise ApiError(403, f"{caller.name} may not {verb} {resource}.hone.dev in namespace {project!r} "
                                 f"(Kubernetes RBAC): ask for a Role there that grants it, or name your own "
                                 f"namespace as the project.", code="permission_denied")
 
     # ---- files ------------------------------------------------------------------------------
+
+    def _get(self, *args: Any) -> dict[str, Any] | None:
+        return _again(lambda: self.kube.get(*args))
+
+    def _list(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return _again(lambda: self.kube.list(*args, **kwargs))
 
     def _create(self, project: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Create ``obj`` in the project's namespace; a namespace that does not exist is the project's 404."""
@@ -250,7 +281,7 @@ class ClusterBackend:
 
     def list_files(self, project: str) -> list[dict[str, Any]]:
         out = [record for _, record in self._results(project).values()]
-        for cm in self.kube.list("v1", "ConfigMap", project, label_selector=f"{FILE_LABEL}=true"):
+        for cm in self._list("v1", "ConfigMap", project, label_selector=f"{FILE_LABEL}=true"):
             if (record := self._record(cm)) is not None:
                 out.append(record)
         return out
@@ -258,7 +289,7 @@ class ClusterBackend:
     def get_file(self, project: str, file_id: str, param: str | None = None) -> dict[str, Any]:
         if not objects.FILE_ID.match(file_id):
             raise not_found("file", file_id, param)
-        cm = self.kube.get("v1", "ConfigMap", project, file_id)
+        cm = self._get("v1", "ConfigMap", project, file_id)
         record = self._record(cm) if cm is not None and (cm["metadata"].get("labels") or {}).get(FILE_LABEL) == "true" \
             else None
         if record is None and (found := self._results(project).get(file_id)) is not None:
@@ -330,7 +361,7 @@ class ClusterBackend:
 
     def _serves_fine_tunes(self, project: str) -> bool:
         """The namespace's choice (ConfigMap ``hone-api-settings``, key ``serveFineTunes``), else the settings'."""
-        cm = self.kube.get("v1", "ConfigMap", project, NAMESPACE_SETTINGS)
+        cm = self._get("v1", "ConfigMap", project, NAMESPACE_SETTINGS)
         value = ((cm or {}).get("data") or {}).get("serveFineTunes")
         if value is None:
             return self.settings.api_serve_fine_tunes
@@ -351,7 +382,7 @@ class ClusterBackend:
 
     def _jobs(self, project: str) -> list[FineTuneJob]:
         out = []
-        for body in self.kube.list(API_VERSION, "FineTuneJob", project):
+        for body in self._list(API_VERSION, "FineTuneJob", project):
             try:
                 out.append(FineTuneJob.model_validate(body))
             except ValueError:
@@ -366,7 +397,7 @@ class ClusterBackend:
     def get_job(self, project: str, job_id: str) -> FineTuneJob:
         if not PROJECT.match(job_id):  # a Kubernetes name (API jobs are ftjob-…; YAML jobs keep theirs)
             raise not_found("job", job_id)
-        body = self.kube.get(API_VERSION, "FineTuneJob", project, job_id)
+        body = self._get(API_VERSION, "FineTuneJob", project, job_id)
         if body is None:
             raise not_found("job", job_id)
         return self._view(FineTuneJob.model_validate(body))
@@ -396,7 +427,7 @@ class ClusterBackend:
         ftj = self.get_job(project, job_id)
         uid = ftj.metadata.uid or ""
         out = []
-        for ev in self.kube.list("v1", "Event", project, field_selector=f"involvedObject.uid={uid}"):
+        for ev in self._list("v1", "Event", project, field_selector=f"involvedObject.uid={uid}"):
             when = ev.get("lastTimestamp") or ev.get("eventTime") or ev.get("firstTimestamp") \
                 or ev["metadata"].get("creationTimestamp")
             level = "warn" if ev.get("type") == "Warning" else "info"
@@ -432,7 +463,7 @@ class ClusterBackend:
     def delete_model(self, project: str, job: FineTuneJob) -> None:
         self.kube.patch(API_VERSION, "FineTuneJob", project, job.metadata.name,
                         {"metadata": {"annotations": {objects.MODEL_DELETED: "true"}}})
-        msv = self.kube.get(API_VERSION, "ModelServing", project, job.metadata.name)
+        msv = self._get(API_VERSION, "ModelServing", project, job.metadata.name)
         if msv is not None and (msv["metadata"].get("labels") or {}).get(objects.CREATED_BY) == "hone-api":
             self.kube.delete(API_VERSION, "ModelServing", project, job.metadata.name)
         assert job.status.fineTunedModel is not None
@@ -446,7 +477,7 @@ class ClusterBackend:
 
     def inference_url(self, project: str, name: str, job: FineTuneJob | None) -> str:
         waiting = []
-        for msv in self.kube.list(API_VERSION, "ModelServing", project):
+        for msv in self._list(API_VERSION, "ModelServing", project):
             status = msv.get("status") or {}
             if name not in (status.get("servedModels") or []) and not (
                     job is not None and (msv.get("spec") or {}).get("fineTuneJobRef", {}).get("name")
