@@ -17,14 +17,17 @@
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-# ---------------------------------------------------------------- operator
-FROM ${PYTHON_IMAGE} AS operator-build
+# ------------------------------------------ the sources the operator and api images install from
+FROM ${PYTHON_IMAGE} AS source
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/hone
 WORKDIR /src
 COPY pyproject.toml README.md .ci/constraints-image.txt ./
 COPY operator ./operator
 COPY trainer ./trainer
+
+# ---------------------------------------------------------------- operator
+FROM source AS operator-build
 RUN /opt/hone/bin/pip install --no-cache-dir --constraint constraints-image.txt ".[operator]"
 
 FROM ${PYTHON_IMAGE} AS operator
@@ -43,13 +46,7 @@ ENTRYPOINT ["hone"]
 CMD ["operator"]
 
 # ---------------------------------------------------------------- api
-FROM ${PYTHON_IMAGE} AS api-build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/hone
-WORKDIR /src
-COPY pyproject.toml README.md .ci/constraints-image.txt ./
-COPY operator ./operator
-COPY trainer ./trainer
+FROM source AS api-build
 RUN /opt/hone/bin/pip install --no-cache-dir --constraint constraints-image.txt ".[api]"
 
 FROM ${PYTHON_IMAGE} AS api
