@@ -121,13 +121,18 @@ def _fetch_s3(source: ModelSource) -> LocalModel:
     return _check_local_dir(download_folder(source.location, source.credentials_dir), source.location)
 
 
+def s3_cache_dir(location: str) -> Path:
+    """Where an ``s3://`` folder is kept in the local cache."""
+    return cache_root() / "s3" / hashlib.sha256(location.encode()).hexdigest()[:16]
+
+
 def download_folder(location: str, credentials_dir: str | None) -> Path:
     """The top level of ``s3://bucket/prefix`` in the local cache (safetensors, JSON and tokenizer files only);
     files already cached are kept. (A published adapter is fetched by its manifest instead:
     :func:`hone_trainer.serving.loading.download_published`.)
     """
     fs, root = filesystem(location, credentials_dir)
-    target = cache_root() / "s3" / hashlib.sha256(location.encode()).hexdigest()[:16]
+    target = s3_cache_dir(location)
     target.mkdir(parents=True, exist_ok=True)
     try:
         names = [p for p in fs.ls(root, detail=False)]

@@ -318,13 +318,7 @@ class ClusterBackend:
         if "uri" not in record:
             raise bad_request(f"{file_id} is the results file of a fine-tuning job; it goes when the job is deleted",
                               "file_id")
-        for job in self._jobs(project):
-            ann = objects.annotations(job)
-            named = {ann.get(objects.TRAINING_FILE), ann.get(objects.VALIDATION_FILE), job.spec.trainingData.file,
-                     job.spec.validationData.file if job.spec.validationData else None}
-            if not (job.status.phase and job.status.phase.terminal) and file_id in named:
-                raise bad_request(f"file {file_id} is the data of job {job.metadata.name}, which has not finished; "
-                                  "cancel the job first", "file_id")
+        objects.check_in_use(self._jobs(project), file_id)
         self.kube.delete("v1", "ConfigMap", project, file_id)  # gone from listings first, then the bytes
         fs, _ = self._fs()
         try:
@@ -404,13 +398,7 @@ class ClusterBackend:
 
     def control(self, project: str, job_id: str, action: str, attempt: int = 0) -> FineTuneJob:
         ftj = self.get_job(project, job_id)
-        status = objects.STATUS[objects.phase(ftj)]
-        if ftj.status.phase is not None and ftj.status.phase.terminal:
-            raise bad_request(f"Job {job_id} has already {'completed' if status == 'succeeded' else status} "
-                              f"(status {status}); only a job that has not finished can be {action}d",
-                              "fine_tuning_job_id", "job_already_finished")
-        if action == "resume" and not ftj.spec.suspend:
-            raise bad_request(f"Job {job_id} is not paused (status {status})", "fine_tuning_job_id", "job_not_paused")
+        objects.check_control(ftj, action)
         change = {"cancel": True} if action == "cancel" else {"suspend": action == "pause"}
         # The resourceVersion makes it a compare-and-swap: a job that finished meanwhile is not changed
         # (the operator wrote its status since): read it again and decide again.

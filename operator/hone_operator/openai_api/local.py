@@ -138,12 +138,7 @@ class LocalStore:
         folder = self._file_dir(project, file_id)
         self.get_file(project, file_id)
         with self.lock:
-            for job in self.list_jobs(project):
-                ann = objects.annotations(job)
-                active = not (job.status.phase and job.status.phase.terminal)
-                if active and file_id in (ann.get(objects.TRAINING_FILE), ann.get(objects.VALIDATION_FILE)):
-                    raise bad_request(f"file {file_id} is the data of job {job.metadata.name}, which has not "
-                                      "finished; cancel the job first", "file_id")
+            objects.check_in_use(self.list_jobs(project), file_id)
             trash = folder.with_name(f".deleted-{file_id}")
             os.replace(folder, trash)  # gone from listings at once
             shutil.rmtree(trash, ignore_errors=True)
@@ -443,15 +438,7 @@ class Worker:
 def control(store: LocalStore, worker: Worker, project: str, job_id: str, action: str) -> FineTuneJob:
     """Pause, resume or cancel a job, as ``spec.suspend`` / ``spec.cancel`` do in a cluster."""
     with store.lock:
-        ftj = store.get_job(project, job_id)
-        status = objects.STATUS[objects.phase(ftj)]
-        if ftj.status.phase is not None and ftj.status.phase.terminal:
-            raise bad_request(f"Job {job_id} has already {'completed' if status == 'succeeded' else status} "
-                              f"(status {status}); only a job that has not finished can be {action}d",
-                              "fine_tuning_job_id", "job_already_finished")
-        if action == "resume" and not ftj.spec.suspend:
-            raise bad_request(f"Job {job_id} is not paused (status {status})", "fine_tuning_job_id",
-                              "job_not_paused")
+        objects.check_control(store.get_job(project, job_id), action)
 
         def change(job: FineTuneJob) -> None:
             if action == "cancel":

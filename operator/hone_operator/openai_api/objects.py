@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from hone_operator.api.v1alpha1 import FineTuneJob
+from hone_operator.openai_api.errors import bad_request
 
 ANNOTATION_PREFIX = "api.hone.dev/"
 MODEL = ANNOTATION_PREFIX + "model"  # the catalog name the client asked for
@@ -43,6 +44,30 @@ def is_fine_tune(ftj: FineTuneJob) -> bool:
     """Whether the job's model can be listed and requested: it succeeded, and its model was not deleted."""
     return phase(ftj) == "Succeeded" and ftj.status.fineTunedModel is not None \
         and annotations(ftj).get(MODEL_DELETED) != "true"
+
+
+def check_in_use(jobs: list[FineTuneJob], file_id: str) -> None:
+    """OpenAI's 400 when a job that has not finished trains on the file (by the API's annotation, or by
+    ``spec.trainingData.file`` / ``spec.validationData.file`` in YAML)."""
+    for job in jobs:
+        ann = annotations(job)
+        named = {ann.get(TRAINING_FILE), ann.get(VALIDATION_FILE), job.spec.trainingData.file,
+                 job.spec.validationData.file if job.spec.validationData else None}
+        if not (job.status.phase and job.status.phase.terminal) and file_id in named:
+            raise bad_request(f"file {file_id} is the data of job {job.metadata.name}, which has not finished; "
+                              "cancel the job first", "file_id")
+
+
+def check_control(ftj: FineTuneJob, action: str) -> None:
+    """OpenAI's 400 when ``action`` (cancel, pause, resume) cannot apply to the job as it is."""
+    job_id = ftj.metadata.name
+    status = STATUS[phase(ftj)]
+    if ftj.status.phase is not None and ftj.status.phase.terminal:
+        raise bad_request(f"Job {job_id} has already {'completed' if status == 'succeeded' else status} "
+                          f"(status {status}); only a job that has not finished can be {action}d",
+                          "fine_tuning_job_id", "job_already_finished")
+    if action == "resume" and not ftj.spec.suspend:
+        raise bad_request(f"Job {job_id} is not paused (status {status})", "fine_tuning_job_id", "job_not_paused")
 
 
 def new_id(prefix: str) -> str:

@@ -51,14 +51,13 @@ def download_published(location: str, credentials_dir: str | None) -> Path:
     """A published ``s3://`` folder in the local cache, fetched afresh: its manifest, then every file the manifest
     lists (subfolders included) but ``merged/`` (a full merged model, which serving an adapter does not read).
     A name that would leave the folder is refused."""
-    import hashlib
     import json
 
     from hone_trainer.storage import filesystem
 
     fs, root = filesystem(location, credentials_dir)
     root = root.rstrip("/")
-    target = models.cache_root() / "s3" / hashlib.sha256(location.encode()).hexdigest()[:16]
+    target = models.s3_cache_dir(location)
     shutil.rmtree(target, ignore_errors=True)  # a model may have been published again under the same URI
     target.mkdir(parents=True)
     top = target.resolve()
