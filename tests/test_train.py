@@ -153,6 +153,23 @@ def test_lora_on_two_ranks_learns_and_publishes(tiny: Path, tmp_path: Path, stag
     assert (Path(result.artifact_uri) / "adapter_model.safetensors").stat().st_size < 200_000
     reloaded = eval_loss_with_peft(tiny, Path(result.artifact_uri), tmp_path / "val.jsonl")
     assert reloaded == pytest.approx(result.validation_loss, abs=1e-4)
+    # Every checkpoint kept is servable: its model verifies against its manifest under the name OpenAI gives
+    # it; the last one's adapter is the published adapter, tensor for tensor, and the one before is the model
+    # of its own step (plain peft reloads it to the validation loss the trainer measured then).
+    assert [c.step for c in result.checkpoints] == [12, 15]  # every 3 steps, the newest two kept
+    for ckpt in result.checkpoints:
+        exported = verify(Path(ckpt.model_uri))
+        assert exported["fineTunedModel"] == f"ft:tiny:local::u1:ckpt-step-{ckpt.step}"
+        assert exported["checkpoint"] == {"step": ckpt.step} and exported["steps"] == ckpt.step
+        assert Path(ckpt.model_uri) == Path(ckpt.uri) / "model"
+    from safetensors.torch import load_file
+
+    final = load_file(Path(result.artifact_uri) / "adapter_model.safetensors")
+    last, before = (load_file(Path(c.model_uri) / "adapter_model.safetensors") for c in result.checkpoints[::-1])
+    assert set(final) == set(last) == set(before)
+    assert all(final[k].equal(last[k]) for k in final) and not all(final[k].equal(before[k]) for k in final)
+    assert eval_loss_with_peft(tiny, Path(result.checkpoints[0].model_uri), tmp_path / "val.jsonl") == \
+        pytest.approx(result.checkpoints[0].validation_loss, abs=1e-4)
     # The memory estimate against the peak the ranks reached (mostly the Python runtime, for a tiny model).
     assert result.peak_memory_bytes == reports[-1]["peakMemoryBytes"]
     print("tiny peak", result.peak_memory_bytes, "estimate", estimated_peak(config, 2))
@@ -473,6 +490,9 @@ def test_progress_reaches_the_finetunejob_status(tiny: Path, tmp_path: Path, kub
     status = kube.get("hone.dev/v1alpha1", "FineTuneJob", "team-a", "support-assistant")["status"]
     assert status["progress"]["step"] == status["progress"]["totalSteps"] == 5
     assert status["progress"]["percent"] == 100 and status["progress"]["trainedTokens"] > 0
+    # The trainer lists each checkpoint as it completes (no operator runs here), servable ones with their model.
+    assert [(c["step"], c["modelUri"]) for c in status["checkpoints"]] == [
+        (step, str(tmp_path / "ckpt" / f"step-{step:08d}" / "model")) for step in (3, 5)]
     writes = apiserver.call(lambda s: {(w.verb, w.resource, w.subresource) for w in s.writes("hone-trainer")})
     assert writes == {("patch", "finetunejobs", "status")}  # nothing but its own status
 
@@ -531,7 +551,8 @@ def test_embedded_smollm2_trains_a_few_steps(tmp_path: Path) -> None:
     assert result.peak_memory_bytes == pytest.approx(estimated_peak(config, 1), rel=0.25)
 
 
-def test_checkpoints_on_s3_survive_the_loss_of_the_pod(tiny: Path, tmp_path: Path, s3) -> None:
+def test_checkpoints_on_s3_survive_the_loss_of_the_pod(tiny: Path, tmp_path: Path, s3,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A new pod (new local disk) resumes from the checkpoint mirrored to S3 and publishes there."""
     from hone_dev.s3 import BUCKET
 
@@ -573,3 +594,13 @@ def test_checkpoints_on_s3_survive_the_loss_of_the_pod(tiny: Path, tmp_path: Pat
     complete = [p for p in fs.ls(f"{BUCKET}/team-a/t/checkpoints", detail=False)
                 if fs.exists(f"{p}/hone-complete.json")]
     assert 1 <= len(complete) <= 2  # the newest ones are kept
+    # The result lists the checkpoints where the job's readers find them, on S3, and each one's model is
+    # fetched and verified there the way a serving pod does.
+    from hone_trainer.serving.loading import local_artifact
+
+    root = f"s3://{BUCKET}/team-a/t/checkpoints"
+    assert [(c.uri, c.model_uri) for c in got.checkpoints] == [
+        (f"{root}/step-{s:08d}", f"{root}/step-{s:08d}/model") for s in (12, 15)]
+    monkeypatch.setenv("HONE_CACHE", str(tmp_path / "cache"))
+    artifact = local_artifact(got.checkpoints[0].model_uri, creds)
+    assert artifact.fine_tuned_model == "ft:tiny:local::u1:ckpt-step-12" and artifact.is_adapter

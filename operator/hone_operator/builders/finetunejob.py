@@ -198,6 +198,7 @@ def trainer_config(ftj: FineTuneJob, settings: OperatorSettings, *, base_model: 
         gradient_checkpointing=spec.memory.gradientCheckpointing,
         checkpoint_interval_steps=spec.checkpointing.intervalSteps,
         keep_checkpoints=spec.checkpointing.keep,
+        servable_checkpoints=spec.checkpointing.servable,
         merge_weights=spec.output.mergeWeights,
         prices=settings.prices_for(spec.baseModel.uri),
         screening=screening_config(spec.dataScreening or settings.data_screening),

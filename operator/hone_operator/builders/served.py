@@ -74,9 +74,26 @@ def _succeeded(param: str, name: str, ftjs: dict[str, dict[str, Any] | None]) ->
     return ftj
 
 
-def _artifact_location(ftj: FineTuneJob, storage: Storage, param: str) -> tuple[str, str | None]:
-    """Where the pod finds the FineTuneJob's artifact, and the credentials folder for S3."""
-    artifact = ftj.status.fineTunedModel.artifactUri  # type: ignore[union-attr]
+def _checkpoint(ftj: FineTuneJob, step: int, param: str) -> contract.CheckpointInfo:
+    """The Succeeded job's servable checkpoint of ``step``; a :class:`SpecError` naming what there is else."""
+    kept = {c.step: c for c in ftj.status.checkpoints or []}
+    ckpt = kept.get(step)
+    if ckpt is None:
+        have = ", ".join(str(s) for s in sorted(kept)) or "none"
+        raise SpecError(param, f"FineTuneJob {ftj.metadata.name!r} keeps no checkpoint of step {step} (its "
+                               f"checkpoints: {have}); serve one of those, or leave checkpointStep out for the "
+                               "final model")
+    if not ckpt.model_uri:
+        raise SpecError(param, f"checkpoint step {step} of FineTuneJob {ftj.metadata.name!r} has no servable model "
+                               "(it was written with spec.checkpointing.servable false); serve the final model")
+    return ckpt
+
+
+def _artifact_location(ftj: FineTuneJob, storage: Storage, param: str,
+                       artifact: str | None = None) -> tuple[str, str | None]:
+    """Where the pod finds the FineTuneJob's artifact (or ``artifact``, a checkpoint's model under the same
+    output), and the credentials folder for S3."""
+    artifact = artifact or ftj.status.fineTunedModel.artifactUri  # type: ignore[union-attr]
     out = ftj.spec.output.uri
     if uri_scheme(out) == "pvc":
         claim, _ = parse_pvc_uri(out)
@@ -110,10 +127,17 @@ class _Collected:
     base_uri: str = ""  # the spec.baseModel.uri the prices are looked up by (settings.prices_for)
     served_name: str | None = None
 
-    def job_adapter(self, param: str, ftj: FineTuneJob, name: str | None = None) -> None:
-        location, creds = _artifact_location(ftj, self.storage, param)
+    def job_adapter(self, param: str, ftj: FineTuneJob, name: str | None = None, step: int | None = None) -> None:
+        """The job's adapter, or with ``step`` its checkpoint's (named ``<model>:ckpt-step-N`` by default)."""
+        model = ftj.status.fineTunedModel.name  # type: ignore[union-attr]
+        artifact = None
+        if step is not None:
+            artifact = _checkpoint(ftj, step, f"{param}.checkpointStep").model_uri
+            model = contract.checkpoint_model_name(model, step)
+        location, creds = _artifact_location(ftj, self.storage, param, artifact)
+        name = name or (model if step is not None else None)
         self.adapters.append(contract.AdapterSource(name=name, location=location, credentials_dir=creds))
-        self.names.append(name or ftj.status.fineTunedModel.name)  # type: ignore[union-attr]
+        self.names.append(name or model)
         self.ranks.append(ftj.spec.lora.r)
         self.trained_on.append((param, ftj))
 
@@ -128,7 +152,14 @@ def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
     spec = msv.spec
     got = _Collected()
     if spec.fineTuneJobRef is not None:
-        _fine_tune_job_ref(got, spec.fineTuneJobRef.name, bool(spec.adapters), ftjs)
+        _fine_tune_job_ref(got, spec.fineTuneJobRef.name, spec.fineTuneJobRef.checkpointStep,
+                           "spec.adapters" if spec.adapters else "spec.serveCheckpoints" if spec.serveCheckpoints
+                           else None, ftjs)
+        if spec.serveCheckpoints:
+            _checkpoints(got, spec.fineTuneJobRef.name, spec.fineTuneJobRef.checkpointStep, ftjs)
+    elif spec.serveCheckpoints:
+        raise SpecError("spec.serveCheckpoints", "serveCheckpoints serves the checkpoints of spec.fineTuneJobRef, "
+                        "which is not set")
     for i, a in enumerate(spec.adapters or []):
         param = f"spec.adapters[{i}]"
         if a.fineTuneJobRef is not None:
@@ -136,7 +167,7 @@ def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
             if ftj.spec.method == "full":
                 raise SpecError(f"{param}.fineTuneJobRef", f"FineTuneJob {ftj.metadata.name!r} is a full "
                                 "fine-tune, not an adapter: serve it in its own ModelServing")
-            got.job_adapter(f"{param}.fineTuneJobRef", ftj, a.name)
+            got.job_adapter(f"{param}.fineTuneJobRef", ftj, a.name, a.fineTuneJobRef.checkpointStep)
         else:
             assert a.uri is not None
             got.uri_adapter(f"{param}.uri", a.uri, a.name)
@@ -153,21 +184,36 @@ def resolve(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
     return Resolved(config, got.storage, got.ranks, remote, names)
 
 
-def _fine_tune_job_ref(got: _Collected, name: str, has_adapters: bool,
+def _fine_tune_job_ref(got: _Collected, name: str, step: int | None, more_adapters: str | None,
                        ftjs: dict[str, dict[str, Any] | None]) -> None:
-    """spec.fineTuneJobRef: its adapter, or for a full fine-tune the model served as the base."""
+    """spec.fineTuneJobRef: its adapter (or its checkpoint's), or for a full fine-tune the model served as
+    the base; ``more_adapters``: the field that asks for adapters beside it, if one does."""
     param = "spec.fineTuneJobRef"
     ftj = _succeeded(param, name, ftjs)
     if ftj.spec.method != "full":
-        got.job_adapter(param, ftj)
+        got.job_adapter(param, ftj, step=step)
         return
-    if has_adapters:
-        raise SpecError("spec.adapters", f"FineTuneJob {ftj.metadata.name!r} is a full fine-tune: it is "
-                        "served as the base model and cannot carry adapters")
-    location, creds = _artifact_location(ftj, got.storage, param)
+    if more_adapters:
+        raise SpecError(more_adapters, f"FineTuneJob {ftj.metadata.name!r} is a full fine-tune: it is served as the base "
+                        "model and cannot carry adapters (its checkpoints are served one per ModelServing, with "
+                        "spec.fineTuneJobRef.checkpointStep)")
+    model = ftj.status.fineTunedModel.name  # type: ignore[union-attr]
+    artifact = None
+    if step is not None:
+        artifact = _checkpoint(ftj, step, f"{param}.checkpointStep").model_uri
+        model = contract.checkpoint_model_name(model, step)
+    location, creds = _artifact_location(ftj, got.storage, param, artifact)
     got.base = contract.ModelSource(location=location, credentials_dir=creds)
     got.base_uri = ftj.spec.baseModel.uri
-    got.served_name = ftj.status.fineTunedModel.name  # type: ignore[union-attr]
+    got.served_name = model
+
+
+def _checkpoints(got: _Collected, name: str, served_step: int | None, ftjs: dict[str, dict[str, Any] | None]) -> None:
+    """spec.serveCheckpoints: every servable checkpoint of spec.fineTuneJobRef's job (but the one it serves)."""
+    ftj = _succeeded("spec.fineTuneJobRef", name, ftjs)
+    for ckpt in sorted(ftj.status.checkpoints or [], key=lambda c: c.step):
+        if ckpt.model_uri and ckpt.step != served_step:
+            got.job_adapter("spec.serveCheckpoints", ftj, step=ckpt.step)
 
 
 def _base_model(spec: Any, got: _Collected) -> contract.ModelSource:

@@ -80,6 +80,8 @@ from hone_trainer.contract.results import (  # noqa: F401
     ScreeningResult,
     ValidationResult,
     Progress,
+    CHECKPOINT_MODEL_DIR,
+    checkpoint_model_name,
     CheckpointInfo,
     TrainingResult,
 )

@@ -151,6 +151,9 @@ class TrainerConfig(CamelModel):
     checkpoint_dir: str = Field(description="Where checkpoints are written and resumed from.")
     checkpoint_interval_steps: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    servable_checkpoints: bool = Field(
+        True, description="Export each checkpoint's model (adapter or weights, tokenizer, manifest) into its "
+                          "folder, so that it can be served like the final result.")
     merge_weights: bool = False
     prices: PriceTable = Field(default_factory=PriceTable)
     progress: ProgressReporting = Field(default_factory=ProgressReporting)

@@ -171,10 +171,24 @@ class Progress(CamelModel):
         return self
 
 
+#: Where a checkpoint's servable model lies inside its folder (adapter or weights, tokenizer, manifest).
+CHECKPOINT_MODEL_DIR = "model"
+
+
+def checkpoint_model_name(fine_tuned_model: str, step: int) -> str:
+    """The name a checkpoint's model is served and requested by, as OpenAI names them: ``<model>:ckpt-step-N``."""
+    return f"{fine_tuned_model}:ckpt-step-{step}"
+
+
 class CheckpointInfo(CamelModel):
     step: int = Field(ge=0, description="Optimizer step the checkpoint was taken at.")
     uri: str = Field(description="Where the complete checkpoint lies.")
     train_loss: float | None = Field(None, description="Training loss at that step.")
+    validation_loss: float | None = Field(None, description="Loss on the validation file at that step.")
+    model_uri: str | None = Field(
+        None, description="The checkpoint's servable model (adapter or weights, tokenizer and manifest), which a "
+                          "ModelServing serves with fineTuneJobRef.checkpointStep; absent when "
+                          "spec.checkpointing.servable was false.")
 
 
 class TrainingResult(CamelModel):

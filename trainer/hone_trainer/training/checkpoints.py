@@ -4,6 +4,10 @@ Layout under ``checkpoint_dir``::
 
     step-00000050/            DeepSpeed's files (adapter or model shards,
                               optimizer and scheduler state), rng-rank<N>.pt
+    step-00000050/model/      the checkpoint's servable model, as a result is
+                              published (adapter or weights, tokenizer,
+                              manifest.json): ModelServing's
+                              fineTuneJobRef.checkpointStep serves it
     step-00000050/hone-complete.json   written last, atomically, by rank 0
                                        once every rank has saved
 
@@ -33,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hone_trainer.contract import CHECKPOINT_MODEL_DIR
+from hone_trainer.manifest import MANIFEST
 from hone_trainer.storage import filesystem, upload_tree, write_atomically
 
 MARKER = "hone-complete.json"
@@ -187,6 +193,18 @@ class RemoteMirror:
 
     def complete(self) -> list[int]:
         return [step for step, path in self._tags() if self.fs.exists(f"{path}/{MARKER}")]
+
+    def checkpoints(self) -> list[tuple[int, dict[str, Any], bool]]:
+        """(step, marker, servable) of every remotely complete checkpoint, oldest first; ``servable``: its
+        exported model's manifest is there."""
+        out = []
+        for step, path in self._tags():
+            try:
+                meta = json.loads(self.fs.cat_file(f"{path}/{MARKER}"))
+            except (FileNotFoundError, ValueError):
+                continue
+            out.append((step, meta, self.fs.exists(f"{path}/{CHECKPOINT_MODEL_DIR}/{MANIFEST}")))
+        return out
 
     def upload(self, local: Path) -> None:
         upload_tree(self.fs, local, f"{self.root}/{local.name}", skip=MARKER)

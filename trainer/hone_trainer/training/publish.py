@@ -77,15 +77,18 @@ def sha256_of(location: contract.DataFile | None) -> str | None:
 def manifest_info(cfg: contract.TrainerConfig, hp: contract.ResolvedHyperparameters, *, examples: int,
                   validation_examples: int, trained_tokens: int, train_loss: float | None,
                   val_loss: float | None, steps: int, train_curve: list[contract.LossPoint] = (),
-                  validation_curve: list[contract.LossPoint] = ()) -> dict[str, Any]:
-    """What the manifest says of a published model besides its files' hashes."""
+                  validation_curve: list[contract.LossPoint] = (), fine_tuned_model: str | None = None,
+                  data_hashes: tuple[str | None, str | None] | None = None) -> dict[str, Any]:
+    """What the manifest says of a published model besides its files' hashes. ``fine_tuned_model``: the name
+    it is served by (default: the job's; a checkpoint's is its own); ``data_hashes``: the training and
+    validation files' SHA-256, when known already."""
+    training_sha, validation_sha = data_hashes or (sha256_of(cfg.training_data), sha256_of(cfg.validation_data))
     return {
         "apiVersion": "hone.dev/v1alpha1", "kind": "HoneModel",
-        "fineTunedModel": cfg.job.fine_tuned_model,
+        "fineTunedModel": fine_tuned_model or cfg.job.fine_tuned_model,
         "baseModel": {"location": cfg.base_model.location, "revision": cfg.base_model.revision},
         "method": cfg.method,
-        "dataset": {"trainingSha256": sha256_of(cfg.training_data),
-                    "validationSha256": sha256_of(cfg.validation_data),
+        "dataset": {"trainingSha256": training_sha, "validationSha256": validation_sha,
                     "examples": examples, "validationExamples": validation_examples},
         "hyperparameters": hp.to_json_dict(),
         "config": cfg.to_json_dict(),

@@ -1,7 +1,7 @@
 """Progress from rank 0: into the FineTuneJob's status, a file, logs and /metrics.
 
-* ``kubernetes``: a JSON merge patch of ``status.progress`` through the status
-  subresource, with the pod's ServiceAccount token (its Role allows exactly
+* ``kubernetes``: a JSON merge patch of ``status.progress`` (and, after a
+  checkpoint, ``status.checkpoints``) through the status subresource, with the pod's ServiceAccount token (its Role allows exactly
   that). Plain HTTPS: the trainer needs no Kubernetes client.
 * ``file``: the same JSON, rewritten atomically (``hone run`` reads it).
 * always: one JSON log line per report, and Prometheus gauges on
@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hone_trainer import __version__
-from hone_trainer.contract import Progress, ProgressReporting
+from hone_trainer.contract import CheckpointInfo, Progress, ProgressReporting
 from hone_trainer.storage import write_atomically
 
 log = logging.getLogger("hone.trainer.report")
@@ -113,10 +113,15 @@ class Reporter:
             except OSError as exc:
                 log.warning("metrics port %s unavailable: %s", metrics_port, exc)
 
-    def report(self, progress: Progress, *, final: bool = False) -> None:
-        """Deliver one report; ``final`` (the last step's) is retried until it lands or its time is up."""
+    def report(self, progress: Progress, *, final: bool = False,
+               checkpoints: list[CheckpointInfo] | None = None) -> None:
+        """Deliver one report; ``final`` (the last step's) is retried until it lands or its time is up.
+        ``checkpoints`` (after a save: every complete checkpoint kept) replace ``status.checkpoints``."""
         progress.updated_at = datetime.now(timezone.utc).replace(microsecond=0)
         data = progress.to_json_dict()
+        status: dict = {"progress": data}
+        if checkpoints is not None:
+            status["checkpoints"] = [c.to_json_dict() for c in checkpoints]
         print(json.dumps({"event": "progress", **self.labels, **data}), flush=True, file=sys.stdout)
         if self._gauges:
             values = {"step": progress.step, "total": progress.total_steps, "loss": progress.train_loss,
@@ -131,7 +136,7 @@ class Reporter:
         while True:
             try:
                 if self.settings.kind == "kubernetes":
-                    _patch_status(self.settings, {"status": {"progress": data}})
+                    _patch_status(self.settings, {"status": status})
                 elif self.settings.kind == "file" and self.settings.path:
                     write_atomically(Path(self.settings.path), json.dumps(data), durable=False)
                 return

@@ -26,8 +26,8 @@ from hone_trainer.training.checkpoints import CheckpointStore, RemoteMirror, saf
 from hone_trainer.contract import CheckpointInfo, Progress, TrainerConfig, TrainingResult
 from hone_trainer.contract import memory
 from hone_trainer.training.data import ReadResult
-from hone_trainer.manifest import write_manifest
-from hone_trainer.training.publish import manifest_info, publish, staging_dir
+from hone_trainer.manifest import MANIFEST, write_manifest
+from hone_trainer.training.publish import manifest_info, publish, sha256_of, staging_dir
 from hone_trainer.training.report import Reporter, ReportingForbidden, check_access
 from hone_trainer.training import screening
 from hone_trainer.training.validate import read_file
@@ -62,6 +62,7 @@ class Trainer:
     def __init__(self, config: TrainerConfig):
         self.config = config
         self.stop_requested = False
+        self._data_hashes: tuple[str | None, str | None] | None = None
 
     # ---- setup -------------------------------------------------------------
 
@@ -295,25 +296,55 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------
 
-    def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
+    def save(self, step: int, state: dict[str, Any]) -> list[CheckpointInfo]:
+        """Save a checkpoint (every rank takes part); returns every complete checkpoint kept (rank 0; others: [])."""
         torch = self.torch
         lora = self.config.method != "full"
         self.engine.save_checkpoint(str(self.store.root), tag=tag(step), client_state={"hone_step": step},
                                     exclude_frozen_parameters=lora)
         rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.gpu else []}
         torch.save(rng, self.store.root / tag(step) / f"rng-rank{self.rank}.pt")
+        if self.config.servable_checkpoints:
+            self._export_checkpoint(step, state)  # before the marker: a complete checkpoint is servable
         self.dist.barrier()
         if self.mirror is not None and self.local_rank == 0:
             self.mirror.upload(self.store.root / tag(step))  # what this node wrote
         self.distributed.wait_for_rank0()  # an upload can outlast a collective's timeout
+        kept: list[CheckpointInfo] = []
         if self.rank == 0:
             self.store.mark_complete(step, state)
             if self.mirror is not None:
                 self.mirror.mark(self.store.root / tag(step))
                 self.mirror.prune(self.config.keep_checkpoints)
             self.store.prune()
+            kept = self.checkpoint_infos()
         self.distributed.wait_for_rank0()
-        return CheckpointInfo(step=step, uri=str(self.store.root / tag(step)), train_loss=state.get("train_loss"))
+        return kept
+
+    def _export_checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        """The checkpoint's model, as the final result is published (adapter or weights, tokenizer, manifest),
+        under ``step-N/model``: what a ModelServing serves for ``fineTuneJobRef.checkpointStep``."""
+        folder = self.store.root / tag(step) / contract.CHECKPOINT_MODEL_DIR if self.rank == 0 else None
+        self._write_model(folder)
+        if folder is not None:
+            name = contract.checkpoint_model_name(self.config.job.fine_tuned_model, step)
+            info = self._manifest(step, state["trained_tokens"], state.get("train_loss"),
+                                  state.get("validation_loss"), fine_tuned_model=name)
+            write_manifest(folder, {**info, "checkpoint": {"step": step}})
+
+    def checkpoint_infos(self) -> list[CheckpointInfo]:
+        """Every complete checkpoint kept, oldest first, where the job's readers find it (for an S3 output the
+        mirror: the local copies live on a pod's disk, and earlier pods' only there)."""
+        if self.mirror is not None:
+            found = [(step, meta, f"{self.mirror.uri}/{tag(step)}", servable)
+                     for step, meta, servable in self.mirror.checkpoints()]
+        else:
+            found = [(c.step, c.meta, str(c.path), (c.path / contract.CHECKPOINT_MODEL_DIR / MANIFEST).exists())
+                     for c in self.store.complete()]
+        return [CheckpointInfo(step=step, uri=uri, train_loss=meta.get("train_loss"),
+                               validation_loss=meta.get("validation_loss"),
+                               model_uri=f"{uri}/{contract.CHECKPOINT_MODEL_DIR}" if servable else None)
+                for step, meta, uri, servable in found]
 
     def resume(self) -> dict[str, Any]:
         if self.rank == 0:
@@ -384,17 +415,19 @@ class Trainer:
             if due_ckpt and self.val_data:
                 val_loss = self.validation_loss()
                 self.validation_curve.append((step, val_loss))
-            if due_report and self.reporter:
-                self._report(step, max(now - last_report, 1e-9), interval_steps, interval_billable,
-                             train_loss, val_loss, trained_tokens, final=last)
-            if due_report:
-                last_report, interval_billable, interval_steps = now, 0, 0
+            saved = None
             if due_ckpt:
-                info = self.save(step, {"trained_tokens": trained_tokens, "train_loss": train_loss,
-                                        "validation_loss": val_loss, "initial_validation_loss": initial_val,
-                                        "train_curve": self.train_curve, "validation_curve": self.validation_curve})
-                checkpoints = [info]
+                saved = self.save(step, {"trained_tokens": trained_tokens, "train_loss": train_loss,
+                                         "validation_loss": val_loss, "initial_validation_loss": initial_val,
+                                         "train_curve": self.train_curve, "validation_curve": self.validation_curve})
+                checkpoints = saved
                 interval_loss = interval_tokens = 0.0
+            # A report after every save too: status.checkpoints lists a checkpoint as soon as it is complete.
+            if (due_report or saved is not None) and self.reporter:
+                self._report(step, max(now - last_report, 1e-9), interval_steps, interval_billable,
+                             train_loss, val_loss, trained_tokens, final=last, checkpoints=saved)
+            if due_report or saved is not None:
+                last_report, interval_billable, interval_steps = now, 0, 0
             if stop and not last:
                 raise Preempted(f"stopped at step {step} of {self.total_steps} on SIGTERM; checkpoint saved")
         result = self.publish(step, trained_tokens, train_loss, val_loss, checkpoints)
@@ -433,7 +466,8 @@ class Trainer:
         return step_loss_sum, global_label_tokens, billable, bool(stop)
 
     def _report(self, step: int, elapsed: float, interval_steps: int, interval_billable: int,
-                train_loss: float | None, val_loss: float | None, trained_tokens: int, final: bool = False) -> None:
+                train_loss: float | None, val_loss: float | None, trained_tokens: int, final: bool = False,
+                checkpoints: list[CheckpointInfo] | None = None) -> None:
         eta = datetime.now(timezone.utc) + timedelta(
             seconds=(self.total_steps - step) * elapsed / max(interval_steps, 1))
         assert self.reporter is not None
@@ -444,47 +478,64 @@ class Trainer:
                                       estimated_finish=eta.replace(microsecond=0),
                                       train_curve=contract.loss_curve(self.train_curve),
                                       validation_curve=contract.loss_curve(self.validation_curve),
-                                      peak_memory_bytes=self.peak_memory or None), final=final)
+                                      peak_memory_bytes=self.peak_memory or None), final=final,
+                             checkpoints=checkpoints)
 
     # ---- publishing --------------------------------------------------------------
 
     def publish(self, step: int, trained_tokens: int, train_loss: float | None, val_loss: float | None,
                 checkpoints: list[CheckpointInfo]) -> TrainingResult:
         cfg = self.config
-        module = self.engine.module
         staging = staging_dir(cfg.output_uri) if self.rank == 0 else None
-        if self.zero3 and cfg.method == "full":
+        self._write_model(staging)
+        result = None
+        if self.rank == 0:
+            assert staging is not None
+            if cfg.merge_weights and cfg.method != "full":
+                self._save_merged(staging)
+            info = self._manifest(step, trained_tokens, train_loss, val_loss, fine_tuned_model=cfg.job.fine_tuned_model)
+            manifest_sha = write_manifest(staging, info)
+            uri = publish(staging, cfg.output_uri, cfg.output_credentials_dir)
+            result = TrainingResult(ok=True, fine_tuned_model=cfg.job.fine_tuned_model, artifact_uri=uri,
+                                    manifest_sha256=manifest_sha, trained_tokens=trained_tokens, steps=step,
+                                    train_loss=train_loss, validation_loss=val_loss,
+                                    checkpoints=self.checkpoint_infos() or checkpoints,
+                                    peak_memory_bytes=self.peak_memory or None)
+        self.distributed.wait_for_rank0()  # saving, merging, hashing and uploading a model take long
+        return result or TrainingResult(ok=True, steps=step, trained_tokens=trained_tokens)
+
+    def _write_model(self, folder: Path | None) -> None:
+        """The trained adapter (or, for full fine-tuning, the model) and the tokenizer into ``folder``, which
+        rank 0 gives and the others pass as None: every rank takes part in gathering ZeRO-3 partitions."""
+        module = self.engine.module
+        if self.zero3 and self.config.method == "full":
             # Every rank takes part; DeepSpeed gathers one module at a time and only rank 0 keeps a copy, in
             # host memory: a whole gathered model on every GPU does not fit for the models ZeRO-3 is for.
             state = self.engine._zero3_consolidated_16bit_state_dict()
-            if self.rank == 0:
-                module.save_pretrained(str(staging), state_dict=state, safe_serialization=True)
+            if folder is not None:
+                module.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
         else:
             # The LoRA parameters are small; under ZeRO-3 every rank takes part in gathering them.
             trainable = [p for p in module.parameters() if p.requires_grad]
             ctx = (self.deepspeed.zero.GatheredParameters(trainable, modifier_rank=None) if self.zero3
                    else contextlib.nullcontext())
             with ctx:
-                if self.rank == 0:
-                    module.save_pretrained(str(staging), safe_serialization=True)
-        result = None
-        if self.rank == 0:
-            assert staging is not None
-            self.tokenizer.save_pretrained(str(staging))
-            if cfg.merge_weights and cfg.method != "full":
-                self._save_merged(staging)
-            info = manifest_info(cfg, self.hp, examples=len(self.train_data), validation_examples=len(self.val_data),
-                                 trained_tokens=trained_tokens, train_loss=train_loss, val_loss=val_loss, steps=step,
-                                 train_curve=contract.loss_curve(self.train_curve),
-                                 validation_curve=contract.loss_curve(self.validation_curve))
-            manifest_sha = write_manifest(staging, info)
-            uri = publish(staging, cfg.output_uri, cfg.output_credentials_dir)
-            result = TrainingResult(ok=True, fine_tuned_model=cfg.job.fine_tuned_model, artifact_uri=uri,
-                                    manifest_sha256=manifest_sha, trained_tokens=trained_tokens, steps=step,
-                                    train_loss=train_loss, validation_loss=val_loss, checkpoints=checkpoints,
-                                    peak_memory_bytes=self.peak_memory or None)
-        self.distributed.wait_for_rank0()  # saving, merging, hashing and uploading a model take long
-        return result or TrainingResult(ok=True, steps=step, trained_tokens=trained_tokens)
+                if folder is not None:
+                    module.save_pretrained(str(folder), safe_serialization=True)
+        if folder is not None:
+            self.tokenizer.save_pretrained(str(folder))
+
+    def _manifest(self, step: int, trained_tokens: int, train_loss: float | None, val_loss: float | None, *,
+                  fine_tuned_model: str) -> dict[str, Any]:
+        """What the manifest of the model at ``step`` says besides its files (the data's hashes computed once)."""
+        if self._data_hashes is None:
+            self._data_hashes = (sha256_of(self.config.training_data), sha256_of(self.config.validation_data))
+        return manifest_info(self.config, self.hp, examples=len(self.train_data),
+                             validation_examples=len(self.val_data), trained_tokens=trained_tokens,
+                             train_loss=train_loss, val_loss=val_loss, steps=step,
+                             train_curve=contract.loss_curve(self.train_curve),
+                             validation_curve=contract.loss_curve(self.validation_curve),
+                             fine_tuned_model=fine_tuned_model, data_hashes=self._data_hashes)
 
     def _save_merged(self, staging: Path) -> None:
         """The base with the adapter folded in, under ``merged/``: loadable without peft.

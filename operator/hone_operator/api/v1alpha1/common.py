@@ -166,6 +166,10 @@ class FineTuneJobRef(NamespacedRef):
     """A FineTuneJob in the same namespace."""
 
     name: str = Field(description="Name of the FineTuneJob.", pattern=_DNS_SUBDOMAIN, max_length=253)
+    checkpointStep: int | None = Field(
+        None, alias="checkpointStep", ge=1,
+        description="Serve the job's checkpoint of this step (one that its status.checkpoints lists as servable) "
+                    "instead of its final model, under the name <fine-tuned model>:ckpt-step-N.")
 
 
 URI_SCHEMES = ("hf", "pvc", "s3", "http", "https", "file", "embedded")

@@ -291,6 +291,11 @@ class CheckpointingSpec(ApiModel):
 
     intervalSteps: int = Field(50, alias="intervalSteps", ge=1, description="Write a checkpoint every N optimizer steps.")
     keep: int = Field(2, ge=1, le=100, description="Complete checkpoints to keep (the newest ones).")
+    servable: bool = Field(
+        True, description="Export each checkpoint's model into it (the adapter, or for full fine-tuning the "
+                          "weights, with the tokenizer and a manifest), so that a ModelServing can serve it "
+                          "(fineTuneJobRef.checkpointStep) under OpenAI's <model>:ckpt-step-N name. An adapter "
+                          "is small; for full fine-tuning each checkpoint holds one more copy of the model.")
 
 
 QLORA_NEEDS_GPUS = ("method qlora needs GPUs (4-bit bitsandbytes kernels): set resources.gpusPerNode >= 1 "

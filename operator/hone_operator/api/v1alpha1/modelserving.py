@@ -108,6 +108,12 @@ class ModelServingSpec(ApiModel):
     adapters: list[AdapterSpec] | None = Field(
         None, description="More LoRA adapters served on the same base model, each under its own name."
     )
+    serveCheckpoints: bool = Field(
+        False, alias="serveCheckpoints",
+        description="Also serve every servable checkpoint that spec.fineTuneJobRef's status.checkpoints lists, "
+                    "each under its <fine-tuned model>:ckpt-step-N name, as adapters on the same base (LoRA and "
+                    "QLoRA jobs), as OpenAI serves a job's checkpoints. hone api's ModelServings set it.",
+    )
     runtime: Literal["hone", "vllm"] = Field(
         "hone", description="hone: the built-in server (CPU or GPU); vllm: vLLM with --enable-lora (GPU)."
     )
