@@ -613,6 +613,17 @@ def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, t
                 return None
         reply = wait_for(answer, timeout=300, interval=1, what="the fine-tune to answer through hone api")
         assert reply.model == done.fine_tuned_model and reply.usage.completion_tokens > 0
+        # Its checkpoint answers too, from the model the trainer exported into it on S3 (the last step's:
+        # the final weights, so the same answer).
+        listed = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        last = listed[0]
+        assert [c.fine_tuned_model_checkpoint for c in listed] == [
+            f"{done.fine_tuned_model}:ckpt-step-{c.step_number}" for c in listed], listed
+        assert last.step_number == max(c.step_number for c in listed) and last.step_number > 0
+        again = client.chat.completions.create(model=last.fine_tuned_model_checkpoint, max_tokens=8, temperature=0,
+                                               messages=[{"role": "user", "content": "Do you ship to Porto?"}])
+        assert again.model == last.fine_tuned_model_checkpoint
+        assert again.choices[0].message.content == reply.choices[0].message.content
         # The same upload from YAML: a FineTuneJob applied with kubectl names it by id, and the API lists it.
         yaml_job = _finetunejob("from-upload", epochs=1)
         yaml_job["metadata"]["namespace"] = ns

@@ -136,6 +136,18 @@ def test_openai_fine_tuning_flow_unchanged_but_for_base_url(api: str) -> None:
         answer.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
 
+    # Each checkpoint answers under its own name, as on OpenAI: the last one is the final model's weights.
+    last = c.chat.completions.create(model=checkpoints[0].fine_tuned_model_checkpoint, messages=QUESTION,
+                                     max_tokens=12, temperature=0)
+    assert last.model == checkpoints[0].fine_tuned_model_checkpoint
+    assert last.choices[0].message.content == answer.choices[0].message.content
+    early = c.chat.completions.create(model=checkpoints[-1].fine_tuned_model_checkpoint, messages=QUESTION,
+                                      max_tokens=12, temperature=0)
+    assert early.model == checkpoints[-1].fine_tuned_model_checkpoint and early.usage.completion_tokens > 0
+    with pytest.raises(openai.NotFoundError) as missing:  # a step with no checkpoint
+        c.chat.completions.create(model=f"{done.fine_tuned_model}:ckpt-step-7", messages=QUESTION, max_tokens=4)
+    assert missing.value.code == "model_not_found"
+
     with pytest.raises(openai.BadRequestError) as err:  # a finished job cannot be cancelled
         c.fine_tuning.jobs.cancel(done.id)
     assert err.value.code == "job_already_finished"
@@ -148,8 +160,9 @@ def test_openai_fine_tuning_flow_unchanged_but_for_base_url(api: str) -> None:
     assert other.fine_tuning.jobs.list().data == [] and done.fine_tuned_model not in [m.id for m in other.models.list()]
 
     assert c.models.delete(done.fine_tuned_model).deleted
-    with pytest.raises(openai.NotFoundError):
-        c.chat.completions.create(model=done.fine_tuned_model, messages=QUESTION, max_tokens=4)
+    for name in (done.fine_tuned_model, checkpoints[0].fine_tuned_model_checkpoint):  # its checkpoints go with it
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model=name, messages=QUESTION, max_tokens=4)
 
 
 def test_bad_input_gets_openai_errors_naming_what_to_fix(api: str) -> None:

@@ -153,11 +153,12 @@ def test_the_openai_flow_over_finetunejobs(cluster: Env) -> None:
     assert spec["trainingData"] == {"uri": f"{STORE}/files/team-a/{uploaded.id}.jsonl",
                                     "credentialsSecret": {"name": "hone-api-store"}}
     assert spec["output"]["uri"] == f"{STORE}/models" and spec["hyperparameters"]["epochs"] == 2
+    assert spec["checkpointing"] == {"keep": 3, "everyEpoch": True}  # OpenAI's: each epoch's, the last three
     # The catalog entry's method and resources: what a GPU platform team sets once for a base model.
     assert spec["method"] == "qlora" and spec["resources"]["gpusPerNode"] == 2
     assert spec["resources"]["gpuMemory"] == "24Gi"
     msv = kube.get(API, "ModelServing", "team-a", job.id)  # serves the fine-tune once it succeeds
-    assert msv is not None and msv["spec"]["fineTuneJobRef"] == {"name": job.id}
+    assert msv is not None and msv["spec"] == {"fineTuneJobRef": {"name": job.id}, "serveCheckpoints": True}
     assert msv["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
     # A file a job still trains on cannot be deleted.
     with pytest.raises(openai.BadRequestError, match="cancel the job first"):
@@ -197,6 +198,10 @@ def test_the_openai_flow_over_finetunejobs(cluster: Env) -> None:
     assert listed[results].purpose == "fine-tune-results" and listed[results].filename == "step_metrics.csv"
     with pytest.raises(openai.BadRequestError, match="results file"):
         alice.files.delete(results)
+    # A metrics event per step of the loss curve, the validation loss where it was measured, newest first.
+    metrics = [e.data for e in alice.fine_tuning.jobs.list_events(job.id).data if e.type == "metrics"]
+    assert metrics == [{"step": 6, "total_steps": 6, "train_loss": 1.1, "valid_loss": 1.3, "trained_tokens": 480},
+                       {"step": 1, "total_steps": 6, "train_loss": 2.5, "valid_loss": None, "trained_tokens": None}]
     checkpoints = alice.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [6, 3]
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}:ckpt-step-6"
@@ -205,6 +210,12 @@ def test_the_openai_flow_over_finetunejobs(cluster: Env) -> None:
     # Its ModelServing is still rolling out: the model is known but not ready.
     with pytest.raises(openai.InternalServerError, match="not ready yet"):
         alice.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+    # So is a checkpoint (the job's ModelServing serves them too); a step with no checkpoint is not a model.
+    with pytest.raises(openai.InternalServerError, match="not ready yet"):
+        alice.chat.completions.create(model=f"{name}:ckpt-step-3", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError) as missing:
+        alice.chat.completions.create(model=f"{name}:ckpt-step-4", messages=[{"role": "user", "content": "hi"}])
+    assert missing.value.code == "model_not_found"
     alice.files.delete(uploaded.id)  # the job finished: its data may go now
     assert not cluster.fs.exists(f"{BUCKET}/hone-api/files/team-a/{uploaded.id}.jsonl")
     assert kube.get("v1", "ConfigMap", "team-a", uploaded.id) is None

@@ -284,6 +284,61 @@ def test_adapters_on_different_bases_and_full_fine_tunes_are_refused() -> None:
     assert resolved.config.base_model.location.endswith("/support-assistant/model")
 
 
+def _with_checkpoints(body: dict[str, Any], steps: tuple[int, ...], servable: bool = True) -> dict[str, Any]:
+    """A succeeded job's status.checkpoints as its trainer reports them (beside its published model)."""
+    root = body["status"]["fineTunedModel"]["artifactUri"].removesuffix("/model") + "/checkpoints"
+    body["status"]["checkpoints"] = [{"step": s, "uri": f"{root}/step-{s:08d}", "trainLoss": 1.0 / s,
+                                      **({"modelUri": f"{root}/step-{s:08d}/model"} if servable else {})}
+                                     for s in steps]
+    return body
+
+
+def test_a_checkpoint_is_served_under_its_openai_name() -> None:
+    """fineTuneJobRef.checkpointStep serves that checkpoint's model; serveCheckpoints adds every servable one;
+    a checkpoint the job does not keep, or one without a model, is refused naming the field."""
+    lora = _with_checkpoints(_succeeded_ftj("support-assistant"), (4, 8, 12))
+    model = lora["status"]["fineTunedModel"]["name"]
+    root = f"/var/run/hone/pvc/hone-models/adapters/{NS}/support-assistant/checkpoints"
+    _, one = msv_build.desired(_msv(fineTuneJobRef={"name": "support-assistant", "checkpointStep": 8}),
+                               {"support-assistant": lora}, SETTINGS)
+    assert one.names[1:] == [f"{model}:ckpt-step-8"]
+    assert [(a.name, a.location) for a in one.config.adapters] == [
+        (f"{model}:ckpt-step-8", f"{root}/step-00000008/model")]
+
+    objs, every = msv_build.desired(_msv(serveCheckpoints=True), {"support-assistant": lora}, SETTINGS)
+    assert every.names[1:] == [model, *(f"{model}:ckpt-step-{s}" for s in (4, 8, 12))]
+    assert [a.location for a in every.config.adapters][1:] == [f"{root}/step-{s:08d}/model" for s in (4, 8, 12)]
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S, strict=True)
+
+    on_s3 = _with_checkpoints(_succeeded_ftj("support-assistant", output="s3://acme-models/hone"), (12,))
+    _, remote = msv_build.desired(_msv(fineTuneJobRef={"name": "support-assistant", "checkpointStep": 12}),
+                                  {"support-assistant": on_s3}, SETTINGS)
+    assert remote.config.adapters[0].location == f"s3://acme-models/hone/{NS}/support-assistant/checkpoints/" \
+                                                 "step-00000012/model" and remote.remote_adapters == [0]
+
+    full = _with_checkpoints(_succeeded_ftj("support-assistant", method="full"), (8, 12))
+    _, base = msv_build.desired(_msv(fineTuneJobRef={"name": "support-assistant", "checkpointStep": 8}),
+                                {"support-assistant": full}, SETTINGS)
+    assert base.names == [f"{full['status']['fineTunedModel']['name']}:ckpt-step-8"]
+    assert base.config.base_model.location.endswith("/support-assistant/checkpoints/step-00000008/model")
+
+    def refused(spec: dict[str, Any], ftj: dict[str, Any]) -> str:
+        plan = msv_reconcile.plan(_body(**spec), msv_reconcile.ObservedServing({"support-assistant": ftj}),
+                                  SETTINGS, "2026-11-21T00:00:00Z")
+        assert plan.status["phase"] == "Failed" and not plan.apply
+        return next(c for c in plan.status["conditions"] if c["type"] == "Ready")["message"]
+
+    assert refused({"fineTuneJobRef": {"name": "support-assistant", "checkpointStep": 5}}, lora).startswith(
+        "spec.fineTuneJobRef.checkpointStep: FineTuneJob 'support-assistant' keeps no checkpoint of step 5 (its "
+        "checkpoints: 4, 8, 12)")
+    unexported = _with_checkpoints(_succeeded_ftj("support-assistant"), (12,), servable=False)
+    assert "spec.checkpointing.servable false" in refused(
+        {"fineTuneJobRef": {"name": "support-assistant", "checkpointStep": 12}}, unexported)
+    assert refused({"serveCheckpoints": True}, full).startswith("spec.serveCheckpoints: FineTuneJob "
+                                                               "'support-assistant' is a full fine-tune")
+
+
 def test_converged_plan_is_empty_and_a_changed_spec_is_applied() -> None:
     ftjs = {"support-assistant": _succeeded_ftj("support-assistant")}
     body = _body()

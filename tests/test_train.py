@@ -136,7 +136,8 @@ NO_DROPOUT = contract.LoraConfig(r=16, alpha=32, dropout=0.0)  # dropout draws d
 @pytest.mark.parametrize("stage", [2, 3])
 def test_lora_on_two_ranks_learns_and_publishes(tiny: Path, tmp_path: Path, stage: int) -> None:
     config = make_config(tmp_path, tiny, deepspeed=contract.DeepSpeedSettings(zero_stage=stage),
-                         lora=NO_DROPOUT, learning_rate_multiplier=35.0)
+                         lora=NO_DROPOUT, learning_rate_multiplier=35.0, checkpoint_interval_steps=4,
+                         checkpoint_each_epoch=True, keep_checkpoints=3)
     proc = run(config, nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = progress_lines(proc.stdout)
@@ -156,7 +157,8 @@ def test_lora_on_two_ranks_learns_and_publishes(tiny: Path, tmp_path: Path, stag
     # Every checkpoint kept is servable: its model verifies against its manifest under the name OpenAI gives
     # it; the last one's adapter is the published adapter, tensor for tensor, and the one before is the model
     # of its own step (plain peft reloads it to the validation loss the trainer measured then).
-    assert [c.step for c in result.checkpoints] == [12, 15]  # every 3 steps, the newest two kept
+    # Every 4 steps and at each epoch's end (5 steps), the newest three kept.
+    assert [c.step for c in result.checkpoints] == [10, 12, 15]
     for ckpt in result.checkpoints:
         exported = verify(Path(ckpt.model_uri))
         assert exported["fineTunedModel"] == f"ft:tiny:local::u1:ckpt-step-{ckpt.step}"
@@ -165,7 +167,7 @@ def test_lora_on_two_ranks_learns_and_publishes(tiny: Path, tmp_path: Path, stag
     from safetensors.torch import load_file
 
     final = load_file(Path(result.artifact_uri) / "adapter_model.safetensors")
-    last, before = (load_file(Path(c.model_uri) / "adapter_model.safetensors") for c in result.checkpoints[::-1])
+    last, before = (load_file(Path(c.model_uri) / "adapter_model.safetensors") for c in result.checkpoints[:0:-1])
     assert set(final) == set(last) == set(before)
     assert all(final[k].equal(last[k]) for k in final) and not all(final[k].equal(before[k]) for k in final)
     assert eval_loss_with_peft(tiny, Path(result.checkpoints[0].model_uri), tmp_path / "val.jsonl") == \

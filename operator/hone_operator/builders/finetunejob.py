@@ -199,6 +199,7 @@ def trainer_config(ftj: FineTuneJob, settings: OperatorSettings, *, base_model: 
         checkpoint_interval_steps=spec.checkpointing.intervalSteps,
         keep_checkpoints=spec.checkpointing.keep,
         servable_checkpoints=spec.checkpointing.servable,
+        checkpoint_each_epoch=spec.checkpointing.everyEpoch,
         merge_weights=spec.output.mergeWeights,
         prices=settings.prices_for(spec.baseModel.uri),
         screening=screening_config(spec.dataScreening or settings.data_screening),

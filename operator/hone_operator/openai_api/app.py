@@ -194,8 +194,11 @@ class Api:
     def _url(self, project: str, name: str) -> str:
         job = None
         if name not in self.backend.settings.catalog:
-            job = self._named(self.backend.fine_tunes(project), name)
-            if job is None:
+            checkpoint = objects.checkpoint_of(name)
+            job = self._named(self.backend.fine_tunes(project), checkpoint[0] if checkpoint else name)
+            if job is None or (checkpoint and not any(
+                    c["fine_tuned_model_checkpoint"] == name
+                    for c in self.backend.checkpoints(project, job.metadata.name))):
                 raise self._model_not_found(name, project)
         return self.backend.inference_url(project, name, job)
 

@@ -341,13 +341,13 @@ class ClusterBackend:
         job_id = objects.new_id("ftjob")
         doc = finetunejob(req, self.settings.catalog, project, job_id, data,
                           {"uri": f"{self.store}/models", "credentialsSecret": self._secret()})
-        doc["spec"]["checkpointing"] = {"keep": 3}  # OpenAI keeps the last three
+        doc["spec"]["checkpointing"] = {"keep": 3, "everyEpoch": True}  # OpenAI's: each epoch's, the last three
         FineTuneJob.model_validate(doc)  # what the CRD's schema will check, said as OpenAI would
         created = self._create(project, doc)
         if self._serves_fine_tunes(project):
             meta = created["metadata"]
             try:
-                self._serving(project, job_id, meta["uid"])
+                self._serving(project, job_id, meta["uid"], doc["spec"].get("method") != "full")
             except Exception:  # the request fails as a whole: no job left that nothing will serve
                 self.kube.delete(API_VERSION, "FineTuneJob", project, job_id)
                 raise
@@ -364,14 +364,15 @@ class ClusterBackend:
                                 f"{value!r}; it must be true or false", type="server_error", code="invalid_settings")
         return value.strip().lower() == "true"
 
-    def _serving(self, project: str, job_id: str, uid: str) -> None:
-        """The job's ModelServing: owned by it (deleted with it), Waiting until it succeeds, then serving it."""
+    def _serving(self, project: str, job_id: str, uid: str, adapters: bool) -> None:
+        """The job's ModelServing: owned by it (deleted with it), Waiting until it succeeds, then serving it
+        and, for an adapter (``adapters``), its checkpoints by their ``…:ckpt-step-N`` names, as OpenAI does."""
         self.kube.create({
             "apiVersion": API_VERSION, "kind": "ModelServing",
             "metadata": {"name": job_id, "namespace": project, "labels": {objects.CREATED_BY: "hone-api"},
                          "ownerReferences": [{"apiVersion": API_VERSION, "kind": "FineTuneJob", "name": job_id,
                                               "uid": uid, "blockOwnerDeletion": False}]},
-            "spec": {"fineTuneJobRef": {"name": job_id}},
+            "spec": {"fineTuneJobRef": {"name": job_id}, **({"serveCheckpoints": True} if adapters else {})},
         })
 
     def _jobs(self, project: str) -> list[FineTuneJob]:
@@ -424,22 +425,15 @@ class ClusterBackend:
             out.append({"id": f"ftevent-{ev['metadata'].get('uid') or ev['metadata']['name']}",
                         "created_at": objects.unix(when) or 0, "level": level,
                         "message": ev.get("message") or ev.get("reason") or "", "type": "message", "data": None})
-        progress = ftj.status.progress
-        if progress is not None and progress.step and progress.total_steps:
-            loss = f", training loss={progress.train_loss:.4f}" if progress.train_loss is not None else ""
-            out.append({"id": f"ftevent-{uid}-step-{progress.step}",
-                        "created_at": objects.unix(progress.updated_at) or 0, "level": "info",
-                        "message": f"Step {progress.step}/{progress.total_steps}{loss}", "type": "metrics",
-                        "data": {"step": progress.step, "total_steps": progress.total_steps,
-                                 "train_loss": progress.train_loss, "valid_loss": progress.validation_loss,
-                                 "trained_tokens": progress.trained_tokens}})
+        out += _metrics_events(ftj)
         return sorted(out, key=lambda e: (e["created_at"], e["id"]), reverse=True)
 
     def checkpoints(self, project: str, job_id: str) -> list[dict[str, Any]]:
-        """The complete checkpoints the job's status lists (the trainer reports them when it publishes),
-        newest first; ``created_at`` is when the job completed."""
+        """The complete checkpoints the job's status lists (the trainer reports each as it completes),
+        newest first; ``created_at`` is when the job completed (or, before, its latest report)."""
         ftj = self.get_job(project, job_id)
-        done = objects.unix(ftj.status.completionTime) or 0
+        progress = ftj.status.progress
+        done = objects.unix(ftj.status.completionTime) or objects.unix(progress.updated_at if progress else None) or 0
         items = sorted(ftj.status.checkpoints or [], key=lambda c: c.step, reverse=True)
         return [objects.checkpoint_object(ftj, c.step, done, {"train_loss": c.train_loss}) for c in items]
 
@@ -481,3 +475,29 @@ class ClusterBackend:
         raise ApiError(404, f"The model '{name}' is not served in namespace {project!r}: no ModelServing serves it. "
                             "Create one (spec.fineTuneJobRef, or spec.baseModel for a base model).", param="model",
                        code="model_not_served")
+
+
+def _metrics_events(ftj: FineTuneJob) -> list[dict[str, Any]]:
+    """OpenAI's ``metrics`` events: one per step of the job's training-loss curve (``status.progress`` keeps at
+    most 100 points, evenly spaced over the run; a short job's every step) with the validation loss where it
+    was measured, and one for the latest report. A curve point's time is estimated from the job's start and
+    the latest report in proportion to its step (the status keeps no time per step)."""
+    progress = ftj.status.progress
+    if progress is None or not progress.step or not progress.total_steps:
+        return []
+    uid = ftj.metadata.uid or ""
+    valid = {p.step: p.loss for p in progress.validation_curve}
+    losses: dict[int, float | None] = {p.step: p.loss for p in progress.train_curve if 0 < p.step <= progress.step}
+    losses.setdefault(progress.step, progress.train_loss)
+    end = objects.unix(progress.updated_at) or 0
+    start = objects.unix(ftj.status.startTime) or end
+    out = []
+    for step, loss in sorted(losses.items()):
+        latest = step == progress.step
+        said = f", training loss={loss:.4f}" if loss is not None else ""
+        out.append({"id": f"ftevent-{uid}-step-{step}", "created_at": start + (end - start) * step // progress.step,
+                    "level": "info", "message": f"Step {step}/{progress.total_steps}{said}", "type": "metrics",
+                    "data": {"step": step, "total_steps": progress.total_steps, "train_loss": loss,
+                             "valid_loss": valid.get(step, progress.validation_loss if latest else None),
+                             "trained_tokens": progress.trained_tokens if latest else None}})
+    return out

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from hone_trainer import contract
 from hone_operator.api.v1alpha1 import FineTuneJob
 from hone_operator.openai_api import objects
 from hone_operator.openai_api.errors import ApiError, bad_request, not_found
@@ -228,6 +229,19 @@ class LocalStore:
 
     def checkpoint_root(self, ftj: FineTuneJob) -> Path:
         return self.output_root() / (ftj.metadata.namespace or DEFAULT_PROJECT) / ftj.metadata.name / "checkpoints"
+
+    def served_models(self, ftj: FineTuneJob) -> list[tuple[str, str]]:
+        """(name, folder) of a succeeded job's model and of each of its checkpoints that has one."""
+        from hone_trainer.manifest import MANIFEST
+        from hone_trainer.training.checkpoints import CheckpointStore
+
+        assert ftj.status.fineTunedModel is not None
+        out = [(ftj.status.fineTunedModel.name, ftj.status.fineTunedModel.artifactUri or "")]
+        for ckpt in CheckpointStore(self.checkpoint_root(ftj), keep=0).complete():
+            folder = ckpt.path / contract.CHECKPOINT_MODEL_DIR
+            if (folder / MANIFEST).exists():
+                out.append((objects.checkpoint_name(ftj, ckpt.step), str(folder)))
+        return out
 
     def checkpoints(self, project: str, job_id: str) -> list[dict[str, Any]]:
         """The job's complete checkpoints, newest first."""
@@ -549,8 +563,8 @@ class LocalBackend:
         else:
             base_uri = job.spec.baseModel.uri
             base_name = next((n for n, e in catalog.items() if e.uri == base_uri), base_uri)
-        adapters = tuple(sorted((j.status.fineTunedModel.name, j.status.fineTunedModel.artifactUri or "")
-                                for j in self.fine_tunes(project)
-                                if j.spec.baseModel.uri == base_uri and j.status.fineTunedModel is not None))
+        adapters = tuple(sorted(item for j in self.fine_tunes(project)
+                                if j.spec.baseModel.uri == base_uri and j.status.fineTunedModel is not None
+                                for item in self.store.served_models(j)))
         location = local.base_model_source(BaseModelSpec(uri=base_uri), self.store.root).location
         return self.pool.url(Target(project, base_name, location, adapters))

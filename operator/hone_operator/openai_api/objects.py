@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from hone_operator.api.v1alpha1 import FineTuneJob
+from hone_trainer import contract
 from hone_operator.openai_api.errors import bad_request
 
 ANNOTATION_PREFIX = "api.hone.dev/"
@@ -143,8 +144,19 @@ def event_object(event: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoint_name(ftj: FineTuneJob, step: int) -> str:
     """The name a checkpoint is requested by: the fine-tuned model's name (or what it will be) + ``:ckpt-step-N``."""
-    base = ftj.status.fineTunedModel.name if ftj.status.fineTunedModel else f"ft:{ftj.metadata.name}"
-    return f"{base}:ckpt-step-{step}"
+    from hone_operator.builders.finetunejob import fine_tuned_model_name
+
+    base = ftj.status.fineTunedModel.name if ftj.status.fineTunedModel else fine_tuned_model_name(ftj)
+    return contract.checkpoint_model_name(base, step)
+
+
+_CHECKPOINT_NAME = re.compile(r"^(?P<model>.+):ckpt-step-(?P<step>[0-9]+)$")
+
+
+def checkpoint_of(name: str) -> tuple[str, int] | None:
+    """``(fine-tuned model, step)`` of a checkpoint's name, None for any other name."""
+    m = _CHECKPOINT_NAME.match(name)
+    return (m.group("model"), int(m.group("step"))) if m else None
 
 
 def checkpoint_object(ftj: FineTuneJob, step: int, created_at: int, meta: dict[str, Any]) -> dict[str, Any]:

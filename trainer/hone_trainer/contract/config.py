@@ -150,6 +150,7 @@ class TrainerConfig(CamelModel):
     output_credentials_dir: str | None = None
     checkpoint_dir: str = Field(description="Where checkpoints are written and resumed from.")
     checkpoint_interval_steps: int = Field(50, ge=1)
+    checkpoint_each_epoch: bool = Field(False, description="Also checkpoint at the end of each epoch.")
     keep_checkpoints: int = Field(2, ge=1)
     servable_checkpoints: bool = Field(
         True, description="Export each checkpoint's model (adapter or weights, tokenizer, manifest) into its "

@@ -409,7 +409,8 @@ class Trainer:
             now = time.monotonic()
             last = step == self.total_steps
             due_report = now - last_report >= cfg.progress.interval_seconds or last
-            due_ckpt = step % cfg.checkpoint_interval_steps == 0 or last or stop
+            due_ckpt = (step % cfg.checkpoint_interval_steps == 0 or last or stop
+                        or (cfg.checkpoint_each_epoch and step % self.steps_per_epoch == 0))
             if due_report or due_ckpt:
                 train_loss = interval_loss / interval_tokens if interval_tokens else train_loss
             if due_ckpt and self.val_data:

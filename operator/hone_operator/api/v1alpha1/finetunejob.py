@@ -291,6 +291,9 @@ class CheckpointingSpec(ApiModel):
 
     intervalSteps: int = Field(50, alias="intervalSteps", ge=1, description="Write a checkpoint every N optimizer steps.")
     keep: int = Field(2, ge=1, le=100, description="Complete checkpoints to keep (the newest ones).")
+    everyEpoch: bool = Field(
+        False, alias="everyEpoch",
+        description="Also write a checkpoint at the end of each epoch, as OpenAI does (hone api's jobs set it).")
     servable: bool = Field(
         True, description="Export each checkpoint's model into it (the adapter, or for full fine-tuning the "
                           "weights, with the tokenizer and a manifest), so that a ModelServing can serve it "
