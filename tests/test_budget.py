@@ -89,7 +89,7 @@ def test_two_jobs_that_fit_alone_but_not_together_run_one_after_the_other() -> N
     b = tb(tokensPerDay=1_000_000, freeTokensPerDay=0)
     first, second = validated_job("first", "u1", 600_000), validated_job("second", "u2", 600_000)
     p = step(first, [b])
-    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "Job"]  # reserved, so its training Job is created
+    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "NetworkPolicy", "Job"]  # reserved, so its training Job is created
     b = stored(b, p.budget_write)
     assert cond(first, "BudgetAdmitted")["reason"] == "Reserved"
     assert first["status"]["budget"]["tokens"] == 600_000
@@ -118,7 +118,7 @@ def test_two_jobs_that_fit_alone_but_not_together_run_one_after_the_other() -> N
     # ...until the day resets at midnight, when it is admitted and runs.
     p = step(second, [b], at="2026-12-04T00:00:01Z")
     b = stored(b, p.budget_write)
-    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "NetworkPolicy", "Job"]
     assert cond(second, "BudgetAdmitted")["status"] == "True"
     assert b["status"]["training"]["day"] == "2026-12-04" and b["status"]["training"]["tokensToday"] == 0
     assert b["status"]["training"]["reservedTokens"] == 600_000
@@ -139,7 +139,7 @@ def test_a_job_that_ends_early_gives_back_its_reservation_and_the_next_one_runs_
     assert [e.reason for e in p.events] == ["Charged"]
     assert b["status"]["training"]["tokensToday"] == 150_000
     p = step(second, [b])
-    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "NetworkPolicy", "Job"]
 
 
 def test_a_job_bigger_than_a_whole_limit_fails_at_once_naming_the_budget() -> None:
@@ -210,7 +210,7 @@ def test_enforce_false_meters_and_admits_over_the_limit() -> None:
     job = validated_job("j", "u1", 300_000)
     p = step(job, [b])
     b = stored(b, p.budget_write)
-    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "NetworkPolicy", "Job"]
     assert "admitted because spec.enforce is false" in cond(job, "BudgetAdmitted")["message"]
     status = budget.desired_status(b, [b], budget.parse_time(NOON), NOON)
     assert {c.type: c.status for c in status.conditions} == {"Active": "True", "NearLimit": "True",
@@ -251,7 +251,7 @@ def test_without_a_budget_the_default_one_is_created_first() -> None:
     assert job["status"]["phase"] == "Queued" and cond(job, "BudgetAdmitted")["reason"] == "CreatingBudget"
     metered_only = plan(validated_job("k", "u2", 300), Observed(validation_job=VALIDATED, budgets=[]),
                         OperatorSettings(default_budget=None), NOON)
-    assert [o["kind"] for o in metered_only.ensure] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in metered_only.ensure] == ["ConfigMap", "NetworkPolicy", "Job"]
 
 
 def test_the_operator_admits_what_fits_and_charges_exactly_across_restarts(

@@ -114,7 +114,8 @@ def test_children_are_owned_labelled_and_deterministic() -> None:
         assert meta["labels"]["app.kubernetes.io/name"] == "hone"
     assert [o["metadata"]["name"] for o in first] == [
         "support-assistant-config", "support-assistant-trainer", "support-assistant-trainer",
-        "support-assistant-trainer", "support-assistant-validate", "support-assistant-train"]
+        "support-assistant-trainer", "support-assistant-network", "support-assistant-validate",
+        "support-assistant-train"]
 
 
 def test_long_names_are_shortened_uniquely() -> None:

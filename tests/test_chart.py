@@ -337,3 +337,20 @@ def test_the_quota_endpoint_is_reachable_from_serving_pods_only_and_can_be_switc
     assert settings["quotaPort"] == 0 and "quotaUrl" not in settings
     rules = [r for o in off if o["kind"] == "ClusterRole" for r in o["rules"]]
     assert not [r for r in rules if "tokenreviews" in r["resources"]]
+
+
+def test_workload_network_policies_reach_the_settings_and_only_the_api_endpoints_are_read() -> None:
+    from hone_operator.settings import OperatorSettings
+
+    objs = render(CHART / "ci" / "default-values.yaml")
+    settings = yaml.safe_load(_settings(objs))
+    parsed = OperatorSettings.model_validate({_snake(k): v for k, v in settings.items()})
+    assert parsed.network.enabled and parsed.network.api_server == []  # read at start, from the endpoints
+    assert parsed.release_namespace == "hone-system" and parsed.release_name == "hone"
+    assert parsed.network.internet[0].ports[0].port == 443 and parsed.network.egress == []
+    [role] = [o for o in objs if o["kind"] == "Role" and o["metadata"]["name"] == "hone-network"]
+    assert role["metadata"]["namespace"] == "default" and role["rules"] == [
+        {"apiGroups": [""], "resources": ["endpoints"], "resourceNames": ["kubernetes"], "verbs": ["get"]}]
+    given = render(CHART / "ci" / "default-values.yaml", "--set", "networkPolicy.workloads.apiServerCIDRs={10.0.0.5/32}")
+    assert yaml.safe_load(_settings(given))["network"]["apiServer"] == ["10.0.0.5/32"]
+    assert not [o for o in given if o["metadata"]["name"] == "hone-network"]  # nothing to read then

@@ -143,7 +143,8 @@ def test_render_prints_what_the_operator_creates(tmp_path: Path) -> None:
     body = yaml.safe_load(sample.read_text())
     body["metadata"].update(namespace="team-a", uid="00000000-0000-0000-0000-000000000000")
     assert objs == ftj_build.all_objects(FineTuneJob.model_validate(body), OperatorSettings())
-    assert [o["kind"] for o in objs] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Service", "Job"]
+    assert [o["kind"] for o in objs] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Job",
+                                         "Service", "Job"]
     # The trainer config reads as the JSON it is, a line a setting, for review in a GitOps diff.
     assert "config.json: |" in result.output and '\n      "baseModel": {\n' in result.output
     # A base model on the hub is not fetched to estimate memory: the line says what does.
@@ -172,7 +173,7 @@ def test_render_of_a_modelserving_is_what_the_operator_creates_once_its_job_succ
     objs = [d for d in yaml.safe_load_all(result.output) if d]
     for obj in objs:
         kubernetes_validate.validate(obj, "1.33", strict=True)
-    assert [o["kind"] for o in objs][-3:] == ["ConfigMap", "Service", "Deployment"]
+    assert [o["kind"] for o in objs][-4:] == ["ConfigMap", "Service", "NetworkPolicy", "Deployment"]
     uid = "00000000-0000-0000-0000-000000000000"
     ftj_body = yaml.safe_load(job.read_text())
     ftj_body["metadata"].update(namespace="team-a", uid=uid)
@@ -184,7 +185,7 @@ def test_render_of_a_modelserving_is_what_the_operator_creates_once_its_job_succ
     msv_body["metadata"].update(namespace="team-a", uid=uid)
     expected = msv_build.all_objects(ModelServing.model_validate(msv_body), OperatorSettings(),
                                      {"support-assistant": ftj_body})
-    assert objs[-3:] == expected
+    assert objs[-4:] == expected
 
     alone = CliRunner().invoke(cli, ["render", str(serving)])
     assert alone.exit_code == 2

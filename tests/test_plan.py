@@ -43,7 +43,8 @@ def converge(b: dict[str, Any], obs: Observed) -> dict[str, Any]:
 
 def test_new_job_creates_config_rbac_and_validation_job() -> None:
     p = plan(body(), Observed(), SETTINGS, TS)
-    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job"]
+    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy",
+                                             "Job"]
     assert p.status["phase"] == "ValidatingFiles"
     assert [e.reason for e in p.events] == ["ValidatingFiles"]
 
@@ -75,7 +76,7 @@ def test_the_training_job_runs_the_config_validation_resolved() -> None:
     obs = Observed(validation_job=job("v", "Complete"), validation_pods=[pod("validator", 0, good)])
     b = converge(b, obs)
     p = plan(b, obs, SETTINGS, TS)
-    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in p.ensure] == ["ConfigMap", "NetworkPolicy", "Job"]
     config = contract.TrainerConfig.model_validate(json.loads(p.ensure[0]["data"][contract.CONFIG_FILE]))
     assert not config.unresolved() and (config.epochs, config.batch_size) == (hp.epochs, hp.batch_size)
     assert config.learning_rate_multiplier == hp.learning_rate_multiplier

@@ -356,7 +356,7 @@ def test_converged_plan_is_empty_and_a_changed_spec_is_applied() -> None:
     body["spec"]["specialTokensInContent"] = "reject"
     body["metadata"]["generation"] = 2
     changed = msv_reconcile.plan(body, msv_reconcile.ObservedServing(ftjs, dep), SETTINGS, "2026-11-21T00:00:03Z")
-    assert [o["kind"] for o in changed.apply] == ["ConfigMap", "Service", "Deployment"]
+    assert [o["kind"] for o in changed.apply] == ["ConfigMap", "Service", "NetworkPolicy", "Deployment"]
     server = json.loads(changed.apply[0]["data"]["server.json"])
     assert server["maxConcurrentRequests"] == 8 and server["specialTokensInContent"] == "reject"
     assert changed.status["phase"] == "Deploying"

@@ -553,9 +553,10 @@ class Controller:
                 log.info("created %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
             except Conflict:  # made by an earlier run of this reconcile: adopt it
                 created = None
-                if obj["kind"] == "ConfigMap":  # Hone's own rendering of the spec: brought in line
+                if obj["kind"] in ("ConfigMap", "NetworkPolicy"):  # Hone's own rendering: brought in line
+                    key_ = "data" if obj["kind"] == "ConfigMap" else "spec"
                     self.kube.patch(obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"],
-                                    {"data": obj["data"]})
+                                    {key_: obj[key_]})
                 elif obj["kind"] == "Job":
                     created = self.kube.get(obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"])
             if created and created.get("kind") == "Job":

@@ -34,6 +34,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         start_http_server(cfg.metrics_port, registry=metrics.registry)
         log.info("metrics on :%d/metrics", cfg.metrics_port)
     api = kube.load_api_client(pool_size=cfg.reconcile_workers * 2)
+    if cfg.network.enabled and not cfg.network.api_server:
+        cfg.network.api_server = api_server_cidrs(kube.Kube(api))
     controller = Controller(cfg, kube.Kube(api), metrics)
     if cfg.quota_port:  # bound before anything starts: a port that cannot be had ends the operator, saying why
         from hone_operator.quota import QuotaService
@@ -47,6 +49,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         memo["quota"] = quota
     await controller.start()
     memo["controller"] = controller
+
+
+def api_server_cidrs(client: kube.Kube) -> list[str]:
+    """The API server's addresses as pods reach it (the endpoints of the ``kubernetes`` Service, what its
+    ClusterIP is translated to before a NetworkPolicy sees the packet), for the training pods' policies; []
+    (their API server ports then open to any address) when they cannot be read."""
+    try:
+        endpoints = client.get("v1", "Endpoints", "default", "kubernetes") or {}
+    except Exception as exc:  # noqa: BLE001 - forbidden, unreachable: fall back, and say so
+        endpoints, reason = {}, str(exc).splitlines()[0]
+    else:
+        reason = "the Service has no endpoints"
+    ips = sorted({a["ip"] for subset in endpoints.get("subsets") or [] for a in subset.get("addresses") or []
+                  if a.get("ip")})
+    if not ips:
+        log.warning("the API server's endpoints could not be read (%s): training pods' NetworkPolicies let them "
+                    "reach the API server ports of any address; set networkPolicy.workloads.apiServerCIDRs", reason)
+        return []
+    log.info("API server endpoints for training pods' NetworkPolicies: %s", ", ".join(ips))
+    return [f"{ip}/128" if ":" in ip else f"{ip}/32" for ip in ips]
 
 
 @kopf.on.cleanup()

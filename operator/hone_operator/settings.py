@@ -16,10 +16,12 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from hone_operator.api.v1alpha1.common import IPBlock, LabelSelector, NetworkPeer as Peer
 from hone_operator.api.v1alpha1.tokenbudget import TokenBudgetSpec
 from hone_operator.api.v1alpha1.finetunejob import DataScreeningSpec, ResourcesSpec
 from hone_trainer import __version__
 from hone_trainer.contract import PriceTable
+from hone_trainer.contract.base import CamelModel
 
 
 class PodResources(BaseModel):
@@ -42,6 +44,57 @@ class CatalogModel(BaseModel):
 
 #: The catalog without settings: the model embedded in the runtime package.
 DEFAULT_CATALOG = {"smollm2-135m-instruct": CatalogModel(uri="embedded://smollm2-135m-instruct")}
+
+
+class PolicyPort(CamelModel):
+    port: int | str | None = None
+    end_port: int | None = None
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class EgressRule(CamelModel):
+    """A NetworkPolicy egress rule: where to (all if unset) and on which ports (all if unset)."""
+
+    to: list[Peer] | None = None
+    ports: list[PolicyPort] | None = None
+
+
+#: Addresses that are not the public internet (private, carrier-grade NAT, link-local).
+NOT_INTERNET = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"]
+
+
+class WorkloadNetwork(CamelModel):
+    """NetworkPolicies for the pods of FineTuneJobs and ModelServings, which hold the customer's data and weights:
+    they reach only what this allows (builders/network.py says exactly what)."""
+
+    enabled: bool = Field(True, description="Create a NetworkPolicy for each FineTuneJob's and ModelServing's pods.")
+    api_server: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of the Kubernetes API server as pods reach it (its endpoints, not the Service's "
+                    "ClusterIP); training pods report progress there. Empty: read from the endpoints of the "
+                    "`kubernetes` Service at start; if that fails, the API server ports are open to any address.")
+    api_server_ports: list[int] = Field([443, 6443], description="Ports of the API server.")
+    dns: list[Peer] = Field(
+        default_factory=lambda: [Peer(namespace_selector=LabelSelector(),
+                                      pod_selector=LabelSelector(match_labels={"k8s-app": "kube-dns"}))],
+        description="The cluster DNS (port 53): by default pods labelled k8s-app=kube-dns, as CoreDNS is.")
+    egress: list[EgressRule] = Field(
+        default_factory=list,
+        description="Egress every such pod may also use: the object store, a model mirror, a proxy.")
+    internet: list[EgressRule] = Field(
+        default_factory=lambda: [EgressRule(to=[Peer(ip_block=IPBlock(cidr="0.0.0.0/0", except_=NOT_INTERNET))],
+                                            ports=[PolicyPort(port=443)])],
+        description="Egress added for pods whose base model is on the Hugging Face Hub (hf:// or org/name) or "
+                    "whose data is an http(s):// URL: by default HTTPS to public addresses. [] keeps them in.")
+    monitoring: list[Peer] = Field(
+        default_factory=lambda: [Peer(namespace_selector=LabelSelector(
+            match_labels={"kubernetes.io/metadata.name": "monitoring"}))],
+        description="Who may scrape the pods' metrics ports (Prometheus): by default the namespace monitoring. "
+                    "A server's metrics share its API port.")
+    serving_ingress: list[Peer] = Field(
+        default_factory=list,
+        description="Who else may call every ModelServing (e.g. an ingress controller's namespace), besides its "
+                    "own namespace, hone api and what its spec.ingressFrom adds.")
 
 
 class OperatorSettings(BaseSettings):
@@ -148,6 +201,12 @@ class OperatorSettings(BaseSettings):
     kueue_enabled: bool = Field(
         True, description="Honour kueue.x-k8s.io/queue-name labels (create Jobs suspended for Kueue)."
     )
+    network: WorkloadNetwork = Field(default_factory=WorkloadNetwork,
+                                     description="NetworkPolicies for training and serving pods.")
+    release_namespace: str | None = Field(
+        None, description="The namespace of the operator and hone api (default: POD_NAMESPACE): serving pods "
+                          "accept hone api's requests and report usage to the operator there.")
+    release_name: str = Field("hone", description="The Helm release (app.kubernetes.io/instance of its pods).")
 
     def prices_for(self, base_model_uri: str) -> PriceTable:
         """The price table of a base model: its entry in model_prices, else prices."""

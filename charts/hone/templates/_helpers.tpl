@@ -151,6 +151,10 @@ Checks values.schema.json cannot express; each failure names the key and what to
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["create", "patch", "delete"]
+# The NetworkPolicy of each FineTuneJob's and ModelServing's pods (networkPolicy.workloads).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
 {{- end -}}
 
 {{/* Whether to render Prometheus Operator objects: "auto" follows the cluster's APIs. */}}

@@ -272,10 +272,12 @@ def trainer_rbac(ftj: FineTuneJob) -> list[dict[str, Any]]:
 
 def all_objects(ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]]:
     """Every object the operator creates for this FineTuneJob over its life (for `hone render`)."""
-    from hone_operator.builders import jobs  # jobs builds on this module's names and labels
+    from hone_operator.builders import jobs, network  # they build on this module's names and labels
 
     config, storage = resolve(ftj, settings)
-    objs = [config_map(ftj, config, storage), *trainer_rbac(ftj), jobs.validation_job(ftj, settings, storage)]
+    policy = network.finetunejob_policy(ftj, settings)
+    objs = [config_map(ftj, config, storage), *trainer_rbac(ftj), *([policy] if policy else []),
+            jobs.validation_job(ftj, settings, storage)]
     if ftj.spec.resources.nodes > 1:
         objs.append(jobs.headless_service(ftj, settings))
     suspend = ftj.spec.suspend or bool(kueue_labels(ftj, settings))

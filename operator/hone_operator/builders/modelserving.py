@@ -27,7 +27,7 @@ from typing import Any
 from hone_operator.api.v1alpha1 import (
     ModelServing,
 )
-from hone_operator.builders import common
+from hone_operator.builders import common, network
 from hone_operator.builders.common import CACHE_DIR, SpecError
 from hone_operator.builders.served import Resolved, resolve
 from hone_operator.settings import OperatorSettings
@@ -50,11 +50,13 @@ class Names:
     deployment: str
     service: str
     hpa: str
+    network: str
 
     @classmethod
     def of(cls, name: str) -> "Names":
         short = name if len(name) <= 52 else common.child_name(name, "msv")  # Service names must stay short
-        return cls(config=common.child_name(name, "server"), deployment=short, service=short, hpa=short)
+        return cls(config=common.child_name(name, "server"), deployment=short, service=short, hpa=short,
+                   network=common.child_name(name, "network"))
 
 
 def labels(msv: ModelServing, component: str = "server") -> dict[str, str]:
@@ -398,6 +400,11 @@ def desired(msv: ModelServing, ftjs: dict[str, dict[str, Any] | None], settings:
     autoscaler = hpa(msv)
     if autoscaler:
         objs.append(autoscaler)
+    policy = network.modelserving_policy(
+        msv, settings, [resolved.config.base_model.location, *(a.location for a in resolved.config.adapters)],
+        HTTP_PORT)
+    if policy:
+        objs.append(policy)
     digest = spec_hash([*objs, deployment(msv, settings, resolved, "")])
     for obj in objs:
         obj["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest

@@ -30,7 +30,7 @@ from hone_operator.api.v1alpha1 import (
     FineTunedModel,
 )
 from hone_operator.builders import finetunejob as ftj_build
-from hone_operator.builders import jobs
+from hone_operator.builders import jobs, network
 from hone_operator.builders.common import SpecError
 from hone_operator.builders.storage import Storage
 from hone_operator.reconcile import budget, memory
@@ -285,7 +285,14 @@ class _Lifecycle:
         self.while_training()
 
     def _config_and_rbac(self) -> list[dict[str, Any]]:
-        return [ftj_build.config_map(self.ftj, self.job.config, self.job.storage), *ftj_build.trainer_rbac(self.ftj)]
+        """What the validation pod needs before it starts: its config, the trainer's identity, and the job's
+        NetworkPolicy (so that no pod of the job runs a moment without it)."""
+        return [ftj_build.config_map(self.ftj, self.job.config, self.job.storage), *ftj_build.trainer_rbac(self.ftj),
+                *self._network()]
+
+    def _network(self) -> list[dict[str, Any]]:
+        policy = network.finetunejob_policy(self.ftj, self.settings)
+        return [policy] if policy else []
 
     def cancel(self) -> bool:
         if not self.ftj.spec.cancel:
@@ -417,6 +424,7 @@ class _Lifecycle:
                                                      self.job.storage))
         if self.observed.validation_job is None:
             self.plan.ensure += ftj_build.trainer_rbac(self.ftj)
+        self.plan.ensure += self._network()  # before the training pods; brought in line if it exists
         if self.ftj.spec.resources.nodes > 1:
             self.plan.ensure.append(jobs.headless_service(self.ftj, self.settings))
         suspend = self.ftj.spec.suspend or self.kueue

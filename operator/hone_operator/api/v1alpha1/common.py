@@ -172,6 +172,37 @@ class FineTuneJobRef(NamespacedRef):
                     "instead of its final model, under the name <fine-tuned model>:ckpt-step-N.")
 
 
+class LabelRequirement(ApiModel):
+    """One requirement of a label selector."""
+
+    key: str = Field(description="The label's key.", min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="How the key's value is tested.")
+    values: list[str] | None = Field(None, description="The values, for In and NotIn.")
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; empty selects everything."""
+
+    match_labels: dict[str, str] | None = Field(None, description="Labels that must all be present with these values.")
+    match_expressions: list[LabelRequirement] | None = Field(None, description="Requirements that must all hold.")
+
+
+class IPBlock(ApiModel):
+    """Addresses, as a CIDR with exceptions."""
+
+    cidr: str = Field(description="A CIDR, e.g. 10.0.0.0/8 or 203.0.113.7/32.")
+    except_: list[str] | None = Field(None, alias="except", description="CIDRs inside it that are left out.")
+
+
+class NetworkPeer(ApiModel):
+    """Pods (namespaceSelector and/or podSelector; a podSelector alone means this namespace) or addresses
+    (ipBlock), as in a NetworkPolicy."""
+
+    ip_block: IPBlock | None = Field(None, description="Addresses.")
+    namespace_selector: LabelSelector | None = Field(None, description="Namespaces by label ({}: all).")
+    pod_selector: LabelSelector | None = Field(None, description="Pods by label ({}: all).")
+
+
 URI_SCHEMES = ("hf", "pvc", "s3", "http", "https", "file", "embedded")
 
 

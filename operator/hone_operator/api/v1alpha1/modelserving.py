@@ -18,6 +18,7 @@ from hone_operator.api.v1alpha1.common import (
     FineTuneJobRef,
     check_uri,
     Condition,
+    NetworkPeer,
     ObjectMeta,
 )
 from hone_operator.api.v1alpha1.finetunejob import BaseModelSpec, Toleration
@@ -124,6 +125,12 @@ class ModelServingSpec(ApiModel):
     apiKeySecret: SecretRef | None = Field(
         None, alias="apiKeySecret",
         description="Secret whose key `api-keys` lists accepted API keys, one per line; mounted as a file.",
+    )
+    ingressFrom: list[NetworkPeer] | None = Field(
+        None, alias="ingressFrom",
+        description="Who else may call the endpoint, as NetworkPolicy peers (namespaces, pods, addresses). By "
+                    "default only pods of this namespace, hone api and what the operator's settings allow "
+                    "(network.servingIngress, network.monitoring) may.",
     )
     maxConcurrentRequests: int = Field(
         64, alias="maxConcurrentRequests", ge=1,
