@@ -18,10 +18,9 @@ It uploads the skateboard shop's support conversations, fine-tunes, follows the 
 events, lists its checkpoints, and asks the base model, the first checkpoint and the
 fine-tuned model a held-out question whose answer (a 45-day return window) only the
 training data holds (a cluster answers for the base model only where a ModelServing serves
-it). Measured on 2
-CPU cores with other work running: 9 minutes 51 seconds, 48 steps; the fine-tune answered
-"If the return is within 45 days of delivery, we refund you ...", the base model did not
-name the window.
+it). Measured on 2 CPU cores (2026-12-04): 5 minutes 36 seconds, 48 steps; the fine-tune
+answered "If the return is within 45 days of delivery, we refund you ...", the checkpoint
+of step 32 named the shop's e-mail address but not the window, the base model neither.
 """
 
 from __future__ import annotations
