@@ -187,7 +187,8 @@ def test_the_openai_flow_over_finetunejobs(cluster: Env) -> None:
                                       "fineTunedModel": {"name": name,
                                                          "artifactUri": f"{STORE}/models/team-a/{job.id}/model"},
                                       "checkpoints": [{"step": 3, "uri": "s3://x/3", "trainLoss": 1.4},
-                                                      {"step": 6, "uri": "s3://x/6", "trainLoss": 1.1}]})
+                                                      {"step": 6, "uri": "s3://x/6", "trainLoss": 1.1,
+                                                       "validationLoss": 1.3, "validationAccuracy": 0.625}]})
     done = alice.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded" and done.fine_tuned_model == name and done.trained_tokens == 720
     # OpenAI's results file: the per-step metrics, from the job's loss curves.
@@ -205,7 +206,9 @@ def test_the_openai_flow_over_finetunejobs(cluster: Env) -> None:
     checkpoints = alice.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [6, 3]
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}:ckpt-step-6"
-    assert checkpoints[0].metrics.train_loss == 1.1
+    assert checkpoints[0].metrics.train_loss == 1.1 and checkpoints[0].metrics.full_valid_loss == 1.3
+    assert checkpoints[0].metrics.full_valid_mean_token_accuracy == checkpoints[0].metrics.valid_mean_token_accuracy \
+        == 0.625
     assert name in [m.id for m in alice.models.list()]
     # Its ModelServing is still rolling out: the model is known but not ready.
     with pytest.raises(openai.InternalServerError, match="not ready yet"):

@@ -443,6 +443,20 @@ def test_the_losses_the_trainer_reports_are_exported_per_job(kube: Kube, operato
     assert f'hone_finetunejob_validation_loss{{finetunejob="{NAME}",namespace="{NS}"}} 1.25' in operator.metrics()
     assert len(ftj(kube, NS, NAME)["status"]["progress"]["trainCurve"]) == 20  # the CRD keeps the curve
 
+    # Once it succeeds: the base model and the fine-tune on the validation file, in status, an Event and gauges.
+    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, published())
+    done = wait_phase(kube, NS, NAME, "Succeeded")
+    assert done["status"]["evaluation"] == {"file": "validation", "base": {"loss": 2.25, "meanTokenAccuracy": 0.375},
+                                            "fineTuned": {"loss": 0.5, "meanTokenAccuracy": 0.75}}
+    wait_for(lambda: f'hone_evaluation_mean_token_accuracy{{finetunejob="{NAME}",model="fine-tuned",namespace="{NS}"}}'
+             f' 0.75' in operator.metrics(), what="evaluation gauge")
+    metrics = operator.metrics()
+    assert f'hone_evaluation_loss{{finetunejob="{NAME}",model="base",namespace="{NS}"}} 2.25' in metrics
+    assert f'hone_evaluation_mean_token_accuracy{{finetunejob="{NAME}",model="base",namespace="{NS}"}} 0.375' in metrics
+    evaluated = [e for e in kube.list("v1", "Event", NS) if e.get("reason") == "Evaluated"]
+    assert [e["message"] for e in evaluated] == ["validation file, base model -> fine-tune: loss 2.2500 -> 0.5000, "
+                                                 "mean token accuracy 37.5% -> 75.0%"]
+
 
 def test_a_quota_port_in_use_ends_the_operator_saying_why(apiserver, tmp_path: Path) -> None:
     import socket

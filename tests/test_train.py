@@ -104,6 +104,12 @@ def progress_lines(stdout: str) -> list[dict[str, Any]]:
 
 def eval_loss_with_peft(base: Path, adapter: Path, data: Path) -> float:
     """Load the published adapter with plain peft (no Hone code in the loop) and compute the loss."""
+    return eval_with_peft(base, adapter, data)[0]
+
+
+def eval_with_peft(base: Path, adapter: Path | None, data: Path) -> tuple[float, float]:
+    """Loss and mean token accuracy (the share of assistant tokens that are the most likely token) of the
+    published adapter loaded with plain peft, or of the base model alone (``adapter`` None)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -111,15 +117,17 @@ def eval_loss_with_peft(base: Path, adapter: Path, data: Path) -> float:
     from hone_trainer.training.formatting import IGNORE_INDEX, ChatFormatter
     from hone_trainer.training.data import read_jsonl
 
-    tok = AutoTokenizer.from_pretrained(str(adapter))
-    if (adapter / "adapter_config.json").exists():
+    tok = AutoTokenizer.from_pretrained(str(adapter or base))
+    if adapter is None:
+        model = AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True)
+    elif (adapter / "adapter_config.json").exists():
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True),
                                           str(adapter))
     else:  # a full fine-tune: the published folder is the model
         model = AutoModelForCausalLM.from_pretrained(str(adapter), use_safetensors=True)
     model.eval()
     enc = ChatFormatter(tok, 2048).encode(read_jsonl(open(data, "rb")).examples)
-    total = tokens = 0.0
+    total = tokens = correct = 0.0
     with torch.no_grad():
         for e in enc:
             logits = model(input_ids=torch.tensor([e.input_ids]), use_cache=False).logits[0, :-1]
@@ -127,7 +135,25 @@ def eval_loss_with_peft(base: Path, adapter: Path, data: Path) -> float:
             total += float(torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX,
                                                              reduction="sum"))
             tokens += float((labels != IGNORE_INDEX).sum())
-    return total / tokens
+            correct += float(((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum())
+    return total / tokens, correct / tokens
+
+
+def assert_evaluated(result: contract.TrainingResult, base: Path, folder: Path, accuracy: float,
+                     manifest: dict[str, Any], reports: list[dict[str, Any]]) -> None:
+    """Evaluation, base and fine-tune side by side: the trainer's figures are what plain transformers and peft
+    compute independently (``accuracy``: the fine-tune's; an argmax that float rounding flips moves accuracy by
+    one token, under 1% here), and the fine-tune predicts more of the answers' tokens than the base did."""
+    base_loss, base_accuracy = eval_with_peft(base, None, folder / "val.jsonl")
+    assert result.validation_accuracy == pytest.approx(accuracy, abs=0.01)
+    assert result.initial_validation_accuracy == pytest.approx(base_accuracy, abs=0.01)
+    assert result.initial_validation_loss == pytest.approx(base_loss, abs=1e-4)
+    assert result.validation_accuracy > result.initial_validation_accuracy + 0.1
+    assert manifest["evaluation"] == {"file": "validation", "base": {
+        "loss": result.initial_validation_loss, "meanTokenAccuracy": result.initial_validation_accuracy},
+        "fineTuned": {"loss": result.validation_loss, "meanTokenAccuracy": result.validation_accuracy}}
+    assert all(r["validationAccuracy"] == result.validation_accuracy for r in reports[-1:])
+    assert result.checkpoints[-1].validation_accuracy == result.validation_accuracy
 
 
 NO_DROPOUT = contract.LoraConfig(r=16, alpha=32, dropout=0.0)  # dropout draws depend on the batch layout
@@ -152,8 +178,9 @@ def test_lora_on_two_ranks_learns_and_publishes(tiny: Path, tmp_path: Path, stag
     assert manifest["dataset"]["trainingSha256"] and manifest["tokens"]["trained"] == result.trained_tokens
     # The frozen base is not in the adapter, and it reloads with plain peft to the loss the trainer saw.
     assert (Path(result.artifact_uri) / "adapter_model.safetensors").stat().st_size < 200_000
-    reloaded = eval_loss_with_peft(tiny, Path(result.artifact_uri), tmp_path / "val.jsonl")
+    reloaded, accuracy = eval_with_peft(tiny, Path(result.artifact_uri), tmp_path / "val.jsonl")
     assert reloaded == pytest.approx(result.validation_loss, abs=1e-4)
+    assert_evaluated(result, tiny, tmp_path, accuracy, manifest, reports)
     # Every checkpoint kept is servable: its model verifies against its manifest under the name OpenAI gives
     # it; the last one's adapter is the published adapter, tensor for tensor, and the one before is the model
     # of its own step (plain peft reloads it to the validation loss the trainer measured then).
@@ -303,8 +330,9 @@ def test_full_fine_tuning(tiny: Path, tmp_path: Path, stage: int, nproc: int) ->
     result = result_of(tmp_path)
     files = verify(Path(result.artifact_uri))["files"]
     assert "model.safetensors" in files and "adapter_config.json" not in files
-    reloaded = eval_loss_with_peft(tiny, Path(result.artifact_uri), tmp_path / "val.jsonl")
+    reloaded, accuracy = eval_with_peft(tiny, Path(result.artifact_uri), tmp_path / "val.jsonl")
     assert reloaded == pytest.approx(result.validation_loss, abs=1e-4)
+    assert_evaluated(result, tiny, tmp_path, accuracy, verify(Path(result.artifact_uri)), [])
 
 
 def test_resume_after_sigkill_finishes_like_an_uninterrupted_run(tiny: Path, tmp_path: Path) -> None:

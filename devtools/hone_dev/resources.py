@@ -45,7 +45,8 @@ def good_validation(examples: int = 120, tokens: int = 50_000) -> str:
 def published(tokens: int = 150_000, name: str = NAME) -> str:
     return contract.to_termination_message(contract.TrainingResult(
         ok=True, artifact_uri=f"pvc://hone-models/adapters/{NS}/{name}/model",
-        manifest_sha256="ab" * 32, trained_tokens=tokens, steps=30, train_loss=0.42,
+        manifest_sha256="ab" * 32, trained_tokens=tokens, steps=30, train_loss=0.42, validation_loss=0.5,
+        initial_validation_loss=2.25, validation_accuracy=0.75, initial_validation_accuracy=0.375,
         checkpoints=[contract.CheckpointInfo(step=30, uri=f"pvc://hone-models/{name}/ckpt-30", train_loss=0.42)]))
 
 

@@ -234,7 +234,8 @@ class Controller:
             meta.get("uid", ""),
             JobSample(meta.get("namespace", ""), meta.get("name", ""), base, status.get("phase"), int(tokens),
                       progress.get("trainLoss"), progress.get("validationLoss"), int(use.get("freeTokens") or 0),
-                      use.get("usdPerMillionTokens") if use else self.settings.prices_for(base).training),
+                      use.get("usdPerMillionTokens") if use else self.settings.prices_for(base).training,
+                      status.get("evaluation")),
         )
 
     # ---- the work queue ----------------------------------------------------

@@ -23,6 +23,9 @@
   ``hone_finetunejob_validation_loss{namespace,finetunejob}``: the latest losses in
   ``status.progress`` (gauges), so a job's loss curve is in Prometheus whether or not its
   training pod was scraped, and stays after the pod is gone.
+* ``hone_evaluation_loss{namespace,finetunejob,model="base|fine-tuned"}`` and
+  ``hone_evaluation_mean_token_accuracy{…}``: a succeeded job's ``status.evaluation``, the
+  base model and the fine-tune on the validation file (gauges).
 * ``hone_reconcile_errors_total{kind}``, ``hone_reconcile_duration_seconds``.
 """
 
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -53,6 +56,8 @@ class JobSample:
     #: From status.budget: the free tokens reserved for the job and its price (None: list price, none free).
     free_tokens: int = 0
     price: float | None = None
+    #: status.evaluation: {"base": {"loss", "meanTokenAccuracy"}, "fineTuned": {...}}
+    evaluation: dict[str, Any] | None = None
 
 
 class FineTuneJobCollector(Collector):
@@ -117,6 +122,16 @@ class FineTuneJobCollector(Collector):
                 if getattr(j, attr) is not None:
                     loss.add_metric([j.namespace, j.name], getattr(j, attr))
             yield loss
+        for key, name, what in (("loss", "hone_evaluation_loss", "Loss"),
+                                ("meanTokenAccuracy", "hone_evaluation_mean_token_accuracy", "Mean token accuracy")):
+            scores = GaugeMetricFamily(name, f"{what} on the validation file of the base model and the fine-tune "
+                                             "(status.evaluation).", labels=["namespace", "finetunejob", "model"])
+            for j in jobs:
+                for model, side in (("base", "base"), ("fine-tuned", "fineTuned")):
+                    value = ((j.evaluation or {}).get(side) or {}).get(key)
+                    if value is not None:
+                        scores.add_metric([j.namespace, j.name, model], value)
+            yield scores
 
 
 class BudgetCollector(Collector):

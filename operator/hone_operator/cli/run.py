@@ -114,6 +114,10 @@ def _report(job_dir: Path, rc: int, price: float) -> None:
                    f"\n  validationLoss: {trained.initial_validation_loss:.4f} before, "
                    f"{trained.validation_loss:.4f} after fine-tuning"
                    if trained.validation_loss is not None and trained.initial_validation_loss is not None else "")
+               + (f"\n  tokenAccuracy:  {100 * trained.initial_validation_accuracy:.1f}% before, "
+                  f"{100 * trained.validation_accuracy:.1f}% after (validation tokens predicted exactly)"
+                  if trained.validation_accuracy is not None and trained.initial_validation_accuracy is not None
+                  else "")
                + (f"\n  peakMemory:     {format_bytes(trained.peak_memory_bytes)} (largest rank)"
                   if trained.peak_memory_bytes else ""))
     _curves(job_dir, Path(trained.artifact_uri or ""), trained.fine_tuned_model or "")

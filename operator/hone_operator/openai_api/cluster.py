@@ -435,7 +435,8 @@ class ClusterBackend:
         progress = ftj.status.progress
         done = objects.unix(ftj.status.completionTime) or objects.unix(progress.updated_at if progress else None) or 0
         items = sorted(ftj.status.checkpoints or [], key=lambda c: c.step, reverse=True)
-        return [objects.checkpoint_object(ftj, c.step, done, {"train_loss": c.train_loss}) for c in items]
+        return [objects.checkpoint_object(ftj, c.step, done, c.model_dump(include={
+            "train_loss", "validation_loss", "validation_accuracy"})) for c in items]
 
     # ---- models -----------------------------------------------------------------------------
 

@@ -161,7 +161,7 @@ def checkpoint_of(name: str) -> tuple[str, int] | None:
 
 def checkpoint_object(ftj: FineTuneJob, step: int, created_at: int, meta: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's ``fine_tuning.job.checkpoint`` from a complete checkpoint's marker."""
-    valid = meta.get("validation_loss")
+    valid, accuracy = meta.get("validation_loss"), meta.get("validation_accuracy")
     return {
         "id": f"ftckpt-{ftj.metadata.name.removeprefix('ftjob-')}-{step}",
         "object": "fine_tuning.job.checkpoint",
@@ -170,8 +170,8 @@ def checkpoint_object(ftj: FineTuneJob, step: int, created_at: int, meta: dict[s
         "fine_tuning_job_id": ftj.metadata.name,
         "step_number": step,
         "metrics": {"step": float(step), "train_loss": meta.get("train_loss"), "train_mean_token_accuracy": None,
-                    "valid_loss": valid, "valid_mean_token_accuracy": None, "full_valid_loss": valid,
-                    "full_valid_mean_token_accuracy": None},
+                    "valid_loss": valid, "valid_mean_token_accuracy": accuracy, "full_valid_loss": valid,
+                    "full_valid_mean_token_accuracy": accuracy},
     }
 
 

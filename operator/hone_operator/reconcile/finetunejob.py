@@ -23,6 +23,8 @@ from hone_operator.api.v1alpha1 import (
     DatasetStatus,
     ReservedEstimate,
     ErrorStatus,
+    EvaluationScores,
+    EvaluationStatus,
     EstimateStatus,
     FineTuneJob,
     FineTuneJobPhase as Phase,
@@ -157,9 +159,25 @@ class FineTuneJobStatusBuilder(StatusBuilder):
         self.desired["trainedTokens"] = result.trained_tokens
         if result.checkpoints:
             self.desired["checkpoints"] = [c.to_json_dict() for c in result.checkpoints]
+        if result.validation_loss is not None and result.initial_validation_loss is not None:
+            evaluation = EvaluationStatus(
+                base=EvaluationScores(loss=result.initial_validation_loss,
+                                      meanTokenAccuracy=result.initial_validation_accuracy),
+                fineTuned=EvaluationScores(loss=result.validation_loss, meanTokenAccuracy=result.validation_accuracy))
+            self.desired["evaluation"] = evaluation.to_status()
+            self.events.append(Event("Normal", "Evaluated", evaluation_summary(evaluation)))
         self.condition("Running", False, "Completed", "")
         self.condition("Succeeded", True, "Published", f"published {result.artifact_uri}")
         self.set_phase(Phase.SUCCEEDED, f"Fine-tuned model {model.name} published")
+
+
+def evaluation_summary(e: EvaluationStatus) -> str:
+    """One line: what fine-tuning changed on the validation file."""
+    def pct(v: float | None) -> str:
+        return "?" if v is None else f"{100 * v:.1f}%"
+
+    return (f"validation file, base model -> fine-tune: loss {e.base.loss:.4f} -> {e.fineTuned.loss:.4f}, mean token "
+            f"accuracy {pct(e.base.meanTokenAccuracy)} -> {pct(e.fineTuned.meanTokenAccuracy)}")
 
 
 def plan(body: dict[str, Any], observed: Observed, settings: OperatorSettings, timestamp: str) -> Plan:

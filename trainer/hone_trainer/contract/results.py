@@ -152,6 +152,9 @@ class Progress(CamelModel):
     epoch: float = Field(0.0, ge=0, description="Epochs done, fractional.")
     train_loss: float | None = Field(None, description="Mean training loss over the last report interval.")
     validation_loss: float | None = Field(None, description="Latest loss on the validation file.")
+    validation_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Mean token accuracy on the validation file at the latest evaluation: the "
+                                      "share of its assistant tokens the model predicts exactly.")
     trained_tokens: int = Field(0, ge=0, description="Billable tokens processed so far.")
     tokens_per_second: float | None = Field(None, ge=0, description="Training throughput over the last interval.")
     estimated_finish: datetime | None = Field(None, description="When training should finish at the current rate.")
@@ -185,6 +188,7 @@ class CheckpointInfo(CamelModel):
     uri: str = Field(description="Where the complete checkpoint lies.")
     train_loss: float | None = Field(None, description="Training loss at that step.")
     validation_loss: float | None = Field(None, description="Loss on the validation file at that step.")
+    validation_accuracy: float | None = Field(None, description="Mean token accuracy on the validation file then.")
     model_uri: str | None = Field(
         None, description="The checkpoint's servable model (adapter or weights, tokenizer and manifest), which a "
                           "ModelServing serves with fineTuneJobRef.checkpointStep; absent when "
@@ -204,6 +208,9 @@ class TrainingResult(CamelModel):
     validation_loss: float | None = None
     initial_validation_loss: float | None = Field(
         None, description="Validation loss of the base model, before the first step.")
+    validation_accuracy: float | None = Field(None, description="Mean token accuracy on the validation file.")
+    initial_validation_accuracy: float | None = Field(
+        None, description="The base model's mean token accuracy on the validation file.")
     checkpoints: list[CheckpointInfo] = Field(default_factory=list)
     peak_memory_bytes: int | None = Field(None, ge=0, description="As in Progress, over the whole run.")
     error_code: str | None = None

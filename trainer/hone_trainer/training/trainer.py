@@ -277,22 +277,32 @@ class Trainer:
         self.dist.all_reduce(t)
         return t.tolist()
 
-    def validation_loss(self) -> float | None:
+    def validation_metrics(self) -> tuple[float | None, float | None]:
+        """Loss and mean token accuracy on the validation file (OpenAI's ``full_valid_loss`` and
+        ``full_valid_mean_token_accuracy``): over every assistant token, the mean cross-entropy and the share
+        the model predicts exactly (its most likely token). None, None without a validation file."""
         if not self.val_data:
-            return None
+            return None, None
+        torch = self.torch
         rows = packing.pack(range(len(self.val_data)), self.val_data, self.pack_length)
         mine = packing.rank_rows(rows, self.rank, self.world)
         self.engine.eval()
-        total = tokens = 0.0
-        with self.torch.no_grad():
+        total = correct = tokens = 0.0
+        with torch.no_grad():
             for start in range(0, max(1, len(mine)), 8):
-                chunk = mine[start:start + 8]
-                ids, labels, pos = self._batch(chunk)
-                total += float(self._loss_sum(ids, labels, pos))
-                tokens += float((labels[:, 1:] != IGNORE_INDEX).sum())
+                ids, labels, pos = self._batch(mine[start:start + 8])
+                logits = self.engine(input_ids=ids, position_ids=pos, use_cache=False).logits[:, :-1, :]
+                target = labels[:, 1:].reshape(-1)
+                keep = target != IGNORE_INDEX
+                picked, target = logits.reshape(-1, logits.size(-1))[keep], target[keep]
+                for first in range(0, picked.size(0), LOSS_CHUNK):
+                    chunk, wanted = picked[first:first + LOSS_CHUNK], target[first:first + LOSS_CHUNK]
+                    total += float(_chunk_loss(chunk, wanted))
+                    correct += float((chunk.argmax(dim=-1) == wanted).sum())
+                tokens += float(keep.sum())
         self.engine.train()
-        total, tokens = self._all_sum(total, tokens)
-        return total / tokens if tokens else None
+        total, correct, tokens = self._all_sum(total, correct, tokens)
+        return (total / tokens, correct / tokens) if tokens else (None, None)
 
     # ---- checkpoints -----------------------------------------------------------
 
@@ -343,6 +353,7 @@ class Trainer:
                      for c in self.store.complete()]
         return [CheckpointInfo(step=step, uri=uri, train_loss=meta.get("train_loss"),
                                validation_loss=meta.get("validation_loss"),
+                               validation_accuracy=meta.get("validation_accuracy"),
                                model_uri=f"{uri}/{contract.CHECKPOINT_MODEL_DIR}" if servable else None)
                 for step, meta, uri, servable in found]
 
@@ -387,14 +398,19 @@ class Trainer:
         interval_billable = interval_steps = 0
         last_report = time.monotonic()
         val_loss = state.get("validation_loss")
+        self.val_accuracy = state.get("validation_accuracy")
         train_loss = state.get("train_loss")
-        # The base model's validation loss, to show what fine-tuning changed; kept across resumes.
-        initial_val = state.get("initial_validation_loss") if step else self.validation_loss()
+        # The base model's validation loss and accuracy, to show what fine-tuning changed; kept across resumes.
+        if step:
+            initial_val, initial_acc = state.get("initial_validation_loss"), state.get("initial_validation_accuracy")
+        else:
+            initial_val, initial_acc = self.validation_metrics()
         # Loss per step and per evaluation, for the curves; checkpointed, so a resumed run keeps them.
         self.train_curve = [(int(s), float(v)) for s, v in state.get("train_curve", [])]
         self.validation_curve = [(int(s), float(v)) for s, v in state.get("validation_curve", [])]
         if not step and initial_val is not None:
             self.validation_curve = [(0, initial_val)]
+        self.initial_validation = (initial_val, initial_acc)
         checkpoints: list[CheckpointInfo] = []
         self.engine.train()
         while step < self.total_steps:
@@ -414,12 +430,14 @@ class Trainer:
             if due_report or due_ckpt:
                 train_loss = interval_loss / interval_tokens if interval_tokens else train_loss
             if due_ckpt and self.val_data:
-                val_loss = self.validation_loss()
+                val_loss, self.val_accuracy = self.validation_metrics()
                 self.validation_curve.append((step, val_loss))
             saved = None
             if due_ckpt:
                 saved = self.save(step, {"trained_tokens": trained_tokens, "train_loss": train_loss,
                                          "validation_loss": val_loss, "initial_validation_loss": initial_val,
+                                         "validation_accuracy": self.val_accuracy,
+                                         "initial_validation_accuracy": initial_acc,
                                          "train_curve": self.train_curve, "validation_curve": self.validation_curve})
                 checkpoints = saved
                 interval_loss = interval_tokens = 0.0
@@ -433,6 +451,7 @@ class Trainer:
                 raise Preempted(f"stopped at step {step} of {self.total_steps} on SIGTERM; checkpoint saved")
         result = self.publish(step, trained_tokens, train_loss, val_loss, checkpoints)
         result.initial_validation_loss = initial_val
+        result.validation_accuracy, result.initial_validation_accuracy = self.val_accuracy, initial_acc
         return result
 
     def _loss_step(self, step: int) -> tuple[float, float, int, bool]:
@@ -474,7 +493,8 @@ class Trainer:
         assert self.reporter is not None
         self.reporter.report(Progress(step=step, total_steps=self.total_steps,
                                       epoch=round(step / self.steps_per_epoch, 3), train_loss=train_loss,
-                                      validation_loss=val_loss, trained_tokens=trained_tokens,
+                                      validation_loss=val_loss, validation_accuracy=self.val_accuracy,
+                                      trained_tokens=trained_tokens,
                                       tokens_per_second=round(interval_billable / elapsed, 1),
                                       estimated_finish=eta.replace(microsecond=0),
                                       train_curve=contract.loss_curve(self.train_curve),
@@ -495,6 +515,11 @@ class Trainer:
             if cfg.merge_weights and cfg.method != "full":
                 self._save_merged(staging)
             info = self._manifest(step, trained_tokens, train_loss, val_loss, fine_tuned_model=cfg.job.fine_tuned_model)
+            base_loss, base_accuracy = getattr(self, "initial_validation", (None, None))
+            if val_loss is not None and base_loss is not None:  # the base and the fine-tune, side by side
+                info["evaluation"] = {"file": "validation",
+                                      "base": {"loss": base_loss, "meanTokenAccuracy": base_accuracy},
+                                      "fineTuned": {"loss": val_loss, "meanTokenAccuracy": self.val_accuracy}}
             manifest_sha = write_manifest(staging, info)
             uri = publish(staging, cfg.output_uri, cfg.output_credentials_dir)
             result = TrainingResult(ok=True, fine_tuned_model=cfg.job.fine_tuned_model, artifact_uri=uri,

@@ -62,6 +62,8 @@ from hone_operator.api.v1alpha1.finetunejob import (  # noqa: F401
     FineTunedModel,
     BudgetUse,
     ErrorStatus,
+    EvaluationScores,
+    EvaluationStatus,
     FineTuneJobStatus,
     FineTuneJob,
 )

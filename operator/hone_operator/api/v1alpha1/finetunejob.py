@@ -519,6 +519,23 @@ class FineTunedModel(StatusModel):
     manifestSha256: str | None = Field(None, alias="manifestSha256", description="SHA-256 of the published manifest.")
 
 
+class EvaluationScores(StatusModel):
+    """One model's scores on an evaluation file."""
+
+    loss: float | None = Field(None, description="Mean cross-entropy over the assistant tokens.")
+    meanTokenAccuracy: float | None = Field(
+        None, alias="meanTokenAccuracy",
+        description="The share of the assistant tokens the model predicts exactly (its most likely token).")
+
+
+class EvaluationStatus(StatusModel):
+    """The base model and the fine-tune side by side, measured by the trainer before and after training."""
+
+    file: str = Field("validation", description="The file scored: the validation file.")
+    base: EvaluationScores = Field(description="The base model, before the first step.")
+    fineTuned: EvaluationScores = Field(alias="fineTuned", description="The published fine-tune.")
+
+
 class ErrorStatus(StatusModel):
     """OpenAI's error object."""
 
@@ -539,6 +556,8 @@ class FineTuneJobStatus(StatusModel):
     checkpoints: list[CheckpointInfo] | None = Field(None, description="Complete checkpoints that training can resume from.")
     fineTunedModel: FineTunedModel | None = Field(None, alias="fineTunedModel", description="The published model, once Succeeded.")
     trainedTokens: int | None = Field(None, alias="trainedTokens", description="Billable tokens trained, once Succeeded.")
+    evaluation: EvaluationStatus | None = Field(
+        None, description="Base model and fine-tune on the validation file, once Succeeded (with a validation file).")
     budget: BudgetUse | None = Field(None, description="The TokenBudget's reservation and charge for this job.")
     error: ErrorStatus | None = Field(None, description="Why the job failed (OpenAI's error object).")
     startTime: datetime | None = Field(None, alias="startTime", description="When training first started.")
