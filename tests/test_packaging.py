@@ -92,7 +92,8 @@ def test_console_script_is_installed() -> None:
 
 def test_kopf_run_module_mode_works(kube, kubeconfig: Path, tmp_path: Path) -> None:
     """`kopf run -m hone_operator.main` is the other documented way to start the operator."""
-    env = {**ENV, "KUBECONFIG": str(kubeconfig), "HONE_METRICS_PORT": str(free_port()), "HONE_HEALTH_PORT": "0"}
+    env = {**ENV, "KUBECONFIG": str(kubeconfig), "HONE_METRICS_PORT": str(free_port()), "HONE_HEALTH_PORT": "0",
+           "HONE_QUOTA_PORT": str(free_port())}  # not the default 8082: another operator may hold it
     log = open(tmp_path / "kopf.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "kopf", "run", "-m", "hone_operator.main", "--standalone",
                              "-n", "team-a"], env=env, stdout=log, stderr=subprocess.STDOUT)
