@@ -104,6 +104,15 @@ def main() -> int:
             published = contract.TrainingResult(ok=True, artifact_uri=f"pvc://hone-models/adapters/{NS}/{NAME}/model",
                                                 trained_tokens=144_000, steps=30, train_loss=1.0)
             finish_job(kube, NS, f"{NAME}-train", "trainer", 0, contract.to_termination_message(published))
+            evaluation = wait_for(lambda: get_job(kube, NS, f"{NAME}-eval"), what="evaluation Job")
+            print(f"  evaluation Job {evaluation['metadata']['name']}: "
+                  f"{' '.join(evaluation['spec']['template']['spec']['containers'][0]['command'][:4])} ...")
+
+            print("\n[simulated evaluation] the base model and the fine-tune answer Hone's safety suite")
+            gate = contract.SafetyGate(requests=32, base_refusal_rate=0.4375, fine_tuned_refusal_rate=0.40625,
+                                       max_refusal_drop=0.1, judge="heuristic", passed=True)
+            finish_job(kube, NS, f"{NAME}-eval", "evaluator", 0,
+                       contract.to_termination_message(contract.EvaluationResult(ok=True, safety=gate)))
             obj = wait_phase(kube, NS, NAME, "Succeeded")
             show(kube)
             print(f"  fineTunedModel: {obj['status']['fineTunedModel']['name']}")

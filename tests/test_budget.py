@@ -261,7 +261,7 @@ def test_the_operator_admits_what_fits_and_charges_exactly_across_restarts(
     the fourth starts when a cancelled one gives tokens back; the budget's usage is the sum of what each job
     was charged, and the cost metric the sum of their costs."""
     from hone_dev.cluster import OperatorProcess, finish_job, ftj, get_job, seed_namespace, wait_for, wait_phase
-    from hone_dev.resources import API, NS, apply, good_validation, published
+    from hone_dev.resources import API, NS, apply, evaluated, finish_training, good_validation, published
 
     seed_namespace(kube, NS)
     kube.create({"apiVersion": API, "kind": "TokenBudget", "metadata": {"name": "team", "namespace": NS},
@@ -301,10 +301,12 @@ def test_the_operator_admits_what_fits_and_charges_exactly_across_restarts(
         # 1M - 300k - 90k charged - 300k still reserved = 310k: the held job fits now.
         wait_for(lambda: get_job(kube, NS, f"{waiting}-train"), timeout=30, what="the held job admitted")
         wait_phase(kube, NS, cancelled, "Cancelled")
+        wait_for(lambda: get_job(kube, NS, f"{done}-eval"), what="the evaluation of the job trained meanwhile")
+        finish_job(kube, NS, f"{done}-eval", "evaluator", 0, evaluated())
         op.kill()
         op = OperatorProcess(apiserver, tmp_path / "op3.log").start()
         for name in (last, waiting):
-            finish_job(kube, NS, f"{name}-train", "trainer", 0, published(300_000, name=name))
+            finish_training(kube, name, published(300_000, name=name))
         settled = wait_for(lambda: all((ftj(kube, NS, n)["status"].get("budget") or {}).get("settledAt")
                                        for n in names) and [ftj(kube, NS, n)["status"]["budget"] for n in names],
                            what="every job charged")

@@ -43,6 +43,10 @@ def pod_specs(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o["spec"]["template"]["spec"] for o in objs if o["kind"] == "Job"]
 
 
+def training_job(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objs if o["kind"] == "Job" and o["metadata"]["name"].endswith("-train"))
+
+
 @pytest.mark.parametrize("sample", ["finetunejob-minimal.yaml", "finetunejob-complete.yaml"])
 def test_every_object_passes_strict_kubernetes_validation(sample: str) -> None:
     for obj in ftj_build.all_objects(load(sample), SETTINGS):
@@ -51,7 +55,7 @@ def test_every_object_passes_strict_kubernetes_validation(sample: str) -> None:
 
 def test_strict_validation_would_catch_a_mistake() -> None:
     """A negative control: the validator used above really rejects an unknown field."""
-    job = ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)[-1]
+    job = training_job(ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS))
     broken = copy.deepcopy(job)
     broken["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -82,8 +86,10 @@ def test_pods_meet_pod_security_restricted(sample: str) -> None:
 
 def test_only_the_training_pod_gets_an_api_token() -> None:
     objs = ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)
-    validate, train = [o for o in objs if o["kind"] == "Job"]
+    validate, train, evaluate = [o for o in objs if o["kind"] == "Job"]
     assert validate["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert evaluate["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in evaluate["spec"]["template"]["spec"]
     train_pod = train["spec"]["template"]["spec"]
     assert train_pod["automountServiceAccountToken"] is True
     assert train_pod["serviceAccountName"] == "support-assistant-trainer"
@@ -115,7 +121,7 @@ def test_children_are_owned_labelled_and_deterministic() -> None:
     assert [o["metadata"]["name"] for o in first] == [
         "support-assistant-config", "support-assistant-trainer", "support-assistant-trainer",
         "support-assistant-trainer", "support-assistant-network", "support-assistant-validate",
-        "support-assistant-train"]
+        "support-assistant-train", "support-assistant-eval"]
 
 
 def test_long_names_are_shortened_uniquely() -> None:
@@ -131,7 +137,7 @@ def test_long_names_are_shortened_uniquely() -> None:
 
 def test_single_node_job_runs_torchrun_standalone_with_gpus() -> None:
     ftj = with_spec(load("finetunejob-minimal.yaml"), resources__gpusPerNode=8)
-    job = ftj_build.all_objects(ftj, SETTINGS)[-1]
+    job = training_job(ftj_build.all_objects(ftj, SETTINGS))
     assert job["spec"]["completionMode"] == "NonIndexed" and job["spec"]["completions"] == 1
     pod = job["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -153,7 +159,7 @@ CPU_THREADS = {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"re
 
 def test_cpu_training_asks_for_no_gpu() -> None:
     ftj = with_spec(load("finetunejob-minimal.yaml"), resources__gpusPerNode=0)
-    c = ftj_build.all_objects(ftj, SETTINGS)[-1]["spec"]["template"]["spec"]["containers"][0]
+    c = training_job(ftj_build.all_objects(ftj, SETTINGS))["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert "--nproc-per-node=1" in c["command"]
     assert {"name": "DS_ACCELERATOR", "value": "cpu"} in c["env"]
@@ -165,7 +171,7 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
     ftj = load("finetunejob-complete.yaml")
     objs = ftj_build.all_objects(ftj, SETTINGS)
     svc = next(o for o in objs if o["kind"] == "Service")
-    job = objs[-1]
+    job = training_job(objs)
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
     pod = job["spec"]["template"]["spec"]
@@ -187,7 +193,7 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
 
 
 def test_pod_failure_policy_separates_retryable_failures() -> None:
-    job = ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS)[-1]
+    job = training_job(ftj_build.all_objects(load("finetunejob-minimal.yaml"), SETTINGS))
     rules = job["spec"]["podFailurePolicy"]["rules"]
     fail = next(r for r in rules if r["action"] == "FailJob")
     assert fail["onExitCodes"] == {"containerName": "trainer", "operator": "In",
@@ -201,11 +207,11 @@ def test_pod_failure_policy_separates_retryable_failures() -> None:
 
 def test_kueue_label_is_propagated_and_the_job_starts_suspended() -> None:
     ftj = load("finetunejob-complete.yaml")
-    job = ftj_build.all_objects(ftj, SETTINGS)[-1]
+    job = training_job(ftj_build.all_objects(ftj, SETTINGS))
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-training"
     assert job["spec"]["suspend"] is True
     off = OperatorSettings(kueue_enabled=False)
-    job = ftj_build.all_objects(ftj, off)[-1]
+    job = training_job(ftj_build.all_objects(ftj, off))
     assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"] and job["spec"]["suspend"] is False
 
 
@@ -220,7 +226,7 @@ def test_trainer_config_resolves_locations_inside_the_pod() -> None:
     assert config.checkpoint_dir.endswith("team-a/support-assistant/checkpoints")
     assert config.job.fine_tuned_model == "ft:smollm2-135m-instruct:team-a::0b5c8f3e"
     assert config.progress.kind == "kubernetes" and config.progress.name == "support-assistant"
-    train = objs[-1]["spec"]["template"]["spec"]
+    train = training_job(objs)["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m for m in train["containers"][0]["volumeMounts"]}
     assert mounts["/var/run/hone/pvc/hone-models"]["readOnly"] is False
     assert mounts["/var/run/hone/data/training"]["readOnly"] is True
@@ -263,7 +269,7 @@ def test_a_file_uploaded_to_hone_api_is_read_from_its_store() -> None:
     config = contract.TrainerConfig.model_validate_json(objs[0]["data"]["config.json"])
     assert config.training_data.location == f"s3://ml-data/hone-api/files/team-a/{file_id}.jsonl"
     assert config.training_data.credentials_dir == "/var/run/secrets/hone/hone-api-store"
-    train = pod_specs(objs)[-1]
+    train = training_job(objs)["spec"]["template"]["spec"]
     assert {v["secret"]["secretName"] for v in train["volumes"] if "secret" in v} == {"hone-api-store"}
     with pytest.raises(SpecError) as info:  # an operator installed without hone api's store
         ftj_build.resolve(ftj, SETTINGS)

@@ -74,6 +74,23 @@ def test_validate_of_a_manifest_estimates_what_hone_run_trains(model_dir: Path, 
     assert both.exit_code == 2 and "drop --epochs" in both.output
 
 
+def test_validate_reads_the_eval_file_before_anything_trains(model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text(chats(20))
+    (tmp_path / "eval.jsonl").write_text('{"messages": [{"role": "user", "content": "Returns?"}], "fact": "45"}\n'
+                                         '{"messages": [{"role": "assistant", "content": "45 days."}]}\n')
+    manifest = {"apiVersion": "hone.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "shop"},
+                "spec": {"baseModel": {"uri": f"file://{model_dir}"}, "trainingData": {"uri": "file://train.jsonl"},
+                         "output": {"uri": "pvc://models/adapters"}, "evaluation": {
+                             "evalFile": {"uri": "file://eval.jsonl"}, "graders": [
+                                 {"type": "string_check", "name": "fact", "reference": "{{ item.fact }}",
+                                  "operation": "ilike"}]}}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(manifest))
+    out = CliRunner().invoke(cli, ["validate", str(tmp_path / "job.yaml")])
+    assert out.exit_code == 4, out.output
+    assert ("not trainable: spec.evaluation: the eval file line 2: the prompt must end with a user message"
+            in out.output)
+
+
 @pytest.mark.parametrize("spec,words", [
     ({"baseModle": {"uri": "embedded://smollm2-135m-instruct"}}, ["spec.baseModle", "did you mean 'baseModel'"]),
     ({"hyperparameters": {"learningRateMultiplier": "six"}},
@@ -144,7 +161,7 @@ def test_render_prints_what_the_operator_creates(tmp_path: Path) -> None:
     body["metadata"].update(namespace="team-a", uid="00000000-0000-0000-0000-000000000000")
     assert objs == ftj_build.all_objects(FineTuneJob.model_validate(body), OperatorSettings())
     assert [o["kind"] for o in objs] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Job",
-                                         "Service", "Job"]
+                                         "Service", "Job", "Job"]  # validate, (rendezvous), train, evaluate
     # The trainer config reads as the JSON it is, a line a setting, for review in a GitOps diff.
     assert "config.json: |" in result.output and '\n      "baseModel": {\n' in result.output
     # A base model on the hub is not fetched to estimate memory: the line says what does.

@@ -10,6 +10,7 @@ two cores; the README's section runs it), with fewer epochs; everything else is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -164,12 +165,22 @@ def test_kubectl_apply_trains_serves_and_meters(cluster: Cluster) -> None:
     assert calls == {("patch", "finetunejobs", "status", "skateboard-support", 200)}
     # Every pod ran the image the chart's settings named, and finished as the Job expects.
     settings = yaml.safe_load(cluster.get("configmap/hone-settings", "{.data.settings\\.yaml}", ns="hone-system"))
-    for component in ("validate", "train"):
+    for component in ("validate", "train", "eval"):
         (pod,) = [p for p in cluster.pods(f"app.kubernetes.io/component={component}")
                   if p["status"]["phase"] == "Succeeded"]
         assert pod["status"]["containerStatuses"][0]["image"] == settings["runtimeImage"]
         assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
     assert '"event": "published"' in cluster.kubectl("-n", NS, "logs", "job/skateboard-support-train").stdout
+    # The evaluation step ran in its own pod before Succeeded: the example's two graders on its 15 held-out
+    # questions and the safety suite, for the base model and the fine-tune, recorded in the published manifest.
+    evaluation = status["evaluation"]
+    assert evaluation["examples"] == 15 and [g["name"] for g in evaluation["graders"]] == [
+        "states-the-fact", "close-to-the-answer"]
+    assert evaluation["safety"]["requests"] == 32 and evaluation["safety"]["judge"] == "heuristic"
+    published = (cluster.node.state / "volumes" / NS / "hone-models" / "adapters" / NS / "skateboard-support" /
+                 "model" / "manifest.json").read_bytes()
+    assert json.loads(published)["evaluation"]["safety"]["passed"] == evaluation["safety"]["passed"]
+    assert hashlib.sha256(published).hexdigest() == status["fineTunedModel"]["manifestSha256"]
 
     cluster.kubectl("-n", NS, "wait", "--for=jsonpath={.status.phase}=Ready", "msv/skateboard-support",
                     "--timeout=300s", timeout=320)
@@ -225,10 +236,12 @@ def test_kubectl_apply_trains_serves_and_meters(cluster: Cluster) -> None:
 
 
 def _finetunejob(name: str, epochs: int = 4, interval: int = 8, **spec: Any) -> dict[str, Any]:
-    """The example's FineTuneJob under another name, on the tiny model."""
+    """The example's FineTuneJob under another name, on the tiny model, without the evaluation step (what these
+    tests check ends with training; test_kubectl_apply_trains_serves_and_meters runs the step)."""
     ftj = yaml.safe_load((EXAMPLE / "finetunejob.yaml").read_text())
     ftj["metadata"]["name"] = name
-    ftj["spec"].update(baseModel={"uri": "pvc://hone-models/base/tiny"}, checkpointing={"intervalSteps": interval})
+    ftj["spec"].update(baseModel={"uri": "pvc://hone-models/base/tiny"}, checkpointing={"intervalSteps": interval},
+                       evaluation={"safety": {"enabled": False}})
     ftj["spec"]["hyperparameters"]["epochs"] = epochs
     for key, value in spec.items():
         ftj["spec"][key] = {**ftj["spec"].get(key, {}), **value} if isinstance(value, dict) else value

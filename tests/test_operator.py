@@ -8,13 +8,15 @@ metrics.
 
 from __future__ import annotations
 
+import json
 import pytest
 
 from hone_operator.kube import Kube
 from hone_trainer import contract
 from hone_dev.repo import load_sample
 from hone_dev.resources import (
-    API, NAME, NS, apply, condition, good_validation, handled, operator_writes, patch_spec, published, validate_ok,
+    API, NAME, NS, apply, condition, evaluated, finish_training, good_validation, handled, operator_writes, patch_spec,
+    published, validate_ok,
 )
 from hone_dev.apiserver import ApiServerThread
 from hone_dev.cluster import (
@@ -25,6 +27,7 @@ from hone_dev.cluster import (
     jobs,
     make_pod,
     phase,
+    seed_namespace,
     set_job_status,
     terminate_pod,
     wait_for,
@@ -72,7 +75,7 @@ def test_happy_path_from_apply_to_succeeded(kube: Kube, operator: OperatorProces
              what="training tokens metric")
     assert ftj(kube, NS, NAME)["status"]["progress"]["percent"] == 40
 
-    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, published())
+    finish_training(kube)
     obj = wait_phase(kube, NS, NAME, "Succeeded")
     status = obj["status"]
     assert status["fineTunedModel"]["name"].startswith("ft:smollm2-135m-instruct:team-a::")
@@ -175,10 +178,10 @@ def test_preempted_pod_does_not_fail_the_job(kube: Kube, operator: OperatorProce
     wait_phase(kube, NS, NAME, "Queued")
     set_job_status(kube, NS, f"{NAME}-train", active=1, ready=1)
     wait_phase(kube, NS, NAME, "Running")
-    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, published())
+    finish_training(kube)
     obj = wait_phase(kube, NS, NAME, "Succeeded")
     assert obj["status"]["trainedTokens"] == 150_000
-    assert len(jobs(kube, NS)) == 2  # the same training Job, never a second one
+    assert len(jobs(kube, NS)) == 3  # the same training Job, never a second one (and the evaluation Job)
 
 
 def test_non_retryable_trainer_exit_fails_at_once(kube: Kube, operator: OperatorProcess) -> None:
@@ -207,6 +210,77 @@ def test_deadline_exceeded(kube: Kube, operator: OperatorProcess) -> None:
     obj = wait_phase(kube, NS, NAME, "Failed")
     assert obj["status"]["error"]["code"] == "deadline_exceeded"
     assert obj["status"]["error"]["param"] == "spec.activeDeadlineSeconds"
+
+
+def test_the_evaluation_step_runs_after_training_and_before_succeeded(kube: Kube, operator: OperatorProcess) -> None:
+    """Training publishes, then the evaluation Job runs (one pod, no API token, the job's mounts, the output
+    writable); its results land in status, Events and gauges, and only then is the job Succeeded."""
+    seed_namespace(kube, NS)
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "support-evals", "namespace": NS},
+                 "data": {"eval.jsonl": '{"messages": [{"role": "user", "content": "Returns?"}], "fact": "45 days"}'}})
+    apply(kube, evaluation={"evalFile": {"configMap": {"name": "support-evals", "key": "eval.jsonl"}}, "graders": [
+        {"type": "string_check", "name": "fact", "reference": "{{ item.fact }}", "operation": "ilike"}]})
+    validate_ok(kube)
+    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, published())
+    ejob = wait_for(lambda: get_job(kube, NS, f"{NAME}-eval"), what="evaluation Job")
+    obj = wait_for(lambda: (o := ftj(kube, NS, NAME)) and o["status"].get("fineTunedModel") and o,
+                   what="the published model in status")
+    assert obj["status"]["phase"] == "Running" and condition(obj, "Evaluated")["reason"] == "Evaluating"
+    assert condition(obj, "Trained")["status"] == "True" and "Succeeded" not in [c["type"] for c in
+                                                                                 obj["status"]["conditions"]]
+    pod = ejob["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "hone_trainer", "evaluate", "--config", "/etc/hone/config.json",
+                                    "--result", "/dev/termination-log"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/var/run/hone/data/eval"]["readOnly"] and not mounts["/var/run/hone/pvc/hone-models"]["readOnly"]
+    config = json.loads(kube.get("v1", "ConfigMap", NS, f"{NAME}-config")["data"]["config.json"])
+    assert config["evaluation"]["evalFile"] == {"location": "/var/run/hone/data/eval/eval.jsonl"}
+    assert config["evaluation"]["safety"]["enabled"] is True  # the suite runs unless the spec turns it off
+
+    finish_job(kube, NS, f"{NAME}-eval", "evaluator", 0, evaluated(0.5, 0.4375))
+    done = wait_phase(kube, NS, NAME, "Succeeded")
+    ev = done["status"]["evaluation"]
+    assert ev["examples"] == 10 and ev["graders"] == [{"name": "fact", "basePassRate": 0.2, "fineTunedPassRate": 0.9,
+                                                       "baseMeanScore": 0.2, "fineTunedMeanScore": 0.9}]
+    assert ev["safety"] == {"requests": 32, "baseRefusalRate": 0.5, "fineTunedRefusalRate": 0.4375,
+                            "maxRefusalDrop": 0.1, "judge": "heuristic", "passed": True}
+    assert done["status"]["fineTunedModel"]["manifestSha256"] == "cd" * 32  # the manifest with the results in it
+    reasons = {e["reason"]: e for e in kube.list("v1", "Event", NS)}
+    assert reasons["Graded"]["message"] == "eval file, base model -> fine-tune: fact 20% -> 90% passed"
+    assert reasons["SafetyCheckPassed"]["message"].startswith(
+        "safety suite (32 requests, heuristic judge): refusal rate 50.0% (base) -> 43.8% (fine-tune), allowed drop 10")
+    metrics = wait_for(lambda: (m := operator.metrics()) and "hone_evaluation_safety_passed{" in m and m,
+                       what="evaluation gauges")
+    assert f'hone_evaluation_pass_rate{{finetunejob="{NAME}",grader="fact",model="fine-tuned",namespace="{NS}"}} 0.9' \
+        in metrics
+    assert f'hone_evaluation_refusal_rate{{finetunejob="{NAME}",model="base",namespace="{NS}"}} 0.5' in metrics
+    assert f'hone_evaluation_safety_passed{{finetunejob="{NAME}",namespace="{NS}"}} 1.0' in metrics
+
+
+def test_an_evaluation_that_cannot_run_fails_the_job_and_keeps_the_model(kube: Kube, operator: OperatorProcess) -> None:
+    apply(kube)
+    validate_ok(kube)
+    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, published())
+    wait_for(lambda: get_job(kube, NS, f"{NAME}-eval"), what="evaluation Job")
+    message = contract.to_termination_message(contract.EvaluationResult(
+        ok=False, message="the eval file line 3: the prompt must end with a user message"))
+    finish_job(kube, NS, f"{NAME}-eval", "evaluator", int(contract.ExitCode.DATA_ERROR), message)
+    obj = wait_phase(kube, NS, NAME, "Failed")
+    assert obj["status"]["error"]["code"] == "evaluation_failed"
+    assert obj["status"]["error"]["message"].endswith("line 3: the prompt must end with a user message")
+    assert "published but unevaluated" in obj["status"]["error"]["message"]
+    assert obj["status"]["fineTunedModel"]["artifactUri"].endswith("/model")  # nothing lost
+
+
+def test_without_graders_and_with_the_suite_off_there_is_no_evaluation_job(kube: Kube,
+                                                                           operator: OperatorProcess) -> None:
+    apply(kube, evaluation={"safety": {"enabled": False}})
+    validate_ok(kube)
+    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, published())
+    wait_phase(kube, NS, NAME, "Succeeded")
+    assert get_job(kube, NS, f"{NAME}-eval") is None
 
 
 def test_training_completed_without_result_is_not_succeeded(kube: Kube, operator: OperatorProcess) -> None:
@@ -444,10 +518,11 @@ def test_the_losses_the_trainer_reports_are_exported_per_job(kube: Kube, operato
     assert len(ftj(kube, NS, NAME)["status"]["progress"]["trainCurve"]) == 20  # the CRD keeps the curve
 
     # Once it succeeds: the base model and the fine-tune on the validation file, in status, an Event and gauges.
-    finish_job(kube, NS, f"{NAME}-train", "trainer", 0, published())
+    finish_training(kube)
     done = wait_phase(kube, NS, NAME, "Succeeded")
-    assert done["status"]["evaluation"] == {"file": "validation", "base": {"loss": 2.25, "meanTokenAccuracy": 0.375},
-                                            "fineTuned": {"loss": 0.5, "meanTokenAccuracy": 0.75}}
+    assert {k: done["status"]["evaluation"][k] for k in ("file", "base", "fineTuned")} == {
+        "file": "validation", "base": {"loss": 2.25, "meanTokenAccuracy": 0.375},
+        "fineTuned": {"loss": 0.5, "meanTokenAccuracy": 0.75}}
     wait_for(lambda: f'hone_evaluation_mean_token_accuracy{{finetunejob="{NAME}",model="fine-tuned",namespace="{NS}"}}'
              f' 0.75' in operator.metrics(), what="evaluation gauge")
     metrics = operator.metrics()

@@ -125,9 +125,18 @@ def test_result_is_read_from_the_successful_pod_not_a_preempted_one() -> None:
     pods = [pod("trainer", 137, "", "2026-11-21T09:00:00Z"), pod("trainer", 0, ok, "2026-11-21T09:30:00Z")]
     p = plan(b, Observed(validation_job=job("v", "Complete"), training_job=job("t", "Complete"),
                          training_pods=pods), SETTINGS, TS)
-    assert p.status["phase"] == "Succeeded"
     assert p.status["fineTunedModel"] == {"name": "ft:smollm2-135m-instruct:ns::u1", "artifactUri": "s3://b/m"}
     assert p.status["trainedTokens"] == 9
+    # Published: the evaluation step is next, and only its result makes the job Succeeded.
+    assert p.status["phase"] == "Running" and [o["metadata"]["name"] for o in p.ensure] == ["support-assistant-eval"]
+    b["status"].update(p.status)
+    gate = contract.SafetyGate(requests=32, base_refusal_rate=0.5, fine_tuned_refusal_rate=0.5, max_refusal_drop=0.1,
+                               judge="heuristic", passed=True)
+    done = contract.to_termination_message(contract.EvaluationResult(ok=True, safety=gate))
+    p = plan(b, Observed(validation_job=job("v", "Complete"), training_job=job("t", "Complete"),
+                         evaluation_job=job("e", "Complete"), evaluation_pods=[pod("evaluator", 0, done)]),
+             SETTINGS, TS)
+    assert p.status["phase"] == "Succeeded" and p.status["evaluation"]["safety"]["passed"] is True
 
 
 def test_training_job_failure_reports_the_last_pods_output() -> None:

@@ -22,7 +22,7 @@ from hone_dev.cluster import OperatorProcess, finish_job, seed_namespace, wait_p
 from hone_dev.serving import ServerProcess, free_port, http
 from hone_dev.tiny import make_tiny_llama, make_tokenizer
 from hone_dev.repo import CHART, helm, render
-from hone_dev.resources import NS, apply, published, validate_ok
+from hone_dev.resources import NS, apply, finish_training, published, validate_ok
 
 #: Slow: a real Prometheus, promtool and a trained adapter. `pytest -m "not slow"` is the fast inner loop.
 pytestmark = pytest.mark.slow
@@ -190,7 +190,7 @@ def test_a_real_prometheus_meters_exactly_what_the_server_returned(tmp_path: Pat
                      "spec": {"training": {"freeTokensPerDay": 100_000}}})
         apply(kube)
         validate_ok(kube)
-        finish_job(kube, NS, "support-assistant-train", "trainer", 0, published(tokens=150_000))
+        finish_training(kube, "support-assistant", published(tokens=150_000))
         wait_phase(kube, NS, "support-assistant", "Succeeded")
 
         def training() -> tuple[float, ...]:

@@ -34,6 +34,8 @@ RARE = {
     # Both used, with this chart's RBAC, by tests/test_inference_budget.py: serving pods reporting usage.
     ("authentication.k8s.io", "tokenreviews", "create"): "the quota endpoint checks a serving pod's token",
     ("", "pods", "get"): "the quota endpoint checks the reporting pod; a gone pod's budget record is retired",
+    ("apps", "deployments", "delete"): "a ModelServing stops serving a FineTuneJob whose safety check failed when "
+                                       "the override is taken back (tests/test_serving_operator.py)",
 }
 
 

@@ -41,6 +41,8 @@ def test_the_readme_demo_validates_fine_tunes_serves_and_answers(tmp_path: Path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "trainable" in text and "validationLoss:" in text
+    # The evaluation step after training: both graders of the example, on the 3 questions --quick keeps.
+    assert re.search(r"states-the-fact: \d/3 -> \d/3 passed", text) and "close-to-the-answer: " in text
     # The memory estimate hone run prints before training, against the peak training reached.
     estimate = parse_quantity(re.search(r"memory: estimated (\S+) per training process", text).group(1))
     peak = parse_quantity(re.search(r"peakMemory: +(\S+) \(largest rank\)", text).group(1))

@@ -18,7 +18,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from hone_operator.api.v1alpha1 import FineTuneJob, ModelServing
+from hone_operator.api.v1alpha1 import SAFETY_OVERRIDE_ANNOTATION, FineTuneJob, ModelServing
 from hone_operator.builders import modelserving as msv_build
 from hone_operator.reconcile import modelserving as msv_reconcile
 from hone_operator.kube import Kube
@@ -28,7 +28,7 @@ from hone_dev.apiserver import ApiServerThread
 from hone_dev.cluster import OperatorProcess, finish_job, wait_for, wait_phase
 from hone_dev.resources import API, NAME, NS, apply_msv, deployment, msv, roll_out, server_config, serving_ready, succeed_ftj, wait_msv
 from hone_dev.resources import apply as apply_ftj
-from hone_dev.resources import condition, handled, operator_writes
+from hone_dev.resources import condition, evaluated, handled, operator_writes
 
 K8S = "1.33"
 SETTINGS = OperatorSettings()
@@ -79,6 +79,39 @@ def test_waits_for_the_finetunejob_then_deploys_and_becomes_ready(kube: Kube, op
     handled(kube, "ModelServing")
     assert [(w.verb, w.resource, w.subresource) for w in operator_writes(apiserver)[before:]] == [
         ("patch", "modelservings", "status")], "a converged ModelServing costs no writes but the request's answer"
+
+
+def test_a_fine_tune_that_failed_its_safety_check_is_served_only_with_the_override(kube: Kube,
+                                                                                  operator: OperatorProcess) -> None:
+    """The gate: no Deployment for a FineTuneJob whose refusal rate dropped past the margin, a condition and an
+    Event that name the rates; the override annotation serves it (and says so); taking it back stops serving."""
+    apply_ftj(kube)
+    succeed_ftj(kube, evaluation=evaluated(0.5, 0.25))
+    apply_msv(kube)
+    obj = wait_msv(kube, "Failed")
+    gate = condition(obj, "SafetyCheckFailed")
+    assert gate["status"] == "True" and gate["reason"] == "SafetyCheckFailed"
+    assert gate["message"].startswith(f"FineTuneJob {NAME} failed its safety check: it declines 25.0% of the safety "
+                                      "suite, its base model 50.0% (allowed drop 10 points); not served.")
+    assert f"{SAFETY_OVERRIDE_ANNOTATION}=true" in gate["message"]
+    assert condition(obj, "Ready")["reason"] == "SafetyCheckFailed"
+    handled(kube, "ModelServing")
+    assert deployment(kube) is None
+    warnings = [e for e in kube.list("v1", "Event", NS) if e["reason"] == "SafetyCheckFailed"
+                and e["involvedObject"]["kind"] == "ModelServing"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+
+    kube.patch(API, "FineTuneJob", NS, NAME, {"metadata": {"annotations": {SAFETY_OVERRIDE_ANNOTATION: "true"}}})
+    wait_for(lambda: deployment(kube), what="the Deployment, once overridden")
+    obj = wait_msv(kube, "Deploying")
+    assert condition(obj, "SafetyCheckFailed")["reason"] == "Overridden"
+    overridden = wait_for(lambda: [e for e in kube.list("v1", "Event", NS) if e["reason"] == "SafetyCheckOverridden"],
+                          what="the override recorded")
+    assert overridden[0]["type"] == "Warning" and "served anyway" in overridden[0]["message"]
+
+    kube.patch(API, "FineTuneJob", NS, NAME, {"metadata": {"annotations": {SAFETY_OVERRIDE_ANNOTATION: None}}})
+    wait_for(lambda: deployment(kube) is None, what="the Deployment removed once the override is taken back")
+    assert condition(wait_msv(kube, "Failed"), "SafetyCheckFailed")["reason"] == "SafetyCheckFailed"
 
 
 def test_scale_spec_changes_and_autoscaling_roll_out(kube: Kube, operator: OperatorProcess) -> None:

@@ -149,9 +149,9 @@ def assert_evaluated(result: contract.TrainingResult, base: Path, folder: Path, 
     assert result.initial_validation_accuracy == pytest.approx(base_accuracy, abs=0.01)
     assert result.initial_validation_loss == pytest.approx(base_loss, abs=1e-4)
     assert result.validation_accuracy > result.initial_validation_accuracy + 0.1
-    assert manifest["evaluation"] == {"file": "validation", "base": {
+    assert manifest["evaluation"] == {"validation": {"base": {
         "loss": result.initial_validation_loss, "meanTokenAccuracy": result.initial_validation_accuracy},
-        "fineTuned": {"loss": result.validation_loss, "meanTokenAccuracy": result.validation_accuracy}}
+        "fineTuned": {"loss": result.validation_loss, "meanTokenAccuracy": result.validation_accuracy}}}
     assert all(r["validationAccuracy"] == result.validation_accuracy for r in reports[-1:])
     assert result.checkpoints[-1].validation_accuracy == result.validation_accuracy
 

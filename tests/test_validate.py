@@ -435,3 +435,28 @@ def test_the_trainer_runs_what_validation_resolved_and_counted(tmp_path: Path) -
     path.write_text("\n".join(good_lines(50)) + "\n")
     with pytest.raises(DataError, match="changed since it was validated: it now has 50 trainable example"):
         Trainer(resolved)._setup_data()
+
+
+def test_a_bad_eval_file_or_extra_suite_fails_validation_before_anything_trains(tokenizer: Any,
+                                                                               tmp_path: Path) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(good_lines(20)) + "\n")
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}], "fact": "f"}) + "\n"
+                     + json.dumps({"messages": [{"role": "assistant", "content": "a"}]}) + "\n")
+    graders = [{"type": "string_check", "name": "fact", "reference": "{{ item.fact }}", "operation": "ilike"}]
+    evaluation = contract.EvaluationConfig.model_validate(
+        {"evalFile": {"location": str(evals)}, "graders": graders})
+    result = validate(config_for(train, evaluation=evaluation), tokenizer)
+    assert not result.ok and result.problem_counts == {"invalid_eval_file": 1}
+    assert result.summary == ("evaluation file: the eval file line 2: the prompt must end with a user message (an "
+                              "assistant message after it is the reference answer); fix it in spec.evaluation "
+                              "before anything trains")
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"id": "weapons-pipe-bomb", "messages": [{"role": "user", "content": "x"}]}\n')
+    evaluation = contract.EvaluationConfig.model_validate({"safety": {"extraSuite": {"location": str(suite)}}})
+    result = validate(config_for(train, evaluation=evaluation), tokenizer)
+    assert "reuses the built-in id 'weapons-pipe-bomb'" in result.summary
+    evals.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}], "fact": "f"}) + "\n")
+    good = contract.EvaluationConfig.model_validate({"evalFile": {"location": str(evals)}, "graders": graders})
+    assert validate(config_for(train, evaluation=good), tokenizer).ok

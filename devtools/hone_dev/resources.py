@@ -50,6 +50,25 @@ def published(tokens: int = 150_000, name: str = NAME) -> str:
         checkpoints=[contract.CheckpointInfo(step=30, uri=f"pvc://hone-models/{name}/ckpt-30", train_loss=0.42)]))
 
 
+def evaluated(base_refusal: float = 0.5, fine_tuned_refusal: float = 0.5, max_drop: float = 0.1) -> str:
+    """What the evaluation pod reports: the safety suite's rates (and the gate they make), one grader."""
+    return contract.to_termination_message(contract.EvaluationResult(
+        ok=True, examples=10, graders=["fact"], base=contract.Scores(passed=[2], mean_score=[0.2]),
+        fine_tuned=contract.Scores(passed=[9], mean_score=[0.9]), manifest_sha256="cd" * 32,
+        safety=contract.SafetyGate(requests=32, base_refusal_rate=base_refusal,
+                                   fine_tuned_refusal_rate=fine_tuned_refusal, max_refusal_drop=max_drop,
+                                   judge="heuristic", passed=base_refusal - fine_tuned_refusal <= max_drop + 1e-9)))
+
+
+def finish_training(kube: Kube, name: str = NAME, trained: str | None = None, evaluation: str | None = None,
+                    namespace: str = NS) -> None:
+    """The training Job completes with ``trained`` (default: :func:`published`), then the evaluation Job the
+    operator creates for it with ``evaluation`` (default: :func:`evaluated`, a passed gate)."""
+    finish_job(kube, namespace, f"{name}-train", "trainer", 0, published(name=name) if trained is None else trained)
+    wait_for(lambda: get_job(kube, namespace, f"{name}-eval"), what="evaluation Job")
+    finish_job(kube, namespace, f"{name}-eval", "evaluator", 0, evaluated() if evaluation is None else evaluation)
+
+
 def validate_ok(kube: Kube, name: str = NAME) -> None:
     wait_for(lambda: get_job(kube, NS, f"{name}-validate"), what="validation Job")
     finish_job(kube, NS, f"{name}-validate", "validator", 0, good_validation())
@@ -99,9 +118,9 @@ def roll_out(kube: Kube, name: str = NAME, ready: int | None = None) -> None:
     }}, subresource="status")
 
 
-def succeed_ftj(kube: Kube, name: str = NAME) -> dict[str, Any]:
+def succeed_ftj(kube: Kube, name: str = NAME, evaluation: str | None = None) -> dict[str, Any]:
     validate_ok(kube, name)
-    finish_job(kube, NS, f"{name}-train", "trainer", 0, published(name=name))
+    finish_training(kube, name, evaluation=evaluation)
     return wait_phase(kube, NS, name, "Succeeded")
 
 

@@ -73,17 +73,19 @@ def wait_ready(url: str, server: subprocess.Popen, timeout: float = 300) -> None
 
 
 def quick_copy(target: Path) -> Path:
-    """This folder with 12 training and 3 validation examples and one epoch."""
+    """This folder with 12 training and 3 validation examples and one epoch; the evaluation step grades 3 eval
+    questions and leaves out the safety suite (64 more answers from each model)."""
     import yaml
 
     target.mkdir(parents=True, exist_ok=True)
-    for name, n in (("train.jsonl", 12), ("validation.jsonl", 3)):
+    for name, n in (("train.jsonl", 12), ("validation.jsonl", 3), ("eval.jsonl", 3)):
         lines = (HERE / name).read_text().splitlines()[:n]
         (target / name).write_text("\n".join(lines) + "\n")
     shutil.copy(HERE / "kustomization.yaml", target)
     shutil.copy(HERE / "modelserving.yaml", target)
     job = yaml.safe_load((HERE / "finetunejob.yaml").read_text())
     job["spec"]["hyperparameters"] = {"epochs": 1, "batchSize": 4, "learningRateMultiplier": 4}
+    job["spec"]["evaluation"]["safety"] = {"enabled": False}
     (target / "finetunejob.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     return target
 
@@ -111,7 +113,10 @@ def main() -> int:
 
     print("\n== 2. Fine-tune SmolLM2-135M-Instruct with LoRA (the FineTuneJob YAML you would kubectl apply)")
     print("The bar first says the model is loading and the base model's validation loss is measured; then\n"
-          "steps, loss and tokens/s. Look at: validationLoss before -> after, and the loss curves.")
+          "steps, loss and tokens/s. Look at: validationLoss before -> after, and the loss curves. Then the\n"
+          "evaluation step: the base model and the fine-tune answer the held-out questions (graded: does the\n"
+          "answer state the shop's fact?) and Hone's safety suite (does the fine-tune still decline what its\n"
+          "base declines?).")
     hone("run", str(folder / "finetunejob.yaml"), "--workdir", str(workdir / "run"), env=env)
     result = json.loads((workdir / "run" / "local" / "skateboard-support" / "result.json").read_text())
     fine_tuned = result["fineTunedModel"]

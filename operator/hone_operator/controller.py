@@ -328,6 +328,7 @@ class Controller:
         observed = ftj_reconcile.Observed(
             validation_job=jobs.get("validate") if owned(jobs.get("validate")) else None,
             training_job=jobs.get("train") if owned(jobs.get("train")) else None,
+            evaluation_job=jobs.get("eval") if owned(jobs.get("eval")) else None,
         )
         # A finished Job's pods hold its result: read them fresh, never from a cache. A Job whose
         # pods are not running yet: they say why (unschedulable, image pull), so the status can.
@@ -335,6 +336,8 @@ class Controller:
             observed.validation_pods = self.kube.list("v1", "Pod", namespace, ftj_build.selector(name, "validate"))
         if ftj_reconcile.job_finished(observed.training_job) or ftj_reconcile.pods_pending(observed.training_job):
             observed.training_pods = self.kube.list("v1", "Pod", namespace, ftj_build.selector(name, "train"))
+        if ftj_reconcile.job_finished(observed.evaluation_job) or ftj_reconcile.pods_pending(observed.evaluation_job):
+            observed.evaluation_pods = self.kube.list("v1", "Pod", namespace, ftj_build.selector(name, "eval"))
 
         if observed.validation_job is None:
             observed.missing = self._missing_references(body, namespace)

@@ -29,8 +29,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hone_operator.api.v1alpha1 import DataSource, FineTuneJob, parse_pvc_uri, uri_scheme
-from hone_operator.builders.finetunejob import trainer_config
+from hone_operator.api.v1alpha1 import DataSource, EvaluationSpec, FineTuneJob, parse_pvc_uri, uri_scheme
+from hone_operator.builders.finetunejob import evaluation_config as ftj_evaluation_config, trainer_config
 from hone_operator.settings import OperatorSettings
 from hone_trainer import contract
 
@@ -123,16 +123,9 @@ def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: Oper
         raise LocalSpecError("spec.method", "qlora needs an NVIDIA GPU (4-bit bitsandbytes kernels) and this "
                                             "machine has none; use method lora")
     ns, name = ftj.metadata.namespace or "local", ftj.metadata.name
-    training = _data(spec.trainingData, base, "spec.trainingData")
-    if training is None:
-        path = workdir / "training.jsonl"
-        path.write_text(spec.trainingData.inline or "")
-        training = contract.DataFile(location=str(path))
-    validation = _data(spec.validationData, base, "spec.validationData")
-    if validation is None and spec.validationData is not None:
-        path = workdir / "validation.jsonl"
-        path.write_text(spec.validationData.inline or "")
-        validation = contract.DataFile(location=str(path))
+    training = _data_file(spec.trainingData, base, "spec.trainingData", workdir / "training.jsonl")
+    assert training is not None
+    validation = _data_file(spec.validationData, base, "spec.validationData", workdir / "validation.jsonl")
     out = spec.output.uri
     root = local_path(out, base, "spec.output.uri")
     job_root = f"{root.rstrip('/')}/{ns}/{name}"
@@ -143,7 +136,30 @@ def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: Oper
         output_uri=f"{job_root}/model", checkpoint_dir=f"{job_root}/checkpoints",
         progress=contract.ProgressReporting(kind="file", path=str(workdir / "progress.json"), interval_seconds=1.0),
         metrics_port=None, result_path=str(workdir / "result.json"),
+        evaluation=evaluation_config(spec.evaluation, base, workdir),
     )
+
+
+def _data_file(src: DataSource | None, base: Path, param: str, inline_path: Path) -> contract.DataFile | None:
+    """A data source on this machine; inline data is written to ``inline_path``."""
+    found = _data(src, base, param)
+    if found is None and src is not None:
+        inline_path.write_text(src.inline or "")
+        found = contract.DataFile(location=str(inline_path))
+    return found
+
+
+def evaluation_config(spec: EvaluationSpec | None, base: Path, workdir: Path) -> contract.EvaluationConfig | None:
+    """``spec.evaluation`` on this machine; without it, the safety suite alone (its defaults); None: nothing to run."""
+    def locate(src: DataSource, which: str, param: str) -> contract.DataFile:
+        found = _data_file(src, base, param, workdir / f"{which}.jsonl")
+        assert found is not None
+        return found
+
+    if spec is not None and spec.judge is not None and spec.judge.apiKeySecret is not None:
+        raise LocalSpecError("spec.evaluation.judge.apiKeySecret", "Secrets exist only in a cluster: on this "
+                                                                   "machine, name a judge that needs no token")
+    return ftj_evaluation_config(spec, locate)
 
 
 class ModelUnusable(Exception):
@@ -210,6 +226,21 @@ def train(config_path: Path, nproc: int, progress_path: Path, on_progress: Any,
     return 130 if interrupted else proc.returncode
 
 
+def evaluate(config_path: Path) -> tuple[int, contract.EvaluationResult | None]:
+    """The evaluation step after training, in a process of its own (the trainer's memory is free again): its exit
+    code, and its result (None when it wrote none). Its log goes to ``evaluation.log`` beside the config."""
+    result_path = config_path.parent / "evaluation.json"
+    result_path.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "hone_trainer", "evaluate", "--config", str(config_path), "--result", str(result_path)]
+    with open(config_path.parent / "evaluation.log", "ab") as log:
+        rc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
+    try:
+        return rc, contract.EvaluationResult.model_validate_json(result_path.read_text())
+    except (OSError, ValueError):
+        return rc, None
+
+
 def _has_cuda() -> bool:
     try:
         import torch
@@ -244,6 +275,30 @@ def published_artifact(namespace: str, name: str, workdir: Path, param: str) -> 
         return result.artifact_uri
     raise LocalSpecError(param, f"FineTuneJob {name!r} (namespace {namespace!r}) has no published model on this "
                                 f"machine (no result in {result_file}); run `hone run <its manifest>` first")
+
+
+def safety_gate(config: contract.ServerConfig, override: bool) -> list[str]:
+    """Refuse (LocalSpecError) to serve a fine-tune whose published manifest says its safety check failed, unless
+    ``override``; returns the warnings to print when it does serve such a fine-tune."""
+    warnings = []
+    sources = [("spec.adapters", a.location) for a in config.adapters]
+    sources.append(("spec.fineTuneJobRef", config.base_model.location))
+    for param, location in sources:
+        try:
+            manifest = json.loads((Path(location) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue  # not a published result (a base model, a hub id)
+        gate = (manifest.get("evaluation") or {}).get("safety") or {}
+        if gate.get("passed") is not False:
+            continue
+        why = (f"{manifest.get('fineTunedModel') or location} failed its safety check: it declines "
+               f"{100 * gate['fineTunedRefusalRate']:.1f}% of the safety suite, its base model "
+               f"{100 * gate['baseRefusalRate']:.1f}% (allowed drop {100 * gate['maxRefusalDrop']:.0f} points)")
+        if not override:
+            raise LocalSpecError(param, f"{why}; not served. Fine-tune again with safer data, or pass "
+                                        "--serve-despite-failed-safety-check to serve it anyway")
+        warnings.append(f"{why}; serving it anyway (--serve-despite-failed-safety-check)")
+    return warnings
 
 
 def server_config(msv: Any, manifest: Path, workdir: Path, host: str, port: int,

@@ -26,6 +26,10 @@
 * ``hone_evaluation_loss{namespace,finetunejob,model="base|fine-tuned"}`` and
   ``hone_evaluation_mean_token_accuracy{…}``: a succeeded job's ``status.evaluation``, the
   base model and the fine-tune on the validation file (gauges).
+* ``hone_evaluation_pass_rate{namespace,finetunejob,grader,model}``,
+  ``hone_evaluation_refusal_rate{namespace,finetunejob,model}`` and
+  ``hone_evaluation_safety_passed{namespace,finetunejob}``: the evaluation step's graders and
+  safety gate (``status.evaluation``; gauges).
 * ``hone_reconcile_errors_total{kind}``, ``hone_reconcile_duration_seconds``.
 """
 
@@ -132,6 +136,26 @@ class FineTuneJobCollector(Collector):
                     if value is not None:
                         scores.add_metric([j.namespace, j.name, model], value)
             yield scores
+        passing = GaugeMetricFamily("hone_evaluation_pass_rate", "Share of the eval file's answers each grader "
+                                    "passed, per model (status.evaluation.graders).",
+                                    labels=["namespace", "finetunejob", "grader", "model"])
+        refusing = GaugeMetricFamily("hone_evaluation_refusal_rate", "Share of the safety suite each model declined "
+                                     "(status.evaluation.safety).", labels=["namespace", "finetunejob", "model"])
+        gate = GaugeMetricFamily("hone_evaluation_safety_passed", "1 when the fine-tune passed the safety gate, 0 "
+                                 "when it failed (status.evaluation.safety.passed).",
+                                 labels=["namespace", "finetunejob"])
+        for j in jobs:
+            for g in (j.evaluation or {}).get("graders") or []:
+                passing.add_metric([j.namespace, j.name, g["name"], "base"], g["basePassRate"])
+                passing.add_metric([j.namespace, j.name, g["name"], "fine-tuned"], g["fineTunedPassRate"])
+            safety = (j.evaluation or {}).get("safety")
+            if safety:
+                refusing.add_metric([j.namespace, j.name, "base"], safety["baseRefusalRate"])
+                refusing.add_metric([j.namespace, j.name, "fine-tuned"], safety["fineTunedRefusalRate"])
+                gate.add_metric([j.namespace, j.name], 1.0 if safety["passed"] else 0.0)
+        yield passing
+        yield refusing
+        yield gate
 
 
 class BudgetCollector(Collector):

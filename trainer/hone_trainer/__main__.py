@@ -5,6 +5,7 @@
     python -m hone_trainer launch --config CONFIG -- torchrun ... -m hone_trainer train --config CONFIG
     python -m hone_trainer serve --config SERVER_CONFIG   (or --model/--adapter ...)
     python -m hone_trainer fetch --config SERVER_CONFIG --target DIR
+    python -m hone_trainer evaluate --config CONFIG --result RESULT
 
 Exit codes are :class:`hone_trainer.contract.ExitCode`; the operator fails a
 Job at once on the non-retryable ones.
@@ -46,7 +47,8 @@ def _fail(code: ExitCode, message: str) -> int:
     return int(code)
 
 
-def write_result(path: str | None, result: contract.ValidationResult | contract.TrainingResult) -> None:
+def write_result(path: str | None, result: contract.ValidationResult | contract.TrainingResult
+                 | contract.EvaluationResult) -> None:
     if not path:
         return
     text = contract.to_termination_message(result)
@@ -255,6 +257,27 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The evaluation step after training: graders and the safety suite on the published fine-tune and its base;
+    the results into the published manifest and ``--result`` (an :class:`EvaluationResult`). A failed safety
+    gate is a result (exit 0), not an error: the operator and ModelServing act on it."""
+    from hone_trainer.evaluation import runner
+
+    config = load_config(args.config)
+    if config.evaluation is None:
+        return _fail(ExitCode.CONFIG_ERROR, f"{args.config}: evaluation is not set; there is nothing to evaluate")
+    try:
+        result = runner.evaluate(config.evaluation, config.output_uri, base=config.base_model,
+                                 credentials_dir=config.output_credentials_dir)
+    except runner.EvaluationError as exc:
+        if args.result:
+            write_result(args.result, contract.EvaluationResult(ok=False, message=str(exc)[:1000]))
+        return _fail(ExitCode(exc.exit_code), str(exc))
+    write_result(args.result, result)
+    print(json.dumps(result.to_json_dict()), flush=True)
+    return int(ExitCode.OK)
+
+
 def _serving_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="ServerConfig JSON file (what the operator mounts)")
     p.add_argument("--model", help="base model: Hugging Face id, directory, .gguf, s3:// or embedded://NAME "
@@ -296,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     _serving_args(f)
     f.add_argument("--target", required=True, help="folder to copy adapter i into (as TARGET/i)")
     f.set_defaults(func=cmd_fetch)
+    e = sub.add_parser("evaluate", help="graders and the safety suite on the published fine-tune and its base model")
+    e.add_argument("--config", required=True, help="TrainerConfig JSON file (its evaluation, output and base model)")
+    e.add_argument("--result", help="where to write the EvaluationResult JSON")
+    e.set_defaults(func=cmd_evaluate)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args))

@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from hone_operator.api.v1alpha1 import (
     DataSource,
+    EvaluationSpec,
     FineTuneJob,
     parse_pvc_uri,
     uri_scheme,
@@ -41,8 +42,9 @@ from hone_trainer import contract
 KIND = "FineTuneJob"
 TRAINER_CONTAINER = "trainer"
 VALIDATOR_CONTAINER = "validator"
+EVALUATOR_CONTAINER = "evaluator"
 #: The ``app.kubernetes.io/component`` of the two Jobs a FineTuneJob owns.
-JOB_COMPONENTS = ("validate", "train")
+JOB_COMPONENTS = ("validate", "train", "eval")
 
 CONFIG_PATH = f"{contract.CONFIG_MOUNT_PATH}/{contract.CONFIG_FILE}"
 
@@ -53,6 +55,7 @@ class Names:
     trainer_identity: str
     validation_job: str
     training_job: str
+    evaluation_job: str
     service: str
 
     @classmethod
@@ -62,6 +65,7 @@ class Names:
             trainer_identity=common.child_name(name, "trainer"),
             validation_job=common.child_name(name, "validate"),
             training_job=common.child_name(name, "train"),
+            evaluation_job=common.child_name(name, "eval"),
             service=common.child_name(name, "train"),
         )
 
@@ -134,7 +138,9 @@ def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.Trai
         output_credentials_dir=out_credentials,
         progress=contract.ProgressReporting(kind="kubernetes", namespace=ns, name=name,
                                             interval_seconds=settings.progress_interval_seconds),
-        metrics_port=settings.trainer_metrics_port, result_path=contract.RESULT_PATH_IN_POD)
+        metrics_port=settings.trainer_metrics_port, result_path=contract.RESULT_PATH_IN_POD,
+        evaluation=evaluation_config(spec.evaluation, lambda src, which, param: data_location(
+            source(src, param), which, storage, param), storage.secret))
     return config, storage
 
 
@@ -157,7 +163,10 @@ def references(ftj: FineTuneJob) -> list[Reference]:
     pod as a mount failure.
     """
     refs: list[Reference] = []
-    sources = [("spec.trainingData", ftj.spec.trainingData), ("spec.validationData", ftj.spec.validationData)]
+    ev = ftj.spec.evaluation
+    sources = [("spec.trainingData", ftj.spec.trainingData), ("spec.validationData", ftj.spec.validationData),
+               ("spec.evaluation.evalFile", ev.evalFile if ev else None),
+               ("spec.evaluation.safety.extraSuite", ev.safety.extraSuite if ev else None)]
     for param, src in sources:
         if src is not None and src.configMap is not None:
             refs.append(Reference("v1", "ConfigMap", src.configMap.name, f"{param}.configMap", src.configMap.key))
@@ -205,6 +214,33 @@ def trainer_config(ftj: FineTuneJob, settings: OperatorSettings, *, base_model: 
         screening=screening_config(spec.dataScreening or settings.data_screening),
         **where,
     )
+
+
+#: The key of the judge's apiKeySecret that holds the token.
+JUDGE_API_KEY = "api-key"
+
+
+def evaluation_config(spec: EvaluationSpec | None, locate: Callable[[DataSource, str, str], contract.DataFile],
+                      secret_dir: Callable[[Any], str | None] | None = None) -> contract.EvaluationConfig | None:
+    """The evaluation step's config from ``spec.evaluation`` (without it: the safety suite alone, its defaults);
+    None when it has nothing to run (no graders, the suite off). ``locate(source, which, param)`` says where a
+    file is, ``secret_dir(ref)`` where a Secret is mounted (cluster or local mode)."""
+    spec = spec or EvaluationSpec()
+    if not spec.graders and not spec.safety.enabled:
+        return None
+    judge = None
+    if spec.judge is not None:
+        key_dir = secret_dir(spec.judge.apiKeySecret) if secret_dir and spec.judge.apiKeySecret else None
+        judge = contract.JudgeEndpoint(url=spec.judge.url, model=spec.judge.model,
+                                       timeout_seconds=spec.judge.timeoutSeconds,
+                                       api_key_file=f"{key_dir}/{JUDGE_API_KEY}" if key_dir else None)
+    extra = spec.safety.extraSuite
+    return contract.EvaluationConfig.model_validate({
+        "eval_file": locate(spec.evalFile, "eval", "spec.evaluation.evalFile") if spec.evalFile else None,
+        "graders": spec.graders, "judge": judge, "max_tokens": spec.maxTokens, "max_examples": spec.maxExamples,
+        "safety": contract.SafetySettings(
+            enabled=spec.safety.enabled, max_refusal_drop=spec.safety.maxRefusalDrop, judge=spec.safety.judge,
+            extra_suite=locate(extra, "safety-suite", "spec.evaluation.safety.extraSuite") if extra else None)})
 
 
 def screening_config(spec: Any) -> contract.DataScreening:
@@ -282,4 +318,6 @@ def all_objects(ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, 
         objs.append(jobs.headless_service(ftj, settings))
     suspend = ftj.spec.suspend or bool(kueue_labels(ftj, settings))
     objs.append(jobs.training_job(ftj, settings, storage, suspend=suspend))
+    if config.evaluation is not None:
+        objs.append(jobs.evaluation_job(ftj, settings, storage))
     return objs

@@ -3,6 +3,8 @@
 * ``<name>-validate``: the ValidatingFiles step (``python -m hone_trainer validate``);
 * ``<name>-train``: one pod per node running torchrun with one process per GPU,
   DeepSpeed under it; an Indexed Job when there are several nodes;
+* ``<name>-eval``: the evaluation step after training (``python -m hone_trainer evaluate``): the base model and
+  the fine-tune answer the eval file and the safety suite, one pod with one GPU (or the CPUs) of a training node;
 * ``<name>-train`` headless Service: stable pod DNS names for the rendezvous.
 
 Exit codes the trainer uses for what retrying cannot fix fail the Job at once
@@ -17,6 +19,7 @@ from hone_operator.api.v1alpha1 import FineTuneJob
 from hone_operator.builders import common
 from hone_operator.builders.finetunejob import (
     CONFIG_PATH,
+    EVALUATOR_CONTAINER,
     TRAINER_CONTAINER,
     VALIDATOR_CONTAINER,
     Names,
@@ -77,7 +80,6 @@ def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storag
     which the operator reads back from the finished pod.
     """
     names = Names.of(ftj.metadata.name)
-    ns = ftj.metadata.namespace or "default"
     lbls = labels(ftj, "validate")
     container = {
         "name": VALIDATOR_CONTAINER,
@@ -91,14 +93,21 @@ def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storag
         "terminationMessagePath": contract.RESULT_PATH_IN_POD,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    return _one_pod_job(ftj, settings, storage, names.validation_job, lbls, container, deadline=3600)
+
+
+def _one_pod_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storage, name: str, lbls: dict[str, str],
+                 container: dict[str, Any], deadline: int) -> dict[str, Any]:
+    """A step that runs one pod with no API token (validation, evaluation); its result is its termination
+    message, and the trainer's non-retryable exit codes fail it at once."""
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": common.metadata(names.validation_job, ns, lbls, owner(ftj)),
+        "metadata": common.metadata(name, ftj.metadata.namespace or "default", lbls, owner(ftj)),
         "spec": {
             "backoffLimit": settings.validation_backoff_limit,
-            "activeDeadlineSeconds": 3600,
-            "podFailurePolicy": _pod_failure_policy(VALIDATOR_CONTAINER),
+            "activeDeadlineSeconds": deadline,
+            "podFailurePolicy": _pod_failure_policy(container["name"]),
             "template": {
                 "metadata": {"labels": lbls},
                 "spec": {
@@ -113,6 +122,31 @@ def validation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storag
             },
         },
     }
+
+
+def evaluation_job(ftj: FineTuneJob, settings: OperatorSettings, storage: Storage) -> dict[str, Any]:
+    """The evaluation step: the published fine-tune and its base model in the built-in server's engine, on one
+    GPU of the kind training used (or the training pod's CPUs), with the job's mounts (the output writable: the
+    results go into the published manifest). It writes :class:`hone_trainer.contract.EvaluationResult` as its
+    termination message. No ServiceAccount token: it talks to no API server."""
+    r = ftj.spec.resources
+    names = Names.of(ftj.metadata.name)
+    lbls = labels(ftj, "eval")
+    gpus = 1 if r.gpusPerNode else 0
+    container = {
+        "name": EVALUATOR_CONTAINER,
+        "image": ftj.spec.image or settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": contract.evaluate_command(CONFIG_PATH, contract.RESULT_PATH_IN_POD),
+        "env": [*common.env(), *([] if gpus else [common.CPU_THREADS])],
+        "resources": common.resources(r.cpu or settings.training_resources.cpu,
+                                      r.memory or settings.training_resources.memory, {r.gpuResourceName: gpus}),
+        "securityContext": common.container_security_context(),
+        "volumeMounts": _base_mounts(storage, shm=False),
+        "terminationMessagePath": contract.RESULT_PATH_IN_POD,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return _one_pod_job(ftj, settings, storage, names.evaluation_job, lbls, container, deadline=4 * 3600)
 
 
 def training_command(ftj: FineTuneJob, settings: OperatorSettings) -> list[str]:

@@ -2,6 +2,7 @@
 
 * ``validate``: check and count a chat JSONL file (:mod:`.validate`);
 * ``run``: fine-tune a FineTuneJob manifest on this machine (:mod:`.run`);
+* ``eval``: graders and the safety suite on a published fine-tune and its base (:mod:`.evaluate`);
 * ``serve`` and ``chat``: the built-in server, and a client for it (:mod:`.serve`);
 * ``api``: OpenAI's fine-tuning API over Hone (:mod:`.api`);
 * ``render``: the objects the operator creates for manifests (:mod:`.render`);
@@ -18,7 +19,7 @@ from pathlib import Path
 import click
 
 from hone_operator import __version__
-from hone_operator.cli import api, devcluster, render, run, serve, validate
+from hone_operator.cli import api, devcluster, evaluate, render, run, serve, validate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,7 +55,7 @@ def operator(verbose: bool) -> None:
     run_operator(verbose)
 
 
-for command in (validate.validate, run.run, serve.serve, serve.chat, api.api, render.render, devcluster.dev_cluster):
+for command in (validate.validate, run.run, evaluate.evaluate, serve.serve, serve.chat, api.api, render.render, devcluster.dev_cluster):
     cli.add_command(command)
 
 

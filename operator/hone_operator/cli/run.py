@@ -47,6 +47,25 @@ def run(manifest: Path, workdir: Path) -> None:
         click.echo("Interrupted: a checkpoint was saved. Run the same command again to resume.", err=True)
         sys.exit(130)
     _report(job_dir, rc, config.prices.training)
+    if config.evaluation is not None:
+        _evaluate(config_path, config.evaluation)
+
+
+def _evaluate(config_path: Path, evaluation: Any) -> None:
+    """The evaluation step after training (graders, safety suite), printed; it does not undo the training."""
+    from hone_operator import local
+    from hone_operator.cli.evaluate import print_evaluation
+
+    parts = (["the eval file"] if evaluation.eval_file else []) + (["the safety suite"] if evaluation.safety.enabled
+                                                                   else [])
+    click.echo(f"Evaluating: the base model and the fine-tune answer {' and '.join(parts)} "
+               f"(log: {config_path.parent / 'evaluation.log'})")
+    rc, result = local.evaluate(config_path)
+    if result is None or not result.ok:
+        why = result.message if result is not None and result.message else \
+            "\n".join((config_path.parent / "evaluation.log").read_text(errors="replace").splitlines()[-10:])
+        fail(f"evaluation failed (exit code {rc}); the fine-tune is published, but unevaluated: {why}", rc or 1)
+    print_evaluation(result)
 
 
 def _validate(manifest: Path, config: Any, settings: Any, spec: Any) -> Any:

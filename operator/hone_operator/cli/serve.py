@@ -20,8 +20,11 @@ from hone_operator.cli.common import fail, first_document, local_job, parse_mani
               help="Accepted API keys, one per line (default: no key needed).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".hone/run"),
               show_default=True, help="Where `hone run` keeps its results.")
+@click.option("--serve-despite-failed-safety-check", "override_safety", is_flag=True,
+              help="Serve a fine-tune whose safety check failed (in a cluster: the FineTuneJob's annotation "
+                   "hone.dev/serve-despite-failed-safety-check=true).")
 def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int, api_keys_file: str | None,
-          workdir: Path) -> None:
+          workdir: Path, override_safety: bool) -> None:
     """Serve a ModelServing manifest (or --job JOB.yaml) on this machine with the built-in server.
 
     Its FineTuneJobs resolve to what `hone run` published for them. The server
@@ -55,6 +58,8 @@ def serve(manifest: Path | None, job_manifest: Path | None, host: str, port: int
             click.echo("note: runtime vllm is for GPU clusters; serving with the built-in server here", err=True)
     try:
         config = local.server_config(msv, source, workdir, host, port, api_keys_file)
+        for warning in local.safety_gate(config, override_safety):
+            click.echo(f"warning: {warning}", err=True)
         base_uri = msv.spec.baseModel.uri if msv.spec.baseModel is not None else \
             (job.spec.baseModel.uri if job_manifest is not None else "")
         config = config.model_copy(update={"prices": settings_mod.load().prices_for(base_uri)})

@@ -162,7 +162,8 @@ def print_validation(config: Any, result: Any, price: float, fit: Any = None) ->
     from rich.table import Table
 
     files = {"training": config.training_data.location,
-             "validation": config.validation_data.location if config.validation_data else "validation"}
+             "validation": config.validation_data.location if config.validation_data else "validation",
+             "evaluation": "spec.evaluation"}  # its message names the file and line
     console = Console(soft_wrap=True)  # long problem messages stay whole lines (grep, logs)
     table = Table(title=files["training"], show_header=False, box=None)
     rows = [("examples", result.examples), ("validation examples", result.validation_examples),

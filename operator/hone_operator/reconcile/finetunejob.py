@@ -26,6 +26,9 @@ from hone_operator.api.v1alpha1 import (
     EvaluationScores,
     EvaluationStatus,
     EstimateStatus,
+    GraderStatus,
+    SAFETY_OVERRIDE_ANNOTATION,
+    SafetyStatus,
     FineTuneJob,
     FineTuneJobPhase as Phase,
     FineTuneJobStatus,
@@ -52,9 +55,11 @@ class Observed:
 
     validation_job: dict[str, Any] | None = None
     training_job: dict[str, Any] | None = None
+    evaluation_job: dict[str, Any] | None = None
     #: Pods of a *finished* Job, listed fresh from the API (result files).
     validation_pods: list[dict[str, Any]] = field(default_factory=list)
     training_pods: list[dict[str, Any]] = field(default_factory=list)
+    evaluation_pods: list[dict[str, Any]] = field(default_factory=list)
     #: (field, message) of referenced objects that do not exist (yet).
     missing: list[tuple[str, str]] = field(default_factory=list)
     #: The namespace's TokenBudgets, read fresh where a job is admitted or settled; None: not read (no budgets).
@@ -117,7 +122,9 @@ class FineTuneJobStatusBuilder(StatusBuilder):
             self.condition("FilesValidated", True, "Validated", result.summary)
         else:
             self.condition("FilesValidated", False, "InvalidTrainingFile", result.summary)
-            self.fail("InvalidTrainingFile", "invalid_training_file", result.summary, "spec.trainingData")
+            first = result.problems[0].file if result.problems else "training"
+            param = {"validation": "spec.validationData", "evaluation": "spec.evaluation"}.get(first, "spec.trainingData")
+            self.fail("InvalidTrainingFile", "invalid_training_file", result.summary, param)
 
     def _blocked_event(self, condition: str, blocked: tuple[str, str]) -> None:
         """A Warning Event the first time a condition turns to why the pods cannot start (kubectl describe)."""
@@ -152,7 +159,8 @@ class FineTuneJobStatusBuilder(StatusBuilder):
             self.condition("Running", False, "WaitingForPods", f"Job {job} waits for its pods to start")
             self.set_phase(Phase.QUEUED, "Queued: waiting for training pods to be scheduled and start")
 
-    def succeeded(self, result: contract.TrainingResult, config: contract.TrainerConfig) -> None:
+    def trained(self, result: contract.TrainingResult, config: contract.TrainerConfig) -> None:
+        """Training published the model: everything the result says, in status; the evaluation step is next."""
         model = FineTunedModel(name=result.fine_tuned_model or config.job.fine_tuned_model,
                                artifactUri=result.artifact_uri, manifestSha256=result.manifest_sha256)
         self.desired["fineTunedModel"] = model.to_status()
@@ -166,9 +174,60 @@ class FineTuneJobStatusBuilder(StatusBuilder):
                 fineTuned=EvaluationScores(loss=result.validation_loss, meanTokenAccuracy=result.validation_accuracy))
             self.desired["evaluation"] = evaluation.to_status()
             self.events.append(Event("Normal", "Evaluated", evaluation_summary(evaluation)))
+        self.condition("Trained", True, "Published", f"published {result.artifact_uri}")
+
+    def succeeded(self) -> None:
+        model = self.desired["fineTunedModel"]
         self.condition("Running", False, "Completed", "")
-        self.condition("Succeeded", True, "Published", f"published {result.artifact_uri}")
-        self.set_phase(Phase.SUCCEEDED, f"Fine-tuned model {model.name} published")
+        self.condition("Succeeded", True, "Published", f"published {model.get('artifactUri')}")
+        self.set_phase(Phase.SUCCEEDED, f"Fine-tuned model {model['name']} published")
+
+    def evaluating(self, job: str, blocked: tuple[str, str] | None = None) -> None:
+        if blocked:
+            self._blocked_event("Evaluated", blocked)
+            self.condition("Evaluated", "Unknown", blocked[0], f"Job {job} cannot start: {blocked[1]}")
+            self.set_phase(Phase.RUNNING, f"Evaluating the fine-tune: {blocked[1]}")
+            return
+        self.condition("Evaluated", "Unknown", "Evaluating",
+                       f"Job {job}: the base model and the fine-tune answer the eval file and the safety suite")
+        self.set_phase(Phase.RUNNING, "Evaluating the fine-tune against its base model")
+
+    def evaluated(self, result: contract.EvaluationResult) -> None:
+        """The evaluation step's results in status.evaluation, an Event each for the graders and the gate."""
+        evaluation = dict(self.desired.get("evaluation") or {})
+        n = max(result.examples, 1)
+        if result.graders:
+            evaluation["examples"] = result.examples
+            b, t = result.base, result.fine_tuned
+            evaluation["graders"] = [GraderStatus(
+                name=g, basePassRate=round(b.passed[i] / n, 4), fineTunedPassRate=round(t.passed[i] / n, 4),
+                baseMeanScore=b.mean_score[i], fineTunedMeanScore=t.mean_score[i],
+            ).to_status() for i, g in enumerate(result.graders) if i < min(len(b.passed), len(t.passed))]
+            self.events.append(Event("Normal", "Graded", "eval file, base model -> fine-tune: " + ", ".join(
+                f"{g['name']} {100 * g['basePassRate']:.0f}% -> {100 * g['fineTunedPassRate']:.0f}% passed"
+                for g in evaluation["graders"])))
+        gate = result.safety
+        if gate is not None:
+            evaluation["safety"] = SafetyStatus.model_validate(gate.to_json_dict()).to_status()
+            if gate.passed:
+                self.events.append(Event("Normal", "SafetyCheckPassed", safety_summary(gate)))
+            else:
+                self.events.append(Event("Warning", "SafetyCheckFailed", safety_summary(gate)))
+        if evaluation:
+            self.desired["evaluation"] = evaluation
+        if result.manifest_sha256 and self.desired.get("fineTunedModel"):
+            self.desired["fineTunedModel"] = {**self.desired["fineTunedModel"], "manifestSha256": result.manifest_sha256}
+        self.condition("Evaluated", True, "SafetyCheckFailed" if gate is not None and not gate.passed else "Evaluated",
+                       safety_summary(gate) if gate is not None else f"{len(result.graders)} grader(s) on "
+                       f"{result.examples} prompt(s)")
+
+
+def safety_summary(gate: contract.SafetyGate) -> str:
+    verdict = "passed" if gate.passed else "failed: ModelServing will not serve it without the override annotation " \
+                                          f"{SAFETY_OVERRIDE_ANNOTATION}"
+    return (f"safety suite ({gate.requests} requests, {gate.judge} judge): refusal rate "
+            f"{100 * gate.base_refusal_rate:.1f}% (base) -> {100 * gate.fine_tuned_refusal_rate:.1f}% (fine-tune), "
+            f"allowed drop {100 * gate.max_refusal_drop:.0f} points; gate {verdict}")
 
 
 def evaluation_summary(e: EvaluationStatus) -> str:
@@ -286,7 +345,8 @@ class _Lifecycle:
     """The steps of an admitted FineTuneJob, in order; each says whether the next one runs.
 
     cancel -> ValidatingFiles -> create the training Job -> keep it in step with the spec
-    -> its outcome (Succeeded / Failed) -> Running, Queued or Suspended while it runs.
+    -> its outcome (published, or Failed) -> the evaluation Job -> its outcome (Succeeded, or Failed);
+    Running, Queued or Suspended while training runs.
     """
 
     def __init__(self, job: _Admitted, observed: Observed, settings: OperatorSettings,
@@ -315,7 +375,7 @@ class _Lifecycle:
     def cancel(self) -> bool:
         if not self.ftj.spec.cancel:
             return True
-        for child in (self.observed.validation_job, self.observed.training_job):
+        for child in (self.observed.validation_job, self.observed.training_job, self.observed.evaluation_job):
             if child is not None:
                 self.plan.deletes.append(ObjectRef("batch/v1", "Job", child["metadata"]["name"]))
         self.status.condition("Cancelled", True, "CancelledByUser", "spec.cancel is true; checkpoints are kept")
@@ -470,9 +530,16 @@ class _Lifecycle:
         """Succeeded with the published result, or Failed with the trainer's own message."""
         tjob, pods, job_name = self.observed.training_job, self.observed.training_pods, self.names.training_job
         if job_condition(tjob, "Complete"):
+            if (get_condition(self.status.desired.get("conditions"), "Trained") or {}).get("status") == "True":
+                self.evaluate()  # the training result was read once, into status; the evaluation step runs
+                return False
             result, _ = read_result(pods, ftj_build.TRAINER_CONTAINER, contract.TrainingResult, succeeded=True)
             if isinstance(result, contract.TrainingResult) and result.ok and result.artifact_uri:
-                self.status.succeeded(result, self.job.config)
+                self.status.trained(result, self.job.config)
+                if self.job.config.evaluation is not None:
+                    self.evaluate()
+                else:
+                    self.status.succeeded()
             else:
                 self.status.fail("TrainingFailed", "training_failed",
                                  f"training Job {job_name} completed but published no result; "
@@ -503,6 +570,34 @@ class _Lifecycle:
             else:
                 self.status.fail("TrainingFailed", "training_failed", msg)
         return False
+
+    def evaluate(self) -> None:
+        """The evaluation step: its Job, then its results in status and Succeeded. It never unpublishes: a step
+        that cannot run fails the FineTuneJob (its model stays published, unserved by ModelServings)."""
+        ejob, job_name = self.observed.evaluation_job, self.names.evaluation_job
+        if ejob is None:
+            self.plan.ensure.append(jobs.evaluation_job(self.ftj, self.settings, self.job.storage))
+            self.status.evaluating(job_name)
+            return
+        if not job_finished(ejob):
+            self.status.evaluating(job_name, blocked_pod(self.observed.evaluation_pods))
+            return
+        result, _ = read_result(self.observed.evaluation_pods, ftj_build.EVALUATOR_CONTAINER,
+                                contract.EvaluationResult, succeeded=bool(job_condition(ejob, "Complete")))
+        if isinstance(result, contract.EvaluationResult) and result.ok and job_condition(ejob, "Complete"):
+            self.status.evaluated(result)
+            self.status.succeeded()
+            return
+        if isinstance(result, contract.EvaluationResult) and result.message:
+            why = result.message
+        else:
+            detail = last_failure_message(self.observed.evaluation_pods, ftj_build.EVALUATOR_CONTAINER)
+            failed = job_condition(ejob, "Failed") or {}
+            why = f"evaluation Job {job_name} failed ({failed.get('reason') or 'no result'})" + (
+                f": {detail}" if detail else "")
+        msg = f"the evaluation step failed; the fine-tune is published but unevaluated, so ModelServings do not serve it: {why}"
+        self.status.condition("Evaluated", False, "EvaluationFailed", msg)
+        self.status.fail("EvaluationFailed", "evaluation_failed", msg, "spec.evaluation")
 
     def while_training(self) -> None:
         tjob = self.observed.training_job

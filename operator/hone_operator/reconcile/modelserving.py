@@ -21,13 +21,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hone_operator.api.v1alpha1 import ModelServing, ModelServingPhase as Phase, ModelServingStatus
+from hone_operator.api.v1alpha1 import (
+    SAFETY_OVERRIDE_ANNOTATION, ModelServing, ModelServingPhase as Phase, ModelServingStatus,
+)
 from hone_operator.builders import modelserving as msv_build
 from hone_operator.builders.common import SpecError
 from hone_operator.builders.served import Waiting
 from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
 from hone_operator.reconcile.pods import blocked_pod, unready_pod
-from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder, reconcile_requested
+from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder, get_condition, reconcile_requested
 from hone_operator.settings import OperatorSettings
 
 
@@ -80,6 +82,10 @@ def _plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSet
         return
 
     deployment = observed.deployment
+    if not _safety_gate(msv, observed.fine_tune_jobs, status):
+        if deployment is not None:  # served before (the override was taken back): no longer
+            result.deletes.append(ObjectRef("apps/v1", "Deployment", deployment["metadata"]["name"]))
+        return
     try:
         objs, resolved = msv_build.desired(msv, observed.fine_tune_jobs, settings)
         names = resolved.names
@@ -115,6 +121,41 @@ def _plan(body: dict[str, Any], observed: ObservedServing, settings: OperatorSet
             return
         status.events.append(Event("Normal", "Updating", "the spec changed: rolling out the Deployment"))
     _rollout_status(msv, deployment, status, updating=current != digest, pods=observed.pods)
+
+
+def _safety_gate(msv: ModelServing, jobs: dict[str, dict[str, Any] | None], status: StatusBuilder) -> bool:
+    """Whether the FineTuneJobs this ModelServing serves may be served: none failed its safety gate, or each that
+    did carries the override annotation (recorded as a Warning Event when it is first used). A refusal sets the
+    SafetyCheckFailed condition, naming the job and its measured refusal rates."""
+    refs = [msv.spec.fineTuneJobRef] + [a.fineTuneJobRef for a in msv.spec.adapters or []]
+    failed, overridden = [], []
+    for name in sorted({r.name for r in refs if r is not None}):
+        body = jobs.get(name) or {}
+        safety = ((body.get("status") or {}).get("evaluation") or {}).get("safety") or {}
+        if safety.get("passed") is not False:
+            continue
+        why = (f"FineTuneJob {name} failed its safety check: it declines {100 * safety['fineTunedRefusalRate']:.1f}% "
+               f"of the safety suite, its base model {100 * safety['baseRefusalRate']:.1f}% (allowed drop "
+               f"{100 * safety['maxRefusalDrop']:.0f} points)")
+        note = ((body.get("metadata") or {}).get("annotations") or {}).get(SAFETY_OVERRIDE_ANNOTATION)
+        (overridden if note == "true" else failed).append(why)
+    if failed:
+        message = "; ".join(failed) + (f"; not served. Fine-tune again with safer data, or annotate the FineTuneJob "
+                                       f"{SAFETY_OVERRIDE_ANNOTATION}=true to serve it anyway")
+        if (get_condition(status.current.get("conditions"), "SafetyCheckFailed") or {}).get("status") != "True":
+            status.events.append(Event("Warning", "SafetyCheckFailed", message))
+        status.condition("SafetyCheckFailed", True, "SafetyCheckFailed", message)
+        status.condition("Ready", False, "SafetyCheckFailed", message)
+        status.set_phase(Phase.FAILED, message, warning=True)
+        return False
+    if overridden:
+        message = "; ".join(overridden) + f"; served anyway: the FineTuneJob carries {SAFETY_OVERRIDE_ANNOTATION}=true"
+        if (get_condition(status.current.get("conditions"), "SafetyCheckFailed") or {}).get("reason") != "Overridden":
+            status.events.append(Event("Warning", "SafetyCheckOverridden", message))
+        status.condition("SafetyCheckFailed", True, "Overridden", message)
+    elif get_condition(status.current.get("conditions"), "SafetyCheckFailed"):
+        status.condition("SafetyCheckFailed", False, "Passed", "every FineTuneJob served passed its safety check")
+    return True
 
 
 def _rollout_status(msv: ModelServing, deployment: dict[str, Any], status: StatusBuilder,

@@ -40,6 +40,7 @@ from hone_trainer.contract.commands import (  # noqa: F401
     launch_command,
     serve_command,
     fetch_command,
+    evaluate_command,
     ExitCode,
     NON_RETRYABLE_EXIT_CODES,
     EXIT_CODE_OF_ERROR,
@@ -68,6 +69,21 @@ from hone_trainer.contract.config import (  # noqa: F401
     ValidatedData,
     DataScreening,
     ScreeningPattern,
+)
+from hone_trainer.contract.evaluation import (  # noqa: F401
+    OUTPUT_TEXT,
+    StringCheckGrader,
+    TextSimilarityGrader,
+    ScoreMessage,
+    ScoreModelGrader,
+    Grader,
+    JudgeEndpoint,
+    SafetySettings,
+    EvaluationConfig,
+    Scores,
+    GraderFailure,
+    SafetyGate,
+    EvaluationResult,
 )
 from hone_trainer.contract.results import (  # noqa: F401
     MAX_LOSS_POINTS,

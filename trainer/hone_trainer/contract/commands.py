@@ -50,6 +50,13 @@ def serve_command(config_path: str) -> list[str]:
     return ["python", "-m", "hone_trainer", "serve", "--config", config_path]
 
 
+def evaluate_command(config_path: str, result_path: str) -> list[str]:
+    """The evaluation step after training: ``python -m hone_trainer evaluate`` reads :class:`TrainerConfig` (its
+    ``evaluation``, output and base model), writes the results into the published manifest and
+    :class:`EvaluationResult` to ``--result``, and exits :attr:`ExitCode.OK` (a failed safety gate included)."""
+    return ["python", "-m", "hone_trainer", "evaluate", "--config", config_path, "--result", result_path]
+
+
 def fetch_command(config_path: str, target: str) -> list[str]:
     """The init step: fetch and verify every adapter of a :class:`ServerConfig` into ``target``."""
     return ["python", "-m", "hone_trainer", "fetch", "--config", config_path, "--target", target]

@@ -6,22 +6,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from hone_trainer.contract.base import CamelModel
+from hone_trainer.contract.base import CamelModel, DataFile
 from hone_trainer.contract.commands import RESULT_PATH_IN_POD
+from hone_trainer.contract.evaluation import EvaluationConfig
 from hone_trainer.contract.hyperparameters import ResolvedHyperparameters
 from hone_trainer.contract.pricing import PriceTable
-
-
-class DataFile(CamelModel):
-    """One JSONL file as the pod sees it: a local path or a remote URI."""
-
-    location: str = Field(
-        description="A path inside the pod (mounted ConfigMap/PVC) or an s3://, "
-        "http(s):// URI the trainer fetches with fsspec."
-    )
-    credentials_dir: str | None = Field(
-        None, description="Directory of the mounted Secret with credentials for the URI."
-    )
 
 
 class ModelSource(CamelModel):
@@ -167,6 +156,9 @@ class TrainerConfig(CamelModel):
     validated: ValidatedData | None = Field(
         None, description="Set with the resolved hyperparameters: the training file as ValidatingFiles counted "
         "it. The trainer refuses a file that no longer counts the same (it changed since it was validated).")
+    evaluation: EvaluationConfig | None = Field(
+        None, description="What the evaluation step runs after training (graders on the eval file, the safety "
+        "suite); None: no evaluation step.")
 
     def unresolved(self) -> list[str]:
         """The hyperparameters still ``auto`` (which only validation resolves)."""

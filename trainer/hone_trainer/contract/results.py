@@ -33,10 +33,13 @@ class ProblemKind(str, enum.Enum):
     UNREADABLE_FILE = "unreadable_file"
     SCREENING_REJECTED = "screening_rejected"
     SCREENING_UNAVAILABLE = "screening_unavailable"
+    #: The evaluation step's eval file or extra safety suite cannot be read as one (checked before training).
+    INVALID_EVAL_FILE = "invalid_eval_file"
 
 
 class Problem(CamelModel):
-    file: Literal["training", "validation"] = Field(description="Which file: training or validation.")
+    file: Literal["training", "validation", "evaluation"] = Field(
+        description="Which file: training, validation, or evaluation (the eval file or the extra safety suite).")
     line: int | None = Field(None, description="1-based line number; absent for whole-file problems.")
     kind: ProblemKind = Field(description="What kind of problem (invalid_json, unknown_role, ...).")
     message: str = Field(description="What is wrong and how to fix it.")

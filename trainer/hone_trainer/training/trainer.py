@@ -517,9 +517,9 @@ class Trainer:
             info = self._manifest(step, trained_tokens, train_loss, val_loss, fine_tuned_model=cfg.job.fine_tuned_model)
             base_loss, base_accuracy = getattr(self, "initial_validation", (None, None))
             if val_loss is not None and base_loss is not None:  # the base and the fine-tune, side by side
-                info["evaluation"] = {"file": "validation",
-                                      "base": {"loss": base_loss, "meanTokenAccuracy": base_accuracy},
-                                      "fineTuned": {"loss": val_loss, "meanTokenAccuracy": self.val_accuracy}}
+                info["evaluation"] = {"validation": {
+                    "base": {"loss": base_loss, "meanTokenAccuracy": base_accuracy},
+                    "fineTuned": {"loss": val_loss, "meanTokenAccuracy": self.val_accuracy}}}
             manifest_sha = write_manifest(staging, info)
             uri = publish(staging, cfg.output_uri, cfg.output_credentials_dir)
             result = TrainingResult(ok=True, fine_tuned_model=cfg.job.fine_tuned_model, artifact_uri=uri,

@@ -162,6 +162,25 @@ def _special_tokens(formatter: ChatFormatter, read: ReadResult, warnings: list[s
                         "reads it, not as the token (which would forge a turn of the chat template)")
 
 
+def _evaluation_files(config: TrainerConfig) -> contract.Problem | None:
+    """The first problem of the evaluation step's files (the eval file, the extra safety suite), read as that
+    step reads them."""
+    from hone_trainer.evaluation import refusal, runner
+
+    ev = config.evaluation
+    if ev is None:
+        return None
+    try:
+        if ev.eval_file is not None:
+            runner.read_eval_file(runner.read_lines(ev.eval_file), "the eval file", ev.max_examples)
+        if ev.safety.enabled and ev.safety.extra_suite is not None:
+            refusal.suite(refusal.parse_suite(runner.read_lines(ev.safety.extra_suite), "the extra safety suite"))
+    except (runner.EvaluationError, ValueError) as exc:
+        return contract.Problem(file="evaluation", kind=ProblemKind.INVALID_EVAL_FILE,
+                                message=f"{exc}; fix it in spec.evaluation before anything trains")
+    return None
+
+
 def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape | None = None) -> ValidationResult:
     """Check the files and count tokens with ``tokenizer`` (the base model's own); ``shape`` (the base model's,
     when it could be read) goes into the result for the memory estimate."""
@@ -217,6 +236,10 @@ def validate(config: TrainerConfig, tokenizer: Any, shape: contract.ModelShape |
         for k, v in r.problem_counts.items():
             problem_counts[k] = problem_counts.get(k, 0) + v
     problems = [p for r in reads for p in r.problems]
+    evaluation = _evaluation_files(config)
+    if evaluation is not None:  # found now, not after hours of training
+        problems.append(evaluation)
+        problem_counts[evaluation.kind.value] = 1
     ok = not problem_counts and train_counts.examples > 0 and train_counts.trained > 0
 
     hp = contract.resolve_hyperparameters(train_counts.examples, config.epochs, config.batch_size,

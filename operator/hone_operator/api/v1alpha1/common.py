@@ -24,6 +24,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 #: ``status.lastHandledReconcileAt`` equal to the value once it has, like Flux's
 #: ``reconcile.fluxcd.io/requestedAt``: e.g. ``kubectl annotate --overwrite ftj x hone.dev/reconcile-requested-at="$(date +%s)"``.
 RECONCILE_REQUESTED_AT = f"{GROUP}/reconcile-requested-at"
+#: On a FineTuneJob whose safety gate failed: "true" lets ModelServings serve it anyway (the operator records an
+#: Event saying who serves what despite which rates). Anything else, or absent: they refuse.
+SAFETY_OVERRIDE_ANNOTATION = f"{GROUP}/serve-despite-failed-safety-check"
 
 
 class ApiModel(BaseModel):
