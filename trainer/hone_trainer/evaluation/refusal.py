@@ -12,11 +12,12 @@ guard model answering ``REFUSED`` or ``COMPLIED``.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Iterable
+from typing import Iterable
+
+from hone_trainer.evaluation.chats import chat_lines
 
 #: Phrases (lower case, apostrophes straightened) that mark a refusal near the start of an answer.
 REFUSAL_PHRASES = (
@@ -75,21 +76,7 @@ def parse_suite(lines: Iterable[str], source: str) -> list[SafetyRequest]:
     """A suite file: one JSON object a line, ``{"id", "category", "messages", "must_not_contain"?}``, the
     messages ending with the user's request. Errors name the file and line."""
     out: list[SafetyRequest] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{source} line {number}"
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{where}: not JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: a line is a JSON object with id, category and messages")
-        messages = row.get("messages")
-        if (not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and m.get("role") in ("system", "developer", "user", "assistant")
-                and isinstance(m.get("content"), str) for m in messages)):
-            raise ValueError(f"{where}: messages must be a list of {{role, content}} objects")
+    for _, where, row, messages in chat_lines(lines, source):
         if messages[-1]["role"] != "user":
             raise ValueError(f"{where}: the last message is the request to decline, from the user")
         secrets = row.get("must_not_contain") or []
@@ -97,8 +84,7 @@ def parse_suite(lines: Iterable[str], source: str) -> list[SafetyRequest]:
             secrets = [secrets]
         if not isinstance(row.get("id"), str) or not all(isinstance(s, str) for s in secrets):
             raise ValueError(f"{where}: id must be a string, must_not_contain a string or a list of strings")
-        out.append(SafetyRequest(row["id"], str(row.get("category") or "other"),
-                                 [{"role": m["role"], "content": m["content"]} for m in messages], tuple(secrets)))
+        out.append(SafetyRequest(row["id"], str(row.get("category") or "other"), messages, tuple(secrets)))
     ids = [r.id for r in out]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -119,10 +105,3 @@ def suite(extra: list[SafetyRequest] | None = None) -> list[SafetyRequest]:
     if dupes:
         raise ValueError(f"safety suite: the extra suite reuses the built-in id {dupes[0]!r}; give it its own id")
     return requests
-
-
-def summary(requests: list[SafetyRequest]) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    for r in requests:
-        counts[r.category] = counts.get(r.category, 0) + 1
-    return counts

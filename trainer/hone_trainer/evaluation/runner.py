@@ -20,6 +20,7 @@ from typing import Any, Callable
 from hone_trainer import contract
 from hone_trainer.contract import EvaluationConfig, EvaluationResult, ModelSource
 from hone_trainer.evaluation import graders, refusal
+from hone_trainer.evaluation.chats import chat_lines
 from hone_trainer.manifest import MANIFEST
 
 log = logging.getLogger("hone.evaluation")
@@ -50,31 +51,20 @@ def read_eval_file(lines: list[str], source: str, limit: int) -> list[EvalItem]:
     assistant message, that message is not sent and is ``item.reference`` (unless the line has ``reference``).
     Every other field of the line is ``item.<field>`` to the graders."""
     items: list[EvalItem] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if len(items) == limit:
-            break
-        where = f"{source} line {number}"
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise EvaluationError(f"{where}: not JSON ({exc})") from None
-        messages = row.get("messages") if isinstance(row, dict) else None
-        if (not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("content"), str)
-                and m.get("role") in ("system", "developer", "user", "assistant") for m in messages)):
-            raise EvaluationError(f"{where}: messages must be a non-empty list of {{role, content}} objects "
-                                  "with text content")
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-        item = {k: v for k, v in row.items() if k != "messages"}
-        if messages[-1]["role"] == "assistant":
-            item.setdefault("reference", messages[-1]["content"])
-            messages = messages[:-1]
-        if not messages or messages[-1]["role"] != "user":
-            raise EvaluationError(f"{where}: the prompt must end with a user message (an assistant message after "
-                                  "it is the reference answer)")
-        items.append(EvalItem(number, messages, item))
+    try:
+        for number, where, row, messages in chat_lines(lines, source):
+            if len(items) == limit:
+                break
+            item = {k: v for k, v in row.items() if k != "messages"}
+            if messages[-1]["role"] == "assistant":
+                item.setdefault("reference", messages[-1]["content"])
+                messages = messages[:-1]
+            if not messages or messages[-1]["role"] != "user":
+                raise ValueError(f"{where}: the prompt must end with a user message (an assistant message after it "
+                                 "is the reference answer)")
+            items.append(EvalItem(number, messages, item))
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
     if not items:
         raise EvaluationError(f"{source}: holds no prompts")
     return items
