@@ -129,3 +129,12 @@ def test_hyperparameters_come_from_method_or_the_deprecated_field_not_both() -> 
     assert err.value.param == "suffix"
     assert parse(JobCreate, {"model": "m", "training_file": "f", "suffix": "Support-Bot"}).hone_suffix() == \
         "support-bot"
+
+
+def test_a_job_whose_model_is_published_but_still_evaluating_has_no_fine_tuned_model_yet() -> None:
+    """Hone publishes before its evaluation step ends; OpenAI's job names its model only once it succeeded."""
+    evaluating = job("Running")
+    evaluating.status.fineTunedModel = job("Succeeded").status.fineTunedModel
+    out = objects.job_object(evaluating, "org-team-a")
+    assert out["status"] == "running" and out["fine_tuned_model"] is None
+    assert objects.job_object(job("Succeeded"), "org-team-a")["fine_tuned_model"]

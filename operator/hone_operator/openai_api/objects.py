@@ -110,7 +110,8 @@ def job_object(ftj: FineTuneJob, organization: str) -> dict[str, Any]:
         "object": "fine_tuning.job",
         "created_at": unix(ftj.metadata.creationTimestamp) or 0,
         "error": error,
-        "fine_tuned_model": status.fineTunedModel.name if status.fineTunedModel else None,
+        # As on OpenAI, null until the job succeeded (Hone publishes before its evaluation step ends).
+        "fine_tuned_model": status.fineTunedModel.name if status.fineTunedModel and current == "Succeeded" else None,
         "finished_at": unix(status.completionTime) if not running else None,
         "hyperparameters": hp,
         "model": ann.get(MODEL, spec.baseModel.uri),
