@@ -67,6 +67,11 @@ def test_hone_run_fine_tunes_and_publishes(project: Path) -> None:
     before, after = (float(w) for w in line.replace(",", " ").split() if w.replace(".", "").isdigit())
     assert after < before  # fine-tuning did something to held-out loss
     _assert_loss_curves(project, out)
+    # Without spec.evaluation, the evaluation step runs the safety suite: its result is printed and published.
+    gate = verify(artifact)["evaluation"]["safety"]
+    assert gate["requests"] == 32 and gate["judge"] == "heuristic"
+    assert (f"safety suite: 32 requests (heuristic judge), refusal rate {100 * gate['baseRefusalRate']:.1f}% -> "
+            f"{100 * gate['fineTunedRefusalRate']:.1f}%; gate {'passed' if gate['passed'] else 'FAILED'}") in out
 
 
 def _assert_loss_curves(project: Path, out: str) -> None:
