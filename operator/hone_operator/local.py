@@ -291,9 +291,7 @@ def safety_gate(config: contract.ServerConfig, override: bool) -> list[str]:
         gate = (manifest.get("evaluation") or {}).get("safety") or {}
         if gate.get("passed") is not False:
             continue
-        why = (f"{manifest.get('fineTunedModel') or location} failed its safety check: it declines "
-               f"{100 * gate['fineTunedRefusalRate']:.1f}% of the safety suite, its base model "
-               f"{100 * gate['baseRefusalRate']:.1f}% (allowed drop {100 * gate['maxRefusalDrop']:.0f} points)")
+        why = contract.SafetyGate.model_validate(gate).failure(manifest.get("fineTunedModel") or location)
         if not override:
             raise LocalSpecError(param, f"{why}; not served. Fine-tune again with safer data, or pass "
                                         "--serve-despite-failed-safety-check to serve it anyway")

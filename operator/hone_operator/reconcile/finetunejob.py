@@ -131,14 +131,21 @@ class FineTuneJobStatusBuilder(StatusBuilder):
         if (get_condition(self.current.get("conditions"), condition) or {}).get("reason") != blocked[0]:
             self.events.append(Event("Warning", blocked[0], blocked[1]))
 
-    def validating(self, job: str, blocked: tuple[str, str] | None = None) -> None:
+    def _step_pending(self, condition: str, reason: str, phase: Phase, doing: str, job: str, does: str,
+                      blocked: tuple[str, str] | None) -> None:
+        """A one-pod step (validation, evaluation) whose Job has not finished: its condition Unknown, and why its
+        pod cannot start when it cannot (a Warning Event the first time)."""
         if blocked:
-            self._blocked_event("FilesValidated", blocked)
-            self.condition("FilesValidated", "Unknown", blocked[0], f"Job {job} cannot start: {blocked[1]}")
-            self.set_phase(Phase.VALIDATING_FILES, f"Validating the training data: {blocked[1]}")
-            return
-        self.condition("FilesValidated", "Unknown", "Validating", f"Job {job} checks the data")
-        self.set_phase(Phase.VALIDATING_FILES, "Validating the training data")
+            self._blocked_event(condition, blocked)
+            reason, message = blocked[0], f"Job {job} cannot start: {blocked[1]}"
+        else:
+            message = f"Job {job} {does}"
+        self.condition(condition, "Unknown", reason, message)
+        self.set_phase(phase, f"{doing}: {blocked[1]}" if blocked else doing)
+
+    def validating(self, job: str, blocked: tuple[str, str] | None = None) -> None:
+        self._step_pending("FilesValidated", "Validating", Phase.VALIDATING_FILES, "Validating the training data", job,
+                           "checks the data", blocked)
 
     def waiting(self, suspended: bool, kueue: bool, job: str, blocked: tuple[str, str] | None = None) -> None:
         if suspended:
@@ -183,14 +190,8 @@ class FineTuneJobStatusBuilder(StatusBuilder):
         self.set_phase(Phase.SUCCEEDED, f"Fine-tuned model {model['name']} published")
 
     def evaluating(self, job: str, blocked: tuple[str, str] | None = None) -> None:
-        if blocked:
-            self._blocked_event("Evaluated", blocked)
-            self.condition("Evaluated", "Unknown", blocked[0], f"Job {job} cannot start: {blocked[1]}")
-            self.set_phase(Phase.RUNNING, f"Evaluating the fine-tune: {blocked[1]}")
-            return
-        self.condition("Evaluated", "Unknown", "Evaluating",
-                       f"Job {job}: the base model and the fine-tune answer the eval file and the safety suite")
-        self.set_phase(Phase.RUNNING, "Evaluating the fine-tune against its base model")
+        self._step_pending("Evaluated", "Evaluating", Phase.RUNNING, "Evaluating the fine-tune against its base model", job,
+                           "has the base model and the fine-tune answer the eval file and the safety suite", blocked)
 
     def evaluated(self, result: contract.EvaluationResult) -> None:
         """The evaluation step's results in status.evaluation, an Event each for the graders and the gate."""
@@ -582,9 +583,10 @@ class _Lifecycle:
         if not job_finished(ejob):
             self.status.evaluating(job_name, blocked_pod(self.observed.evaluation_pods))
             return
+        complete = bool(job_condition(ejob, "Complete"))
         result, _ = read_result(self.observed.evaluation_pods, ftj_build.EVALUATOR_CONTAINER,
-                                contract.EvaluationResult, succeeded=bool(job_condition(ejob, "Complete")))
-        if isinstance(result, contract.EvaluationResult) and result.ok and job_condition(ejob, "Complete"):
+                                contract.EvaluationResult, succeeded=complete)
+        if isinstance(result, contract.EvaluationResult) and result.ok and complete:
             self.status.evaluated(result)
             self.status.succeeded()
             return

@@ -31,6 +31,7 @@ from hone_operator.reconcile.spec import cross_namespace_refs, spec_error
 from hone_operator.reconcile.pods import blocked_pod, unready_pod
 from hone_operator.reconcile.status import Event, ObjectRef, StatusBuilder, get_condition, reconcile_requested
 from hone_operator.settings import OperatorSettings
+from hone_trainer.contract import SafetyGate
 
 
 @dataclass
@@ -134,9 +135,7 @@ def _safety_gate(msv: ModelServing, jobs: dict[str, dict[str, Any] | None], stat
         safety = ((body.get("status") or {}).get("evaluation") or {}).get("safety") or {}
         if safety.get("passed") is not False:
             continue
-        why = (f"FineTuneJob {name} failed its safety check: it declines {100 * safety['fineTunedRefusalRate']:.1f}% "
-               f"of the safety suite, its base model {100 * safety['baseRefusalRate']:.1f}% (allowed drop "
-               f"{100 * safety['maxRefusalDrop']:.0f} points)")
+        why = SafetyGate.model_validate(safety).failure(f"FineTuneJob {name}")
         note = ((body.get("metadata") or {}).get("annotations") or {}).get(SAFETY_OVERRIDE_ANNOTATION)
         (overridden if note == "true" else failed).append(why)
     if failed:

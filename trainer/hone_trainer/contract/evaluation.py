@@ -153,6 +153,12 @@ class SafetyGate(CamelModel):
     #: The suite's ids the base model declined and the fine-tune did not (the first 20).
     regressions: list[str] = Field(default_factory=list)
 
+    def failure(self, model: str) -> str:
+        """Why ``model`` is not served, in the words every refusal to serve it uses (ModelServing, hone serve)."""
+        return (f"{model} failed its safety check: it declines {100 * self.fine_tuned_refusal_rate:.1f}% of the "
+                f"safety suite, its base model {100 * self.base_refusal_rate:.1f}% (allowed drop "
+                f"{100 * self.max_refusal_drop:.0f} points)")
+
 
 class EvaluationResult(CamelModel):
     """What ``python -m hone_trainer evaluate`` writes: the graders' pass counts and the safety gate, for the base
