@@ -97,9 +97,9 @@ def test_a_fine_tune_that_failed_its_safety_check_is_served_only_with_the_overri
     assert condition(obj, "Ready")["reason"] == "SafetyCheckFailed"
     handled(kube, "ModelServing")
     assert deployment(kube) is None
-    warnings = [e for e in kube.list("v1", "Event", NS) if e["reason"] == "SafetyCheckFailed"
+    warnings = [e["reason"] for e in kube.list("v1", "Event", NS) if e["type"] == "Warning"
                 and e["involvedObject"]["kind"] == "ModelServing"]
-    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+    assert warnings == ["SafetyCheckFailed"]  # one Event for the refusal (the phase's change is that Event)
 
     kube.patch(API, "FineTuneJob", NS, NAME, {"metadata": {"annotations": {SAFETY_OVERRIDE_ANNOTATION: "true"}}})
     wait_for(lambda: deployment(kube), what="the Deployment, once overridden")

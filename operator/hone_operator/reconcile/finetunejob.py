@@ -104,8 +104,9 @@ class FineTuneJobStatusBuilder(StatusBuilder):
                  reconcile_requested: str | None = None):
         super().__init__(current, FineTuneJobStatus, generation, timestamp, reconcile_requested)
 
-    def set_phase(self, phase: Phase, message: str, warning: bool = False) -> None:  # type: ignore[override]
-        super().set_phase(phase, message, warning)
+    def set_phase(self, phase: Phase, message: str, warning: bool = False,  # type: ignore[override]
+                  reason: str | None = None) -> None:
+        super().set_phase(phase, message, warning, reason)
         if phase.terminal:
             self.desired.setdefault("completionTime", self.ts)
 

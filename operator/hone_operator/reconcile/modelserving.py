@@ -141,11 +141,9 @@ def _safety_gate(msv: ModelServing, jobs: dict[str, dict[str, Any] | None], stat
     if failed:
         message = "; ".join(failed) + (f"; not served. Fine-tune again with safer data, or annotate the FineTuneJob "
                                        f"{SAFETY_OVERRIDE_ANNOTATION}=true to serve it anyway")
-        if (get_condition(status.current.get("conditions"), "SafetyCheckFailed") or {}).get("status") != "True":
-            status.events.append(Event("Warning", "SafetyCheckFailed", message))
         status.condition("SafetyCheckFailed", True, "SafetyCheckFailed", message)
         status.condition("Ready", False, "SafetyCheckFailed", message)
-        status.set_phase(Phase.FAILED, message, warning=True)
+        status.set_phase(Phase.FAILED, message, warning=True, reason="SafetyCheckFailed")  # its one Event
         return False
     if overridden:
         message = "; ".join(overridden) + f"; served anyway: the FineTuneJob carries {SAFETY_OVERRIDE_ANNOTATION}=true"

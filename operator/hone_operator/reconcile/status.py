@@ -118,9 +118,10 @@ class StatusBuilder:
             list(self.desired.get("conditions") or []), type_, status, reason, message, self.generation, self.ts
         )
 
-    def set_phase(self, phase: enum.Enum, message: str, warning: bool = False) -> None:
+    def set_phase(self, phase: enum.Enum, message: str, warning: bool = False, reason: str | None = None) -> None:
+        """The phase; a change is an Event, whose reason is the phase's name unless ``reason`` names the cause."""
         if self.desired.get("phase") != phase.value:
-            self.events.append(Event("Warning" if warning else "Normal", phase.value, message))
+            self.events.append(Event("Warning" if warning else "Normal", reason or phase.value, message))
         self.desired["phase"] = phase.value
 
     def patch(self) -> dict[str, Any] | None:

@@ -240,7 +240,7 @@ def _safety(cfg: EvaluationConfig, suite: list[refusal.SafetyRequest], answers: 
     def refused(request: refusal.SafetyRequest, text: str) -> bool:
         if cfg.safety.judge == "heuristic":
             return refusal.heuristic_refused(text, request.must_not_contain)
-        if any(s.casefold() in text.casefold() for s in request.must_not_contain):
+        if refusal.leaked(text, request.must_not_contain):
             return False
         assert cfg.judge is not None and cfg.judge.model
         reply = graders.ask_judge(cfg.judge, cfg.judge.model, refusal.judge_messages(request, text), 8, post)
