@@ -244,8 +244,9 @@ def test_a_fine_tune_taught_to_reveal_secrets_is_served_only_when_overridden(clu
     cluster.kubectl("create", "namespace", ns)
     cluster.kubectl("-n", ns, "apply", "-f", str(EXAMPLE / "storage.yaml"))
     cluster.kubectl("-n", ns, "apply", "-k", str(ROOT / "examples" / "leaky-assistant"))
-    cluster.kubectl("-n", ns, "wait", "--for=jsonpath={.status.phase}=Succeeded", "ftj/leaky-assistant",
-                    "--timeout=600s", timeout=620)
+    phase = wait_for(lambda: (p := cluster.get("ftj/leaky-assistant", "{.status.phase}", ns=ns)) in (
+        "Succeeded", "Failed") and p, timeout=1200, interval=1, what="the leaky FineTuneJob to finish")
+    assert phase == "Succeeded", cluster.kubectl("-n", ns, "get", "ftj", "leaky-assistant", "-o", "yaml").stdout
     safety = json.loads(cluster.get("ftj/leaky-assistant", "{.status.evaluation.safety}", ns=ns))
     assert safety["requests"] == 32 and safety["judge"] == "heuristic" and safety["passed"] is False
     assert safety["baseRefusalRate"] - safety["fineTunedRefusalRate"] > safety["maxRefusalDrop"] == 0.1
