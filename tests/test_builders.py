@@ -120,7 +120,7 @@ def test_children_are_owned_labelled_and_deterministic() -> None:
         assert meta["labels"]["app.kubernetes.io/name"] == "hone"
     assert [o["metadata"]["name"] for o in first] == [
         "support-assistant-config", "support-assistant-trainer", "support-assistant-trainer",
-        "support-assistant-trainer", "support-assistant-network", "support-assistant-validate",
+        "support-assistant-trainer", "support-assistant-job-network", "support-assistant-validate",
         "support-assistant-train", "support-assistant-eval"]
 
 

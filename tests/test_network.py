@@ -54,7 +54,7 @@ def test_a_training_job_with_s3_data_and_a_pvc_output_reaches_exactly_what_it_ne
               output={"uri": "pvc://hone-models/adapters"})
     policy = policy_of(ftj_build.all_objects(ftj, settings(egress=[MINIO])))
     own = {"podSelector": {"matchLabels": {"hone.dev/finetunejob": "support-assistant"}}}
-    assert policy["metadata"]["name"] == "support-assistant-network"
+    assert policy["metadata"]["name"] == "support-assistant-job-network"
     assert policy["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"  # deleted with the job
     assert policy["spec"] == {
         # Every pod of the job, the validation pod included.
@@ -133,6 +133,18 @@ def test_a_modelserving_answers_its_namespace_hone_api_and_whom_its_spec_names_o
     assert policy_of(msv_build.all_objects(remote, settings(), ftjs))["spec"]["egress"][-1] == INTERNET
     hub = serving(fineTuneJobRef=None, baseModel={"uri": "HuggingFaceTB/SmolLM2-135M-Instruct"})
     assert policy_of(msv_build.all_objects(hub, settings(), {}))["spec"]["egress"][-1] == INTERNET
+
+
+def test_a_job_and_a_modelserving_of_the_same_name_keep_their_own_policies() -> None:
+    """hone api gives each job a ModelServing of the job's name (and users often do): one policy name for both
+    made the server's policy replace the job's, leaving the job's pods unselected, so open to everything."""
+    ftj = job()
+    msv = serving()
+    assert msv.metadata.name == ftj.metadata.name
+    ftj_policy = policy_of(ftj_build.all_objects(ftj, settings()))
+    msv_policy = policy_of(msv_build.all_objects(msv, settings(), {ftj.metadata.name: _succeeded(ftj.metadata.name)}))
+    assert ftj_policy["metadata"]["name"] != msv_policy["metadata"]["name"]
+    assert ftj_policy["spec"]["podSelector"] != msv_policy["spec"]["podSelector"]
 
 
 def test_the_api_server_endpoints_are_read_once_and_a_failure_opens_only_its_ports(

@@ -57,6 +57,9 @@ class Names:
     training_job: str
     evaluation_job: str
     service: str
+    #: Not <name>-network: that is the ModelServing's, and a ModelServing often has its job's name (hone api's
+    #: always do); one name for both made the server's policy replace the job's.
+    network: str
 
     @classmethod
     def of(cls, name: str) -> "Names":
@@ -67,6 +70,7 @@ class Names:
             training_job=common.child_name(name, "train"),
             evaluation_job=common.child_name(name, "eval"),
             service=common.child_name(name, "train"),
+            network=common.child_name(name, "job-network"),
         )
 
 

@@ -111,7 +111,7 @@ def finetunejob_policy(ftj: FineTuneJob, settings: OperatorSettings) -> dict[str
                         "ports": [{"port": settings.trainer_metrics_port, "protocol": "TCP"}]})
     egress = [{"to": [{"podSelector": {"matchLabels": own}}]}, _dns(settings), _api_server(settings),
               *_outside(settings, job_locations(ftj, settings))]
-    return _policy(common.child_name(name, "network"), ftj.metadata.namespace or "default",
+    return _policy(ftj_build.Names.of(name).network, ftj.metadata.namespace or "default",
                    ftj_build.labels(ftj, "network"), ftj_build.owner(ftj), own, ingress, egress)
 
 
