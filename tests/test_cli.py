@@ -91,6 +91,21 @@ def test_validate_reads_the_eval_file_before_anything_trains(model_dir: Path, tm
             in out.output)
 
 
+@pytest.mark.parametrize("field", ["dataScreening.moderation", "evaluation.judge"])
+def test_an_endpoint_token_in_a_secret_is_refused_on_one_machine(model_dir: Path, tmp_path: Path, field: str) -> None:
+    """A Secret exists only in a cluster: `hone validate` (and so `hone run`) says which field, before anything runs."""
+    (tmp_path / "train.jsonl").write_text(chats(20))
+    endpoint = {"url": "http://guard.safety.svc/v1", "apiKeySecret": {"name": "guard-token"}}
+    outer, inner = field.split(".")
+    manifest = {"apiVersion": "hone.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "shop"},
+                "spec": {"baseModel": {"uri": f"file://{model_dir}"}, "trainingData": {"uri": "file://train.jsonl"},
+                         "output": {"uri": "pvc://models/adapters"}, outer: {inner: endpoint}}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(manifest))
+    out = CliRunner().invoke(cli, ["validate", str(tmp_path / "job.yaml")])
+    assert out.exit_code == 2, out.output
+    assert f"spec.{field}.apiKeySecret" in out.output and "Secrets exist only in a cluster" in out.output
+
+
 @pytest.mark.parametrize("spec,words", [
     ({"baseModle": {"uri": "embedded://smollm2-135m-instruct"}}, ["spec.baseModle", "did you mean 'baseModel'"]),
     ({"hyperparameters": {"learningRateMultiplier": "six"}},

@@ -151,6 +151,15 @@ def test_the_finetunejob_spec_and_the_chart_default_reach_the_trainer() -> None:
     assert screening_of(obj)["personalData"] == "reject"
     assert screening_of(obj)["moderationUrl"] == "http://guard.safety.svc/v1/moderations"
     assert screening_of(obj)["patterns"] == [{"name": "ticket", "regex": "T-[0-9]+"}]
+    # The endpoint's token: a Secret mounted (read-only, as a file) into the pods, its path in the config.
+    obj["spec"]["dataScreening"]["moderation"]["apiKeySecret"] = {"name": "guard-token"}
+    assert screening_of(obj)["moderationApiKeyFile"] == "/var/run/secrets/hone/guard-token/api-key"
+    objs = ftj_build.all_objects(FineTuneJob.model_validate(obj), settings)
+    validation_job = next(o for o in objs if o["kind"] == "Job")
+    pod = validation_job["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "guard-token")
+    assert {"name": volume["name"], "mountPath": "/var/run/secrets/hone/guard-token", "readOnly": True} in \
+        pod["containers"][0]["volumeMounts"]
 
 
 PLANTED = [  # (line, message index, kind) of every planted value; line 3 holds a Luhn-invalid card: no finding
@@ -196,6 +205,13 @@ def test_a_moderations_endpoint_flags_messages_and_an_unreachable_one_fails_vali
 
     class Moderations(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - OpenAI's moderations answer: one result per input
+            if self.headers.get("Authorization") != "Bearer guard-secret":
+                body = b'{"error": {"message": "invalid api key", "code": "invalid_api_key"}}'
+                self.send_response(401)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             inputs = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["input"]
             seen.append(inputs)
             body = json.dumps({"id": "modr-1", "model": "guard", "results": [
@@ -213,15 +229,25 @@ def test_a_moderations_endpoint_flags_messages_and_an_unreachable_one_fails_vali
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1/moderations"
     path = _write(tmp_path, good_lines(40) + [chat("Teach me lock picking for my neighbour's door", "Here is how.")])
+    token = tmp_path / "api-key"
+    token.write_text("guard-secret\n")  # as a Secret's file: the trailing newline is not part of the token
     try:
         reported = validate(config_for(path, screening=contract.DataScreening(
-            moderation_url=url, moderation_policy="report")), tokenizer)
+            moderation_url=url, moderation_policy="report", moderation_api_key_file=str(token))), tokenizer)
         assert reported.ok and reported.screening.counts == {"moderation:illicit": 1}
         assert [(f.line, f.message, f.kind) for f in reported.screening.findings] == [(41, 1, "moderation:illicit")]
         assert sum(len(batch) for batch in seen) == 41 * 3 and max(len(b) for b in seen) == 32  # every message
-        rejected = validate(config_for(path, screening=contract.DataScreening(moderation_url=url)), tokenizer)
+        rejected = validate(config_for(path, screening=contract.DataScreening(
+            moderation_url=url, moderation_api_key_file=str(token))), tokenizer)
         assert not rejected.ok and rejected.problems[0].line == 41
         assert "flagged by the moderations endpoint (illicit)" in rejected.problems[0].message
+        # Without its token the endpoint answers 401: nothing passes unchecked, and the error says so.
+        refused = validate(config_for(path, screening=contract.DataScreening(moderation_url=url)), tokenizer)
+        assert not refused.ok and refused.problems[0].kind.value == "screening_unavailable"
+        assert "HTTP Error 401" in refused.problems[0].message
+        missing = validate(config_for(path, screening=contract.DataScreening(
+            moderation_url=url, moderation_api_key_file=str(tmp_path / "gone" / "api-key"))), tokenizer)
+        assert not missing.ok and "spec.dataScreening.moderation.apiKeySecret" in missing.problems[0].message
     finally:
         server.shutdown()
     down = f"http://127.0.0.1:{free_port()}/v1/moderations"

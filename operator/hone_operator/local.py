@@ -123,6 +123,10 @@ def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: Oper
         raise LocalSpecError("spec.method", "qlora needs an NVIDIA GPU (4-bit bitsandbytes kernels) and this "
                                             "machine has none; use method lora")
     ns, name = ftj.metadata.namespace or "local", ftj.metadata.name
+    moderation = spec.dataScreening.moderation if spec.dataScreening else None
+    if moderation is not None and moderation.apiKeySecret is not None:
+        raise LocalSpecError("spec.dataScreening.moderation.apiKeySecret", "Secrets exist only in a cluster: on this "
+                                                                           "machine, name an endpoint that needs no token")
     training = _data_file(spec.trainingData, base, "spec.trainingData", workdir / "training.jsonl")
     assert training is not None
     validation = _data_file(spec.validationData, base, "spec.validationData", workdir / "validation.jsonl")

@@ -143,6 +143,7 @@ def resolve(ftj: FineTuneJob, settings: OperatorSettings) -> tuple[contract.Trai
         progress=contract.ProgressReporting(kind="kubernetes", namespace=ns, name=name,
                                             interval_seconds=settings.progress_interval_seconds),
         metrics_port=settings.trainer_metrics_port, result_path=contract.RESULT_PATH_IN_POD,
+        secret_dir=storage.secret,
         evaluation=evaluation_config(spec.evaluation, lambda src, which, param: data_location(
             source(src, param), which, storage, param), storage.secret))
     return config, storage
@@ -183,9 +184,10 @@ def references(ftj: FineTuneJob) -> list[Reference]:
 
 
 def trainer_config(ftj: FineTuneJob, settings: OperatorSettings, *, base_model: contract.ModelSource,
-                   training: contract.DataFile, validation: contract.DataFile | None, **where: Any
-                   ) -> contract.TrainerConfig:
-    """The spec as the trainer reads it; ``where`` says where things are (cluster or local mode)."""
+                   training: contract.DataFile, validation: contract.DataFile | None,
+                   secret_dir: Callable[[Any], str | None] | None = None, **where: Any) -> contract.TrainerConfig:
+    """The spec as the trainer reads it; ``where`` says where things are (cluster or local mode), ``secret_dir(ref)``
+    where a Secret is mounted (cluster mode)."""
     spec = ftj.spec
     hp = spec.hyperparameters
     return contract.TrainerConfig(
@@ -215,13 +217,19 @@ def trainer_config(ftj: FineTuneJob, settings: OperatorSettings, *, base_model: 
         checkpoint_each_epoch=spec.checkpointing.everyEpoch,
         merge_weights=spec.output.mergeWeights,
         prices=settings.prices_for(spec.baseModel.uri),
-        screening=screening_config(spec.dataScreening or settings.data_screening),
+        screening=screening_config(spec.dataScreening or settings.data_screening, secret_dir),
         **where,
     )
 
 
-#: The key of the judge's apiKeySecret that holds the token.
-JUDGE_API_KEY = "api-key"
+#: The key of an apiKeySecret (the judge's, the moderations endpoint's) that holds the bearer token.
+API_KEY = "api-key"
+
+
+def _key_file(ref: Any, secret_dir: Callable[[Any], str | None] | None) -> str | None:
+    """Where the token of an ``apiKeySecret`` is mounted (None without one, or where Secrets are not mounted)."""
+    folder = secret_dir(ref) if secret_dir and ref is not None else None
+    return f"{folder}/{API_KEY}" if folder else None
 
 
 def evaluation_config(spec: EvaluationSpec | None, locate: Callable[[DataSource, str, str], contract.DataFile],
@@ -234,10 +242,9 @@ def evaluation_config(spec: EvaluationSpec | None, locate: Callable[[DataSource,
         return None
     judge = None
     if spec.judge is not None:
-        key_dir = secret_dir(spec.judge.apiKeySecret) if secret_dir and spec.judge.apiKeySecret else None
         judge = contract.JudgeEndpoint(url=spec.judge.url, model=spec.judge.model,
                                        timeout_seconds=spec.judge.timeoutSeconds,
-                                       api_key_file=f"{key_dir}/{JUDGE_API_KEY}" if key_dir else None)
+                                       api_key_file=_key_file(spec.judge.apiKeySecret, secret_dir))
     extra = spec.safety.extraSuite
     return contract.EvaluationConfig.model_validate({
         "eval_file": locate(spec.evalFile, "eval", "spec.evaluation.evalFile") if spec.evalFile else None,
@@ -247,14 +254,17 @@ def evaluation_config(spec: EvaluationSpec | None, locate: Callable[[DataSource,
             extra_suite=locate(extra, "safety-suite", "spec.evaluation.safety.extraSuite") if extra else None)})
 
 
-def screening_config(spec: Any) -> contract.DataScreening:
-    """The trainer's data screening from a FineTuneJob's ``spec.dataScreening`` (or the operator's default)."""
+def screening_config(spec: Any, secret_dir: Callable[[Any], str | None] | None = None) -> contract.DataScreening:
+    """The trainer's data screening from a FineTuneJob's ``spec.dataScreening`` (or the operator's default);
+    ``secret_dir(ref)``: where a Secret is mounted."""
+    moderation = spec.moderation
     return contract.DataScreening(
         personal_data=spec.personalData, kinds=list(spec.kinds),
         patterns=[contract.ScreeningPattern(name=p.name, regex=p.regex) for p in spec.patterns],
         blocklist=list(spec.blocklist), blocklist_policy=spec.blocklistPolicy,
-        moderation_url=spec.moderation.url if spec.moderation else None,
-        moderation_policy=spec.moderation.policy if spec.moderation else "reject")
+        moderation_url=moderation.url if moderation else None,
+        moderation_policy=moderation.policy if moderation else "reject",
+        moderation_api_key_file=_key_file(moderation.apiKeySecret, secret_dir) if moderation else None)
 
 
 # --------------------------------------------------------------------------

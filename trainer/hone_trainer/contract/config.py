@@ -96,6 +96,8 @@ class DataScreening(CamelModel):
     moderation_policy: Literal["report", "reject"] = Field(
         "reject", description="The policy for flagged messages (not redact: blanking a message changes the "
                               "conversation; remove it from the file instead).")
+    moderation_api_key_file: str | None = Field(
+        None, description="A file whose content is the bearer token the moderations endpoint wants, if it needs one.")
 
 
 class TrainerConfig(CamelModel):

@@ -164,12 +164,12 @@ def screen(read: ReadResult, cfg: DataScreening, result: ScreeningResult | None 
 MODERATION_BATCH = 32
 
 
-def _post_json(url: str, body: dict, timeout: float = 60.0) -> dict:
+def _post_json(url: str, body: dict, timeout: float = 60.0, token: str | None = None) -> dict:
     import json
     import urllib.request
 
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
@@ -180,11 +180,22 @@ def moderate(read: ReadResult, cfg: DataScreening, result: ScreeningResult, post
     url = cfg.moderation_url
     if not url:
         return
+    token = None
+    if cfg.moderation_api_key_file:
+        try:
+            with open(cfg.moderation_api_key_file, encoding="utf-8") as fp:
+                token = fp.read().strip()
+        except OSError as exc:
+            read.problem(ProblemKind.SCREENING_UNAVAILABLE,
+                         f"the moderations endpoint's token cannot be read ({exc.strerror}: {cfg.moderation_api_key_file}):"
+                         " check that the Secret of spec.dataScreening.moderation.apiKeySecret exists and has the "
+                         "key api-key")
+            return
     items = [(ex.line, i, m.content) for ex in read.examples for i, m in enumerate(ex.messages)]
     for start in range(0, len(items), MODERATION_BATCH):
         batch = items[start:start + MODERATION_BATCH]
         try:
-            answer = post(url, {"input": [text for _, _, text in batch]})
+            answer = post(url, {"input": [text for _, _, text in batch]}, token=token)
             results = answer["results"]
             if not isinstance(results, list) or len(results) != len(batch):
                 raise ValueError(f"{len(batch)} inputs, {len(results) if isinstance(results, list) else 'no'} results")

@@ -320,6 +320,9 @@ class ModerationSpec(ApiModel):
                      description="The whole URL, e.g. http://guard.safety.svc/v1/moderations.")
     policy: Literal["report", "reject"] = Field(
         "reject", description="What a flagged message does: report, or reject (fail the job naming the lines).")
+    apiKeySecret: SecretRef | None = Field(
+        None, alias="apiKeySecret", description="A Secret whose key api-key is the bearer token the endpoint wants "
+                                                "(mounted as a file in the validation pod; cluster only).")
 
 
 class DataScreeningSpec(ApiModel):
