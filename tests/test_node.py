@@ -304,3 +304,94 @@ def test_bad_pods_say_why(kubectl) -> None:
     kubectl("-n", "bad", "delete", "pod", "stubborn", "--wait=false")
     wait_for(lambda: "NotFound" in kubectl("-n", "bad", "get", "pod", "stubborn", ok=False).stderr, what="it went")
     assert 1.0 <= time.monotonic() - started < 15
+
+
+# Each server pod greets whoever connects with "<its name>:<port>"; a probe pod tries each target in turn and
+# prints what happened: the greeting, "refused" (a reset: the pod's own rules, or the peer's), or "closed"
+# (the Service proxy found no endpoint whose policies admit the client).
+GREETER = ("import os, socket, threading\n"
+           "def serve(port):\n"
+           "  s = socket.create_server(('', port))\n"
+           "  while True:\n"
+           "    c, _ = s.accept(); c.sendall(f\"{os.environ['HOSTNAME']}:{port}\".encode()); c.close()\n"
+           "for p in os.environ['PORTS'].split()[1:]: threading.Thread(target=serve, args=(int(p),)).start()\n"
+           "serve(int(os.environ['PORTS'].split()[0]))\n")
+PROBE = ("import json, os, socket\n"
+         "for target in os.environ['TARGETS'].split():\n"
+         "  host, port = target.rsplit(':', 1)\n"
+         "  try:\n"
+         "    with socket.create_connection((host, int(port)), timeout=5) as c: got = c.recv(99).decode() or 'closed'\n"
+         "  except ConnectionRefusedError: got = 'refused'\n"
+         "  except ConnectionResetError: got = 'closed'\n"
+         "  except OSError as e: got = type(e).__name__\n"
+         "  print(json.dumps([target, got]))\n")
+
+
+def _greeter(name: str, labels: dict[str, str], ports: list[int], named: dict[str, int]) -> dict[str, Any]:
+    return pod(name, "", metadata={"labels": labels}, container={
+        "command": ["python", "-c", GREETER], "env": [{"name": "PORTS", "value": " ".join(map(str, ports))}],
+        "ports": [{"name": k, "containerPort": v} for k, v in named.items()],
+        "readinessProbe": {"tcpSocket": {"port": ports[0]}, "periodSeconds": 1}})
+
+
+def _probe(kubectl, ns: str, name: str, labels: dict[str, str], targets: list[str]) -> dict[str, str]:
+    apply(kubectl, ns, pod(name, "", metadata={"labels": labels}, container={
+        "command": ["python", "-c", PROBE], "env": [{"name": "TARGETS", "value": " ".join(targets)}]}))
+    assert wait_phase(kubectl, ns, name) == "Succeeded", kubectl("-n", ns, "logs", name, ok=False).stdout
+    return dict(json.loads(line) for line in kubectl("-n", ns, "logs", name).stdout.splitlines())
+
+
+def test_network_policies_are_enforced_in_each_pods_network_namespace(kubectl, cluster: LocalCluster) -> None:
+    if cluster.firewall is None:
+        pytest.skip("no iptables-restore here: run bash .ci/tools.sh")
+    for ns in ("fenced", "elsewhere"):
+        kubectl("create", "namespace", ns)
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+               "spec": {"selector": {"app": "db"}, "ports": [{"port": 80, "targetPort": "pg"}]}}
+    apply(kubectl, "fenced", service, _greeter("db", {"app": "db"}, [5432, 6000], {"pg": 5432}))
+    apply(kubectl, "elsewhere", {**service, "metadata": {"name": "outsider"}, "spec": {
+        "selector": {"app": "outsider"}, "ports": [{"port": 80, "targetPort": 8000}]}},
+        _greeter("outsider", {"app": "outsider"}, [8000], {}))
+    # The db admits clients on its named port only; clients reach the db's port and DNS, nothing else.
+    dns = {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+           "ports": [{"port": 53, "protocol": "UDP"}]}
+    policies = [
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "db"},
+         "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                  "ingress": [{"from": [{"podSelector": {"matchExpressions": [
+                      {"key": "role", "operator": "In", "values": ["client"]}]}}], "ports": [{"port": "pg"}]}]}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "clients"},
+         "spec": {"podSelector": {"matchLabels": {"role": "client"}}, "policyTypes": ["Egress"],
+                  "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "db"}}}],
+                              "ports": [{"port": 5000, "endPort": 5500}]}, dns]}}]
+    apply(kubectl, "fenced", *policies)
+    for ns, name in (("fenced", "db"), ("elsewhere", "outsider")):
+        kubectl("-n", ns, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=60s", timeout=90)
+    db_ip = get(kubectl, "fenced", "pod/db", "{.status.podIP}")
+    outsider_ip = get(kubectl, "elsewhere", "pod/outsider", "{.status.podIP}")
+    targets = ["db:80", f"{db_ip}:5432", f"{db_ip}:6000", "outsider.elsewhere:80", f"{outsider_ip}:8000"]
+
+    assert _probe(kubectl, "fenced", "client", {"role": "client"}, targets) == {
+        "db:80": "db:5432", f"{db_ip}:5432": "db:5432",  # through the Service (by name) and directly
+        f"{db_ip}:6000": "refused",  # a port its egress does not list
+        "outsider.elsewhere:80": "refused", f"{outsider_ip}:8000": "refused"}  # another namespace
+    # A pod that no egress policy selects reaches the other namespace, and the db refuses it (through the
+    # Service, the proxy finds no endpoint that admits it and closes the connection).
+    assert _probe(kubectl, "fenced", "stranger", {"role": "stranger"}, targets) == {
+        "db:80": "closed", f"{db_ip}:5432": "refused", f"{db_ip}:6000": "refused",
+        "outsider.elsewhere:80": "outsider:8000", f"{outsider_ip}:8000": "outsider:8000"}
+    # The host (the node) reaches every pod, and a changed policy applies to running pods at once.
+    assert socket_greeting(db_ip, 6000) == "db:6000"
+    kubectl("-n", "elsewhere", "label", "namespace", "elsewhere", "team=partner")
+    kubectl("-n", "fenced", "patch", "networkpolicy", "clients", "--type=json", "-p", json.dumps([
+        {"op": "add", "path": "/spec/egress/-", "value": {"to": [{"namespaceSelector": {"matchLabels": {
+            "team": "partner"}}}]}}]))
+    assert _probe(kubectl, "fenced", "client-2", {"role": "client"}, targets[3:]) == {
+        "outsider.elsewhere:80": "outsider:8000", f"{outsider_ip}:8000": "outsider:8000"}
+
+
+def socket_greeting(host: str, port: int) -> str:
+    import socket
+
+    with socket.create_connection((host, port), timeout=5) as conn:
+        return conn.recv(99).decode()

@@ -7,6 +7,7 @@
 * :mod:`.controllers`: the Job, ReplicaSet and Deployment controllers, and each namespace's
   ``default`` ServiceAccount and ``kube-root-ca.crt``;
 * :mod:`.network`: the bridge, pod addresses, cluster DNS and the Services' proxy;
+* :mod:`.policy`: NetworkPolicy enforcement;
 * :mod:`.images`: what stands in for Hone's images.
 
 What it substitutes for a real cluster, and what it does not do:
@@ -17,8 +18,10 @@ What it substitutes for a real cluster, and what it does not do:
 * One node; pods' CPU and memory requests are not counted (limits are enforced with cgroups
   v1 where writable). No GPUs: a pod that asks for one is Unschedulable.
 * Services are ClusterIP or headless with a userspace proxy on the node; no NodePort,
-  LoadBalancer, Ingress, NetworkPolicy enforcement or Endpoints/EndpointSlice objects (DNS and
-  the proxy read the pods directly). ``kubectl port-forward`` and ``exec`` are not served: the
+  LoadBalancer, Ingress or Endpoints/EndpointSlice objects (DNS and the proxy read the pods
+  directly).
+* :mod:`.policy` enforces NetworkPolicies with iptables rules in each pod's network namespace
+  (where an ``iptables-restore`` is found; ``.ci/tools.sh`` fetches one). ``kubectl port-forward`` and ``exec`` are not served: the
   host is on the pods' bridge and reaches every pod and Service address directly.
 * No HPA actions, PodDisruptionBudgets, evictions, taints or affinity beyond ``nodeSelector``,
   exec or gRPC probes, image pulls, persistent volumes beyond one host folder per claim.
@@ -40,7 +43,7 @@ from typing import Any
 
 from hone_dev import ROOT
 from hone_dev.apiserver import ApiServerThread
-from hone_dev.node import network
+from hone_dev.node import network, policy
 from hone_dev.node.controllers import (DeploymentController, JobController, NamespaceDefaultsController,
                                        ReplicaSetController)
 from hone_dev.node.images import hone_images
@@ -78,6 +81,7 @@ class ServiceRouting:
         self._rr = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self._dns: Any = None
+        self.firewall: policy.Firewall | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -124,7 +128,8 @@ class ServiceRouting:
             if key in self.proxies:
                 continue
             await self.bridge.add_service_address(key[0])
-            proxy = network.ServiceProxy(key[0], key[1], lambda ns=ns, name=name, port=port: self.pick(ns, name, port))
+            proxy = network.ServiceProxy(key[0], key[1],
+                                         lambda client, ns=ns, name=name, port=port: self.pick(ns, name, port, client))
             try:
                 await proxy.start()
             except OSError as exc:
@@ -148,24 +153,31 @@ class ServiceRouting:
                 found.append(pod)
         return sorted(found, key=lambda p: p["metadata"]["name"])
 
-    def pick(self, ns: str, name: str, port: dict[str, Any]) -> tuple[str, int] | None:
+    @staticmethod
+    def target_port(pod: dict[str, Any], port: dict[str, Any]) -> int | None:
+        """A Service port's target on one endpoint pod (a named target is the pod's container port)."""
+        target = port.get("targetPort", port["port"])
+        if isinstance(target, int) or str(target).isdigit():
+            return int(target)
+        named = [p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports") or []
+                 if p.get("name") == target]
+        return int(named[0]) if named else None
+
+    def pick(self, ns: str, name: str, port: dict[str, Any], client: str) -> tuple[str, int] | None:
+        """The endpoint for a connection from ``client``: round robin over the ready endpoints that the
+        NetworkPolicies let it reach (all of them without enforcement)."""
         if (ns, name) == ("default", "kubernetes"):
             return ("127.0.0.1", self.api_port)
         svc = self.server.store[SERVICES].get((ns, name))
         if svc is None:
             return None
-        pods = self.endpoints(ns, svc)
-        if not pods:
+        choices = [(pod, target) for pod in self.endpoints(ns, svc)
+                   if (target := self.target_port(pod, port)) is not None
+                   and (self.firewall is None or self.firewall.admits(client, pod, target))]
+        if not choices:
             return None
-        pod = pods[next(self._rr) % len(pods)]
-        target = port.get("targetPort", port["port"])
-        if not (isinstance(target, int) or str(target).isdigit()):
-            named = [p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports") or []
-                     if p.get("name") == target]
-            if not named:
-                return None
-            target = named[0]
-        return (pod["status"]["podIP"], int(target))
+        pod, target = choices[next(self._rr) % len(choices)]
+        return (pod["status"]["podIP"], target)
 
     def lookup(self, name: str) -> list[str] | None:
         suffix = f".svc.{network.CLUSTER_DOMAIN}"
@@ -222,6 +234,8 @@ class LocalCluster:
                                                     f"kubernetes.default.svc.{network.CLUSTER_DOMAIN}"))
         self.images = hone_images(app_version())
         self.kubelet: Kubelet | None = None
+        #: Enforces NetworkPolicies (None where no iptables-restore was found).
+        self.firewall: policy.Firewall | None = None
         self._parts: list[Any] = []
 
     def __enter__(self) -> "LocalCluster":
@@ -247,9 +261,20 @@ class LocalCluster:
         server.pod_logs = self.kubelet.logs
         routing = ServiceRouting(server, self.bridge, self.apiserver.port)
         await routing.start()
+        binary = policy.iptables()
+        firewall = None
+        if binary is None:
+            log.warning("no iptables-restore here (bash .ci/tools.sh fetches one): the node enforces no NetworkPolicy")
+        else:
+            kubelet = self.kubelet
+            firewall = policy.Firewall(server, str(self.bridge.gateway), routing, lambda: {
+                w.pod_ip: w.net.netns for w in list(kubelet.workers.values()) if w.net is not None}, binary)
+            routing.firewall = self.kubelet.firewall = firewall
+            await firewall.start()
+        self.firewall = firewall
         self.kubelet.start()
         self._parts = [defaults, JobController(server, self.job_backoff), ReplicaSetController(server),
-                       DeploymentController(server), routing]
+                       DeploymentController(server), routing, *([firewall] if firewall else [])]
         for part in self._parts[1:4]:
             part.start()
 

@@ -230,6 +230,8 @@ class PodWorker:
         self.pod_ip = self.net.address
         self.condition("PodReadyToStartContainers", True)
         self.publish()
+        if self.kubelet.firewall is not None:  # the pod's rules (and its peers') before anything in it runs
+            await self.kubelet.firewall.sync(self.net.netns)
         while True:
             try:
                 await self._volumes(self.pod() or pod)
@@ -855,6 +857,8 @@ class Kubelet:
         self.environment = environment
         self.restart_backoff = restart_backoff
         self.workers: dict[str, PodWorker] = {}
+        #: NetworkPolicy enforcement (:mod:`.policy`), where the node has it.
+        self.firewall: Any = None
         self._numbers = 0
         self.traversable = sorted({sys.base_prefix, environment, str(ROOT)})
         self.cgroups = self._cgroups_writable()

@@ -217,9 +217,10 @@ def resolv_conf(namespace: str, nameserver: str) -> str:
 # --------------------------------------------------------------------------
 
 class ServiceProxy:
-    """Listens on a ClusterIP's port; each connection goes to ``pick()``'s (address, port), or is closed."""
+    """Listens on a ClusterIP's port; each connection goes to ``pick(client address)``'s (address, port), or is
+    closed."""
 
-    def __init__(self, address: str, port: int, pick: Callable[[], tuple[str, int] | None]):
+    def __init__(self, address: str, port: int, pick: Callable[[str], tuple[str, int] | None]):
         self.address, self.port, self.pick = address, port, pick
         self.server: asyncio.base_events.Server | None = None
 
@@ -231,7 +232,8 @@ class ServiceProxy:
             self.server.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        target = self.pick()
+        peer = writer.get_extra_info("peername")
+        target = self.pick(peer[0] if peer else "")
         if target is None:
             writer.close()
             return
