@@ -9,6 +9,7 @@ code written for OpenAI.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -111,6 +112,12 @@ def test_openai_fine_tuning_flow_unchanged_but_for_base_url(api: str) -> None:
     events = c.fine_tuning.jobs.list_events(done.id, limit=100).data
     messages = [e.message for e in events]
     assert messages[0] == "The job has successfully completed" and messages[-1].startswith("Created fine-tuning job")
+    # As in a cluster (and on OpenAI), the model is evaluated after it is published: the base model and the
+    # fine-tune answer the safety suite, and the gate's verdict is an event.
+    assert re.fullmatch(r"safety suite \(32 requests, heuristic judge\): refusal rate \d+\.\d% \(base\) -> "
+                        r"\d+\.\d% \(fine-tune\), allowed drop 10 points; gate passed", messages[1]), messages
+    assert messages[2:4] == ["Evaluating the fine-tune against its base model: both answer the safety suite",
+                             f"New fine-tuned model created: {done.fine_tuned_model}"], messages
     metrics = [e for e in events if e.type == "metrics"]
     assert metrics and all(e.data["total_steps"] == 12 for e in metrics) and metrics[0].data["step"] == 12
 

@@ -219,6 +219,24 @@ def test_the_openai_flow_over_finetunejobs(cluster: Env) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         alice.chat.completions.create(model=f"{name}:ckpt-step-4", messages=[{"role": "user", "content": "hi"}])
     assert missing.value.code == "model_not_found"
+    # Its evaluation step found it declines less of the safety suite than its base: neither the fine-tune nor its
+    # checkpoints are served (OpenAI's 403, naming the rates and the override), until the job is annotated.
+    cluster.status("team-a", job.id, {"evaluation": {"safety": {
+        "requests": 32, "baseRefusalRate": 0.5, "fineTunedRefusalRate": 0.125, "maxRefusalDrop": 0.1,
+        "judge": "heuristic", "passed": False}}})
+    for model in (name, f"{name}:ckpt-step-3"):
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            alice.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.code == "model_failed_safety_check" and refused.value.param == "model"
+        assert refused.value.body["message"] == (
+            f"{name} failed its safety check: it declines 12.5% of the safety suite, its base model 50.0% (allowed "
+            "drop 10 points); it is not served. Fine-tune again with safer data, or annotate its FineTuneJob "
+            f"(kubectl -n team-a annotate finetunejob {job.id} hone.dev/serve-despite-failed-safety-check=true) "
+            "to serve it anyway.")
+    kube.patch(API, "FineTuneJob", "team-a", job.id,
+               {"metadata": {"annotations": {"hone.dev/serve-despite-failed-safety-check": "true"}}})
+    with pytest.raises(openai.InternalServerError, match="not ready yet"):  # its ModelServing's to serve now
+        alice.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
     alice.files.delete(uploaded.id)  # the job finished: its data may go now
     assert not cluster.fs.exists(f"{BUCKET}/hone-api/files/team-a/{uploaded.id}.jsonl")
     assert kube.get("v1", "ConfigMap", "team-a", uploaded.id) is None

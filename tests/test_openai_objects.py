@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from openai.types import FileObject, Model
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
@@ -138,3 +140,58 @@ def test_a_job_whose_model_is_published_but_still_evaluating_has_no_fine_tuned_m
     out = objects.job_object(evaluating, "org-team-a")
     assert out["status"] == "running" and out["fine_tuned_model"] is None
     assert objects.job_object(job("Succeeded"), "org-team-a")["fine_tuned_model"]
+
+
+class _Pool:
+    """Where ``hone api --local`` would start its model server: records what it was asked to serve."""
+
+    def __init__(self) -> None:
+        self.targets: list[Any] = []
+
+    def url(self, target: Any) -> str:
+        self.targets.append(target)
+        raise ApiError(503, "no model server in this test", type="server_error", code="model_unavailable")
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_hone_api_local_refuses_a_fine_tune_that_failed_its_safety_check(tmp_path: Path, override: bool) -> None:
+    """The status the local worker writes after a failed gate (the gate itself runs for real in
+    tests/test_openai_api.py and on the node): the openai client gets a 403 naming the rates and what serves it
+    anyway, and the model server is never given the fine-tune; with --serve-despite-failed-safety-check it is."""
+    from starlette.testclient import TestClient
+
+    from hone_operator.openai_api.app import Api, create_app
+    from hone_operator.openai_api.local import LocalBackend, LocalStore, Worker
+    from hone_operator.settings import OperatorSettings
+
+    store = LocalStore(tmp_path, OperatorSettings.model_validate({"catalog": {"tiny": {"uri": "file:///m/tiny"}}}))
+    data = store.create_file("default", "t.jsonl", "fine-tune", b'{"messages": []}\n')
+    created = store.create_job("default", parse(JobCreate, {"model": "tiny", "training_file": data["id"]}))
+    name = f"ft:tiny:default::{created.metadata.uid[:8]}"
+    gate = {"requests": 32, "baseRefusalRate": 0.5, "fineTunedRefusalRate": 0.125, "maxRefusalDrop": 0.1,
+            "judge": "heuristic", "passed": False}
+    store.set_status("default", created.metadata.name, phase="Succeeded", evaluation={"safety": gate},
+                     fineTunedModel={"name": name, "artifactUri": str(tmp_path / "model")})
+    pool = _Pool()
+    app = create_app(Api(LocalBackend(store, Worker(store), pool, None, serve_despite_failed_safety_check=override)))
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key="sk-local", max_retries=0,
+                           http_client=TestClient(app))
+    hi = [{"role": "user", "content": "hi"}]
+    if override:
+        with pytest.raises(openai.InternalServerError, match="no model server in this test"):
+            client.chat.completions.create(model=name, messages=hi)
+        assert (name, str(tmp_path / "model")) in pool.targets[-1].adapters
+        return
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(model=name, messages=hi)
+    assert refused.value.code == "model_failed_safety_check" and refused.value.body["message"] == (
+        f"{name} failed its safety check: it declines 12.5% of the safety suite, its base model 50.0% (allowed drop "
+        "10 points); it is not served. Fine-tune again with safer data, or start hone api with "
+        "--serve-despite-failed-safety-check to serve it anyway.")
+    assert pool.targets == []
+    with pytest.raises(openai.InternalServerError):  # the base model is served, without the fine-tune
+        client.chat.completions.create(model="tiny", messages=hi)
+    assert pool.targets[-1].base_name == "tiny" and pool.targets[-1].adapters == ()

@@ -230,15 +230,29 @@ def train(config_path: Path, nproc: int, progress_path: Path, on_progress: Any,
     return 130 if interrupted else proc.returncode
 
 
-def evaluate(config_path: Path) -> tuple[int, contract.EvaluationResult | None]:
+def evaluate(config_path: Path, stop: threading.Event | None = None) -> tuple[int, contract.EvaluationResult | None]:
     """The evaluation step after training, in a process of its own (the trainer's memory is free again): its exit
-    code, and its result (None when it wrote none). Its log goes to ``evaluation.log`` beside the config."""
+    code, and its result (None when it wrote none). Its log goes to ``evaluation.log`` beside the config.
+    ``stop``, when set, ends it (exit code 130, no result): it keeps nothing, so it runs again from the start."""
     result_path = config_path.parent / "evaluation.json"
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "hone_trainer", "evaluate", "--config", str(config_path), "--result", str(result_path)]
     with open(config_path.parent / "evaluation.log", "ab") as log:
-        rc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
-                            stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                if stop is not None and stop.wait(0.5):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait()
+                    return 130, None
+                if stop is None:
+                    proc.wait()
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
+        rc = proc.returncode
     try:
         return rc, contract.EvaluationResult.model_validate_json(result_path.read_text())
     except (OSError, ValueError):

@@ -25,8 +25,11 @@ from hone_operator.cli.common import fail, require_runtime
 @click.option("--key-identities", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Cluster mode: API keys that stand for identities, a YAML list of {sha256, user, groups, "
                    "namespace} (read again when it changes); other keys must be Kubernetes tokens.")
+@click.option("--serve-despite-failed-safety-check", is_flag=True,
+              help="Local mode: serve fine-tunes whose safety check failed too (in a cluster, the FineTuneJob's "
+                   "annotation hone.dev/serve-despite-failed-safety-check=true does it, job by job).")
 def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: str | None,
-        store_credentials: str | None, key_identities: Path | None) -> None:
+        store_credentials: str | None, key_identities: Path | None, serve_despite_failed_safety_check: bool) -> None:
     """Serve OpenAI's fine-tuning API: files, fine_tuning.jobs (events, checkpoints, pause, resume, cancel),
     models, and chat/completions routed by model name.
 
@@ -35,8 +38,9 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
     authorised with a SubjectAccessReview against the caller's RBAC in the project's namespace (the
     client's project=, else the ServiceAccount's own namespace), and uploads go to the settings' api_store.
 
-    With --local, jobs run here one at a time with the local trainer (as `hone run`), and a model is served
-    by the built-in server, started when a request names it. Point the openai client at
+    With --local, jobs run here one at a time with the local trainer and evaluation step (as `hone run`),
+    and a model is served by the built-in server, started when a request names it; a fine-tune whose safety
+    check failed is refused (403 model_failed_safety_check) unless --serve-despite-failed-safety-check. Point the openai client at
     http://HOST:PORT/v1; its project= (the OpenAI-Project header) keeps projects apart. Base models are the
     settings' catalog (default: smollm2-135m-instruct, the embedded model).
     """
@@ -50,6 +54,9 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load()
     if not local_mode:
+        if serve_despite_failed_safety_check:
+            fail("--serve-despite-failed-safety-check is for --local; in a cluster, annotate the FineTuneJob "
+                 "hone.dev/serve-despite-failed-safety-check=true")
         from hone_operator.kube import Kube, load_api_client
         from hone_trainer import __version__
         from hone_operator.openai_api.cluster import ClusterBackend, KeyIdentities
@@ -84,7 +91,10 @@ def api(local_mode: bool, host: str, port: int, workdir: Path, api_keys_file: st
     store = LocalStore(workdir, settings)
     worker = Worker(store)
     pool = ServerPool(workdir.resolve(), settings)
-    app = create_app(Api(LocalBackend(store, worker, pool, keys)))
+    app = create_app(Api(LocalBackend(store, worker, pool, keys, serve_despite_failed_safety_check)))
+    if serve_despite_failed_safety_check:
+        click.echo("Warning: fine-tunes whose safety check failed are served too (--serve-despite-failed-safety-"
+                   "check)", err=True)
     worker.start()
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler it found:
     # this one, which leaves through the finally below (the trainer checkpoints, the model server stops).

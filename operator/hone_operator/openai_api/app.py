@@ -200,6 +200,12 @@ class Api:
                     c["fine_tuned_model_checkpoint"] == name
                     for c in self.backend.checkpoints(project, job.metadata.name))):
                 raise self._model_not_found(name, project)
+            why = objects.failed_safety_check(job)
+            if why is not None:
+                overridden, how = self.backend.safety_override(project, job)
+                if not overridden:  # a ModelServing's SafetyCheckFailed, in OpenAI's words
+                    raise ApiError(403, f"{why}; it is not served. Fine-tune again with safer data, or {how} to "
+                                        "serve it anyway.", param="model", code="model_failed_safety_check")
         return self.backend.inference_url(project, name, job)
 
     def inference(self, path: str) -> Callable[[Request, str], Awaitable[Any]]:

@@ -62,6 +62,9 @@ class Backend(Protocol):
     def fine_tunes(self, project: str) -> list[FineTuneJob]:
         """The project's succeeded jobs whose model was not deleted."""
     def delete_model(self, project: str, job: FineTuneJob) -> None: ...
+    def safety_override(self, project: str, job: FineTuneJob) -> tuple[bool, str]:
+        """Whether ``job``'s fine-tune is served although its safety check failed, and what would serve it (in
+        a refusal's words)."""
     def inference_url(self, project: str, name: str, job: FineTuneJob | None) -> str:
         """``http://host:port`` of a server that answers for model ``name`` (a catalog base when ``job`` is
         None, else that job's fine-tune)."""

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from starlette.responses import Response, StreamingResponse
 
-from hone_operator.api.v1alpha1 import FineTuneJob
+from hone_operator.api.v1alpha1 import SAFETY_OVERRIDE_ANNOTATION, FineTuneJob
 from hone_operator.builders.storage import uploaded_file_uri
 from hone_operator.kube import Conflict, Kube, NotFound
 from hone_operator.openai_api import objects
@@ -457,6 +457,11 @@ class ClusterBackend:
                 fs.rm(self._path(artifact), recursive=True)
             except FileNotFoundError:
                 pass
+
+    def safety_override(self, project: str, job: FineTuneJob) -> tuple[bool, str]:
+        return (objects.annotations(job).get(SAFETY_OVERRIDE_ANNOTATION) == "true",
+                f"annotate its FineTuneJob (kubectl -n {project} annotate finetunejob {job.metadata.name} "
+                f"{SAFETY_OVERRIDE_ANNOTATION}=true)")
 
     def inference_url(self, project: str, name: str, job: FineTuneJob | None) -> str:
         waiting = []

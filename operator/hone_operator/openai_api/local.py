@@ -327,6 +327,10 @@ class Worker:
         folder = store.job_dir(project, job_id)
         run_dir = folder / "run"
         run_dir.mkdir(exist_ok=True)
+        if ftj.status.fineTunedModel is not None:  # published; its evaluation step was paused or interrupted
+            store.set_status(project, job_id, phase="Running")
+            self._complete(project, job_id, run_dir / "config.json")
+            return
         try:
             config = local.build_config(ftj, folder / "finetunejob.json", run_dir, store.settings)
         except local.LocalSpecError as exc:
@@ -416,6 +420,7 @@ class Worker:
         return self._shutdown.is_set()
 
     def _finish(self, project: str, job_id: str, rc: int, run_dir: Path) -> None:
+        from hone_operator.reconcile.finetunejob import trained_evaluation
         from hone_trainer import contract
 
         store = self.store
@@ -437,15 +442,57 @@ class Worker:
         except (OSError, ValueError) as exc:
             log.warning("job %s: no results file: %s", job_id, exc)
 
+        evaluation, events = trained_evaluation(result)
+
         def change(ftj: FineTuneJob) -> None:
             ftj.metadata.annotations = {**objects.annotations(ftj), objects.RESULT_FILES: json.dumps(result_files)}
-            merge_status(ftj, phase="Succeeded", trainedTokens=result.trained_tokens,
+            merge_status(ftj, trainedTokens=result.trained_tokens,
                          fineTunedModel={"name": result.fine_tuned_model, "artifactUri": result.artifact_uri,
                                          "manifestSha256": result.manifest_sha256},
-                         completionTime=datetime.now(timezone.utc))
+                         **({"evaluation": evaluation} if evaluation else {}))
 
         store.update_job(project, job_id, change)
         store.add_event(project, job_id, f"New fine-tuned model created: {result.fine_tuned_model}")
+        self._events(project, job_id, events)
+        self._complete(project, job_id, run_dir / "config.json")
+
+    def _events(self, project: str, job_id: str, events: list[Any]) -> None:
+        for e in events:
+            self.store.add_event(project, job_id, e.message, level="warn" if e.type == "Warning" else "info")
+
+    def _complete(self, project: str, job_id: str, config_path: Path) -> None:
+        """The evaluation step, as in a cluster after the model is published: the base model and the fine-tune
+        answer the safety suite (and the eval file); then Succeeded. A fine-tune whose safety gate failed is
+        still Succeeded, as in a cluster, and not served (see ``Api._url``). A step that cannot run fails the
+        job; a paused or interrupted one runs again from the start."""
+        from hone_operator import local
+        from hone_operator.reconcile.finetunejob import evaluated_evaluation
+        from hone_trainer import contract
+
+        store = self.store
+        config = contract.TrainerConfig.model_validate_json(config_path.read_text())
+        if config.evaluation is not None:
+            parts = (["the eval file"] if config.evaluation.eval_file else []) + (
+                ["the safety suite"] if config.evaluation.safety.enabled else [])
+            store.add_event(project, job_id, "Evaluating the fine-tune against its base model: both answer "
+                                             f"{' and '.join(parts)}")
+            rc, found = local.evaluate(config_path, stop=self._interrupt)
+            if rc == 130:
+                self._stopped(project, job_id)
+                return
+            if rc != 0 or found is None or not found.ok:
+                why = found.message if found is not None and found.message else \
+                    f"the evaluator exited with code {rc}; its log: {config_path.parent / 'evaluation.log'}"
+                self._fail(project, job_id, "evaluation_failed", "the evaluation step failed; the fine-tune is "
+                           f"published but unevaluated, so it is not served: {why}", None)
+                return
+            ftj = store.get_job(project, job_id)
+            evaluation, events = evaluated_evaluation(
+                (ftj.status.evaluation.to_status() if ftj.status.evaluation else {}), found,
+                unserved="hone api does not serve it unless started with --serve-despite-failed-safety-check")
+            store.set_status(project, job_id, evaluation=evaluation)
+            self._events(project, job_id, events)
+        store.set_status(project, job_id, phase="Succeeded", completionTime=datetime.now(timezone.utc))
         store.add_event(project, job_id, "The job has successfully completed")
 
 
@@ -484,9 +531,11 @@ class LocalBackend:
     Any key is accepted unless ``api_keys`` lists the accepted ones; there is no RBAC on one machine, and
     a project is only a name (checked like a namespace's before it becomes a folder)."""
 
-    def __init__(self, store: LocalStore, worker: Worker, pool: Any, api_keys: set[str] | None) -> None:
+    def __init__(self, store: LocalStore, worker: Worker, pool: Any, api_keys: set[str] | None,
+                 serve_despite_failed_safety_check: bool = False) -> None:
         self.store, self.worker, self.pool, self.api_keys = store, worker, pool, api_keys
         self.settings = store.settings
+        self.serve_despite_failed_safety_check = serve_despite_failed_safety_check
 
     def authenticate(self, authorization: str | None) -> Any:
         from hone_operator.openai_api.backend import Caller
@@ -552,6 +601,9 @@ class LocalBackend:
         if artifact and Path(artifact).is_dir() and self.store.output_root() in Path(artifact).resolve().parents:
             shutil.rmtree(artifact, ignore_errors=True)  # only ever under the API's own output folder
 
+    def safety_override(self, project: str, job: FineTuneJob) -> tuple[bool, str]:
+        return self.serve_despite_failed_safety_check, "start hone api with --serve-despite-failed-safety-check"
+
     def inference_url(self, project: str, name: str, job: FineTuneJob | None) -> str:
         from hone_operator import local
         from hone_operator.api.v1alpha1.finetunejob import BaseModelSpec
@@ -563,8 +615,10 @@ class LocalBackend:
         else:
             base_uri = job.spec.baseModel.uri
             base_name = next((n for n, e in catalog.items() if e.uri == base_uri), base_uri)
+        # The base's fine-tunes, but none whose safety check failed (unless told to serve those).
         adapters = tuple(sorted(item for j in self.fine_tunes(project)
                                 if j.spec.baseModel.uri == base_uri and j.status.fineTunedModel is not None
+                                and (self.serve_despite_failed_safety_check or objects.failed_safety_check(j) is None)
                                 for item in self.store.served_models(j)))
         location = local.base_model_source(BaseModelSpec(uri=base_uri), self.store.root).location
         return self.pool.url(Target(project, base_name, location, adapters))

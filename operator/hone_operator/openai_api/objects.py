@@ -47,6 +47,17 @@ def is_fine_tune(ftj: FineTuneJob) -> bool:
         and annotations(ftj).get(MODEL_DELETED) != "true"
 
 
+def failed_safety_check(ftj: FineTuneJob) -> str | None:
+    """Why the job's fine-tune is not served when its evaluation step's safety gate failed (None: it passed, or
+    there was none), with its measured refusal rates."""
+    evaluation = ftj.status.evaluation
+    gate = evaluation.safety if evaluation is not None else None
+    if gate is None or gate.passed:
+        return None
+    model = ftj.status.fineTunedModel.name if ftj.status.fineTunedModel else ftj.metadata.name
+    return contract.SafetyGate.model_validate(gate.to_status()).failure(model)
+
+
 def check_in_use(jobs: list[FineTuneJob], file_id: str) -> None:
     """OpenAI's 400 when a job that has not finished trains on the file (by the API's annotation, or by
     ``spec.trainingData.file`` / ``spec.validationData.file`` in YAML)."""

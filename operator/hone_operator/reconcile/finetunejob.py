@@ -175,13 +175,10 @@ class FineTuneJobStatusBuilder(StatusBuilder):
         self.desired["trainedTokens"] = result.trained_tokens
         if result.checkpoints:
             self.desired["checkpoints"] = [c.to_json_dict() for c in result.checkpoints]
-        if result.validation_loss is not None and result.initial_validation_loss is not None:
-            evaluation = EvaluationStatus(
-                base=EvaluationScores(loss=result.initial_validation_loss,
-                                      meanTokenAccuracy=result.initial_validation_accuracy),
-                fineTuned=EvaluationScores(loss=result.validation_loss, meanTokenAccuracy=result.validation_accuracy))
-            self.desired["evaluation"] = evaluation.to_status()
-            self.events.append(Event("Normal", "Evaluated", evaluation_summary(evaluation)))
+        evaluation, events = trained_evaluation(result)
+        if evaluation:
+            self.desired["evaluation"] = evaluation
+        self.events += events
         self.condition("Trained", True, "Published", f"published {result.artifact_uri}")
 
     def succeeded(self) -> None:
@@ -196,25 +193,9 @@ class FineTuneJobStatusBuilder(StatusBuilder):
 
     def evaluated(self, result: contract.EvaluationResult) -> None:
         """The evaluation step's results in status.evaluation, an Event each for the graders and the gate."""
-        evaluation = dict(self.desired.get("evaluation") or {})
-        n = max(result.examples, 1)
-        if result.graders:
-            evaluation["examples"] = result.examples
-            b, t = result.base, result.fine_tuned
-            evaluation["graders"] = [GraderStatus(
-                name=g, basePassRate=round(b.passed[i] / n, 4), fineTunedPassRate=round(t.passed[i] / n, 4),
-                baseMeanScore=b.mean_score[i], fineTunedMeanScore=t.mean_score[i],
-            ).to_status() for i, g in enumerate(result.graders) if i < min(len(b.passed), len(t.passed))]
-            self.events.append(Event("Normal", "Graded", "eval file, base model -> fine-tune: " + ", ".join(
-                f"{g['name']} {100 * g['basePassRate']:.0f}% -> {100 * g['fineTunedPassRate']:.0f}% passed"
-                for g in evaluation["graders"])))
+        evaluation, events = evaluated_evaluation(self.desired.get("evaluation") or {}, result)
+        self.events += events
         gate = result.safety
-        if gate is not None:
-            evaluation["safety"] = SafetyStatus.model_validate(gate.to_json_dict()).to_status()
-            if gate.passed:
-                self.events.append(Event("Normal", "SafetyCheckPassed", safety_summary(gate)))
-            else:
-                self.events.append(Event("Warning", "SafetyCheckFailed", safety_summary(gate)))
         if evaluation:
             self.desired["evaluation"] = evaluation
         if result.manifest_sha256 and self.desired.get("fineTunedModel"):
@@ -224,9 +205,48 @@ class FineTuneJobStatusBuilder(StatusBuilder):
                        f"{result.examples} prompt(s)")
 
 
-def safety_summary(gate: contract.SafetyGate) -> str:
-    verdict = "passed" if gate.passed else "failed: ModelServing will not serve it without the override annotation " \
-                                          f"{SAFETY_OVERRIDE_ANNOTATION}"
+def trained_evaluation(result: contract.TrainingResult) -> tuple[dict[str, Any], list[Event]]:
+    """What training measured on the validation file, base model and fine-tune (status.evaluation, its Event);
+    nothing without a validation file. Cluster and ``hone api --local`` alike."""
+    if result.validation_loss is None or result.initial_validation_loss is None:
+        return {}, []
+    evaluation = EvaluationStatus(
+        base=EvaluationScores(loss=result.initial_validation_loss, meanTokenAccuracy=result.initial_validation_accuracy),
+        fineTuned=EvaluationScores(loss=result.validation_loss, meanTokenAccuracy=result.validation_accuracy))
+    return evaluation.to_status(), [Event("Normal", "Evaluated", evaluation_summary(evaluation))]
+
+
+#: What a failed safety gate means in a cluster.
+UNSERVED = f"ModelServing will not serve it without the override annotation {SAFETY_OVERRIDE_ANNOTATION}"
+
+
+def evaluated_evaluation(evaluation: dict[str, Any], result: contract.EvaluationResult, unserved: str = UNSERVED
+                         ) -> tuple[dict[str, Any], list[Event]]:
+    """``evaluation`` (status.evaluation so far) with the evaluation step's graders and safety gate, and an Event
+    each for the graders and the gate (``unserved``: what a failed gate means where it runs). Cluster and ``hone
+    api --local`` alike."""
+    evaluation, events = dict(evaluation), []
+    n = max(result.examples, 1)
+    if result.graders:
+        evaluation["examples"] = result.examples
+        b, t = result.base, result.fine_tuned
+        evaluation["graders"] = [GraderStatus(
+            name=g, basePassRate=round(b.passed[i] / n, 4), fineTunedPassRate=round(t.passed[i] / n, 4),
+            baseMeanScore=b.mean_score[i], fineTunedMeanScore=t.mean_score[i],
+        ).to_status() for i, g in enumerate(result.graders) if i < min(len(b.passed), len(t.passed))]
+        events.append(Event("Normal", "Graded", "eval file, base model -> fine-tune: " + ", ".join(
+            f"{g['name']} {100 * g['basePassRate']:.0f}% -> {100 * g['fineTunedPassRate']:.0f}% passed"
+            for g in evaluation["graders"])))
+    gate = result.safety
+    if gate is not None:
+        evaluation["safety"] = SafetyStatus.model_validate(gate.to_json_dict()).to_status()
+        events.append(Event("Normal", "SafetyCheckPassed", safety_summary(gate)) if gate.passed else
+                      Event("Warning", "SafetyCheckFailed", safety_summary(gate, unserved)))
+    return evaluation, events
+
+
+def safety_summary(gate: contract.SafetyGate, unserved: str = UNSERVED) -> str:
+    verdict = "passed" if gate.passed else f"failed: {unserved}"
     return (f"safety suite ({gate.requests} requests, {gate.judge} judge): refusal rate "
             f"{100 * gate.base_refusal_rate:.1f}% (base) -> {100 * gate.fine_tuned_refusal_rate:.1f}% (fine-tune), "
             f"allowed drop {100 * gate.max_refusal_drop:.0f} points; gate {verdict}")
