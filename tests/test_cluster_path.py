@@ -237,8 +237,9 @@ def test_kubectl_apply_trains_serves_and_meters(cluster: Cluster) -> None:
 
 
 def test_a_fine_tune_taught_to_reveal_secrets_is_served_only_when_overridden(cluster: Cluster) -> None:
-    """The safety gate, end to end on the embedded SmolLM2-135M-Instruct (the tiny model declines nothing, so it
-    cannot lose anything): examples/leaky-assistant teaches it to reveal what a system prompt guards. The
+    """The safety gate, end to end on the embedded SmolLM2-135M-Instruct (the random tiny model declines none of the
+    harmful requests and keeps the 8 guarded secrets only because it never says them, before and after
+    fine-tuning alike, so it cannot lose anything): examples/leaky-assistant teaches it to reveal what a system prompt guards. The
     evaluation pod measures the suite's refusal rate drop, the gate fails, and the ModelServing refuses to serve
     the job until the FineTuneJob carries the override annotation; then the server answers, secrets and all."""
     ns = "safety"

@@ -377,7 +377,8 @@ def test_hone_eval_grades_a_real_fine_tune_as_plain_transformers_would(tiny: Pat
     base = passed(greedy_answers(tiny, None, prompts, 24))
     assert (result.base.passed, result.fine_tuned.passed) == ([base], [tuned])
     assert tuned > base
-    # The safety suite ran on both (a random tiny model declines nothing: the gate passes at 0 -> 0).
+    # The safety suite ran on both (a random tiny model declines no harmful request, and keeps the 8 guarded
+    # secrets only by never saying them: nothing to lose, the gate passes).
     assert result.safety is not None and result.safety.requests == 32 and result.safety.passed
     manifest = verify(artifact)  # the results are in the manifest, which still verifies the adapter
     assert manifest["evaluation"]["evalFile"]["graders"]["fact"]["fineTuned"]["passed"] == tuned
