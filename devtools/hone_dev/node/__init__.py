@@ -45,7 +45,7 @@ from hone_dev import ROOT
 from hone_dev.apiserver import ApiServerThread
 from hone_dev.node import network, policy
 from hone_dev.node.controllers import (DeploymentController, JobController, NamespaceDefaultsController,
-                                       ReplicaSetController)
+                                       ReplicaSetController, resync_on_changes)
 from hone_dev.node.images import hone_images
 from hone_dev.apiserver.kinds import PODS, SERVICES
 from hone_dev.node.controllers import is_ready
@@ -99,16 +99,7 @@ class ServiceRouting:
             self._dns.close()
 
     async def _run(self) -> None:
-        queue: asyncio.Queue = asyncio.Queue()
-        self.server.watchers[SERVICES].add(queue)
-        try:
-            while True:
-                await queue.get()
-                while not queue.empty():
-                    queue.get_nowait()
-                await self.sync()
-        finally:
-            self.server.watchers[SERVICES].discard(queue)
+        await resync_on_changes(self.server, (SERVICES,), self.sync)
 
     async def sync(self) -> None:
         wanted: dict[tuple[str, int], tuple[str, str, dict[str, Any]]] = {}
@@ -172,8 +163,9 @@ class ServiceRouting:
         if svc is None:
             return None
         choices = [(pod, target) for pod in self.endpoints(ns, svc)
-                   if (target := self.target_port(pod, port)) is not None
-                   and (self.firewall is None or self.firewall.admits(client, pod, target))]
+                   if (target := self.target_port(pod, port)) is not None]
+        if self.firewall is not None:
+            choices = self.firewall.reachable(client, choices)
         if not choices:
             return None
         pod, target = choices[next(self._rr) % len(choices)]

@@ -73,6 +73,25 @@ def _owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
             "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
+async def resync_on_changes(server: Any, kinds: tuple[tuple[str, str, str], ...],
+                            sync: Callable[[], Any]) -> None:
+    """Await ``sync()`` after each burst of changes to ``kinds`` (events that arrive meanwhile make one call),
+    until cancelled: for parts of the node that rebuild from the whole store (Service proxies, NetworkPolicy
+    rules) rather than reconcile object by object."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for kind in kinds:
+        server.watchers[kind].add(queue)
+    try:
+        while True:
+            await queue.get()
+            while not queue.empty():
+                queue.get_nowait()
+            await sync()
+    finally:
+        for kind in kinds:
+            server.watchers[kind].discard(queue)
+
+
 class Controller:
     """Watches ``gvrs``; ``keys(gvr, obj)`` maps an event to the keys to reconcile."""
 

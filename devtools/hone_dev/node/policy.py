@@ -44,6 +44,7 @@ from typing import Any, Iterable
 
 from hone_dev import ROOT
 from hone_dev.apiserver.kinds import NAMESPACES, PODS, SERVICES
+from hone_dev.node.controllers import resync_on_changes
 
 log = logging.getLogger("hone.node")
 
@@ -130,9 +131,9 @@ class World:
         self.by_ip = {e.ip: e for e in self.pods}
         self.policies = list(policies)
         self.namespaces = namespaces
+        #: The node's address: a host-network process behind it (the API server among them) matches ipBlock only.
         self.node = Endpoint(node_ip)
         self.dns = Endpoint(node_ip, DNS_NAMESPACE, DNS_LABELS, {"dns": ("UDP", DNS_PORT), "dns-tcp": ("TCP", DNS_PORT)})
-        self.api_server = Endpoint(node_ip)
 
     @classmethod
     def from_store(cls, server: Any, node_ip: str) -> "World":
@@ -226,7 +227,7 @@ class World:
 
     def rules(self, pod: Endpoint, services: list[tuple[str, int, list[tuple[Endpoint, int]]]]) -> str:
         """``pod``'s filter table for iptables-restore. ``services``: each ClusterIP port (TCP) with its ready
-        endpoints and their target ports (the API server's Service with :attr:`api_server`)."""
+        endpoints and their target ports (the API server's Service with the node's address)."""
         lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
         if self.selecting(pod, "Ingress"):
             lines += ["-A INPUT -i lo -j ACCEPT", "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
@@ -283,13 +284,15 @@ class Firewall:
     def world(self) -> World:
         return World.from_store(self.server, self.node_ip)
 
-    def admits(self, client: str, pod: dict[str, Any], port: int) -> bool:
-        """For the Service proxy: whether ``client`` (an address) may reach ``pod``'s ``port``; the node may."""
+    def reachable(self, client: str, endpoints: list[tuple[dict[str, Any], int]]) -> list[tuple[dict[str, Any], int]]:
+        """For the Service proxy: the (pod, port) ``endpoints`` that ``client`` (an address) may reach, judged
+        against one view of the cluster; the node reaches every one."""
         world = self.world()
         source = world.by_ip.get(client)
-        if source is None or not running(pod):
-            return source is None
-        return world.admits(source, Endpoint.of(pod), "TCP", port)
+        if source is None:
+            return endpoints
+        return [(pod, port) for pod, port in endpoints
+                if running(pod) and world.admits(source, Endpoint.of(pod), "TCP", port)]
 
     def _services(self, world: World) -> list[tuple[str, int, list[tuple[Endpoint, int]]]]:
         out = []
@@ -301,7 +304,7 @@ class Firewall:
                 if port.get("protocol", "TCP") != "TCP":
                     continue
                 if (ns, name) == ("default", "kubernetes"):
-                    endpoints = [(world.api_server, API_SERVER_PORT)]
+                    endpoints = [(world.node, API_SERVER_PORT)]
                 else:
                     endpoints = [(Endpoint.of(p), t) for p in self.routing.endpoints(ns, svc)
                                  if (t := self.routing.target_port(p, port)) is not None]
@@ -348,19 +351,10 @@ class Firewall:
             self._task.cancel()
 
     async def _run(self) -> None:
-        queue: asyncio.Queue = asyncio.Queue()
-        kinds = (PODS, NETWORKPOLICIES, NAMESPACES, SERVICES)
-        for kind in kinds:
-            self.server.watchers[kind].add(queue)
-        try:
-            while True:
-                await queue.get()
-                while not queue.empty():
-                    queue.get_nowait()
-                try:
-                    await self.sync()
-                except Exception:  # noqa: BLE001 - a node bug: logged; the next change tries again
-                    log.exception("NetworkPolicy enforcement")
-        finally:
-            for kind in kinds:
-                self.server.watchers[kind].discard(queue)
+        async def sync() -> None:
+            try:
+                await self.sync()
+            except Exception:  # noqa: BLE001 - a node bug: logged; the next change tries again
+                log.exception("NetworkPolicy enforcement")
+
+        await resync_on_changes(self.server, (PODS, NETWORKPOLICIES, NAMESPACES, SERVICES), sync)
