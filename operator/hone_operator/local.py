@@ -215,19 +215,31 @@ def train(config_path: Path, nproc: int, progress_path: Path, on_progress: Any,
                "-m", "hone_trainer", "train", "--config", str(config_path)]
     log = open(config_path.parent / "trainer.log", "ab")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    interrupted = False
+    # Ctrl-C or stop: the trainer (SIGTERM to its process group) checkpoints and exits.
+    interrupted = _supervise(proc, stop, lambda: _read_progress(progress_path, on_progress)) is not None
+    _read_progress(progress_path, on_progress)
+    return 130 if interrupted else proc.returncode
+
+
+def _supervise(proc: subprocess.Popen, stop: threading.Event | None, tick: Any = None) -> str | None:
+    """Wait for ``proc`` (started in a session of its own), calling ``tick()`` every half second. Ctrl-C, or
+    ``stop`` when set, sends SIGTERM to its process group and waits for it to exit; what ended it is returned
+    ("stop" or "ctrl-c"), None when it exited by itself."""
     stop = stop or threading.Event()  # without one, only Ctrl-C stops it
     try:
         while proc.poll() is None:
-            _read_progress(progress_path, on_progress)
+            if tick is not None:
+                tick()
             if stop.wait(0.5):
-                raise KeyboardInterrupt
+                why = "stop"
+                break
+        else:
+            return None
     except KeyboardInterrupt:
-        interrupted = True
-        os.killpg(proc.pid, signal.SIGTERM)  # the trainer checkpoints and exits
-        proc.wait()
-    _read_progress(progress_path, on_progress)
-    return 130 if interrupted else proc.returncode
+        why = "ctrl-c"
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait()
+    return why
 
 
 def evaluate(config_path: Path, stop: threading.Event | None = None) -> tuple[int, contract.EvaluationResult | None]:
@@ -240,19 +252,12 @@ def evaluate(config_path: Path, stop: threading.Event | None = None) -> tuple[in
     with open(config_path.parent / "evaluation.log", "ab") as log:
         proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            while proc.poll() is None:
-                if stop is not None and stop.wait(0.5):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait()
-                    return 130, None
-                if stop is None:
-                    proc.wait()
-        except KeyboardInterrupt:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
-            raise
-        rc = proc.returncode
+        ended = _supervise(proc, stop)
+    if ended == "ctrl-c":
+        raise KeyboardInterrupt
+    if ended == "stop":
+        return 130, None
+    rc = proc.returncode
     try:
         return rc, contract.EvaluationResult.model_validate_json(result_path.read_text())
     except (OSError, ValueError):
