@@ -124,9 +124,8 @@ def build_config(ftj: FineTuneJob, manifest: Path, workdir: Path, settings: Oper
                                             "machine has none; use method lora")
     ns, name = ftj.metadata.namespace or "local", ftj.metadata.name
     moderation = spec.dataScreening.moderation if spec.dataScreening else None
-    if moderation is not None and moderation.apiKeySecret is not None:
-        raise LocalSpecError("spec.dataScreening.moderation.apiKeySecret", "Secrets exist only in a cluster: on this "
-                                                                           "machine, name an endpoint that needs no token")
+    _no_secret(moderation.apiKeySecret if moderation else None, "spec.dataScreening.moderation.apiKeySecret",
+               "an endpoint")
     training = _data_file(spec.trainingData, base, "spec.trainingData", workdir / "training.jsonl")
     assert training is not None
     validation = _data_file(spec.validationData, base, "spec.validationData", workdir / "validation.jsonl")
@@ -153,6 +152,13 @@ def _data_file(src: DataSource | None, base: Path, param: str, inline_path: Path
     return found
 
 
+def _no_secret(ref: Any, param: str, what: str) -> None:
+    """An endpoint's token Secret (``param``) cannot be honoured on one machine."""
+    if ref is not None:
+        raise LocalSpecError(param, f"Secrets exist only in a cluster: on this machine, name {what} that needs no "
+                                    "token")
+
+
 def evaluation_config(spec: EvaluationSpec | None, base: Path, workdir: Path) -> contract.EvaluationConfig | None:
     """``spec.evaluation`` on this machine; without it, the safety suite alone (its defaults); None: nothing to run."""
     def locate(src: DataSource, which: str, param: str) -> contract.DataFile:
@@ -160,9 +166,8 @@ def evaluation_config(spec: EvaluationSpec | None, base: Path, workdir: Path) ->
         assert found is not None
         return found
 
-    if spec is not None and spec.judge is not None and spec.judge.apiKeySecret is not None:
-        raise LocalSpecError("spec.evaluation.judge.apiKeySecret", "Secrets exist only in a cluster: on this "
-                                                                   "machine, name a judge that needs no token")
+    _no_secret(spec.judge.apiKeySecret if spec is not None and spec.judge is not None else None,
+               "spec.evaluation.judge.apiKeySecret", "a judge")
     return ftj_evaluation_config(spec, locate)
 
 
@@ -240,6 +245,13 @@ def _supervise(proc: subprocess.Popen, stop: threading.Event | None, tick: Any =
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait()
     return why
+
+
+def answered(evaluation: contract.EvaluationConfig) -> str:
+    """What the base model and the fine-tune answer in the evaluation step, in words (hone run, hone api)."""
+    parts = (["the eval file"] if evaluation.eval_file else []) + (
+        ["the safety suite"] if evaluation.safety.enabled else [])
+    return " and ".join(parts)
 
 
 def evaluate(config_path: Path, stop: threading.Event | None = None) -> tuple[int, contract.EvaluationResult | None]:

@@ -56,9 +56,7 @@ def _evaluate(config_path: Path, evaluation: Any) -> None:
     from hone_operator import local
     from hone_operator.cli.evaluate import print_evaluation
 
-    parts = (["the eval file"] if evaluation.eval_file else []) + (["the safety suite"] if evaluation.safety.enabled
-                                                                   else [])
-    click.echo(f"Evaluating: the base model and the fine-tune answer {' and '.join(parts)} "
+    click.echo(f"Evaluating: the base model and the fine-tune answer {local.answered(evaluation)} "
                f"(log: {config_path.parent / 'evaluation.log'})")
     rc, result = local.evaluate(config_path)
     if result is None or not result.ok:

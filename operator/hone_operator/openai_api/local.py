@@ -472,10 +472,8 @@ class Worker:
         store = self.store
         config = contract.TrainerConfig.model_validate_json(config_path.read_text())
         if config.evaluation is not None:
-            parts = (["the eval file"] if config.evaluation.eval_file else []) + (
-                ["the safety suite"] if config.evaluation.safety.enabled else [])
             store.add_event(project, job_id, "Evaluating the fine-tune against its base model: both answer "
-                                             f"{' and '.join(parts)}")
+                                             f"{local.answered(config.evaluation)}")
             rc, found = local.evaluate(config_path, stop=self._interrupt)
             if rc == 130:
                 self._stopped(project, job_id)
