@@ -35,6 +35,7 @@ from hone_dev.cluster import (  # noqa: E402
     get_job,
     seed_namespace,
     set_job_status,
+    wait_admitted,
     wait_for,
     wait_phase,
 )
@@ -79,7 +80,7 @@ def main() -> int:
                 hyperparameters=hp, billable_training_tokens=48_000 * hp.epochs,
                 estimated_cost_usd=contract.cost_usd(48_000 * hp.epochs, 25.0))
             finish_job(kube, NS, f"{NAME}-validate", "validator", 0, contract.to_termination_message(result))
-            obj = wait_phase(kube, NS, NAME, "Queued")
+            obj = wait_admitted(kube, NS, NAME)
             show(kube)
             est = obj["status"]["estimate"]
             print(f"  estimate: {est['billableTrainingTokens']:,} billable tokens, {est['freeTokens']:,} of them free "

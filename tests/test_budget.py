@@ -276,7 +276,9 @@ def test_the_operator_admits_what_fits_and_charges_exactly_across_restarts(
             finish_job(kube, NS, f"{name}-validate", "validator", 0, good_validation(tokens=100_000))
 
         def admitted() -> list[str]:
-            return sorted(n for n in names if get_job(kube, NS, f"{n}-train"))
+            # The training Job is created before the job's status.budget is written: admitted means both.
+            return sorted(n for n in names if get_job(kube, NS, f"{n}-train") and
+                          (ftj(kube, NS, n).get("status") or {}).get("budget"))
 
         wait_for(lambda: len(admitted()) == 3 and any(
             c["type"] == "BudgetAdmitted" and c["reason"] == "InsufficientBudget"

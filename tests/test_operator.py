@@ -30,6 +30,7 @@ from hone_dev.cluster import (
     seed_namespace,
     set_job_status,
     terminate_pod,
+    wait_admitted,
     wait_for,
     wait_phase,
 )
@@ -47,7 +48,8 @@ def test_happy_path_from_apply_to_succeeded(kube: Kube, operator: OperatorProces
     assert get_job(kube, NS, f"{NAME}-train") is None  # nothing trains before the data is checked
 
     finish_job(kube, NS, f"{NAME}-validate", "validator", 0, good_validation())
-    obj = wait_phase(kube, NS, NAME, "Queued")
+    obj = wait_admitted(kube, NS, NAME)
+    assert obj["status"]["phase"] == "Queued"
     assert obj["status"]["dataset"]["examples"] == 120
     assert obj["status"]["dataset"]["tokensPerEpoch"] == 50_000
     # The namespace had no TokenBudget: the operator made the default one (1M free tokens a day), and the
@@ -387,7 +389,8 @@ def test_kueue_admits_the_suspended_job(kube: Kube, operator: OperatorProcess) -
     body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu"}
     apply(kube, body)
     validate_ok(kube)
-    obj = wait_phase(kube, NS, NAME, "Queued")
+    obj = wait_admitted(kube, NS, NAME)
+    assert obj["status"]["phase"] == "Queued"
     job = get_job(kube, NS, f"{NAME}-train")
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
     assert condition(obj, "Running")["reason"] == "WaitingForAdmission"

@@ -217,6 +217,15 @@ def wait_phase(kube: Kube, ns: str, name: str, want: str, timeout: float = 30) -
     return ftj(kube, ns, name)
 
 
+def wait_admitted(kube: Kube, ns: str, name: str, timeout: float = 30) -> dict[str, Any]:
+    """The job once its namespace's TokenBudget admitted it (``status.budget`` written, the training Job created
+    before it). ``Queued`` alone is not that: the phase turns Queued a reconcile earlier, while the operator
+    creates the namespace's default TokenBudget."""
+    wait_for(lambda: (ftj(kube, ns, name).get("status") or {}).get("budget"), timeout,
+             what=f"{ns}/{name} admitted by its TokenBudget")
+    return ftj(kube, ns, name)
+
+
 def make_pod(kube: Kube, job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
     """Create a pod the way the Job controller does: template, labels, owner reference."""
     meta = job["metadata"]
