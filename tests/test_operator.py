@@ -505,7 +505,9 @@ def test_missing_references_wait_with_a_clear_condition(kube: Kube, operator: Op
     assert "its keys: chats.jsonl" in condition(ftj(kube, NS, NAME), "FilesValidated")["message"]
     kube.patch("v1", "ConfigMap", NS, "not-yet", {"data": {"train.jsonl": "{}"}})
     wait_for(lambda: get_job(kube, NS, f"{NAME}-validate"), timeout=10, what="validation Job once data exists")
-    assert condition(ftj(kube, NS, NAME), "FilesValidated")["reason"] == "Validating"
+    # The Job is created before the status that says so is written.
+    wait_for(lambda: condition(ftj(kube, NS, NAME), "FilesValidated")["reason"] == "Validating", timeout=10,
+             what="FilesValidated Validating")
 
 
 def test_the_losses_the_trainer_reports_are_exported_per_job(kube: Kube, operator: OperatorProcess) -> None:
