@@ -326,8 +326,10 @@ class Firewall:
                 text = world.rules(pod, services)
                 if self.applied.get(netns) == text:
                     continue
+                # --wait: the xtables lock is one file for the whole machine (every network namespace, every node
+                # on it); without the flag a restore that meets another's lock fails instead of waiting its turn.
                 proc = await asyncio.create_subprocess_exec(
-                    "ip", "netns", "exec", netns, self.binary, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    "ip", "netns", "exec", netns, self.binary, "--wait", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE)
                 _, err = await proc.communicate(text.encode())
                 if proc.returncode:
