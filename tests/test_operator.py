@@ -95,11 +95,13 @@ def test_happy_path_from_apply_to_succeeded(kube: Kube, operator: OperatorProces
     assert f'hone_training_tokens_total{{base_model="HuggingFaceTB/SmolLM2-135M-Instruct",finetunejob="{NAME}",namespace="{NS}"}} 150000.0' in metrics
     assert f'hone_cost_usd_total{{finetunejob="{NAME}",kind="training",namespace="{NS}"}} 0.0' in metrics
     assert f'hone_training_free_tokens_total{{finetunejob="{NAME}",namespace="{NS}"}} 150000.0' in metrics
-    # Its TokenBudget charged what it trained, once; the job's status says so.
+    # Its TokenBudget charged what it trained, once; the job's status says so (written right after the budget).
     budget = wait_for(lambda: (b := kube.get(API, "TokenBudget", NS, "default")) and
                       not b["status"].get("reservations") and b)
     assert budget["status"]["training"]["tokensToday"] == budget["status"]["training"]["freeTokensToday"] == 150_000
-    assert ftj(kube, NS, NAME)["status"]["budget"]["settledTokens"] == 150_000
+    use = wait_for(lambda: (u := ftj(kube, NS, NAME)["status"]["budget"]).get("settledAt") and u,
+                   what="the charge in the job's status")
+    assert use["settledTokens"] == 150_000
 
     # Converged: the operator writes nothing more, whatever else happens around it. Once it has handled a
     # reconcile request made after the change, its only write since is the answer to that request.
@@ -389,7 +391,7 @@ def test_kueue_admits_the_suspended_job(kube: Kube, operator: OperatorProcess) -
     body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu"}
     apply(kube, body)
     validate_ok(kube)
-    obj = wait_admitted(kube, NS, NAME)
+    obj = ftj(kube, NS, NAME)
     assert obj["status"]["phase"] == "Queued"
     job = get_job(kube, NS, f"{NAME}-train")
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"

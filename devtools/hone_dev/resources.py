@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from hone_dev.apiserver import ApiServerThread
-from hone_dev.cluster import finish_job, get_job, seed_namespace, wait_for, wait_phase
+from hone_dev.cluster import finish_job, get_job, seed_namespace, wait_admitted, wait_for, wait_phase
 from hone_dev.repo import load_sample
 from hone_operator.api.v1alpha1 import RECONCILE_REQUESTED_AT
 from hone_operator.kube import USER_AGENT, Kube
@@ -73,6 +73,7 @@ def validate_ok(kube: Kube, name: str = NAME) -> None:
     wait_for(lambda: get_job(kube, NS, f"{name}-validate"), what="validation Job")
     finish_job(kube, NS, f"{name}-validate", "validator", 0, good_validation())
     wait_for(lambda: get_job(kube, NS, f"{name}-train"), what="training Job")
+    wait_admitted(kube, NS, name)  # and the status written after it, which says so
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
