@@ -36,7 +36,7 @@ class Rows:
     def __init__(self, slots: dict[str, int]) -> None:
         self.slots = slots  # peft adapter name -> slot; the base model is the last slot
         self.uniform: int | None = None  # the one slot every row uses, when it does
-        self._onehot: torch.Tensor | None = None  # [B, slots], when the batch mixes slots
+        self._onehot: torch.Tensor | None = None  # [B, adapters], when the batch mixes slots (base rows: all 0)
         self._masks: dict[int, torch.Tensor] = {}
 
     def select(self, names: Sequence[str], device: torch.device) -> None:
@@ -46,10 +46,13 @@ class Rows:
             self.uniform, self._onehot = slots[0], None
         else:
             self.uniform = None
-            self._onehot = torch.nn.functional.one_hot(torch.tensor(slots, device=device), len(self.slots))
+            # The base model's slot (the last) is all zeros: its column is dropped, and with it a slot's worth
+            # of every mixed product.
+            self._onehot = torch.nn.functional.one_hot(torch.tensor(slots, device=device), len(self.slots))[:, :-1]
 
     def mask(self, rank: int, dtype: torch.dtype) -> torch.Tensor:
-        """``[B, 1, slots * rank]``: 1 on the ``rank`` columns of each row's own slot, 0 elsewhere."""
+        """``[B, 1, adapters * rank]``: 1 on the ``rank`` columns of each row's own adapter, 0 elsewhere (all 0
+        for a row on the base model)."""
         assert self._onehot is not None, "Rows.select was not called before the forward pass"
         found = self._masks.get(rank)
         if found is None or found.dtype != dtype:
@@ -60,9 +63,10 @@ class Rows:
 class StackedLinear(torch.nn.Module):
     """A linear layer plus every adapter's LoRA update, applied per row by slot.
 
-    A mixed batch takes every slot's ``x @ A.T`` in one product (``[B, T, slots * r]``), zeroes the columns
-    of the slots a row does not use, and multiplies by every slot's ``B.T * scaling`` stacked in one more:
-    two matrix products and a multiply per layer, however many adapters the batch mixes.
+    A mixed batch takes every adapter's ``x @ A.T`` in one product (``[B, T, adapters * r]``), zeroes the
+    columns of the adapters a row does not use, and multiplies by every adapter's ``B.T * scaling`` stacked in
+    one more: two matrix products and a multiply per layer, however many adapters the batch mixes. The base
+    model's slot, all zeros, is left out of these two products.
     """
 
     def __init__(self, base: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, scaling: torch.Tensor,
@@ -73,10 +77,12 @@ class StackedLinear(torch.nn.Module):
         self.register_buffer("lora_a", a, persistent=False)  # [slots, r, in]
         self.register_buffer("lora_b", b, persistent=False)  # [slots, out, r]
         self.register_buffer("scaling", scaling, persistent=False)  # [slots]
-        # Every slot at once: A as [slots * r, in], and B.T * scaling as [slots * r, out].
-        self.register_buffer("a_all", a.reshape(slots * rank, -1), persistent=False)
-        self.register_buffer("b_all", (b * scaling.view(-1, 1, 1)).transpose(1, 2).reshape(slots * rank, -1),
-                             persistent=False)
+        # Every adapter at once (not the base model's slot, the last): A as [adapters * r, in], and
+        # B.T * scaling as [adapters * r, out].
+        adapters = slots - 1
+        self.register_buffer("a_all", a[:adapters].reshape(adapters * rank, -1), persistent=False)
+        self.register_buffer("b_all", (b[:adapters] * scaling[:adapters].view(-1, 1, 1)).transpose(1, 2)
+                             .reshape(adapters * rank, -1), persistent=False)
         self.rows = rows
         self.rank = rank
         self.base_slot = slots - 1
@@ -91,7 +97,7 @@ class StackedLinear(torch.nn.Module):
             update = (x.to(self.lora_a.dtype) @ self.lora_a[slot].T) @ self.lora_b[slot].T * self.scaling[slot]
             return result + update.to(result.dtype)
         flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(self.a_all.dtype)  # [B, T, in]
-        h = (flat @ self.a_all.T) * rows.mask(self.rank, flat.dtype)  # [B, T, slots * r], own slot only
+        h = (flat @ self.a_all.T) * rows.mask(self.rank, flat.dtype)  # [B, T, adapters * r], own adapter only
         return result + (h @ self.b_all).reshape(result.shape).to(result.dtype)
 
 
