@@ -31,7 +31,8 @@ from hone_dev.processes import describe, send, stopped
 from hone_dev.repo import tool_bin
 from hone_operator.builders.modelserving import server_selector
 
-pytestmark = [pytest.mark.slow,
+# xdist_group: .ci/run's workers run the node's tests one after another on one worker (test_node.py's too).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("node"),
               pytest.mark.skipif(available() is not None, reason=f"no node here: {available()}")]
 
 EXAMPLE = ROOT / "examples" / "skateboard-support"

@@ -24,7 +24,8 @@ from hone_dev.cluster import wait_for
 from hone_dev.node import LocalCluster, available
 from hone_dev.repo import tool_bin
 
-pytestmark = pytest.mark.skipif(available() is not None, reason=f"no node here: {available()}")
+pytestmark = [pytest.mark.xdist_group("node"),  # after or before test_cluster_path.py's, on the same worker
+              pytest.mark.skipif(available() is not None, reason=f"no node here: {available()}")]
 
 RUNTIME = "ghcr.io/hone-dev/hone-runtime:0.1.0"
 SECURE = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
