@@ -154,7 +154,8 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize("path,value,field", BROKEN, ids=[f"{p} deleted" if v is DELETE else f"{p}={v!r}" for p, v, _ in BROKEN])
+@pytest.mark.parametrize("path,value,field", BROKEN,
+                         ids=[f"{p} deleted" if v is DELETE else f"{p}={v!r}" for p, v, _ in BROKEN])
 def test_broken_specs_are_rejected_naming_the_field(path: str, value: Any, field: str) -> None:
     obj = mutate(path, value)
     schema_errors = list(validator("finetunejobs").iter_errors(obj))
