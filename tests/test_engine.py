@@ -139,11 +139,41 @@ def test_a_batch_mixing_adapters_gives_each_row_its_own_adapter(three_adapters) 
         assert t.seq.generated == want, case
 
 
+def test_prefix_cache_reuses_to_the_token_within_its_bound() -> None:
+    """The cache hands back exactly the keys and values stored for the longest shared prefix, whole blocks
+    and the shared start of a block alike; when it is full the least recently used blocks go, what it says it
+    holds is what it holds, and a lookup never returns a prompt's last token."""
+    import torch
+
+    from hone_trainer.serving.prefix import BLOCK, PrefixCache
+
+    def layers(tokens: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:  # keys that name their token
+        t = torch.tensor(tokens, dtype=torch.float32).view(1, -1, 1)
+        return [(t, -t)]
+
+    cache = PrefixCache(4 * BLOCK)
+    first = list(range(40))
+    cache.store("a", first, layers(first))
+    assert cache.tokens == 39  # two whole blocks and the last, partial one
+    assert cache.lookup("a", first)[0] == 39 and cache.lookup("b", first) == (0, [])
+    second = first[:20] + [1000 + i for i in range(30)]
+    n, got = cache.lookup("a", second)
+    assert n == 20 and got[0][0].flatten().tolist() == first[:20]
+    assert got[0][1].flatten().tolist() == [-t for t in first[:20]]
+    cache.store("a", second, layers(second))  # 3 blocks more: the 2 used least recently go
+    assert cache.tokens == 49 and len(cache._blocks) == 4
+    assert cache.lookup("a", first + [7])[0] == 20  # its own second block is gone; the other's start serves
+    assert cache.lookup("a", second)[0] == 49
+
+
 def test_prompts_that_start_alike_reuse_the_prefix_and_answer_as_alone(model_and_tokenizer) -> None:
     """Prompts sharing a long beginning (a system prompt): later ones compute only the rest against the kept
     keys and values, in a batch with rows that hit, miss, and hit different lengths; each row's greedy tokens
-    are what ``generate`` gives its whole prompt alone. A prefix is never reused across adapters or past the
-    cache's bound."""
+    are what ``generate`` gives its whole prompt alone. Reuse is exact to the token, not rounded down to a
+    block, and the next turn of a conversation finds all of this turn's prompt. A prefix is never reused
+    across adapters or past the cache's bound."""
+    import os
+
     from hone_trainer.serving.prefix import BLOCK
 
     model, tok = model_and_tokenizer
@@ -152,6 +182,8 @@ def test_prompts_that_start_alike_reuse_the_prefix_and_answer_as_alone(model_and
     questions = ["Do you ship to Porto?", "What is your return policy?", "Which wheels for rough streets?"]
     prompts = [system + tok(q)["input_ids"] for q in questions]
     other = tok("Bearings should be cleaned every month")["input_ids"]  # shares nothing
+    shared = [len(os.path.commonprefix([prompts[0], p])) for p in prompts[1:]]
+    assert all(n % BLOCK for n in shared)  # the shared part ends inside a block
     engine = Engine(model, tok, max_batch_size=4, prefix_cache_tokens=8 * BLOCK)
     assert engine.prefixes is not None
     engine.start()
@@ -159,18 +191,24 @@ def test_prompts_that_start_alike_reuse_the_prefix_and_answer_as_alone(model_and
         first = Tracked(prompts[0], 12)
         engine.submit([first.seq])
         assert first.ended.wait(120)
-        kept = engine.prefixes.tokens
-        assert kept == (len(prompts[0]) - 1) // BLOCK * BLOCK  # its whole blocks, all but the last token
+        assert engine.prefixes.tokens == len(prompts[0]) - 1  # all of it but the last token
+        # The next turn of the conversation: this turn's prompt, its answer and a new question.
+        turn = prompts[0] + first.seq.generated + tok(" And to Lisbon?")["input_ids"]
+        second = Tracked(turn, 12)
+        engine.submit([second.seq])
+        assert second.ended.wait(120)
+        assert second.seq.cached_tokens == len(prompts[0]) - 1
+        hits = engine.prefixes.hit_tokens
         rest = [Tracked(p, 12) for p in (prompts[1], other, prompts[2])]
         engine.submit([t.seq for t in rest])  # one prefill: two rows hit, one misses
         for t in rest:
             assert t.ended.wait(120)
+        assert [t.seq.cached_tokens for t in rest] == [shared[0], 0, shared[1]]
+        assert engine.prefixes.hit_tokens - hits == sum(shared)
     finally:
         engine.stop()
-    shared = len(system) // BLOCK * BLOCK
-    assert engine.prefixes.hit_tokens >= 2 * shared
     assert engine.prefixes.tokens <= 8 * BLOCK  # bounded
-    for t, prompt in zip([first, *rest], [prompts[0], prompts[1], other, prompts[2]]):
+    for t, prompt in zip([first, second, *rest], [prompts[0], turn, prompts[1], other, prompts[2]]):
         assert t.seq.generated == alone(model, prompt, 12)
 
     # Another adapter's rows never see the base model's prefixes (keys and values differ per adapter).

@@ -289,7 +289,7 @@ def test_content_cannot_forge_a_turn_of_the_chat_template(models, server) -> Non
 
 
 def test_prompts_that_start_alike_are_served_from_the_prefix_cache(server: ServerProcess) -> None:
-    """A second prompt starting like the first computes only its end: the hit counter moves by whole blocks,
+    """A second prompt starting like the first computes only its end: the hit counter moves by the tokens shared,
     ``usage.prompt_tokens_details.cached_tokens`` says how many (OpenAI's field; streams too), the usage still
     bills every prompt token, and the answer is the one the prompt gets on its own."""
     import openai
@@ -308,10 +308,9 @@ def test_prompts_that_start_alike_are_served_from_the_prefix_cache(server: Serve
     assert answers[0] == answers[1]  # the same prompt, computed whole and then mostly from the cache
     m = server.metrics()
     hits = m[("hone_inference_prefix_cache_hit_tokens_total", ())] - before
-    assert hits >= 2 * BLOCK and hits % BLOCK == 0
-    assert m[("hone_inference_prefix_cache_tokens", ())] >= BLOCK
-    assert cached[1] >= 2 * BLOCK and cached[2] >= 2 * BLOCK and sum(cached) == hits
-    assert all(c % BLOCK == 0 and c < answers[0][1] for c in cached)
+    assert m[("hone_inference_prefix_cache_tokens", ())] >= answers[0][1] - 1
+    assert cached[0] == 0 and cached[1] == answers[0][1] - 1  # the same prompt again: all of it but its last token
+    assert 2 * BLOCK <= cached[2] < answers[2][1] and sum(cached) == hits
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     stream = client.completions.create(model="tiny", prompt=shared + "Do you ship to Porto?", max_tokens=6,

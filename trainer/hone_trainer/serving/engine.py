@@ -376,7 +376,7 @@ class Engine:
         self._after_step(offset=len(self._batch) - len(seqs), failed=failed)
 
     def _keep_prefixes(self, seqs: list[SequenceState], cached: list[int], mask: torch.Tensor, cache: Any) -> None:
-        """Store the whole blocks of each prompt that the prefix cache does not hold yet."""
+        """Store what the prefix cache does not hold yet of each prompt (all of it but its last token)."""
         assert self.prefixes is not None
         for i, (s, n) in enumerate(zip(seqs, cached)):
             keep = self.prefixes.cacheable(s.prompt_ids)
