@@ -3,14 +3,20 @@
     python bench/serve_throughput.py [--model embedded://smollm2-135m-instruct] [--runs 3]
                                      [--requests 16] [--max-tokens 48]
 
-Both sides answer the same chat requests (different questions, greedy
+Both sides answer chat requests of the same kind (different questions, greedy
 decoding, at most ``--max-tokens`` completion tokens) with the same weights:
 the baseline loads the model in this process and calls plain transformers
 ``generate`` for one request after another; the server
 (``python -m hone_trainer serve``, continuous batching) is called through the
 ``openai`` client at concurrency 1, 4 and 8. Completion tokens are counted
 from what each side actually generated (the server's ``usage``), so an early
-end-of-sequence counts the same on both sides.
+end-of-sequence counts the same on both sides. Every request is a prompt the
+server has not seen before: each question is asked about another order
+(``Order 1042: ...``), as a service's users ask their own questions after the
+same system prompt. The server's prefix cache keeps what prompts share (the
+chat template, ``Order 10``) and computes the rest; the same prompts repeated
+in every run and setting would leave it only their last token to compute,
+which real traffic does not do.
 
 The sides run interleaved, run by run (baseline, then the server at each
 concurrency, then the baseline again...), and each ratio is taken against the
@@ -28,6 +34,7 @@ and time to first token at concurrency 8 <= 2x that at concurrency 1.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -125,7 +132,13 @@ def main() -> int:
 
     from hone_dev.serving import ServerProcess
 
-    requests = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(args.requests)]
+    orders = itertools.count(1000)
+
+    def fresh(n: int) -> list[list[dict[str, str]]]:
+        """``n`` requests no earlier one began like, but for what every request shares."""
+        return [[{"role": "user", "content": f"Order {next(orders)}: {QUESTIONS[i % len(QUESTIONS)]}"}]
+                for i in range(n)]
+
     results: dict[str, list[dict[str, float]]] = {}
     paired = Paired()
     base_name = "baseline generate, one at a time"
@@ -140,12 +153,12 @@ def main() -> int:
                                extra_env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
         try:
             server.wait_ready(timeout=600)
-            against_server(server.url, requests[:2], 4, 2, "bench")  # warm-up
+            against_server(server.url, fresh(2), 4, 2, "bench")  # warm-up
             for run in range(args.runs):
-                base = baseline(args.model, requests, args.max_tokens)
+                base = baseline(args.model, fresh(args.requests), args.max_tokens)
                 results.setdefault(base_name, []).append(base)
                 for c in CONCURRENCY:
-                    r = against_server(server.url, requests, args.max_tokens, c, "bench")
+                    r = against_server(server.url, fresh(args.requests), args.max_tokens, c, "bench")
                     results.setdefault(f"hone server, concurrency {c}", []).append(r)
                     paired.add(f"concurrency {c} tokens/s vs baseline", r["tok_s"], base["tok_s"])
                 ttft = {c: results[f"hone server, concurrency {c}"][-1]["ttft"] for c in (1, CONCURRENCY[-1])}
