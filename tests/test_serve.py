@@ -101,6 +101,9 @@ def test_prompt_tokens_are_the_chat_template_tokens(client, served) -> None:
 
 def test_streaming_gives_the_same_text_and_usage(client, served) -> None:
     for model in MODELS:
+        # Asked once before, so that both requests below find the prompt in the prefix cache alike
+        # (``prompt_tokens_details.cached_tokens`` counts what an earlier request left there).
+        client.chat.completions.create(model=model, messages=PROMPTS[0], max_tokens=1, temperature=0)
         stream = client.chat.completions.create(model=model, messages=PROMPTS[0], max_tokens=MAX_TOKENS,
                                                 temperature=0, stream=True, stream_options={"include_usage": True})
         chunks = list(stream)
@@ -272,6 +275,10 @@ def test_over_capacity_gets_429_and_later_requests_are_served(client, served) ->
         outcomes = Counter(pool.map(ask, range(30)))
     assert outcomes["429"] >= 1 and outcomes["ok"] >= 12, outcomes
     assert client.chat.completions.create(model="wheels", messages=PROMPTS[0], max_tokens=2).usage.completion_tokens
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=PROMPTS[0], max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="wheels", messages=PROMPTS[0], max_tokens=2, temperature=9)
     codes = {dict(labels).get("code") for (name, labels), _ in served["server"].metrics().items()
              if name == "hone_inference_requests_total"}
     assert {"200", "400", "404", "429"} <= codes
