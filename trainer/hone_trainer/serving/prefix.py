@@ -57,8 +57,9 @@ class PrefixCache:
     def __init__(self, max_tokens: int) -> None:
         self.max_blocks = max(0, max_tokens) // BLOCK
         self._blocks: OrderedDict[tuple[str, int, tuple[int, ...]], _Block] = OrderedDict()
-        # (adapter, a block's id): the keys of the blocks held after it
-        self._after: dict[tuple[str, int], set[tuple[str, int, tuple[int, ...]]]] = {}
+        # (adapter, a block's id): the keys of the blocks held after it, oldest first (a dict, so that of two
+        # blocks sharing as much with a prompt the older serves it, in every process alike)
+        self._after: dict[tuple[str, int], dict[tuple[str, int, tuple[int, ...]], None]] = {}
         self._next_id = 1
         self.tokens = 0  # tokens held
         self.hit_tokens = 0  # prompt tokens served from the cache, ever
@@ -123,7 +124,7 @@ class PrefixCache:
                                                     for keys, values in layers])
                 self._next_id += 1
                 self._blocks[key] = block
-                self._after.setdefault((adapter, parent), set()).add(key)
+                self._after.setdefault((adapter, parent), {})[key] = None
                 self.tokens += end - start
             parent = block.id
             chain.append(key)
@@ -133,6 +134,6 @@ class PrefixCache:
             key, block = self._blocks.popitem(last=False)
             self.tokens -= len(key[2])
             after = self._after[(key[0], key[1])]
-            after.discard(key)
+            del after[key]
             if not after:
                 del self._after[(key[0], key[1])]
