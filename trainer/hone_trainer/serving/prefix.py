@@ -112,13 +112,12 @@ class PrefixCache:
         """Keep the blocks of ``prompt`` (all but its last token) whose keys and values are ``layers``, per layer
         ``[kv heads, >= cacheable(prompt), head dim]`` for the prompt's first tokens."""
         keep = self.cacheable(prompt)
-        found = self._chain(adapter, prompt, keep // BLOCK)  # held already
-        chain = [b.key for b in found]
-        parent = found[-1].id if found else 0
-        for start in range(len(found) * BLOCK, keep, BLOCK):
+        chain: list[tuple[str, int, tuple[int, ...]]] = []
+        parent = 0
+        for start in range(0, keep, BLOCK):
             end = min(start + BLOCK, keep)
             key = (adapter, parent, tuple(prompt[start:end]))
-            block = self._blocks.get(key)  # a partial last block held already
+            block = self._blocks.get(key)  # held already
             if block is None:
                 block = _Block(self._next_id, key, [(keys[:, start:end].clone(), values[:, start:end].clone())
                                                     for keys, values in layers])
@@ -131,7 +130,7 @@ class PrefixCache:
         for key in reversed(chain):  # the chain's first block is the last to go
             self._blocks.move_to_end(key)
         while len(self._blocks) > self.max_blocks:
-            key, block = self._blocks.popitem(last=False)
+            key, _ = self._blocks.popitem(last=False)
             self.tokens -= len(key[2])
             after = self._after[(key[0], key[1])]
             del after[key]
