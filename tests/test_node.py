@@ -396,3 +396,66 @@ def socket_greeting(host: str, port: int) -> str:
 
     with socket.create_connection((host, port), timeout=5) as conn:
         return conn.recv(99).decode()
+
+
+CONVERSE = """
+import socket, sys
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+for line in sys.stdin:
+    conn.sendall(line.encode())
+    try:
+        print(conn.recv(99).decode().strip() or "closed", flush=True)
+    except socket.timeout:
+        print("no answer in 10 s", flush=True)
+"""
+
+
+def test_a_pods_connection_to_the_node_outlives_the_pods_around_it(tmp_path: Path) -> None:
+    """A pod that another pod's removal cut off from the node (the API server, every Service) would hang.
+
+    A Linux bridge whose address was not set takes the lowest of its ports' addresses; when that port's pod
+    goes, the bridge takes another, and the pods still holding the old one in their ARP cache send the node
+    frames that no port owns, lost without a reset until the entry expires (15 to 45 s). Here the other pod's
+    port has the lowest address there is, so a bridge that followed its ports would have taken it."""
+    import asyncio
+    import socket
+    import sys
+    import threading
+
+    from hone_dev.node import network
+
+    bridge = network.Bridge.create()
+    server = socket.create_server((str(bridge.gateway), 0))
+    server.settimeout(30)
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(99):
+                conn.sendall(b"node got " + data)
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    client = None
+    try:
+        mac = (Path("/sys/class/net") / bridge.name / "address").read_text().strip()
+        pod = asyncio.run(network.PodNetwork(bridge, 1).create())
+        other = asyncio.run(network.PodNetwork(bridge, 2).create())
+        subprocess.run(["ip", "link", "set", other.veth, "address", "02:00:00:00:00:01"], check=True)
+        client = subprocess.Popen(["ip", "netns", "exec", pod.netns, sys.executable, "-c", CONVERSE,
+                                   str(bridge.gateway), str(server.getsockname()[1])],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert client.stdin and client.stdout
+        client.stdin.write("one\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "node got one"
+        asyncio.run(other.remove())
+        client.stdin.write("two\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "node got two"
+        assert (Path("/sys/class/net") / bridge.name / "address").read_text().strip() == mac
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        server.close()
+        bridge.remove()

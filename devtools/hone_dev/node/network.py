@@ -1,7 +1,8 @@
 """The node's network: a bridge, a network namespace per pod, cluster DNS and Service addresses.
 
 * **Bridge** ``hone<k>`` with the node's address ``10.<100+k>.0.1/16``; ``k`` is the first index
-  no other node on this machine holds, so several nodes (two test runs) coexist.
+  no other node on this machine holds, so several nodes (two test runs) coexist. Its hardware
+  address is fixed (:attr:`Bridge.mac`), as Docker's and the CNI bridge plugin's are.
 * **Pods**: a network namespace each (``ip netns``), a veth pair into the bridge, an address
   from ``10.<100+k>.1.0`` up. No default route: a pod reaches other pods, the node and the
   Services, nothing else.
@@ -72,6 +73,18 @@ class Bridge:
         self._next_pod = 0
 
     @property
+    def mac(self) -> str:
+        """The bridge's own hardware address, set when it is made (locally administered: ``02:`` then "hone"
+        and the index). A bridge left to choose takes the lowest of its ports' addresses and changes it when
+        that port goes: every pod still sending the node frames for the old one (its ARP entry lives 15 to
+        45 s) loses them without a reset, and its connections to the API server and the Services hang."""
+        return f"02:68:6f:6e:65:{self.index:02x}"
+
+    @property
+    def _add(self) -> tuple[str, ...]:
+        return ("link", "add", self.name, "address", self.mac, "type", "bridge")
+
+    @property
     def owner_file(self) -> Path:
         return OWNERS / f"{self.name}.pid"
 
@@ -98,11 +111,11 @@ class Bridge:
         OWNERS.mkdir(parents=True, exist_ok=True)
         for index in range(0, 100):
             bridge = cls(index)
-            made = _ip_sync("link", "add", bridge.name, "type", "bridge")
+            made = _ip_sync(*bridge._add)
             if made.returncode and "File exists" in made.stderr and bridge._stale():
                 log.warning("removing %s, left by a node that is gone", bridge.name)
                 bridge.remove()
-                made = _ip_sync("link", "add", bridge.name, "type", "bridge")
+                made = _ip_sync(*bridge._add)
             if made.returncode == 0:
                 bridge.owner_file.write_text(str(os.getpid()))
                 for args in (("addr", "add", f"{bridge.gateway}/16", "dev", bridge.name),

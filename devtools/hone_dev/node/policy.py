@@ -40,6 +40,7 @@ import logging
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from hone_dev import ROOT
@@ -334,6 +335,8 @@ class Firewall:
                 _, err = await proc.communicate(text.encode())
                 if proc.returncode:
                     self.applied.pop(netns, None)
+                    if netns != pod_network and not Path("/run/netns", netns).exists():
+                        continue  # the pod ended while its rules were being written: nothing is left to protect
                     what = f"{pod.namespace}/{(pod.pod or {}).get('metadata', {}).get('name')}: {err.decode().strip()}"
                     log.error("cannot set the NetworkPolicy rules of %s", what)
                     if netns == pod_network:
