@@ -83,3 +83,40 @@ def test_a_failed_check_leaves_the_whole_model_dense(tiny: Path, monkeypatch: py
     after = {name: m for name, m in model.named_modules() if type(m) is torch.nn.Linear}
     assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
     assert not any(isinstance(m, packed.PackedLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("slower", ["packed", "dense"])
+def test_timed_at_load_the_faster_path_is_kept(tiny: Path, monkeypatch: pytest.MonkeyPatch, slower: str) -> None:
+    """Which path is faster depends on the processor: given a step to time, the path that is slower here (made
+    so by 3 ms a layer, many times a tiny model's step) is the one left out, and the answers stay the same."""
+    import time
+
+    model, dense = _load(tiny), _load(tiny)
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    cls = packed.PackedLinear if slower == "packed" else torch.nn.Linear
+    real = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, x: (time.sleep(0.003), real(self, x))[1])
+    steps = []
+
+    def step(rows: int) -> None:
+        steps.append(rows)
+        model(input_ids=torch.zeros((rows, 1), dtype=torch.long))
+
+    assert packed.pack(model, step, rows=(1, 4)) == (0 if slower == "packed" else linears)
+    assert set(steps) == {1, 4}
+    kept = packed.PackedLinear if slower == "dense" else torch.nn.Linear
+    assert all(isinstance(m, kept) for m in (model.lm_head, model.model.layers[0].mlp.down_proj))
+    monkeypatch.setattr(cls, "forward", real)
+    assert _greedy(model, [5, 17, 33], 12) == _greedy(dense, [5, 17, 33], 12)
+
+
+def test_the_engine_packs_as_its_setting_says(tiny: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from hone_trainer.serving.engine import Engine
+
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    for setting, kind in (("dense", torch.nn.Linear), ("packed", packed.PackedLinear)):
+        model = _load(tiny)
+        Engine(model, tok, max_batch_size=2, cpu_linear=setting)
+        assert type(model.lm_head) is kind, setting

@@ -216,6 +216,7 @@ def server_config(args: argparse.Namespace) -> contract.ServerConfig:
              "maxConcurrentRequests": getattr(args, "max_concurrent_requests", None),
              "maxBatchSize": getattr(args, "max_batch_size", None),
              "prefixCacheTokens": getattr(args, "prefix_cache_tokens", None),
+             "cpuLinear": getattr(args, "cpu_linear", None),
              "servedModelName": getattr(args, "served_model_name", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.adapter:
@@ -310,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-batch-size", type=int, help="sequences decoded together")
     s.add_argument("--prefix-cache-tokens", type=int,
                    help="prompt tokens kept for prompts that start the same way (default 4096; 0: off)")
+    s.add_argument("--cpu-linear", choices=("auto", "packed", "dense"),
+                   help="on CPU: linear layers through oneDNN with packed weights, torch's default path, or "
+                        "whichever is faster here, timed at load (default auto)")
     s.add_argument("--trust-remote-code", action="store_true", help="run the base model's own Python code")
     s.add_argument("--graceful-seconds", type=int, default=30, help="how long in-flight requests may finish on SIGTERM")
     s.add_argument("--termination-log", default=None, help="where to write why loading failed (in a pod: "

@@ -88,6 +88,10 @@ class ServerConfig(CamelModel):
     prefix_cache_tokens: int = Field(
         4096, ge=0, description="Prompt tokens whose keys and values are kept for later prompts that start the "
         "same way (per adapter; least recently used dropped first); 0 turns prefix caching off.")
+    cpu_linear: Literal["auto", "packed", "dense"] = Field(
+        "auto", description="On CPU, how linear layers multiply: `packed` through oneDNN with weights laid out once "
+        "at load, `dense` through torch's default path (MKL), `auto` times both at load and keeps the faster on "
+        "this processor. Pin one where replicas must compute alike to the last bit.")
     default_max_tokens: int = Field(512, ge=1, description="Completion limit when a request sets none.")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024,
                                    description="Largest request body, in bytes; beyond it: HTTP 413.")

@@ -147,7 +147,8 @@ def load_models(state: State, on_load_error: Any = None) -> None:
         return
     adapters = [n for n in served.names.values() if n != "__base__"]
     engine = Engine(served.model, served.tokenizer, max_batch_size=state.config.max_batch_size, adapters=adapters,
-                    eos_token_ids=served.eos_token_ids, prefix_cache_tokens=state.config.prefix_cache_tokens)
+                    eos_token_ids=served.eos_token_ids, prefix_cache_tokens=state.config.prefix_cache_tokens,
+                    cpu_linear=state.config.cpu_linear)
     engine.start()
     state.specials = templating.special_tokens(served.tokenizer)
     state.served, state.engine = served, engine

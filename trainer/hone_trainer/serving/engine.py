@@ -49,6 +49,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -214,7 +215,7 @@ class Engine:
     """Owns the model; :meth:`submit` is safe to call from any thread."""
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8, adapters: Sequence[str] = (),
-                 eos_token_ids: Sequence[int] = (), prefix_cache_tokens: int = 0):
+                 eos_token_ids: Sequence[int] = (), prefix_cache_tokens: int = 0, cpu_linear: str = "auto"):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -223,10 +224,13 @@ class Engine:
 
         self.stacked = lora.install(model, sorted(self.adapters)) if adapters else None
         self.device = next(model.parameters()).device
-        if self.device.type == "cpu":
+        self._cache_kwarg = _cache_kwarg(model)
+        if self.device.type == "cpu" and cpu_linear != "dense":
             from hone_trainer.serving import packed
 
-            packed.pack(model)  # oneDNN with weights laid out once: about twice MKL's speed at a step's few rows
+            # oneDNN with weights laid out once: on some processors twice MKL's speed at a step's few rows, on
+            # others slower; "auto" times both on this one.
+            packed.pack(model, self._step_alone if cpu_linear == "auto" else None, rows=(1, max_batch_size))
         config = model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         self.eos = set(int(t) for t in eos_token_ids)
@@ -235,7 +239,6 @@ class Engine:
 
         # Only over full-attention caches (a sliding window drops the prefix's first tokens).
         self.prefixes = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 and self.can_join else None
-        self._cache_kwarg = _cache_kwarg(model)
         self._pending: deque[SequenceState] = deque()
         self._pending_lock = threading.Lock()
         self._batch = _Batch()
@@ -329,6 +332,12 @@ class Engine:
                          logits_to_keep=1, **kwargs)
         cache = getattr(out, "cache", None)
         return out.logits[:, -1, :].float(), cache if cache is not None else out.past_key_values
+
+    def _step_alone(self, rows: int) -> None:
+        """One decoding step of ``rows`` rows on the base model over an empty cache (for timing at load)."""
+        ids = torch.zeros((rows, 1), dtype=torch.long, device=self.device)
+        base = [SimpleNamespace(adapter=BASE_ADAPTER)] * rows
+        self._forward(ids, torch.ones_like(ids), torch.zeros_like(ids), None, base)  # type: ignore[arg-type]
 
     def _prefill(self, seqs: list[SequenceState]) -> None:
         """Compute the prompts (those parts not in the prefix cache) and join them to the batch.

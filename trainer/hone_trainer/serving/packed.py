@@ -1,14 +1,22 @@
 """Linear layers on CPU through oneDNN with weights packed once, not through MKL's sgemm every step.
 
 On CPU, ``torch.nn.functional.linear`` in fp32 goes to MKL's ``sgemm``, which
-at the few rows of a decoding step reads the weights at less than half the
-memory bandwidth the machine has (measured on the 2-core machines: the
-49,152 x 576 output layer of SmolLM2-135M takes 7.4 ms a token that way, 2.9 ms
-through oneDNN with the weight reordered ahead). Decoding a token reads every
-weight once, so that is most of a step. :func:`pack` replaces each plain
-``nn.Linear`` of a model with a :class:`PackedLinear` that holds its weight in
-oneDNN's layout (reordered once, at load) and multiplies with oneDNN's matmul,
-the way PyTorch's own compiler does for frozen CPU models.
+on some processors reads the weights at less than half the memory bandwidth
+the machine has at the few rows of a decoding step (measured on a 2-core
+machine: the 49,152 x 576 output layer of SmolLM2-135M took 7.4 ms a token that
+way, 2.9 ms through oneDNN with the weight reordered ahead). Decoding a token
+reads every weight once, so that is most of a step. :func:`pack` replaces each
+plain ``nn.Linear`` of a model with a :class:`PackedLinear` that holds its
+weight in oneDNN's layout (reordered once, at load) and multiplies with
+oneDNN's matmul, the way PyTorch's own compiler does for frozen CPU models.
+
+Which path is faster depends on the processor: on another 2-core machine MKL
+decoded one sequence faster (a step of 38 ms against 55) and oneDNN eight (78
+against 81). So given a ``step`` (one decoding step of the model at a batch
+size), :func:`pack` times both paths, alternately, at one row and at the
+largest batch, and keeps oneDNN only when the product of its two ratios to
+MKL's times is below 1: a single user's latency counts as much as a full
+batch's throughput.
 
 The results are the same products summed in another order: they differ from
 ``F.linear`` by float rounding (about 1e-5 relative in fp32), so greedy
@@ -25,7 +33,10 @@ which only ever calls it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import math
+import statistics
+import time
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -56,8 +67,11 @@ class PackedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN packed"
 
 
-def pack(model: Any) -> int:
-    """Replace the model's eligible linear layers in place; the number replaced (0: nothing changed)."""
+def pack(model: Any, step: Callable[[int], object] | None = None, rows: Sequence[int] = (1, 8)) -> int:
+    """Replace the model's eligible linear layers in place; the number replaced (0: nothing changed).
+
+    With ``step`` (``step(n)`` runs one decoding step of ``model`` at batch ``n``), the packed layers are kept
+    only if ``rows``' steps take less time with them than with the dense ones (see the module docstring)."""
     if not torch.backends.mkldnn.is_available():
         log.info("linear layers stay on torch's default path: this torch has no oneDNN")
         return 0
@@ -84,8 +98,43 @@ def pack(model: Any) -> int:
                         "check (%s)", exc)
             return _undo(targets, parent, name)
         setattr(parent, name, packed)
+    if step is not None and targets:
+        times = _time_both(targets, step, rows)
+        what = "a step took " + ", ".join(f"{p * 1e3:.1f} ms against {d * 1e3:.1f} at {n} row{'s' * (n > 1)}"
+                                          for n, (d, p) in times.items())
+        # Relative, so that a single user's latency counts as much as a full batch's throughput.
+        if math.prod(p / d for d, p in times.values()) >= 1:
+            for parent, name, child in targets:
+                setattr(parent, name, child)
+            log.info("linear layers stay on torch's default path: with oneDNN's packed weights %s", what)
+            return 0
+        log.info("%d linear layers packed for oneDNN: with them %s on torch's default path", len(targets), what)
+        return len(targets)
     log.info("%d linear layers packed for oneDNN", len(targets))
     return len(targets)
+
+
+def _time_both(targets: list[tuple[torch.nn.Module, str, torch.nn.Linear]], step: Callable[[int], object],
+               rows: Sequence[int], rounds: int = 3) -> dict[int, tuple[float, float]]:
+    """For each of ``rows``: the seconds ``step`` takes with the dense layers and with the packed ones (medians
+    of ``rounds``, the two taking turns so that a busy moment slows both). The packed layers are in place after."""
+    packed = [getattr(parent, name) for parent, name, _ in targets]
+    dense = [child for _, _, child in targets]
+
+    def timed(layers: list[torch.nn.Module], n: int) -> float:
+        for (parent, name, _), layer in zip(targets, layers):
+            setattr(parent, name, layer)
+        started = time.perf_counter()
+        step(n)
+        return time.perf_counter() - started
+
+    out = {}
+    with torch.inference_mode():
+        for n in dict.fromkeys(rows):
+            timed(dense, n), timed(packed, n)  # warm both: first calls allocate and lay out
+            pairs = [(timed(dense, n), timed(packed, n)) for _ in range(rounds)]
+            out[n] = (statistics.median(d for d, _ in pairs), statistics.median(p for _, p in pairs))
+    return out
 
 
 def _check(dense: torch.nn.Linear, packed: PackedLinear) -> None:
