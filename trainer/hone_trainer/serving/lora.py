@@ -85,7 +85,7 @@ class StackedLinear(torch.nn.Module):
                              .reshape(adapters * rank, -1), persistent=False)
         self.rows = rows
         self.rank = rank
-        self.base_slot = slots - 1
+        self.base_slot = adapters
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)

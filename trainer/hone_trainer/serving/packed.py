@@ -43,7 +43,8 @@ import torch
 log = logging.getLogger("hone.packed")
 
 #: The batch size oneDNN is told to expect when it lays the weights out. Measured on SmolLM2-135M, 2 threads:
-#: 64 decodes batches of 1 and 8 10% and 30% faster than 1, and no slower than 8 at batch 8.
+#: 64 decodes batches of 1 and 8 10% and 30% faster than 1, and no slower than 8 at batch 8 (on another
+#: processor, where MKL won, 8 was 5-7% faster than 64: the best layout varies less than the best path).
 PACK_FOR_ROWS = 64
 #: The largest difference from ``F.linear``, relative to the largest output, that the check accepts.
 TOLERANCE = 1e-4
