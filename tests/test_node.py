@@ -410,7 +410,7 @@ for line in sys.stdin:
 """
 
 
-def test_a_pods_connection_to_the_node_outlives_the_pods_around_it(tmp_path: Path) -> None:
+def test_a_pods_connection_to_the_node_outlives_the_pods_around_it() -> None:
     """A pod that another pod's removal cut off from the node (the API server, every Service) would hang.
 
     A Linux bridge whose address was not set takes the lowest of its ports' addresses; when that port's pod

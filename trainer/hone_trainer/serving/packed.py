@@ -97,7 +97,8 @@ def pack(model: Any, step: Callable[[int], object] | None = None, rows: Sequence
         except Exception as exc:  # noqa: BLE001 - any failure here means: keep torch's own path
             log.warning("linear layers stay on torch's default path: oneDNN's packed linear failed its "
                         "check (%s)", exc)
-            return _undo(targets, parent, name)
+            _set(targets, [child for _, _, child in targets])
+            return 0
         setattr(parent, name, packed)
     if step is not None and targets:
         times = _time_both(targets, step, rows)
@@ -105,8 +106,7 @@ def pack(model: Any, step: Callable[[int], object] | None = None, rows: Sequence
                                           for n, (d, p) in times.items())
         # Relative, so that a single user's latency counts as much as a full batch's throughput.
         if math.prod(p / d for d, p in times.values()) >= 1:
-            for parent, name, child in targets:
-                setattr(parent, name, child)
+            _set(targets, [child for _, _, child in targets])
             log.info("linear layers stay on torch's default path: with oneDNN's packed weights %s", what)
             return 0
         log.info("%d linear layers packed for oneDNN: with them %s on torch's default path", len(targets), what)
@@ -123,8 +123,7 @@ def _time_both(targets: list[tuple[torch.nn.Module, str, torch.nn.Linear]], step
     dense = [child for _, _, child in targets]
 
     def timed(layers: list[torch.nn.Module], n: int) -> float:
-        for (parent, name, _), layer in zip(targets, layers):
-            setattr(parent, name, layer)
+        _set(targets, layers)
         started = time.perf_counter()
         step(n)
         return time.perf_counter() - started
@@ -151,13 +150,10 @@ def _check(dense: torch.nn.Linear, packed: PackedLinear) -> None:
             raise ValueError(f"{dense.out_features}x{dense.in_features}: off by {err:.2g} of the output's scale")
 
 
-def _undo(targets: list[tuple[torch.nn.Module, str, torch.nn.Linear]], failed_parent: torch.nn.Module,
-          failed_name: str) -> int:
-    for parent, name, child in targets:
-        if parent is failed_parent and name == failed_name:
-            break
-        setattr(parent, name, child)
-    return 0
+def _set(targets: list[tuple[torch.nn.Module, str, torch.nn.Linear]], layers: Sequence[torch.nn.Module]) -> None:
+    """Put ``layers`` in the places ``targets`` name, one for one."""
+    for (parent, name, _), layer in zip(targets, layers, strict=True):
+        setattr(parent, name, layer)
 
 
 def _inside_peft_layers(model: Any) -> set[int]:
