@@ -90,6 +90,26 @@ def finished(c: openai.OpenAI, job_id: str) -> Any:
                     ("succeeded", "failed", "cancelled") and j)
 
 
+def why(job: Any) -> str:
+    """A failed job's error, with the end of the log it names (the trainer's or the evaluator's)."""
+    text = str(job.error)
+    named = re.search(r"its log: (\S+)", job.error.message if job.error else "")
+    if named and Path(named[1]).is_file():
+        text += "\n" + Path(named[1]).read_text(errors="replace")[-3000:]
+    return text
+
+
+def first_checkpoint(c: openai.OpenAI, job_id: str) -> Any:
+    """The job's checkpoints once it has one; a job that ends first fails the test at once, saying why."""
+    def check() -> Any:
+        if checkpoints := c.fine_tuning.jobs.checkpoints.list(job_id).data:
+            return checkpoints
+        job = c.fine_tuning.jobs.retrieve(job_id)
+        assert job.status in ("validating_files", "queued", "running"), f"{job.status}: {why(job)}"
+        return None
+    return wait_for(f"a first checkpoint of {job_id}", check)
+
+
 def test_openai_fine_tuning_flow_unchanged_but_for_base_url(api: str) -> None:
     """files.create -> fine_tuning.jobs.create -> retrieve until done -> list_events -> checkpoints.list ->
     the results file -> chat.completions.create(model=job.fine_tuned_model)."""
@@ -104,7 +124,7 @@ def test_openai_fine_tuning_flow_unchanged_but_for_base_url(api: str) -> None:
     assert job.status == "validating_files" and job.model == "tiny" and job.training_file == f.id
     assert job.metadata == {"team": "support"} and job.seed == 7
     done = finished(c, job.id)
-    assert done.status == "succeeded", done.error
+    assert done.status == "succeeded", why(done)
     assert done.fine_tuned_model.startswith("ft:") and ":default:returns:" in done.fine_tuned_model
     assert done.trained_tokens > 0 and done.finished_at >= done.created_at and done.error is None
     assert done.hyperparameters.n_epochs == 4 and done.hyperparameters.batch_size == 8
@@ -246,7 +266,7 @@ def test_pause_and_resume_keep_the_checkpoints(api: str) -> None:
     f = c.files.create(file=("t.jsonl", examples(answer="Our wheels come in 52mm and 54mm.")), purpose="fine-tune")
     job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, hyperparameters={  # 96 steps, 12 an epoch
         "n_epochs": 8, "batch_size": 2, "learning_rate_multiplier": 10})
-    first = wait_for("a first checkpoint", lambda: c.fine_tuning.jobs.checkpoints.list(job.id).data)
+    first = first_checkpoint(c, job.id)
     paused = c.fine_tuning.jobs.pause(job.id)
     assert paused.status in ("running", "paused")
     paused = wait_for("the pause", lambda: (j := c.fine_tuning.jobs.retrieve(job.id)).status == "paused" and j)
@@ -256,7 +276,7 @@ def test_pause_and_resume_keep_the_checkpoints(api: str) -> None:
     assert steps_before < 96
     assert c.fine_tuning.jobs.resume(job.id).status == "queued"
     done = finished(c, job.id)
-    assert done.status == "succeeded", done.error
+    assert done.status == "succeeded", why(done)
     events = list(c.fine_tuning.jobs.list_events(job.id, limit=100))  # newest first, every page
     messages = [e.message for e in events]
     assert "Fine-tuning job paused; its checkpoints are kept" in messages

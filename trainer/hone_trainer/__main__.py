@@ -240,7 +240,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hone_trainer.serving.app import serve
 
     config = server_config(args)
-    return serve(config, graceful_seconds=args.graceful_seconds, termination_log=args.termination_log)
+    return serve(config, graceful_seconds=args.graceful_seconds, termination_log=args.termination_log,
+                 listen_fd=args.listen_fd)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -316,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                         "whichever is faster here, timed at load (default auto)")
     s.add_argument("--trust-remote-code", action="store_true", help="run the base model's own Python code")
     s.add_argument("--graceful-seconds", type=int, default=30, help="how long in-flight requests may finish on SIGTERM")
+    s.add_argument("--listen-fd", type=int, default=None, help="serve on this inherited, already listening TCP "
+                   "socket instead of binding --host/--port (a supervisor that picked the port, as hone api does)")
     s.add_argument("--termination-log", default=None, help="where to write why loading failed (in a pod: "
                    f"{contract.RESULT_PATH_IN_POD})")
     s.set_defaults(func=cmd_serve)

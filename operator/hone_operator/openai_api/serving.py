@@ -68,11 +68,8 @@ class ServerPool:
 
     def _start(self, target: Target) -> None:
         self.stop()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "hone_trainer", "serve", "--model", target.base_uri,
-               "--served-model-name", target.base_name, "--host", "127.0.0.1", "--port", str(port)]
+               "--served-model-name", target.base_name]
         if self.settings is not None:  # metered at the base model's prices, as `hone serve` and the cluster do
             config = self.workdir / "server-config.json"
             config.parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +81,13 @@ class ServerPool:
         log_path = self.workdir / "server.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting the built-in server for %s (+%d fine-tunes)", target.base_name, len(target.adapters))
-        with log_path.open("ab") as out:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # The server inherits the socket bound and listening here: the port is its own from the start, so no
+        # other process can take it between choosing and binding, and /ready below reaches this server only.
+        with socket.create_server(("127.0.0.1", 0)) as listener, log_path.open("ab") as out:
+            port = listener.getsockname()[1]
+            self._proc = subprocess.Popen(cmd + ["--listen-fd", str(listener.fileno())], stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, pass_fds=(listener.fileno(),))
         self._target, self._port, self._ready = target, port, False
 
     def _wait(self, proc: subprocess.Popen, port: int) -> None:

@@ -234,8 +234,13 @@ def _observe(ctx: "RequestContext", code: int) -> None:
         metrics.duration.labels(ctx.model_label, ctx.endpoint).observe(time.monotonic() - ctx.started)
 
 
-def serve(config: ServerConfig, *, graceful_seconds: int = 30, termination_log: str | None = None) -> int:
-    """Run until SIGTERM/SIGINT; in-flight requests finish first. Returns the exit code."""
+def serve(config: ServerConfig, *, graceful_seconds: int = 30, termination_log: str | None = None,
+          listen_fd: int | None = None) -> int:
+    """Run until SIGTERM/SIGINT; in-flight requests finish first. Returns the exit code. ``listen_fd``: a
+    listening TCP socket inherited from the parent, served instead of binding the config's host and port (the
+    parent bound it, so the port it tells its clients cannot have been taken by anyone else meanwhile)."""
+    import socket
+
     import uvicorn
 
     server: Any = None
@@ -246,7 +251,7 @@ def serve(config: ServerConfig, *, graceful_seconds: int = 30, termination_log: 
     app = create_app(config, on_load_error=stop)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
                                            timeout_graceful_shutdown=graceful_seconds, access_log=False))
-    server.run()
+    server.run(sockets=None if listen_fd is None else [socket.socket(fileno=listen_fd)])
     error = app.state.hone.load_error
     if error:
         print(f"hone-server: error: {error}", file=sys.stderr)

@@ -7,7 +7,6 @@ process with no launcher (``hone run`` on a laptop) gets the same variables for 
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -59,14 +58,13 @@ class Distributed:
 
 
 def launcher_env() -> None:
-    """A single process without torchrun still needs the variables torch.distributed reads."""
+    """A single process without torchrun still needs the variables torch.distributed reads. Port 0: its store
+    binds a port the kernel picks, free by construction. (A port found free beforehand and bound seconds later,
+    after the imports, can meanwhile be taken by any other process on the machine, and the trainer then fails.)"""
     if "RANK" in os.environ:
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
 
 
 def init(seed: int) -> Distributed:
