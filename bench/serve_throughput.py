@@ -1,7 +1,7 @@
 """Serving throughput: the built-in server against one-at-a-time ``model.generate``.
 
     python bench/serve_throughput.py [--model embedded://smollm2-135m-instruct] [--runs 3]
-                                     [--requests 16] [--max-tokens 48]
+                                     [--requests 16] [--max-tokens 48] [--cpu-linear auto|packed|dense]
 
 Both sides answer chat requests of the same kind (different questions, greedy
 decoding, at most ``--max-tokens`` completion tokens) with the same weights:
@@ -128,6 +128,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--cpu-linear", choices=("auto", "packed", "dense"), default="auto",
+                        help="the server's linear path on CPU (to compare them: a run with each)")
     args = parser.parse_args()
 
     from hone_dev.serving import ServerProcess
@@ -149,7 +151,7 @@ def main() -> int:
 
         server = ServerProcess(["--model", args.model, "--served-model-name", "bench",
                                 "--max-batch-size", str(args.max_batch_size),
-                                "--max-concurrent-requests", "64"], cwd=Path(tmp),
+                                "--max-concurrent-requests", "64", "--cpu-linear", args.cpu_linear], cwd=Path(tmp),
                                extra_env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
         try:
             server.wait_ready(timeout=600)

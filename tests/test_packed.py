@@ -120,3 +120,62 @@ def test_the_engine_packs_as_its_setting_says(tiny: Path) -> None:
         model = _load(tiny)
         Engine(model, tok, max_batch_size=2, cpu_linear=setting)
         assert type(model.lm_head) is kind, setting
+
+
+def test_a_layer_kept_beside_its_dense_weight_computes_few_rows_with_it() -> None:
+    """Calls of up to ``dense_rows`` rows (all leading dimensions together) take the dense weight; more take the
+    packed one. Told apart here by giving the layer a dense weight that is not the one it packed."""
+    gen = torch.Generator().manual_seed(0)
+    w, other = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen)
+    layer = packed.PackedLinear(w, None)
+    layer.keep_dense(other, rows=2)
+    with torch.inference_mode():
+        for shape, want in (((1, 1, 5), other), ((2, 1, 5), other), ((1, 2, 5), other), ((3, 1, 5), w),
+                            ((2, 2, 5), w)):
+            x = torch.randn(*shape, generator=gen)
+            assert torch.allclose(layer(x), x @ want.T, atol=1e-5), shape
+
+
+def _slower(monkeypatch: pytest.MonkeyPatch, cls: type, when) -> None:
+    """Make ``cls``'s forward 3 ms slower for the inputs ``when`` picks (by their rows)."""
+    import time
+
+    real = cls.forward
+
+    def forward(self, x):
+        if when(x.numel() // x.shape[-1]):
+            time.sleep(0.003)
+        return real(self, x)
+
+    monkeypatch.setattr(cls, "forward", forward)
+
+
+@pytest.mark.parametrize("memory", ["enough", "short"])
+def test_where_each_path_wins_at_some_rows_both_are_kept_if_memory_allows(
+        tiny: Path, monkeypatch: pytest.MonkeyPatch, memory: str) -> None:
+    """MKL faster at one row and oneDNN at four (as on some processors): each call takes the faster path for
+    its rows, the dense weights kept beside the packed ones; where the memory left would not hold that much
+    again, one path serves every call."""
+    model, dense = _load(tiny), _load(tiny)
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    _slower(monkeypatch, torch.nn.Linear, lambda rows: rows > 2)
+    _slower(monkeypatch, packed.PackedLinear, lambda rows: rows <= 2)
+    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                       if type(m) is torch.nn.Linear)
+    monkeypatch.setattr(packed, "_memory_left", lambda: 10 * weight_bytes if memory == "enough" else 1000)
+
+    def step(rows: int) -> None:
+        model(input_ids=torch.zeros((rows, 1), dtype=torch.long))
+
+    down = model.model.layers[0].mlp.down_proj.weight
+    replaced = packed.pack(model, step, rows=(1, 2, 4))
+    if memory == "enough":
+        assert replaced == linears
+        layers = [model.lm_head, model.model.layers[0].mlp.down_proj]
+        assert all(isinstance(m, packed.PackedLinear) and m.dense_rows == 2 for m in layers)
+        assert model.model.layers[0].mlp.down_proj.dense.data_ptr() == down.data_ptr()  # kept, not copied
+    else:  # one path for every call (which one, the product of the ratios at 1 and 4 rows decides)
+        assert replaced in (0, linears)
+        assert not any(isinstance(m, packed.PackedLinear) and m.dense is not None for m in model.modules())
+    monkeypatch.undo()
+    assert _greedy(model, [5, 17, 33], 12) == _greedy(dense, [5, 17, 33], 12)

@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="prompt tokens kept for prompts that start the same way (default 4096; 0: off)")
     s.add_argument("--cpu-linear", choices=("auto", "packed", "dense"),
                    help="on CPU: linear layers through oneDNN with packed weights, torch's default path, or "
-                        "whichever is faster here, timed at load (default auto)")
+                        "whichever is faster here, timed at load, each call's rows choosing where that differs "
+                        "(default auto)")
     s.add_argument("--trust-remote-code", action="store_true", help="run the base model's own Python code")
     s.add_argument("--graceful-seconds", type=int, default=30, help="how long in-flight requests may finish on SIGTERM")
     s.add_argument("--listen-fd", type=int, default=None, help="serve on this inherited, already listening TCP "

@@ -90,8 +90,10 @@ class ServerConfig(CamelModel):
         "same way (per adapter; least recently used dropped first); 0 turns prefix caching off.")
     cpu_linear: Literal["auto", "packed", "dense"] = Field(
         "auto", description="On CPU, how linear layers multiply: `packed` through oneDNN with weights laid out once "
-        "at load, `dense` through torch's default path (MKL), `auto` times both at load and keeps the faster on "
-        "this processor. Pin one where replicas must compute alike to the last bit.")
+        "at load, `dense` through torch's default path (MKL), `auto` times both at load (at 1, 2, 4... rows up to "
+        "maxBatchSize) and keeps the faster on this processor, or both where MKL wins at few rows and oneDNN at "
+        "more and the memory left holds the dense weights again (each call then takes the faster path for its "
+        "rows). Pin one where replicas must compute alike to the last bit.")
     default_max_tokens: int = Field(512, ge=1, description="Completion limit when a request sets none.")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024,
                                    description="Largest request body, in bytes; beyond it: HTTP 413.")

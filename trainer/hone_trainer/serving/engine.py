@@ -34,8 +34,10 @@ new rows' cache, the rest of its prompt the columns after them, with the
 padding of either part masked.
 
 On CPU the model's linear layers are packed for oneDNN when the engine is
-built (:mod:`hone_trainer.serving.packed`: about twice MKL's speed at a
-step's few rows). The engine thread should be the only live thread that has
+built, where that is faster on the processor (:mod:`hone_trainer.serving.packed`:
+on some, about twice MKL's speed at a step's few rows; on others faster at
+eight rows and slower at one, and then each call takes the faster path for
+its rows). The engine thread should be the only live thread that has
 run torch's parallel CPU work: each such thread gets its own OpenMP team,
 and while two teams exist neither spins between regions, so every operator
 pays a wake-up (measured: decode steps 1.6 to 2.4 times slower). The server
@@ -229,8 +231,9 @@ class Engine:
             from hone_trainer.serving import packed
 
             # oneDNN with weights laid out once: on some processors twice MKL's speed at a step's few rows, on
-            # others slower; "auto" times both on this one.
-            packed.pack(model, self._step_alone if cpu_linear == "auto" else None, rows=(1, max_batch_size))
+            # others slower at one row and faster at eight; "auto" times both on this one, at 1, 2, 4... rows.
+            rows = sorted({min(2**i, max_batch_size) for i in range(max_batch_size.bit_length() + 1)})
+            packed.pack(model, self._step_alone if cpu_linear == "auto" else None, rows=rows)
         config = model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         self.eos = set(int(t) for t in eos_token_ids)

@@ -10,13 +10,24 @@ plain ``nn.Linear`` of a model with a :class:`PackedLinear` that holds its
 weight in oneDNN's layout (reordered once, at load) and multiplies with
 oneDNN's matmul, the way PyTorch's own compiler does for frozen CPU models.
 
-Which path is faster depends on the processor: on another 2-core machine MKL
-decoded one sequence faster (a step of 38 ms against 55) and oneDNN eight (78
-against 81). So given a ``step`` (one decoding step of the model at a batch
-size), :func:`pack` times both paths, alternately, at one row and at the
-largest batch, and keeps oneDNN only when the product of its two ratios to
-MKL's times is below 1: a single user's latency counts as much as a full
-batch's throughput.
+Which path is faster depends on the processor, and on the rows: on one 2-core
+machine oneDNN took about half MKL's time at 1 and at 8 rows; on another MKL
+decoded one sequence faster (a step of 31 ms against 48) and oneDNN eight (59
+against 75), because MKL's ``sgemm`` copies (packs) the weights it reads on
+every call with more than a few rows and reads them straight at one. So
+given a ``step`` (one decoding step of the model at a batch size),
+:func:`pack` times both paths, alternately, at each of ``rows``, and keeps:
+
+- MKL alone, where it is faster at every batch size;
+- oneDNN alone, where it is faster at one row;
+- both, where MKL is faster up to some batch size and oneDNN above it: each
+  call then takes the faster path for its rows. The dense weights stay beside
+  the packed ones (as many bytes again: what the timing held anyway), so this
+  is kept only when the memory left afterwards (the container's limit, the
+  machine's available memory) is at least that much again; otherwise the
+  product of oneDNN's ratios to MKL's times at one row and at the largest
+  batch decides, so that a single user's latency counts as much as a full
+  batch's throughput.
 
 The results are the same products summed in another order: they differ from
 ``F.linear`` by float rounding (about 1e-5 relative in fp32), so greedy
@@ -33,9 +44,9 @@ which only ever calls it.
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -51,28 +62,39 @@ TOLERANCE = 1e-4
 
 
 class PackedLinear(torch.nn.Module):
-    """``y = x @ W.T + b`` with ``W`` in oneDNN's layout; keeps no dense copy of ``W``."""
+    """``y = x @ W.T + b`` with ``W`` in oneDNN's layout; with :meth:`keep_dense`, calls of up to ``dense_rows``
+    rows go to ``F.linear`` on the dense ``W`` instead."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        # A plain attribute, not a buffer: an opaque oneDNN tensor that module machinery (.to, state_dict)
-        # must not touch. The model is only served from now on.
+        # Plain attributes, not buffers: an opaque oneDNN tensor that module machinery (.to, state_dict) must not
+        # touch. The model is only served from now on.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_FOR_ROWS)
         self.bias = None if bias is None else bias.detach()
+        self.dense: torch.Tensor | None = None
+        self.dense_rows = 0
+
+    def keep_dense(self, weight: torch.Tensor, rows: int) -> None:
+        """Compute calls of at most ``rows`` rows with ``weight`` (the dense one this layer was packed from)."""
+        self.dense, self.dense_rows = weight.detach(), rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None and x.numel() <= self.dense_rows * self.in_features:
+            return torch.nn.functional.linear(x, self.dense, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN packed"
+        also = f", dense up to {self.dense_rows} rows" if self.dense is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN packed{also}"
 
 
 def pack(model: Any, step: Callable[[int], object] | None = None, rows: Sequence[int] = (1, 8)) -> int:
     """Replace the model's eligible linear layers in place; the number replaced (0: nothing changed).
 
     With ``step`` (``step(n)`` runs one decoding step of ``model`` at batch ``n``), the packed layers are kept
-    only if ``rows``' steps take less time with them than with the dense ones (see the module docstring)."""
+    where ``rows``' steps take less time with them than with the dense ones, beside the dense ones where that
+    depends on the rows (see the module docstring)."""
     if not torch.backends.mkldnn.is_available():
         log.info("linear layers stay on torch's default path: this torch has no oneDNN")
         return 0
@@ -103,16 +125,67 @@ def pack(model: Any, step: Callable[[int], object] | None = None, rows: Sequence
     if step is not None and targets:
         times = _time_both(targets, step, rows)
         what = "a step took " + ", ".join(f"{p * 1e3:.1f} ms against {d * 1e3:.1f} at {n} row{'s' * (n > 1)}"
-                                          for n, (d, p) in times.items())
-        # Relative, so that a single user's latency counts as much as a full batch's throughput.
-        if math.prod(p / d for d, p in times.values()) >= 1:
+                                          for n, (d, p) in sorted(times.items()))
+        dense_up_to = 0  # MKL is faster at every batch size up to this one
+        for n, (d, p) in sorted(times.items()):
+            if d > p:
+                break
+            dense_up_to = n
+        if dense_up_to == max(times):
             _set(targets, [child for _, _, child in targets])
             log.info("linear layers stay on torch's default path: with oneDNN's packed weights %s", what)
             return 0
-        log.info("%d linear layers packed for oneDNN: with them %s on torch's default path", len(targets), what)
+        left = _memory_left() if dense_up_to else None
+        # What keeping the dense weights costs: those the model holds anyway (a tied output layer's, the
+        # embedding) cost nothing.
+        held = {param.data_ptr() for param in model.parameters()}
+        extra = sum(child.weight.numel() * child.weight.element_size() for _, _, child in targets
+                    if child.weight.data_ptr() not in held)
+        if dense_up_to and left is not None and left >= extra:
+            for parent, name, child in targets:
+                getattr(parent, name).keep_dense(child.weight, dense_up_to)
+            log.info("%d linear layers packed for oneDNN beside their dense weights (%.0f MiB more), MKL computing "
+                     "calls of up to %d rows: with the packed weights %s on torch's default path", len(targets),
+                     extra / 2**20, dense_up_to, what)
+            return len(targets)
+        # One path for every call: relative, so that a single user's latency counts as much as a full batch's
+        # throughput.
+        one, most = times[min(times)], times[max(times)]
+        why = "" if not dense_up_to else (f" (too little memory left to keep both paths: "
+                                          f"{'unknown' if left is None else f'{left / 2**20:.0f} MiB'}, "
+                                          f"{extra / 2**20:.0f} MiB needed)")
+        if (one[1] / one[0]) * (most[1] / most[0]) >= 1:
+            _set(targets, [child for _, _, child in targets])
+            log.info("linear layers stay on torch's default path%s: with oneDNN's packed weights %s", why, what)
+            return 0
+        log.info("%d linear layers packed for oneDNN%s: with them %s on torch's default path", len(targets), why,
+                 what)
         return len(targets)
     log.info("%d linear layers packed for oneDNN", len(targets))
     return len(targets)
+
+
+def _memory_left() -> int | None:
+    """Bytes this process could still take: the least of what its cgroup's limit and the machine have left;
+    ``None`` where neither can be read."""
+    out = []
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit != "max" and int(limit) < 2**60:  # cgroup v1 writes "no limit" as a huge number
+                out.append(int(limit) - int(Path(usage_file).read_text()))
+                break
+        except (OSError, ValueError):
+            continue
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                out.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    return min(out) if out else None
 
 
 def _time_both(targets: list[tuple[torch.nn.Module, str, torch.nn.Linear]], step: Callable[[int], object],
