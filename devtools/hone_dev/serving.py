@@ -65,16 +65,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m hone_trainer serve`` on a free loopback port."""
+    """``python -m hone_trainer serve`` on a loopback port bound here and handed over (``--listen-fd``), so no
+    other process on the machine can take it before the server listens."""
 
     def __init__(self, args: list[str], cwd: Path, extra_env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = cwd / f"server-{self.port}.log"
-        self._log = open(self.log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "hone_trainer", "serve", "--port", str(self.port), *args],
-                                     env={**env(), **(extra_env or {})}, cwd=cwd, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            self.port = listener.getsockname()[1]
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.log = cwd / f"server-{self.port}.log"
+            self._log = open(self.log, "w")
+            self.proc = subprocess.Popen([sys.executable, "-m", "hone_trainer", "serve", "--listen-fd",
+                                          str(listener.fileno()), *args], env={**env(), **(extra_env or {})},
+                                         cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+                                         pass_fds=(listener.fileno(),))
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
