@@ -102,9 +102,9 @@ def why(job: Any) -> str:
 def first_checkpoint(c: openai.OpenAI, job_id: str) -> Any:
     """The job's checkpoints once it has one; a job that ends first fails the test at once, saying why."""
     def check() -> Any:
+        job = c.fine_tuning.jobs.retrieve(job_id)  # first: had it ended, its checkpoints are listed below
         if checkpoints := c.fine_tuning.jobs.checkpoints.list(job_id).data:
             return checkpoints
-        job = c.fine_tuning.jobs.retrieve(job_id)
         assert job.status in ("validating_files", "queued", "running"), f"{job.status}: {why(job)}"
         return None
     return wait_for(f"a first checkpoint of {job_id}", check)
