@@ -459,3 +459,26 @@ def test_a_pods_connection_to_the_node_outlives_the_pods_around_it() -> None:
             client.wait()
         server.close()
         bridge.remove()
+
+
+def test_a_bridge_index_is_not_taken_while_its_node_is_still_removing_what_it_made() -> None:
+    """Another node (another test worker, another cluster) never takes an index whose owner is still removing its
+    bridge: it would make its pods' namespaces under names the owner's cleanup then deletes. Here the owner's
+    bridge is already gone, as in the middle of its cleanup; a node created then gets another index, and the
+    owner's namespace is untouched."""
+    from hone_dev.node import network
+
+    owner = network.Bridge.create()
+    netns = f"{owner.name}-1"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    others = []
+    try:
+        subprocess.run(["ip", "link", "del", owner.name], check=True)  # what remove() does first
+        others.append(network.Bridge.create())
+        assert others[0].index != owner.index
+        assert netns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    finally:
+        owner.remove()
+        for other in others:
+            other.remove()
+    assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

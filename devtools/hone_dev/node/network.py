@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import logging
 import os
@@ -39,7 +40,8 @@ import dns.rrset
 log = logging.getLogger("hone.node")
 
 CLUSTER_DOMAIN = "cluster.local"
-#: Which process owns each node bridge (so a crashed node's bridge can be reclaimed).
+#: A lock file per bridge index: the node that holds its lock (``flock``) owns the index, and the kernel lets
+#: go of it when that process ends, however it ends, so a crashed node's bridge is reclaimed by the next.
 OWNERS = Path("/run/hone-node")
 
 
@@ -71,6 +73,7 @@ class Bridge:
         self.gateway = ipaddress.ip_address(f"10.{100 + index}.0.1")
         self.service_range = ipaddress.ip_network(f"10.{100 + index}.200.0/24")
         self._next_pod = 0
+        self._lock: int | None = None  # the lock file's descriptor while this process owns the index
 
     @property
     def mac(self) -> str:
@@ -85,59 +88,55 @@ class Bridge:
         return ("link", "add", self.name, "address", self.mac, "type", "bridge")
 
     @property
-    def owner_file(self) -> Path:
-        return OWNERS / f"{self.name}.pid"
-
-    def _stale(self) -> bool:
-        """Whether this bridge was left by a node process that is gone (killed before it cleaned up)."""
-        try:
-            pid = int(self.owner_file.read_text())
-        except (OSError, ValueError):
-            return False
-        try:
-            os.kill(pid, 0)
-            return False
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
+    def lock_file(self) -> Path:
+        return OWNERS / f"{self.name}.lock"
 
     @classmethod
     def create(cls) -> "Bridge":
-        """Take the first free index (the bridge's name is the lock: ``ip link add`` fails if it exists).
-
-        A bridge whose owner process is gone is removed (with its pods' namespaces) and reused.
-        """
+        """Take the first free index: the first whose lock this process gets. Whatever still carries the names
+        of an index once its lock is held (the bridge, its pods' namespaces, cgroups) was left by a node that is
+        gone, and is removed first. Two nodes never both hold an index, so neither removes what the other made
+        (a node that was cleaning up an index removed its pods' namespaces by name after the next owner had
+        made its own; the lock is released only once the cleanup is done)."""
         OWNERS.mkdir(parents=True, exist_ok=True)
         for index in range(0, 100):
             bridge = cls(index)
-            made = _ip_sync(*bridge._add)
-            if made.returncode and "File exists" in made.stderr and bridge._stale():
+            fd = os.open(bridge.lock_file, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by the pods
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            bridge._lock = fd
+            if _ip_sync("link", "show", bridge.name).returncode == 0:
                 log.warning("removing %s, left by a node that is gone", bridge.name)
-                bridge.remove()
-                made = _ip_sync(*bridge._add)
-            if made.returncode == 0:
-                bridge.owner_file.write_text(str(os.getpid()))
-                for args in (("addr", "add", f"{bridge.gateway}/16", "dev", bridge.name),
-                             ("link", "set", bridge.name, "up")):
-                    done = _ip_sync(*args)
-                    if done.returncode:
-                        bridge.remove()
-                        raise NetworkError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-                return bridge
-            if "File exists" not in made.stderr:
-                raise NetworkError(f"cannot create a bridge (the node needs root and iproute2): {made.stderr.strip()}")
+            bridge._clear()
+            for args in (bridge._add, ("addr", "add", f"{bridge.gateway}/16", "dev", bridge.name),
+                         ("link", "set", bridge.name, "up")):
+                done = _ip_sync(*args)
+                if done.returncode:
+                    bridge.remove()
+                    raise NetworkError(f"ip {' '.join(args)} (the node needs root and iproute2): "
+                                       f"{done.stderr.strip()}")
+            return bridge
         raise NetworkError("no free bridge index: 100 Hone nodes are running on this machine")
 
-    def remove(self) -> None:
+    def _clear(self) -> None:
+        """Remove the bridge, its pods' namespaces and cgroups (what this index's names carry)."""
         _ip_sync("link", "del", self.name)
-        self.owner_file.unlink(missing_ok=True)
         for controller in ("memory", "cpu"):
             shutil.rmtree(Path("/sys/fs/cgroup", controller, self.name), ignore_errors=True)
         for line in _ip_sync("netns", "list").stdout.splitlines():
             name = line.split()[0] if line.split() else ""
             if name.startswith(f"{self.name}-"):
                 _ip_sync("netns", "del", name)
+
+    def remove(self) -> None:
+        """Remove what the node made, then let go of the index."""
+        self._clear()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
 
     def pod_address(self) -> ipaddress.IPv4Address:
         self._next_pod += 1
