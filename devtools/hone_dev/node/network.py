@@ -108,9 +108,8 @@ class Bridge:
                 os.close(fd)
                 continue
             bridge._lock = fd
-            if _ip_sync("link", "show", bridge.name).returncode == 0:
-                log.warning("removing %s, left by a node that is gone", bridge.name)
-            bridge._clear()
+            if bridge._clear():
+                log.warning("removed %s, left by a node that is gone", bridge.name)
             for args in (bridge._add, ("addr", "add", f"{bridge.gateway}/16", "dev", bridge.name),
                          ("link", "set", bridge.name, "up")):
                 done = _ip_sync(*args)
@@ -121,15 +120,17 @@ class Bridge:
             return bridge
         raise NetworkError("no free bridge index: 100 Hone nodes are running on this machine")
 
-    def _clear(self) -> None:
-        """Remove the bridge, its pods' namespaces and cgroups (what this index's names carry)."""
-        _ip_sync("link", "del", self.name)
+    def _clear(self) -> bool:
+        """Remove the bridge, its pods' namespaces and cgroups (what this index's names carry); whether there was
+        a bridge to remove."""
+        existed = _ip_sync("link", "del", self.name).returncode == 0
         for controller in ("memory", "cpu"):
             shutil.rmtree(Path("/sys/fs/cgroup", controller, self.name), ignore_errors=True)
         for line in _ip_sync("netns", "list").stdout.splitlines():
             name = line.split()[0] if line.split() else ""
             if name.startswith(f"{self.name}-"):
                 _ip_sync("netns", "del", name)
+        return existed
 
     def remove(self) -> None:
         """Remove what the node made, then let go of the index."""
