@@ -1,14 +1,16 @@
 """One sequence through the serving engine's steps against ``generate``, with torch.profiler tables of both.
 
-    python bench/engine_profile.py --model DIR_OR_LOCATION [--tokens 48] [--batch 1] [--rows 15]
+    python bench/engine_profile.py --model DIR_OR_LOCATION [--tokens 48] [--batch 1] [--rows 15] [--rounds 3]
 
 No server, no threads: the engine's own prefill and decode steps
 (``Engine._prefill``/``Engine._decode``, what its thread runs) called in a
 loop, so what is left is the engine's cost per step against transformers'
 ``generate`` on the same prompts. Prints the milliseconds per step of each,
-interleaved over 3 rounds (medians), then ``torch.profiler``'s top operators
+interleaved over 3 rounds (medians; `--rounds`), then ``torch.profiler``'s top operators
 of 10 decode steps of each (CPU time, and CUDA time on a GPU): where a step's
-time goes, by operator. Variants: the engine with transformers' own cache
+time goes, by operator. The engine's steps are timed twice: with its own
+decoding step (:mod:`hone_trainer.serving.decode`, where the model is a Llama)
+and through the model's ``forward``. Variants: the engine with transformers' own cache
 layers instead of its in-place one (``--plain-cache``).
 """
 
@@ -34,6 +36,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--plain-cache", action="store_true")
     args = parser.parse_args()
 
@@ -66,7 +69,10 @@ def main() -> int:
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
         return torch.profiler.profile(activities=activities)
 
-    def engine_steps(n: int, profile: bool = False):
+    own_step = engine.decode_step
+
+    def engine_steps(n: int, profile: bool = False, model_forward: bool = False):
+        engine.decode_step = None if model_forward else own_step
         seqs = [SequenceState(prompt_ids=p, adapter="__base__", emit=lambda ev: None,
                               params=SamplingParams(max_tokens=n + 1, temperature=0)) for p in prompts]
         engine.submit(seqs)
@@ -104,16 +110,20 @@ def main() -> int:
             return (wall - prefill) / n, prof
 
     engine_steps(4)
+    engine_steps(4, model_forward=True)
     generate_steps(4)
-    ours, theirs = [], []
-    for _ in range(3):
+    ours, forward, theirs = [], [], []
+    for _ in range(args.rounds):
         theirs.append(generate_steps(args.tokens)[0])
         ours.append(engine_steps(args.tokens)[0])
-    e, g = statistics.median(ours), statistics.median(theirs)
+        forward.append(engine_steps(args.tokens, model_forward=True)[0])
+    e, f, g = statistics.median(ours), statistics.median(forward), statistics.median(theirs)
     where = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"model {args.model} on {where} ({dtype}), batch {args.batch}, {args.tokens} decode steps, "
-          f"median of 3 interleaved rounds{', plain cache layers' if args.plain_cache else ''}")
+          f"median of {args.rounds} interleaved rounds{', plain cache layers' if args.plain_cache else ''}")
     print(f"engine decode step   {1000 * e:7.2f} ms")
+    if own_step is not None:
+        print(f"  through the model's forward {1000 * f:7.2f} ms   (own step / model's forward: {e / f:.2f}x)")
     print(f"generate decode step {1000 * g:7.2f} ms   (engine / generate: {e / g:.2f}x)")
     for name, fn in (("engine", engine_steps), ("generate", generate_steps)):
         _, prof = fn(10, profile=True)

@@ -64,6 +64,7 @@ def test_staggered_requests_get_the_tokens_they_would_get_alone(model_and_tokeni
     prompts = [tok(t)["input_ids"] for t in texts]
     budgets = [RESERVE + 40, 12, RESERVE + 10, 30]  # two outlive the reserved room, two leave early
     engine = Engine(model, tok, max_batch_size=3)  # no EOS: every sequence runs to its budget
+    assert engine.decode_step is not None  # a Llama: decoding steps take the engine's own loop (test_decode.py)
     engine.start()
     try:
         first = Tracked(prompts[0], budgets[0])
@@ -120,6 +121,7 @@ def test_a_batch_mixing_adapters_gives_each_row_its_own_adapter(three_adapters) 
             expected.append(alone(model, prompt, budget))
     engine = Engine(model, tok, max_batch_size=4, adapters=["a", "b", "c"])
     assert engine.stacked is not None  # plain LoRA everywhere: the stacked path, not peft's per-adapter loop
+    assert engine.decode_step is not None
     engine.start()
     try:
         tracked = [Tracked(tok(text)["input_ids"], budget) for _, text, budget in cases]

@@ -227,6 +227,7 @@ class Engine:
         self.stacked = lora.install(model, sorted(self.adapters)) if adapters else None
         self.device = next(model.parameters()).device
         self._cache_kwarg = _cache_kwarg(model)
+        self.decode_step: Any = None  # set below, once the linear layers are what they will be
         if self.device.type == "cpu" and cpu_linear != "dense":
             from hone_trainer.serving import packed
 
@@ -234,6 +235,10 @@ class Engine:
             # others slower at one row and faster at eight; "auto" times both on this one, at 1, 2, 4... rows.
             rows = sorted({min(2**i, max_batch_size) for i in range(max_batch_size.bit_length() + 1)})
             packed.pack(model, self._step_alone if cpu_linear == "auto" else None, rows=rows)
+        from hone_trainer.serving import decode
+
+        # Decoding steps of a Llama-architecture model skip transformers' per-call wrappers (same logits).
+        self.decode_step = decode.build(model)
         config = model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         self.eos = set(int(t) for t in eos_token_ids)
@@ -328,7 +333,9 @@ class Engine:
         kwargs: dict[str, Any] = {}
         if self.stacked is not None:
             self.stacked.select([r.adapter for r in rows], self.device)
-        elif self.adapters:  # adapters that could not be stacked: peft's per-adapter path
+        if self.decode_step is not None and cache is not None and input_ids.shape[1] == 1 and len(cache.layers):
+            return self.decode_step(input_ids, mask, positions, cache), cache
+        if self.stacked is None and self.adapters:  # adapters that could not be stacked: peft's per-adapter path
             kwargs["adapter_names"] = [r.adapter for r in rows]
         kwargs[self._cache_kwarg] = cache
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
