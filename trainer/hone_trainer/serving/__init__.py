@@ -8,5 +8,6 @@
   and metering;
 * ``metrics``, ``auth``, ``state``: Prometheus series, API keys, what they share;
 * ``loading``: the base model and verified adapters (also ``python -m hone_trainer fetch``);
-* ``engine``: continuous batching with mixed LoRA adapters per batch.
+* ``engine``: continuous batching with mixed LoRA adapters per batch; ``decode``, ``packed``, ``lora``,
+  ``prefix``: its decoding step, CPU linear layers, stacked adapters and prefix cache.
 """

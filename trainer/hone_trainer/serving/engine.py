@@ -37,8 +37,12 @@ On CPU the model's linear layers are packed for oneDNN when the engine is
 built, where that is faster on the processor (:mod:`hone_trainer.serving.packed`:
 on some, about twice MKL's speed at a step's few rows; on others faster at
 eight rows and slower at one, and then each call takes the faster path for
-its rows). The engine thread should be the only live thread that has
-run torch's parallel CPU work: each such thread gets its own OpenMP team,
+its rows). A decoding step of a Llama-architecture model runs as one loop
+over the model's own modules (:mod:`hone_trainer.serving.decode`), without
+transformers' per-call wrappers, to the same logits.
+
+The engine thread should be the only live thread that has run torch's
+parallel CPU work: each such thread gets its own OpenMP team,
 and while two teams exist neither spins between regions, so every operator
 pays a wake-up (measured: decode steps 1.6 to 2.4 times slower). The server
 loads on a thread that ends before the engine's first step; code that builds
