@@ -38,6 +38,9 @@ class DecodeStep:
     appending each layer's new keys and values to ``cache.layers[i]``."""
 
     def __init__(self, causal_lm: Any) -> None:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        self.rotate = apply_rotary_pos_emb
         self.inner = causal_lm.model
         self.layers = list(self.inner.layers)
         self.lm_head = causal_lm.lm_head
@@ -46,8 +49,6 @@ class DecodeStep:
         self.groups = first.num_key_value_groups
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         rows = ids.shape[0]
         hidden = self.inner.embed_tokens(ids)
         # What transformers' mask builder gives sdpa for one query token: nothing when every column is a
@@ -66,7 +67,7 @@ class DecodeStep:
             q = attn.q_proj(x).view(shape).transpose(1, 2)
             k = attn.k_proj(x).view(shape).transpose(1, 2)
             v = attn.v_proj(x).view(shape).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q, k = self.rotate(q, k, cos, sin)
             k, v = cache.layers[i].update(k, v)
             heads = q.shape[1]
             if pack:
