@@ -85,17 +85,40 @@ def test_a_failed_check_leaves_the_whole_model_dense(tiny: Path, monkeypatch: py
     assert not any(isinstance(m, packed.PackedLinear) for m in model.modules())
 
 
+class Clock:
+    """The clock ``packed`` times steps with, moved only by the cost a test gives a layer's forward: which path
+    is faster is then what the test says it is, however busy the machine (real sleeps were not: a test
+    process kept off the CPU for longer than the penalty, twice in three rounds, turned the answer around)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 0.0
+        monkeypatch.setattr(packed, "time", self)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def _slower(monkeypatch: pytest.MonkeyPatch, clock: Clock, cls: type, when) -> None:
+    """``cls``'s forward takes 1 ms on ``clock``, and 3 ms more for the inputs ``when`` picks (by their rows)."""
+    real = cls.forward
+
+    def forward(self, x):
+        clock.now += 0.004 if when(x.numel() // x.shape[-1]) else 0.001
+        return real(self, x)
+
+    monkeypatch.setattr(cls, "forward", forward)
+
+
 @pytest.mark.parametrize("slower", ["packed", "dense"])
 def test_timed_at_load_the_faster_path_is_kept(tiny: Path, monkeypatch: pytest.MonkeyPatch, slower: str) -> None:
-    """Which path is faster depends on the processor: given a step to time, the path that is slower here (made
-    so by 3 ms a layer, many times a tiny model's step) is the one left out, and the answers stay the same."""
-    import time
-
+    """Which path is faster depends on the processor: given a step to time, the path that is slower here (by
+    3 ms a layer) is the one left out, and the answers stay the same."""
     model, dense = _load(tiny), _load(tiny)
     linears = sum(type(m) is torch.nn.Linear for m in model.modules())
-    cls = packed.PackedLinear if slower == "packed" else torch.nn.Linear
-    real = cls.forward
-    monkeypatch.setattr(cls, "forward", lambda self, x: (time.sleep(0.003), real(self, x))[1])
+    clock = Clock(monkeypatch)
+    slow = packed.PackedLinear if slower == "packed" else torch.nn.Linear
+    for cls in (packed.PackedLinear, torch.nn.Linear):
+        _slower(monkeypatch, clock, cls, lambda rows, slowed=cls is slow: slowed)
     steps = []
 
     def step(rows: int) -> None:
@@ -106,7 +129,7 @@ def test_timed_at_load_the_faster_path_is_kept(tiny: Path, monkeypatch: pytest.M
     assert set(steps) == {1, 4}
     kept = packed.PackedLinear if slower == "dense" else torch.nn.Linear
     assert all(isinstance(m, kept) for m in (model.lm_head, model.model.layers[0].mlp.down_proj))
-    monkeypatch.setattr(cls, "forward", real)
+    monkeypatch.undo()
     assert _greedy(model, [5, 17, 33], 12) == _greedy(dense, [5, 17, 33], 12)
 
 
@@ -136,20 +159,6 @@ def test_a_layer_kept_beside_its_dense_weight_computes_few_rows_with_it() -> Non
             assert torch.allclose(layer(x), x @ want.T, atol=1e-5), shape
 
 
-def _slower(monkeypatch: pytest.MonkeyPatch, cls: type, when) -> None:
-    """Make ``cls``'s forward 3 ms slower for the inputs ``when`` picks (by their rows)."""
-    import time
-
-    real = cls.forward
-
-    def forward(self, x):
-        if when(x.numel() // x.shape[-1]):
-            time.sleep(0.003)
-        return real(self, x)
-
-    monkeypatch.setattr(cls, "forward", forward)
-
-
 @pytest.mark.parametrize("memory", ["enough", "short"])
 def test_where_each_path_wins_at_some_rows_both_are_kept_if_memory_allows(
         tiny: Path, monkeypatch: pytest.MonkeyPatch, memory: str) -> None:
@@ -158,8 +167,9 @@ def test_where_each_path_wins_at_some_rows_both_are_kept_if_memory_allows(
     again, one path serves every call."""
     model, dense = _load(tiny), _load(tiny)
     linears = sum(type(m) is torch.nn.Linear for m in model.modules())
-    _slower(monkeypatch, torch.nn.Linear, lambda rows: rows > 2)
-    _slower(monkeypatch, packed.PackedLinear, lambda rows: rows <= 2)
+    clock = Clock(monkeypatch)
+    _slower(monkeypatch, clock, torch.nn.Linear, lambda rows: rows > 2)
+    _slower(monkeypatch, clock, packed.PackedLinear, lambda rows: rows <= 2)
     weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
                        if type(m) is torch.nn.Linear)
     monkeypatch.setattr(packed, "_memory_left", lambda: 10 * weight_bytes if memory == "enough" else 1000)
