@@ -6,7 +6,7 @@ No server, no threads: the engine's own prefill and decode steps
 (``Engine._prefill``/``Engine._decode``, what its thread runs) called in a
 loop, so what is left is the engine's cost per step against transformers'
 ``generate`` on the same prompts. Prints the milliseconds per step of each,
-interleaved over 3 rounds (medians; `--rounds`), then ``torch.profiler``'s top operators
+interleaved over 3 rounds (medians; ``--rounds``), then ``torch.profiler``'s top operators
 of 10 decode steps of each (CPU time, and CUDA time on a GPU): where a step's
 time goes, by operator. The engine's steps are timed twice: with its own
 decoding step (:mod:`hone_trainer.serving.decode`, where the model is a Llama)

@@ -76,7 +76,7 @@ class DecodeStep:
                 q, k, v, attn_mask=padding, dropout_p=0.0, scale=attn.scaling, is_causal=False,
                 **({"enable_gqa": True} if gqa else {}))
             out = out.reshape(out.shape[0], -1, 1, v.shape[-1]).transpose(1, 2).contiguous()
-            hidden = residual + attn.o_proj(out.reshape(rows, 1, -1).contiguous())
+            hidden = residual + attn.o_proj(out.reshape(rows, 1, -1))
             residual = hidden
             hidden = residual + layer.mlp.forward(layer.post_attention_layernorm.forward(hidden))
         hidden = self.inner.norm.forward(hidden)
@@ -87,18 +87,17 @@ def build(model: Any) -> DecodeStep | None:
     """The fast step for this model, or ``None`` (logged) where its structure is not the one it was written
     against. ``model`` is what the engine serves: a causal LM, or a ``PeftModel`` around one whose LoRA
     layers were replaced by stacked ones (any peft layer left means peft's own path, and ``None``)."""
-    why = _unsupported(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    why = _unsupported(base)
     if why:
         log.info("decoding steps go through the model's forward: %s", why)
         return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return DecodeStep(base)
 
 
-def _unsupported(model: Any) -> str | None:
+def _unsupported(base: Any) -> str | None:
     from transformers.models.llama import modeling_llama as llama
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if type(base) is not llama.LlamaForCausalLM:
         return f"{type(base).__name__} is not LlamaForCausalLM"
     config = base.config
