@@ -85,6 +85,39 @@ def test_staggered_requests_get_the_tokens_they_would_get_alone(model_and_tokeni
     assert fourth.seq.prefilled and engine.running == 0 and engine.waiting == 0
 
 
+def test_a_burst_is_prefilled_in_two_halves_back_to_back(model_and_tokenizer) -> None:
+    """Five requests waiting at once: the first three are prefilled alone and get their first token a step
+    before the other two, which are prefilled together in the very next step (before any decoding step, so
+    they get theirs when one prefill of all five would have given it). Every row's tokens are what it gets
+    alone."""
+    model, tok = model_and_tokenizer
+    texts = ["Returns are accepted within 30 days.", "Hola, tienen ruedas", "The deck is seven-ply Canadian maple.",
+             "Our wheels are", "Grip tape lasts"]  # each one's first token is text (checked below)
+    prompts = [tok(t)["input_ids"] for t in texts]
+    engine = Engine(model, tok, max_batch_size=8)
+    first_text_at: dict[int, int] = {}  # request -> the engine step that sent its first text
+    burst = [Tracked(p, 6) for p in prompts]
+    for i, t in enumerate(burst):
+        def emit(event: GenerationEvent, i: int = i, inner=t.seq.emit) -> None:  # runs on the engine thread
+            if event.text:
+                first_text_at.setdefault(i, engine.steps)
+            inner(event)
+        t.seq.emit = emit
+    engine.submit([t.seq for t in burst])  # all five wait before the engine's first step
+    engine.start()
+    try:
+        for t in burst:
+            assert t.ended.wait(120)
+    finally:
+        engine.stop()
+    wants = [alone(model, p, 6) for p in prompts]
+    # A first token that is no text yet (part of a character) would move its first text to a later step.
+    assert all(tok.decode(w[:1], skip_special_tokens=True).strip("\ufffd") for w in wants), wants
+    assert first_text_at == {0: 0, 1: 0, 2: 0, 3: 1, 4: 1}
+    for t, want in zip(burst, wants):
+        assert t.seq.generated == want
+
+
 @pytest.fixture(scope="module")
 def three_adapters(tiny: Path):
     """The tiny model with three LoRA adapters of random, non-zero weights (two ranks, two scalings)."""
@@ -170,10 +203,10 @@ def test_prefix_cache_reuses_to_the_token_within_its_bound() -> None:
 
 def test_prompts_that_start_alike_reuse_the_prefix_and_answer_as_alone(model_and_tokenizer) -> None:
     """Prompts sharing a long beginning (a system prompt): later ones compute only the rest against the kept
-    keys and values, in a batch with rows that hit, miss, and hit different lengths; each row's greedy tokens
-    are what ``generate`` gives its whole prompt alone. Reuse is exact to the token, not rounded down to a
-    block, and the next turn of a conversation finds all of this turn's prompt. A prefix is never reused
-    across adapters or past the cache's bound."""
+    keys and values, in batches with rows that hit and miss, and the second half of a burst finds what the
+    first half stored; each row's greedy tokens are what ``generate`` gives its whole prompt alone. Reuse is
+    exact to the token, not rounded down to a block, and the next turn of a conversation finds all of this
+    turn's prompt. A prefix is never reused across adapters or past the cache's bound."""
     import os
 
     from hone_trainer.serving.prefix import BLOCK
@@ -185,7 +218,8 @@ def test_prompts_that_start_alike_reuse_the_prefix_and_answer_as_alone(model_and
     prompts = [system + tok(q)["input_ids"] for q in questions]
     other = tok("Bearings should be cleaned every month")["input_ids"]  # shares nothing
     shared = [len(os.path.commonprefix([prompts[0], p])) for p in prompts[1:]]
-    assert all(n % BLOCK for n in shared)  # the shared part ends inside a block
+    later = len(os.path.commonprefix([prompts[1], prompts[2]]))
+    assert all(n % BLOCK for n in shared) and later > shared[1]  # the shared parts end inside a block
     engine = Engine(model, tok, max_batch_size=4, prefix_cache_tokens=8 * BLOCK)
     assert engine.prefixes is not None
     engine.start()
@@ -202,11 +236,13 @@ def test_prompts_that_start_alike_reuse_the_prefix_and_answer_as_alone(model_and
         assert second.seq.cached_tokens == len(prompts[0]) - 1
         hits = engine.prefixes.hit_tokens
         rest = [Tracked(p, 12) for p in (prompts[1], other, prompts[2])]
-        engine.submit([t.seq for t in rest])  # one prefill: two rows hit, one misses
+        # Two prefills, half of the burst then the rest: a row that hits beside one that misses, then a row
+        # that finds more of itself in what the first stored than in the first turn's prompt.
+        engine.submit([t.seq for t in rest])
         for t in rest:
             assert t.ended.wait(120)
-        assert [t.seq.cached_tokens for t in rest] == [shared[0], 0, shared[1]]
-        assert engine.prefixes.hit_tokens - hits == sum(shared)
+        assert [t.seq.cached_tokens for t in rest] == [shared[0], 0, later]
+        assert engine.prefixes.hit_tokens - hits == shared[0] + later
     finally:
         engine.stop()
     assert engine.prefixes.tokens <= 8 * BLOCK  # bounded

@@ -7,6 +7,14 @@ requests start without waiting for the running ones to finish (continuous
 batching). Each step decodes one token for every running sequence in one
 forward pass.
 
+Where several sequences wait at once (a burst), the engine on a CPU
+prefills half of them, then the rest in the very next step. There a prefill
+costs about what its prompt tokens cost, so the first half gets its first
+token after half the arithmetic, and the rest when one prefill of all of
+them would have given it; the batch's running rows pause about as long
+either way. (On a GPU a few short prompts cost about what one does, and a
+burst is prefilled whole.)
+
 Several LoRA adapters share the base weights. Their matrices are stacked
 per layer (:mod:`hone_trainer.serving.lora`) and every step tells the
 stacked layers which adapter each row uses (``__base__`` for the base
@@ -254,6 +262,10 @@ class Engine:
         self._pending: deque[SequenceState] = deque()
         self._pending_lock = threading.Lock()
         self._batch = _Batch()
+        # A burst is prefilled in two halves on a CPU, where a prefill costs what its tokens cost; not on a GPU,
+        # where a few short prompts cost about what one does.
+        self._halve_bursts = self.can_join and self.device.type == "cpu"
+        self._rest_next = False  # the step before admitted half of what was waiting: admit the rest now, whole
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hone-engine", daemon=True)
@@ -322,14 +334,20 @@ class Engine:
                 self._batch = _Batch()
 
     def _admit(self) -> list[SequenceState]:
-        """The waiting sequences that join the batch now; cancelled ones end here, batch full or not."""
+        """The waiting sequences that join the batch now: half of those that fit (rounded up), and the step
+        after that the rest, whole; cancelled ones end here, batch full or not."""
         with self._pending_lock:
             if any(s.cancelled for s in self._pending):
                 for seq in [s for s in self._pending if s.cancelled]:
                     self._finish(seq, "cancelled")
                 self._pending = deque(s for s in self._pending if not s.cancelled)
             room = self.max_batch_size - len(self._batch) if (self.can_join or not len(self._batch)) else 0
-            out = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            take = min(room, len(self._pending))
+            if take > 1 and self._halve_bursts and not self._rest_next:
+                take, self._rest_next = (take + 1) // 2, True
+            else:
+                self._rest_next = False
+            out = [self._pending.popleft() for _ in range(take)]
         return out
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
