@@ -86,35 +86,55 @@ def test_staggered_requests_get_the_tokens_they_would_get_alone(model_and_tokeni
 
 
 def test_a_burst_is_prefilled_in_two_halves_back_to_back(model_and_tokenizer) -> None:
-    """Five requests waiting at once: the first three are prefilled alone and get their first token a step
-    before the other two, which are prefilled together in the very next step (before any decoding step, so
-    they get theirs when one prefill of all five would have given it). Every row's tokens are what it gets
-    alone."""
+    """Requests that wait at once are prefilled half first, then the rest in the very next step (before any
+    decoding step, so the rest get their first token when one prefill of all of them would have given it).
+    Five waiting: three send their first text at the first step, two at the second. A request left for the
+    next step is taken then, with half of those that came meanwhile: two waiting, then four arriving while
+    the first of them is prefilled alone, are prefilled as 1, then 1 + 2, then 2. Every row's tokens are
+    what it gets alone."""
     model, tok = model_and_tokenizer
     texts = ["Returns are accepted within 30 days.", "Hola, tienen ruedas", "The deck is seven-ply Canadian maple.",
              "Our wheels are", "Grip tape lasts"]  # each one's first token is text (checked below)
     prompts = [tok(t)["input_ids"] for t in texts]
     engine = Engine(model, tok, max_batch_size=8)
-    first_text_at: dict[int, int] = {}  # request -> the engine step that sent its first text
-    burst = [Tracked(p, 6) for p in prompts]
-    for i, t in enumerate(burst):
-        def emit(event: GenerationEvent, i: int = i, inner=t.seq.emit) -> None:  # runs on the engine thread
-            if event.text:
-                first_text_at.setdefault(i, engine.steps)
+    first_text_at: dict[str, int] = {}  # request -> the engine step that sent its first text
+    arrive_later: list[Tracked] = []
+
+    def tracked(name: str, prompt: list[int]) -> Tracked:
+        t = Tracked(prompt, 6)
+
+        def emit(event: GenerationEvent, inner=t.seq.emit) -> None:  # runs on the engine thread, within a step
+            if event.text and name not in first_text_at:
+                first_text_at[name] = engine.steps
+                if name == "a" and arrive_later:  # four more arrive before the next step
+                    engine.submit([t.seq for t in arrive_later])
             inner(event)
         t.seq.emit = emit
+        return t
+
+    burst = [tracked(f"burst{i}", p) for i, p in enumerate(prompts)]
     engine.submit([t.seq for t in burst])  # all five wait before the engine's first step
     engine.start()
     try:
         for t in burst:
+            assert t.ended.wait(120)
+        assert first_text_at == {"burst0": 0, "burst1": 0, "burst2": 0, "burst3": 1, "burst4": 1}
+        a, b = tracked("a", prompts[0]), tracked("b", prompts[1])
+        arrive_later[:] = [tracked(f"later{i}", p) for i, p in enumerate(prompts[2:] + prompts[:1])]
+        engine.submit([a.seq, b.seq])
+        for t in [a, b, *arrive_later]:
             assert t.ended.wait(120)
     finally:
         engine.stop()
     wants = [alone(model, p, 6) for p in prompts]
     # A first token that is no text yet (part of a character) would move its first text to a later step.
     assert all(tok.decode(w[:1], skip_special_tokens=True).strip("\ufffd") for w in wants), wants
-    assert first_text_at == {0: 0, 1: 0, 2: 0, 3: 1, 4: 1}
+    s = first_text_at["a"]
+    assert {k: v - s for k, v in first_text_at.items() if not k.startswith("burst")} == {
+        "a": 0, "b": 1, "later0": 1, "later1": 1, "later2": 2, "later3": 2}
     for t, want in zip(burst, wants):
+        assert t.seq.generated == want
+    for t, want in zip([a, b, *arrive_later], wants[:2] + wants[2:] + wants[:1]):
         assert t.seq.generated == want
 
 

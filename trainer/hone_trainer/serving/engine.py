@@ -265,7 +265,7 @@ class Engine:
         # A burst is prefilled in two halves on a CPU, where a prefill costs what its tokens cost; not on a GPU,
         # where a few short prompts cost about what one does.
         self._halve_bursts = self.can_join and self.device.type == "cpu"
-        self._rest_next = False  # the step before admitted half of what was waiting: admit the rest now, whole
+        self._deferred = 0  # the first sequences waiting, which a step left for the next one (half of a burst)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hone-engine", daemon=True)
@@ -334,20 +334,19 @@ class Engine:
                 self._batch = _Batch()
 
     def _admit(self) -> list[SequenceState]:
-        """The waiting sequences that join the batch now: half of those that fit (rounded up), and the step
-        after that the rest, whole; cancelled ones end here, batch full or not."""
+        """The waiting sequences that join the batch now, as many as fit: those an earlier step left for
+        this one, and half (rounded up) of those that came since; cancelled ones end here, batch full or not."""
         with self._pending_lock:
             if any(s.cancelled for s in self._pending):
                 for seq in [s for s in self._pending if s.cancelled]:
                     self._finish(seq, "cancelled")
                 self._pending = deque(s for s in self._pending if not s.cancelled)
             room = self.max_batch_size - len(self._batch) if (self.can_join or not len(self._batch)) else 0
-            take = min(room, len(self._pending))
-            if take > 1 and self._halve_bursts and not self._rest_next:
-                take, self._rest_next = (take + 1) // 2, True
-            else:
-                self._rest_next = False
+            deferred = min(self._deferred, len(self._pending))
+            fresh = len(self._pending) - deferred
+            take = min(room, deferred + ((fresh + 1) // 2 if self._halve_bursts else fresh))
             out = [self._pending.popleft() for _ in range(take)]
+            self._deferred = len(self._pending) if self._halve_bursts else 0  # each one is left once at most
         return out
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
