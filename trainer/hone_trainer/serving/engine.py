@@ -8,7 +8,8 @@ batching). Each step decodes one token for every running sequence in one
 forward pass.
 
 Where several sequences wait at once (a burst), the engine on a CPU
-prefills half of them, then the rest in the very next step. There a prefill
+prefills half of them, then in the very next step the rest (with half of
+any that came meanwhile). There a prefill
 costs about what its prompt tokens cost, so the first half gets its first
 token after half the arithmetic, and the rest when one prefill of all of
 them would have given it; the batch's running rows pause about as long
