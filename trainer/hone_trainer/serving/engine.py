@@ -9,12 +9,11 @@ forward pass.
 
 Where several sequences wait at once (a burst), the engine on a CPU
 prefills half of them, then in the very next step the rest (with half of
-any that came meanwhile). There a prefill
-costs about what its prompt tokens cost, so the first half gets its first
-token after half the arithmetic, and the rest when one prefill of all of
-them would have given it; the batch's running rows pause about as long
-either way. (On a GPU a few short prompts cost about what one does, and a
-burst is prefilled whole.)
+any that came meanwhile). There a prefill costs about what its prompt
+tokens cost, so the first half gets its first token after half the
+arithmetic, and the rest when one prefill of all of them would have given
+it; the batch's running rows pause about as long either way. (On a GPU a
+few short prompts cost about what one does, and a burst is prefilled whole.)
 
 Several LoRA adapters share the base weights. Their matrices are stacked
 per layer (:mod:`hone_trainer.serving.lora`) and every step tells the
@@ -341,11 +340,11 @@ class Engine:
             if any(s.cancelled for s in self._pending):
                 for seq in [s for s in self._pending if s.cancelled]:
                     self._finish(seq, "cancelled")
+                self._deferred -= sum(s.cancelled for s in list(self._pending)[:self._deferred])  # the first ones
                 self._pending = deque(s for s in self._pending if not s.cancelled)
             room = self.max_batch_size - len(self._batch) if (self.can_join or not len(self._batch)) else 0
-            deferred = min(self._deferred, len(self._pending))
-            fresh = len(self._pending) - deferred
-            take = min(room, deferred + ((fresh + 1) // 2 if self._halve_bursts else fresh))
+            fresh = len(self._pending) - self._deferred
+            take = min(room, self._deferred + ((fresh + 1) // 2 if self._halve_bursts else fresh))
             out = [self._pending.popleft() for _ in range(take)]
             self._deferred = len(self._pending) if self._halve_bursts else 0  # each one is left once at most
         return out
