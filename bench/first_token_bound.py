@@ -56,6 +56,60 @@ def schedule_median(cost: dict[int, float], sizes: list[int]) -> float:
     return statistics.median(firsts)
 
 
+def halves(burst: int) -> list[int]:
+    """The steps the engine prefills a burst in when its first request comes alone: 1, then the rest in
+    two halves (the larger first)."""
+    rest = burst - 1
+    return [1, (rest + 1) // 2, rest // 2] if rest > 1 else [1, rest]
+
+
+def prefill_costs(model_loc: str, burst: int, rounds: int, dtype: str = "float32"
+                  ) -> tuple[dict[int, float], dict[int, int]]:
+    """Seconds of one prefill step of ``k`` fresh prompts (medians of ``rounds``), and the tokens it computed,
+    for ``k`` in 1, the halves of the burst's rest, the rest and the whole burst."""
+    import torch
+
+    from hone_trainer import models
+    from hone_trainer.contract import ModelSource, ServerConfig
+    from hone_trainer.serving.engine import BASE_ADAPTER, Engine, SamplingParams, SequenceState
+
+    torch.set_grad_enabled(False)
+    local = models.resolve(ModelSource(location=model_loc))
+    tok = models.load_tokenizer(local)
+    model = models.load_model(local, getattr(torch, dtype)).eval()
+    engine = Engine(model, tok, max_batch_size=burst,
+                    prefix_cache_tokens=ServerConfig.model_fields["prefix_cache_tokens"].default)
+    orders = itertools.count(1000)
+
+    def prompts(n: int) -> list[list[int]]:
+        chats = [[{"role": "user", "content": f"Order {next(orders)}: {QUESTIONS[i % len(QUESTIONS)]}"}]
+                 for i in range(n)]
+        return [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+                for c in chats]
+
+    def prefill(k: int) -> tuple[float, int]:
+        seqs = [SequenceState(p, BASE_ADAPTER, SamplingParams(max_tokens=1, temperature=0.0), lambda ev: None)
+                for p in prompts(k)]
+        with torch.inference_mode():
+            started = time.perf_counter()
+            engine._prefill(seqs)  # max_tokens=1: every row finishes in it and leaves the batch
+            took = time.perf_counter() - started
+        assert not len(engine._batch)
+        return took, sum(len(s.prompt_ids) - s.cached_tokens for s in seqs)
+
+    sizes = sorted({*halves(burst), burst - 1, burst})
+    for k in sizes * 2:  # warm-up; the prefix cache now holds what the prompts share
+        prefill(k)
+    times: dict[int, list[float]] = {k: [] for k in sizes}
+    tokens: dict[int, int] = {}
+    rng = random.Random(0)
+    for _ in range(rounds):
+        for k in rng.sample(sizes, len(sizes)):
+            took, tokens[k] = prefill(k)
+            times[k].append(took)
+    return {k: statistics.median(v) for k, v in times.items()}, tokens
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded://smollm2-135m-instruct")
@@ -68,64 +122,20 @@ def main() -> int:
 
     import torch
 
-    from hone_trainer import models
-    from hone_trainer.contract import ModelSource, ServerConfig
-    from hone_trainer.serving.engine import BASE_ADAPTER, Engine, SamplingParams, SequenceState
-
-    torch.set_grad_enabled(False)
-    local = models.resolve(ModelSource(location=args.model))
-    tok = models.load_tokenizer(local)
-    model = models.load_model(local, getattr(torch, args.dtype)).eval()
-    engine = Engine(model, tok, max_batch_size=args.burst,
-                    prefix_cache_tokens=ServerConfig.model_fields["prefix_cache_tokens"].default)
-    orders = itertools.count(1000)
-
-    def prompts(n: int) -> list[list[int]]:
-        chats = [[{"role": "user", "content": f"Order {next(orders)}: {QUESTIONS[i % len(QUESTIONS)]}"}]
-                 for i in range(n)]
-        return [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-                for c in chats]
-
-    def prefill(k: int) -> tuple[float, int]:
-        """Seconds of one prefill step of ``k`` new prompts, and the tokens it computed."""
-        seqs = [SequenceState(p, BASE_ADAPTER, SamplingParams(max_tokens=1, temperature=0.0), lambda ev: None)
-                for p in prompts(k)]
-        with torch.inference_mode():
-            started = time.perf_counter()
-            engine._prefill(seqs)  # max_tokens=1: every row finishes in it and leaves the batch
-            took = time.perf_counter() - started
-        assert not len(engine._batch)
-        return took, sum(len(s.prompt_ids) - s.cached_tokens for s in seqs)
-
-    rest = args.burst - 1
-    halves = [(rest + 1) // 2, rest // 2] if rest > 1 else [rest]
-    sizes = sorted({1, *halves, rest, args.burst})
-    for k in sizes * 2:  # warm-up; the prefix cache now holds what the prompts share
-        prefill(k)
-    times: dict[int, list[float]] = {k: [] for k in sizes}
-    tokens: dict[int, int] = {}
-    rng = random.Random(0)
-    for _ in range(args.rounds):
-        for k in rng.sample(sizes, len(sizes)):
-            took, tokens[k] = prefill(k)
-            times[k].append(took)
-    cost = {k: statistics.median(v) for k, v in times.items()}
-
+    cost, tokens = prefill_costs(args.model, args.burst, args.rounds, args.dtype)
     print(f"model {args.model} on CPU ({args.dtype}, {torch.get_num_threads()} threads), burst of {args.burst}, "
           f"median of {args.rounds} shuffled rounds")
-    for k in sizes:
+    for k in sorted(cost):
         print(f"  prefill of {k} new prompt(s) ({tokens[k]} tokens not in the prefix cache): {1000 * cost[k]:7.1f} ms"
               f"   ({cost[k] / cost[1]:.2f}x one)")
-    one = cost[1]
-    for name, plan in ((f"first alone, then the rest in halves {'+'.join(map(str, halves))} (the engine)",
-                        [1, *halves]),
-                       (f"first alone, then the rest ({rest}) in one step", [1, rest]),
-                       (f"all {args.burst} in one step (holding the first for the rest)", [args.burst])):
-        median = schedule_median(cost, plan)
+    one, rest, plan = cost[1], args.burst - 1, halves(args.burst)
+    for name, steps in ((f"first alone, then the rest in halves {'+'.join(map(str, plan[1:]))} (the engine)", plan),
+                        (f"first alone, then the rest ({rest}) in one step", [1, rest]),
+                        (f"all {args.burst} in one step (holding the first for the rest)", [args.burst])):
+        median = schedule_median(cost, steps)
         print(f"  burst's median first token, {name}: {1000 * median:6.1f} ms = {median / one:.2f}x one request's")
     print("  (prefill alone: the server adds HTTP, tokenizing and the other requests' work on the same cores)")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

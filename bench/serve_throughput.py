@@ -28,7 +28,9 @@ median ratio of the pairs with their spread, the load average, and a warning
 when the spread says the machine was not quiet.
 
 Goals (issue #15): concurrency 1 >= 1.0x the baseline, concurrency 8 >= 4x,
-and time to first token at concurrency 8 <= 2x that at concurrency 1.
+and time to first token at concurrency 8 <= 2x that at concurrency 1. On a CPU it
+then prints the least that last ratio can be on this machine, from the engine's own
+prefill costs (``bench/first_token_bound.py``, about 15 s more).
 """
 
 from __future__ import annotations
@@ -188,6 +190,13 @@ def main() -> int:
     for c in CONCURRENCY:
         print(paired.line(f"concurrency {c} tokens/s vs baseline", goal=GOALS.get(c)))
     print(paired.line(f"time to first token, concurrency {CONCURRENCY[-1]} vs 1", goal=2.0, higher_is_better=False))
+    if device == "cpu":  # what the first-token ratio can be here, from the engine's own prefill costs
+        from first_token_bound import halves, prefill_costs, schedule_median
+
+        cost, _ = prefill_costs(args.model, CONCURRENCY[-1], rounds=5)
+        print(f"  the engine's prefill alone puts a burst of {CONCURRENCY[-1]}'s median first token at "
+              f"{schedule_median(cost, halves(CONCURRENCY[-1])) / cost[1]:.2f}x one request's on this machine "
+              "(bench/first_token_bound.py)")
     print(paired.footer())
     return 0
 
